@@ -1,0 +1,307 @@
+//! The test cluster's real parts do what the agent relies on: kwok nodes become Ready, workloads
+//! run on them, PodDisruptionBudgets guard evictions, and RBAC is enforced.
+//! Needs `scripts/testcluster up`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{EvictParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use support::{Scope, eventually, wait_for};
+
+fn is_running(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+/// Running pods of app `app` in the scope, once there are exactly `count` of them.
+async fn running_pods(scope: &Scope, app: &str, count: usize) -> Vec<Pod> {
+    let pods: Api<Pod> = scope.api();
+    let by_app = ListParams::default().labels(&format!("app={app}"));
+    eventually(
+        &format!("{count} running pods of {app}"),
+        Duration::from_secs(60),
+        || {
+            let (pods, by_app) = (pods.clone(), by_app.clone());
+            async move {
+                let list = pods.list(&by_app).await.ok()?;
+                let running: Vec<Pod> = list.items.into_iter().filter(is_running).collect();
+                (running.len() == count).then_some(running)
+            }
+        },
+    )
+    .await
+}
+
+/// A Deployment of `replicas` pods of app `app`, confined to this scope's nodes.
+async fn create_deployment(scope: &Scope, app: &str, replicas: i32) {
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": app },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": app } },
+            "template": {
+                "metadata": { "labels": { "app": app } },
+                "spec": {
+                    "nodeSelector": { support::SCOPE_LABEL: scope.id },
+                    "containers": [{ "name": "app", "image": "registry.invalid/app:1" }],
+                },
+            },
+        },
+    }))
+    .expect("a valid Deployment");
+    scope
+        .api::<Deployment>()
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("creating the Deployment");
+}
+
+#[tokio::test]
+async fn kwok_node_becomes_ready_and_keeps_heartbeating() {
+    let scope = Scope::new("node-ready").await;
+    let names = scope.create_nodes(1).await;
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+    let node = nodes.get(&names[0]).await.expect("reading the node back");
+    let ready = node
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("a Ready condition");
+    assert_eq!(ready.status, "True");
+    let first_heartbeat = ready.last_heartbeat_time.expect("a heartbeat time").0;
+
+    // kwok keeps heartbeating, so the node-lifecycle controller does not mark the node NotReady.
+    wait_for(
+        "a newer heartbeat",
+        Duration::from_secs(30),
+        kube::runtime::wait::await_condition(nodes.clone(), &names[0], |n: Option<&Node>| {
+            n.and_then(|n| n.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+                .and_then(|c| c.last_heartbeat_time.as_ref())
+                .is_some_and(|t| t.0 > first_heartbeat)
+        }),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deployment_pods_run_on_kwok_nodes() {
+    let scope = Scope::new("deploy").await;
+    let nodes: BTreeSet<String> = scope.create_nodes(2).await.into_iter().collect();
+    create_deployment(&scope, "web", 2).await;
+    let pods = running_pods(&scope, "web", 2).await;
+    for pod in &pods {
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .expect("a scheduled pod");
+        assert!(
+            nodes.contains(&node),
+            "pod scheduled on {node}, outside this test's nodes {nodes:?}"
+        );
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        assert!(ready, "pod {:?} is Running but not Ready", pod.metadata.name);
+    }
+}
+
+#[tokio::test]
+async fn pod_disruption_budget_refuses_eviction_until_relaxed() {
+    let scope = Scope::new("pdb").await;
+    scope.create_nodes(2).await;
+    create_deployment(&scope, "guarded", 2).await;
+    let pods = running_pods(&scope, "guarded", 2).await;
+
+    let pdbs: Api<PodDisruptionBudget> = scope.api();
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": { "name": "guarded" },
+        "spec": { "minAvailable": 2, "selector": { "matchLabels": { "app": "guarded" } } },
+    }))
+    .expect("a valid PodDisruptionBudget");
+    pdbs.create(&PostParams::default(), &pdb)
+        .await
+        .expect("creating the PDB");
+    let pdb_settled = |allowed: i32| {
+        let pdbs = pdbs.clone();
+        move || {
+            let pdbs = pdbs.clone();
+            async move {
+                let pdb = pdbs.get("guarded").await.ok()?;
+                let status = pdb.status?;
+                (status.observed_generation == pdb.metadata.generation
+                    && status.current_healthy == Some(2)
+                    && status.disruptions_allowed == Some(allowed))
+                .then_some(())
+            }
+        }
+    };
+    // The disruption controller must have computed the budget, so a refusal below is its decision.
+    eventually(
+        "the disruption controller to allow 0 disruptions",
+        Duration::from_secs(60),
+        pdb_settled(0),
+    )
+    .await;
+
+    let victim = pods[0].metadata.name.clone().expect("a pod name");
+    let pod_api: Api<Pod> = scope.api();
+    match pod_api.evict(&victim, &EvictParams::default()).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 429, "eviction refused with {status:?}");
+            assert!(
+                status.message.contains("disruption budget"),
+                "refusal names the budget: {status:?}"
+            );
+        }
+        other => {
+            panic!("eviction of {victim} under minAvailable=2 should be refused with 429, got {other:?}")
+        }
+    }
+
+    pdbs.patch(
+        "guarded",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "minAvailable": 1 } })),
+    )
+    .await
+    .expect("relaxing the PDB");
+    eventually(
+        "the disruption controller to allow 1 disruption",
+        Duration::from_secs(60),
+        pdb_settled(1),
+    )
+    .await;
+    pod_api
+        .evict(&victim, &EvictParams::default())
+        .await
+        .expect("eviction allowed by minAvailable=1");
+
+    // The ReplicaSet controller replaces the evicted pod.
+    let old_uids: BTreeSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+    let replacement = eventually("a replacement pod", Duration::from_secs(60), || {
+        let pod_api = pod_api.clone();
+        let old_uids = old_uids.clone();
+        async move {
+            let list = pod_api
+                .list(&ListParams::default().labels("app=guarded"))
+                .await
+                .ok()?;
+            list.items
+                .into_iter()
+                .find(|p| is_running(p) && p.metadata.uid.as_ref().is_some_and(|u| !old_uids.contains(u)))
+        }
+    })
+    .await;
+    assert_ne!(replacement.metadata.name.as_deref(), Some(victim.as_str()));
+    running_pods(&scope, "guarded", 2).await;
+}
+
+#[tokio::test]
+async fn rbac_is_enforced_for_a_service_account() {
+    let scope = Scope::new("rbac").await;
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "narrow" } })).expect("a valid SA");
+    scope
+        .api::<ServiceAccount>()
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("creating the SA");
+    let role: Role = serde_json::from_value(json!({
+        "metadata": { "name": "read-pods" },
+        "rules": [{ "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"] }],
+    }))
+    .expect("a valid Role");
+    scope
+        .api::<Role>()
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("creating the Role");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "narrow-read-pods" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-pods" },
+        "subjects": [{ "kind": "ServiceAccount", "name": "narrow", "namespace": scope.namespace }],
+    }))
+    .expect("a valid RoleBinding");
+    scope
+        .api::<RoleBinding>()
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("creating the RoleBinding");
+
+    let request: TokenRequest =
+        serde_json::from_value(json!({ "spec": { "audiences": [], "expirationSeconds": 600 } }))
+            .expect("a request");
+    let token: TokenRequest = scope
+        .api::<ServiceAccount>()
+        .create_subresource("token", "narrow", &PostParams::default(), &request)
+        .await
+        .expect("issuing a token for the ServiceAccount");
+    let token = token
+        .status
+        .and_then(|s| s.token)
+        .expect("a token in the response");
+
+    let mut config = support::admin_config().await;
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    let narrow = Client::try_from(config).expect("a client with the SA token");
+
+    // Inside the Role: allowed. RoleBindings take effect through the RBAC informer, so allow a moment.
+    let own_pods: Api<Pod> = Api::namespaced(narrow.clone(), &scope.namespace);
+    eventually("the Role to take effect", Duration::from_secs(10), || {
+        let own_pods = own_pods.clone();
+        async move { own_pods.list(&ListParams::default()).await.ok() }
+    })
+    .await;
+
+    // Outside it: 403 for another namespace, cluster-scoped objects, and verbs not granted.
+    let forbidden = |what: &str, result: Result<(), kube::Error>| match result {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{what}: {status:?}"),
+        other => panic!("{what} should be forbidden, got {other:?}"),
+    };
+    let other_ns: Api<Pod> = Api::namespaced(narrow.clone(), "default");
+    forbidden(
+        "listing pods in another namespace",
+        other_ns.list(&ListParams::default()).await.map(drop),
+    );
+    let nodes: Api<Node> = Api::all(narrow.clone());
+    forbidden(
+        "listing nodes",
+        nodes.list(&ListParams::default()).await.map(drop),
+    );
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "sneaky" },
+        "spec": { "containers": [{ "name": "c", "image": "registry.invalid/c:1" }] },
+    }))
+    .expect("a valid Pod");
+    forbidden(
+        "creating a pod",
+        own_pods.create(&PostParams::default(), &pod).await.map(drop),
+    );
+    let namespaces: Api<Namespace> = Api::all(narrow);
+    forbidden(
+        "deleting its own namespace",
+        namespaces
+            .delete(&scope.namespace, &Default::default())
+            .await
+            .map(drop),
+    );
+}

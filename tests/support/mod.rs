@@ -1,0 +1,247 @@
+//! Test support for integration tests that run against the local test cluster
+//! (`scripts/testcluster up`). Every test gets a [`Scope`]: its own namespace and its own node
+//! names, so tests run in parallel on one cluster without seeing each other's objects.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client, Config};
+
+/// Label put on every object a scope creates, so whatever a test leaves behind can be found.
+pub const SCOPE_LABEL: &str = "kured.test/scope";
+
+const HOW_TO_START: &str =
+    "start the test cluster with `scripts/testcluster up` (or run everything with `scripts/test`)";
+
+/// Path of the admin kubeconfig written by `scripts/testcluster up`.
+pub fn kubeconfig_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("KURED_TEST_KUBECONFIG") {
+        return PathBuf::from(path);
+    }
+    let dir = std::env::var_os("KURED_TESTCLUSTER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/kured-testcluster"));
+    dir.join("admin.kubeconfig")
+}
+
+/// Client configuration for the test cluster's admin user. Panics, saying how to start the test
+/// cluster, when it is not running.
+pub async fn admin_config() -> Config {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!(
+            "integration tests need the test cluster, but its kubeconfig {} cannot be read ({e}): {HOW_TO_START}",
+            path.display()
+        )
+    });
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "kubeconfig {} is not usable ({e}): {HOW_TO_START}",
+                path.display()
+            )
+        })
+}
+
+/// An admin client for the test cluster, checked to be ready.
+pub async fn admin_client() -> Client {
+    let client = Client::try_from(admin_config().await).expect("building a client for the test cluster");
+    let ready = tokio::time::timeout(Duration::from_secs(10), async {
+        let req = http::Request::get("/readyz")
+            .body(Vec::new())
+            .expect("a valid request");
+        client.request_text(req).await
+    })
+    .await;
+    match ready {
+        Ok(Ok(body)) if body.trim() == "ok" => client,
+        Ok(Ok(body)) => panic!("test cluster API server is not ready ({body}): {HOW_TO_START}"),
+        Ok(Err(e)) => panic!("test cluster API server does not answer ({e}): {HOW_TO_START}"),
+        Err(_) => panic!("test cluster API server did not answer /readyz within 10s: {HOW_TO_START}"),
+    }
+}
+
+/// A short identifier, unique across the test processes and tests of one run.
+fn unique_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mixed = (u64::from(std::process::id()) << 32 | u64::from(nanos))
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(u64::from(COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let alphabet = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut v = mixed;
+    (0..8)
+        .map(|_| {
+            let c = alphabet[(v % 36) as usize] as char;
+            v /= 36;
+            c
+        })
+        .collect()
+}
+
+/// One test's corner of the test cluster: a namespace of its own and a prefix for node names.
+/// Dropping the scope deletes its namespace and its nodes, also when the test panics.
+pub struct Scope {
+    pub client: Client,
+    pub namespace: String,
+    pub id: String,
+}
+
+impl Scope {
+    /// Creates the scope's namespace. `test` is a short name that makes leftovers recognisable.
+    pub async fn new(test: &str) -> Scope {
+        let client = admin_client().await;
+        let id = unique_id();
+        let namespace = format!("{test}-{id}");
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.clone()),
+                labels: Some([(SCOPE_LABEL.to_owned(), id.clone())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
+        Scope {
+            client,
+            namespace,
+            id,
+        }
+    }
+
+    /// A typed API for namespaced objects in this scope's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The name of this scope's node number `i`.
+    pub fn node_name(&self, i: usize) -> String {
+        format!("node-{}-{i}", self.id)
+    }
+
+    /// Creates `count` kwok-managed Nodes labelled with this scope and waits until each is Ready.
+    pub async fn create_nodes(&self, count: usize) -> Vec<String> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let mut names = Vec::with_capacity(count);
+        for i in 0..count {
+            let name = self.node_name(i);
+            let node: Node = serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": name,
+                    "annotations": { "kwok.x-k8s.io/node": "fake" },
+                    "labels": {
+                        SCOPE_LABEL: self.id,
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "type": "kwok",
+                    },
+                },
+            }))
+            .expect("a valid Node");
+            nodes
+                .create(&PostParams::default(), &node)
+                .await
+                .unwrap_or_else(|e| panic!("creating node {name}: {e}"));
+            names.push(name);
+        }
+        for name in &names {
+            wait_for(
+                &format!("node {name} to become Ready"),
+                Duration::from_secs(60),
+                await_condition(nodes.clone(), name, is_node_ready()),
+            )
+            .await;
+        }
+        names
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        // Async work cannot run in Drop, and the test's runtime may be shutting down (a panic):
+        // clean up on a thread with a runtime and a client of its own.
+        let (namespace, id) = (self.namespace.clone(), self.id.clone());
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for cleanup");
+            rt.block_on(async {
+                let Ok(config) = tokio::time::timeout(Duration::from_secs(5), admin_config()).await else {
+                    return;
+                };
+                let Ok(client) = Client::try_from(config) else {
+                    return;
+                };
+                let nodes: Api<Node> = Api::all(client.clone());
+                let by_scope = ListParams::default().labels(&format!("{SCOPE_LABEL}={id}"));
+                if let Err(e) = nodes.delete_collection(&DeleteParams::default(), &by_scope).await {
+                    eprintln!("cleanup: deleting nodes of scope {id}: {e}");
+                }
+                let namespaces: Api<Namespace> = Api::all(client);
+                if let Err(e) = namespaces.delete(&namespace, &DeleteParams::background()).await {
+                    eprintln!("cleanup: deleting namespace {namespace}: {e}");
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A node condition: the node reports Ready=True.
+pub fn is_node_ready() -> impl kube::runtime::wait::Condition<Node> {
+    |node: Option<&Node>| {
+        node.and_then(|n| n.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    }
+}
+
+/// Awaits `fut` for at most `limit`; panics naming `what` if it takes longer or fails.
+pub async fn wait_for<T, E: std::fmt::Display>(
+    what: &str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => panic!("waiting for {what}: {e}"),
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` every 200ms until it returns `Some`, for at most `limit`; panics naming `what`.
+/// For conditions that span several objects, where a single-object watch does not fit.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
