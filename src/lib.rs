@@ -4,7 +4,14 @@
 //! blockers to clear, takes a cluster-wide lock, drains the node through the Eviction API, reboots
 //! it, and after the reboot returns it to service. The binary in `main.rs` only parses, sets up
 //! and reports; everything it runs lives in this library.
-#![forbid(unsafe_code)]
+// `unsafe` is denied everywhere except `sys`, the one module that makes raw system calls.
+#![deny(unsafe_code)]
+
+pub mod duration;
+pub mod reboot;
+pub mod sentinel;
+mod sys;
+pub mod window;
 
 /// The version of this build, as `kured --version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,1 @@
+//! The reboot sentinel: the signal that this node needs a reboot.
