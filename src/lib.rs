@@ -7,11 +7,27 @@
 // `unsafe` is denied everywhere except `sys`, the one module that makes raw system calls.
 #![deny(unsafe_code)]
 
+pub mod agent;
+pub mod config;
 pub mod duration;
+pub mod metrics;
 pub mod reboot;
+pub mod selector;
 pub mod sentinel;
 mod sys;
 pub mod window;
 
 /// The version of this build, as `kured --version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An error and its causes on one line, `outer: inner: root`, for log fields.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}

@@ -1,2 +1,112 @@
 //! Raw system calls the rebooters need: entering a mount namespace and signalling a process.
 #![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// Makes the child of `command` join the mount namespace open at `namespace` and change its working
+/// directory to that namespace's `/`, after the fork and before the exec, so the program is looked up
+/// in the namespace it runs in (what `nsenter -m` does). The descriptor moves into `command` and is
+/// closed with it; it is close-on-exec, so the program never inherits it.
+pub(crate) fn enter_mount_namespace_on_exec(command: &mut tokio::process::Command, namespace: OwnedFd) {
+    let hook = move || {
+        // SAFETY: `namespace` is an open descriptor owned by this closure, so it is valid for the call;
+        // setns(2) takes no pointers.
+        if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNS) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the argument is a NUL-terminated string literal with static lifetime.
+        if unsafe { libc::chdir(c"/".as_ptr()) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child, where only async-signal-safe operations are allowed.
+    // It makes two system calls (setns, chdir) and, on failure, builds an `io::Error` from errno, which
+    // neither allocates nor takes a lock. It touches no memory shared with other threads.
+    unsafe { command.pre_exec(hook) };
+}
+
+/// Sends `signal` to the single process `pid`. A pid of 0 or one beyond `pid_t` is refused: `kill(2)`
+/// would read it as a process group or as "every process".
+pub(crate) fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
+    let target = single_process(pid)?;
+    // SAFETY: kill(2) takes no pointers; `target` is a positive pid, so exactly one process is addressed.
+    if unsafe { libc::kill(target, signal) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends `signal` to every process in the process group `pgid`. Groups 0 and 1, and the group of this
+/// process, are refused: `kill(2)` would read 0 as our own group and -1 as "every process".
+pub(crate) fn signal_process_group(pgid: u32, signal: i32) -> io::Result<()> {
+    let group = single_process(pgid)?;
+    if group == 1 || group == own_process_group() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to signal process group {pgid}"),
+        ));
+    }
+    // SAFETY: kill(2) takes no pointers; `-group` is below -1, so exactly one process group is
+    // addressed.
+    if unsafe { libc::kill(-group, signal) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn own_process_group() -> libc::pid_t {
+    // SAFETY: getpgrp(2) takes no arguments and cannot fail.
+    unsafe { libc::getpgrp() }
+}
+
+fn single_process(pid: u32) -> io::Result<libc::pid_t> {
+    match libc::pid_t::try_from(pid) {
+        Ok(target) if target > 0 => Ok(target),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{pid} is not a process id"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Signal 0 only checks that the target exists, so these cases are harmless even if a guard failed.
+
+    #[test]
+    fn pid_zero_is_refused_rather_than_read_as_our_group() {
+        let err = send_signal(0, 0).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn pid_beyond_pid_t_is_refused_rather_than_read_as_negative() {
+        let err = send_signal(u32::MAX, 0).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn groups_that_would_address_everyone_or_ourselves_are_refused() {
+        let ours = u32::try_from(own_process_group()).unwrap();
+        for pgid in [0, 1, ours, u32::MAX] {
+            let err = signal_process_group(pgid, 0).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "group {pgid}");
+        }
+    }
+
+    #[test]
+    fn our_own_process_can_be_addressed() {
+        send_signal(std::process::id(), 0).unwrap();
+    }
+
+    #[test]
+    fn a_missing_process_is_reported() {
+        // Beyond the largest possible pid_max (2^22), so no process has it.
+        let err = send_signal(999_999_999, 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
+    }
+}

@@ -40,14 +40,18 @@ pub async fn admin_config() -> Config {
             path.display()
         )
     });
-    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .unwrap_or_else(|e| {
             panic!(
                 "kubeconfig {} is not usable ({e}): {HOW_TO_START}",
                 path.display()
             )
-        })
+        });
+    // kube's default retry layer silently retries 429 (up to 15 times, backing off to minutes);
+    // an eviction refused by a PodDisruptionBudget must reach the test as the 429 it is.
+    config.default_retry = false;
+    config
 }
 
 /// An admin client for the test cluster, checked to be ready.
@@ -190,14 +194,25 @@ impl Drop for Scope {
                 let Ok(client) = Client::try_from(config) else {
                     return;
                 };
-                let nodes: Api<Node> = Api::all(client.clone());
+                // Namespace first, while kwok still manages the nodes and so finishes the pods'
+                // graceful deletion; pods left on a deleted node would linger until pod GC.
+                let namespaces: Api<Namespace> = Api::all(client.clone());
+                if let Err(e) = namespaces.delete(&namespace, &DeleteParams::background()).await {
+                    eprintln!("cleanup: deleting namespace {namespace}: {e}");
+                }
+                let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &namespace);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                while tokio::time::Instant::now() < deadline {
+                    match pods.list(&ListParams::default()).await {
+                        Ok(list) if list.items.is_empty() => break,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                        Err(_) => break,
+                    }
+                }
+                let nodes: Api<Node> = Api::all(client);
                 let by_scope = ListParams::default().labels(&format!("{SCOPE_LABEL}={id}"));
                 if let Err(e) = nodes.delete_collection(&DeleteParams::default(), &by_scope).await {
                     eprintln!("cleanup: deleting nodes of scope {id}: {e}");
-                }
-                let namespaces: Api<Namespace> = Api::all(client);
-                if let Err(e) = namespaces.delete(&namespace, &DeleteParams::background()).await {
-                    eprintln!("cleanup: deleting namespace {namespace}: {e}");
                 }
             });
         });

@@ -1,0 +1,651 @@
+//! Command line and environment: every upstream kured flag with its upstream default, each also
+//! settable as `KURED_<FLAG_IN_UPPER_SNAKE>`, parsed once and validated once into [`Config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use jiff::Timestamp;
+use regex::Regex;
+
+use crate::duration::GoDuration;
+use crate::reboot::{HostNamespace, Rebooter, valid_signal_range};
+use crate::selector::{self, LabelSelector};
+use crate::sentinel::Sentinel;
+use crate::window::{RebootWindow, WindowError};
+
+/// Kubernetes Reboot Daemon: reboots nodes that need it, a few at a time, safely.
+#[derive(Debug, Parser)]
+#[command(name = "kured", version = crate::VERSION, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print whether an instant is inside the reboot window, and the window's next openings.
+    Schedule(ScheduleArgs),
+}
+
+/// How the agent reboots its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RebootMethod {
+    /// Run --reboot-command in the host's mount namespace (needs a privileged pod with hostPID).
+    Command,
+    /// Send --reboot-signal to PID 1 (needs hostPID and CAP_KILL only).
+    Signal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// The reboot window flags, shared by the agent and `kured schedule`.
+#[derive(Debug, Clone, Args)]
+pub struct WindowArgs {
+    /// Schedule reboots only on these days (names, 2/3-letter abbreviations or 0-6, 0 = Sunday)
+    #[arg(
+        long,
+        env = "KURED_REBOOT_DAYS",
+        value_delimiter = ',',
+        default_value = "su,mo,tu,we,th,fr,sa"
+    )]
+    pub reboot_days: Vec<String>,
+    /// Schedule reboots only after this time of day (15:04, 15:04:05, 03:04pm, 15, 03pm, 3pm)
+    #[arg(long, env = "KURED_START_TIME", default_value = "0:00")]
+    pub start_time: String,
+    /// Schedule reboots only before this time of day
+    #[arg(long, env = "KURED_END_TIME", default_value = "23:59:59")]
+    pub end_time: String,
+    /// Time zone of --start-time and --end-time (an IANA name such as Europe/Berlin, or UTC)
+    #[arg(long, env = "KURED_TIME_ZONE", default_value = "UTC")]
+    pub time_zone: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// The instant to evaluate, RFC 3339 (default: now)
+    #[arg(long, value_parser = parse_timestamp)]
+    pub at: Option<Timestamp>,
+    /// How many openings to list
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub count: u16,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// The agent's flags. Names, defaults and meanings follow upstream kured.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Name of the node this agent runs on (set KURED_NODE_ID from spec.nodeName)
+    #[arg(long, env = "KURED_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Path of a kubeconfig file, for running outside the cluster (default: KUBECONFIG, then in-cluster)
+    #[arg(long, env = "KURED_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Sentinel check period
+    #[arg(long, env = "KURED_PERIOD", default_value = "1h", value_parser = parse_duration)]
+    pub period: GoDuration,
+    /// Path of the file whose existence means a reboot is required
+    #[arg(
+        long,
+        env = "KURED_REBOOT_SENTINEL",
+        default_value = "/var/run/reboot-required"
+    )]
+    pub reboot_sentinel: PathBuf,
+    /// Command whose exit code 0 means a reboot is required (1: not required); overrides --reboot-sentinel
+    #[arg(long, env = "KURED_REBOOT_SENTINEL_COMMAND", default_value = "")]
+    pub reboot_sentinel_command: String,
+
+    /// How to reboot
+    #[arg(long, env = "KURED_REBOOT_METHOD", value_enum, default_value_t = RebootMethod::Command)]
+    pub reboot_method: RebootMethod,
+    /// Command that reboots the host, run in the host's mount namespace (--reboot-method=command)
+    #[arg(long, env = "KURED_REBOOT_COMMAND", default_value = "/bin/systemctl reboot")]
+    pub reboot_command: String,
+    /// Signal sent to PID 1 (--reboot-method=signal); 39 is SIGRTMIN+5, systemd's reboot request
+    #[arg(
+        long,
+        env = "KURED_REBOOT_SIGNAL",
+        default_value_t = 39,
+        allow_negative_numbers = true
+    )]
+    pub reboot_signal: i32,
+    /// Wait this long after draining before rebooting
+    #[arg(long, env = "KURED_REBOOT_DELAY", default_value = "0", value_parser = parse_duration)]
+    pub reboot_delay: GoDuration,
+    /// Reboot even if the drain fails or times out
+    #[arg(long, env = "KURED_FORCE_REBOOT", default_value = "false", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
+    pub force_reboot: bool,
+
+    /// Wait this long after taking the lock before draining
+    #[arg(long, env = "KURED_DRAIN_DELAY", default_value = "0", value_parser = parse_duration)]
+    pub drain_delay: GoDuration,
+    /// Abort the drain after this long (0: no limit)
+    #[arg(long, env = "KURED_DRAIN_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    pub drain_timeout: GoDuration,
+    /// Seconds each evicted pod gets to terminate; negative: the pod's own terminationGracePeriodSeconds
+    #[arg(long, env = "KURED_DRAIN_GRACE_PERIOD", default_value_t = -1, allow_negative_numbers = true)]
+    pub drain_grace_period: i64,
+    /// Drain only pods matching this label selector (default: all pods)
+    #[arg(long, env = "KURED_DRAIN_POD_SELECTOR", default_value = "")]
+    pub drain_pod_selector: String,
+    /// When above zero, stop waiting for pods whose deletion began more than this many seconds ago
+    #[arg(long, env = "KURED_SKIP_WAIT_FOR_DELETE_TIMEOUT", default_value_t = 0)]
+    pub skip_wait_for_delete_timeout: u64,
+
+    /// Namespace of the DaemonSet that carries the lock
+    #[arg(long, env = "KURED_DS_NAMESPACE", default_value = "kube-system")]
+    pub ds_namespace: String,
+    /// Name of the DaemonSet that carries the lock
+    #[arg(long, env = "KURED_DS_NAME", default_value = "kured")]
+    pub ds_name: String,
+    /// Annotation on the DaemonSet that records the lock holders
+    #[arg(
+        long,
+        env = "KURED_LOCK_ANNOTATION",
+        default_value = "weave.works/kured-node-lock"
+    )]
+    pub lock_annotation: String,
+    /// Treat a lock held longer than this as abandoned (0: never)
+    #[arg(long, env = "KURED_LOCK_TTL", default_value = "0", value_parser = parse_duration)]
+    pub lock_ttl: GoDuration,
+    /// Keep the lock this long after the node is back, before the next node may go
+    #[arg(long, env = "KURED_LOCK_RELEASE_DELAY", default_value = "0", value_parser = parse_duration)]
+    pub lock_release_delay: GoDuration,
+    /// How many nodes may reboot at the same time
+    #[arg(long, env = "KURED_CONCURRENCY", default_value_t = 1)]
+    pub concurrency: u32,
+
+    /// Prometheus server to ask for active alerts; any active alert blocks reboots
+    #[arg(long, env = "KURED_PROMETHEUS_URL", default_value = "")]
+    pub prometheus_url: String,
+    /// Ignore alerts whose name matches this regular expression
+    #[arg(long, env = "KURED_ALERT_FILTER_REGEXP", default_value = "")]
+    pub alert_filter_regexp: String,
+    /// Block only on alerts that match --alert-filter-regexp (inverts the filter)
+    #[arg(long, env = "KURED_ALERT_FILTER_MATCH_ONLY", default_value = "false", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
+    pub alert_filter_match_only: bool,
+    /// Consider only firing alerts, not pending ones
+    #[arg(long, env = "KURED_ALERT_FIRING_ONLY", default_value = "false", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
+    pub alert_firing_only: bool,
+    /// Label selector of pods on this node whose presence blocks reboots (repeatable)
+    #[arg(long, env = "KURED_BLOCKING_POD_SELECTOR")]
+    pub blocking_pod_selector: Vec<String>,
+
+    /// Taint with this key and effect PreferNoSchedule while waiting for the lock (default: off)
+    #[arg(long, env = "KURED_PREFER_NO_SCHEDULE_TAINT", default_value = "")]
+    pub prefer_no_schedule_taint: String,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// Annotate nodes with weave.works/kured-reboot-in-progress and weave.works/kured-most-recent-reboot-needed
+    #[arg(long, env = "KURED_ANNOTATE_NODES", default_value = "false", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
+    pub annotate_nodes: bool,
+    /// Labels (key=value) to set on the node before cordoning
+    #[arg(long, env = "KURED_PRE_REBOOT_NODE_LABELS", value_delimiter = ',')]
+    pub pre_reboot_node_labels: Vec<String>,
+    /// Labels (key=value) to set on the node after uncordoning
+    #[arg(long, env = "KURED_POST_REBOOT_NODE_LABELS", value_delimiter = ',')]
+    pub post_reboot_node_labels: Vec<String>,
+
+    /// Notification URL in shoutrrr syntax (repeatable)
+    #[arg(long, env = "KURED_NOTIFY_URL")]
+    pub notify_url: Vec<String>,
+    /// Slack incoming webhook URL [deprecated: use --notify-url]
+    #[arg(long, env = "KURED_SLACK_HOOK_URL", default_value = "")]
+    pub slack_hook_url: String,
+    /// Slack user name for notifications
+    #[arg(long, env = "KURED_SLACK_USERNAME", default_value = "kured")]
+    pub slack_username: String,
+    /// Slack channel for notifications
+    #[arg(long, env = "KURED_SLACK_CHANNEL", default_value = "")]
+    pub slack_channel: String,
+    /// Message sent when draining starts (%s: the node)
+    #[arg(
+        long,
+        env = "KURED_MESSAGE_TEMPLATE_DRAIN",
+        default_value = "Draining node %s"
+    )]
+    pub message_template_drain: String,
+    /// Message sent before rebooting (%s: the node)
+    #[arg(
+        long,
+        env = "KURED_MESSAGE_TEMPLATE_REBOOT",
+        default_value = "Rebooting node %s"
+    )]
+    pub message_template_reboot: String,
+    /// Message sent after the node is back and uncordoned (%s: the node)
+    #[arg(
+        long,
+        env = "KURED_MESSAGE_TEMPLATE_UNCORDON",
+        default_value = "Node %s rebooted & uncordoned successfully!"
+    )]
+    pub message_template_uncordon: String,
+
+    /// Log format
+    #[arg(long, env = "KURED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Address to serve /metrics and /healthz on (default: all interfaces)
+    #[arg(long, env = "KURED_METRICS_HOST", default_value = "")]
+    pub metrics_host: String,
+    /// Port to serve /metrics and /healthz on
+    #[arg(long, env = "KURED_METRICS_PORT", default_value_t = 8080)]
+    pub metrics_port: u16,
+}
+
+/// A flag whose value cannot be used: the flag, the value, and what is expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid --{flag} {value:?}: {expected}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        expected: String,
+    },
+    /// The window's own errors already name the flag and the value.
+    #[error(transparent)]
+    Window(#[from] WindowError),
+}
+
+fn invalid(flag: &'static str, value: &str, expected: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        value: value.to_owned(),
+        expected: expected.to_string(),
+    }
+}
+
+/// A label to set on the node, from `--pre-reboot-node-labels` / `--post-reboot-node-labels`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLabel {
+    pub key: String,
+    pub value: String,
+}
+
+/// Which alerts block a reboot.
+#[derive(Debug, Clone)]
+pub struct AlertFilter {
+    pub regexp: Option<Regex>,
+    pub match_only: bool,
+    pub firing_only: bool,
+}
+
+/// The validated configuration of an agent.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub period: Duration,
+    pub sentinel: Sentinel,
+    pub rebooter: Rebooter,
+    pub reboot_delay: Duration,
+    pub force_reboot: bool,
+    pub drain_delay: Duration,
+    /// `None`: no limit.
+    pub drain_timeout: Option<Duration>,
+    /// `None`: each pod's own grace period.
+    pub drain_grace_period: Option<Duration>,
+    pub drain_pod_selector: LabelSelector,
+    /// `None`: always wait for deletions to finish.
+    pub skip_wait_for_delete_timeout: Option<Duration>,
+    pub ds_namespace: String,
+    pub ds_name: String,
+    pub lock_annotation: String,
+    /// `None`: a lock never expires.
+    pub lock_ttl: Option<Duration>,
+    pub lock_release_delay: Duration,
+    pub concurrency: u32,
+    pub prometheus_url: Option<url::Url>,
+    pub alert_filter: AlertFilter,
+    pub blocking_pod_selectors: Vec<LabelSelector>,
+    pub prefer_no_schedule_taint: Option<String>,
+    pub window: RebootWindow,
+    pub annotate_nodes: bool,
+    pub pre_reboot_node_labels: Vec<NodeLabel>,
+    pub post_reboot_node_labels: Vec<NodeLabel>,
+    pub notify_urls: Vec<String>,
+    pub slack_hook_url: Option<String>,
+    pub slack_username: String,
+    pub slack_channel: Option<String>,
+    pub message_template_drain: String,
+    pub message_template_reboot: String,
+    pub message_template_uncordon: String,
+    pub log_format: LogFormat,
+    pub metrics_addr: String,
+    /// Things worth a warning at start-up that do not stop the agent.
+    pub warnings: Vec<String>,
+}
+
+/// Removes one pair of matching surrounding quotes. A manifest's `command:` list is not run by
+/// a shell, so `--notify-url=""` (as in upstream's example manifest) arrives with the quotes.
+pub fn strip_quotes(value: &str) -> &str {
+    let b = value.as_bytes();
+    if b.len() >= 2 && b[0] == b[b.len() - 1] && matches!(b[0], b'"' | b'\'') {
+        &value[1..value.len() - 1]
+    } else {
+        value
+    }
+}
+
+fn non_empty(value: &str) -> Option<&str> {
+    let v = strip_quotes(value);
+    (!v.is_empty()).then_some(v)
+}
+
+fn parse_duration(value: &str) -> Result<GoDuration, String> {
+    value
+        .parse::<GoDuration>()
+        .map_err(|e| format!("{e} (expected a Go duration such as 90s, 30m, 1h30m)"))
+}
+
+fn parse_timestamp(value: &str) -> Result<Timestamp, String> {
+    value
+        .parse::<Timestamp>()
+        .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-11-27T22:00:00Z)"))
+}
+
+/// Go's `strconv.ParseBool`, which upstream's flags and environment variables accept.
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
+    }
+}
+
+fn non_negative(flag: &'static str, d: GoDuration) -> Result<Duration, ConfigError> {
+    d.to_std()
+        .ok_or_else(|| invalid(flag, &d.to_string(), "expected a duration that is not negative"))
+}
+
+/// `0` means "off" for several upstream durations.
+fn zero_is_none(flag: &'static str, d: GoDuration) -> Result<Option<Duration>, ConfigError> {
+    non_negative(flag, d).map(|d| (!d.is_zero()).then_some(d))
+}
+
+fn parse_selector(flag: &'static str, value: &str) -> Result<LabelSelector, ConfigError> {
+    LabelSelector::parse(strip_quotes(value))
+        .map_err(|e| invalid(flag, value, format!("not a label selector: {e}")))
+}
+
+fn parse_labels(flag: &'static str, values: &[String]) -> Result<Vec<NodeLabel>, ConfigError> {
+    values
+        .iter()
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            let (key, value) = v
+                .split_once('=')
+                .ok_or_else(|| invalid(flag, v, "expected key=value"))?;
+            selector::check_key(key).map_err(|e| invalid(flag, v, e))?;
+            selector::check_value(value).map_err(|e| invalid(flag, v, e))?;
+            Ok(NodeLabel {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Parses a URL flag. The value of a flag that carries secrets (notification URLs) is shown
+/// redacted in the error.
+fn parse_url(flag: &'static str, value: &str, secret: bool) -> Result<url::Url, ConfigError> {
+    let shown = if secret {
+        redact_url(value)
+    } else {
+        value.to_owned()
+    };
+    let parsed = url::Url::parse(value).map_err(|e| invalid(flag, &shown, format!("not a URL: {e}")))?;
+    if parsed.cannot_be_a_base() {
+        return Err(invalid(flag, &shown, "expected a URL like scheme://host/path"));
+    }
+    Ok(parsed)
+}
+
+/// A URL fit for a log line: scheme and host only. Notification URLs carry their secrets in the
+/// user-info, the path or the query (Slack webhooks, Teams workflow signatures, SMTP passwords).
+pub fn redact_url(value: &str) -> String {
+    match url::Url::parse(value) {
+        Ok(u) => match u.host_str() {
+            Some(host) if !u.cannot_be_a_base() => format!("{}://{host}/<redacted>", u.scheme()),
+            _ => format!("{}:<redacted>", u.scheme()),
+        },
+        Err(_) => match value.split_once("://") {
+            Some((scheme, _)) if !scheme.is_empty() && scheme.len() < 32 => format!("{scheme}://<redacted>"),
+            _ => "<redacted>".to_owned(),
+        },
+    }
+}
+
+impl WindowArgs {
+    pub fn window(&self) -> Result<RebootWindow, ConfigError> {
+        let days: Vec<&str> = self.reboot_days.iter().map(|d| d.trim()).collect();
+        let window = RebootWindow::new(
+            &days,
+            strip_quotes(&self.start_time),
+            strip_quotes(&self.end_time),
+            strip_quotes(&self.time_zone),
+        )?;
+        Ok(window)
+    }
+}
+
+impl AgentArgs {
+    /// Checks every flag and builds the configuration, or names the first flag that is wrong.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let period = non_negative("period", self.period)?;
+        if period.is_zero() {
+            return Err(invalid(
+                "period",
+                &self.period.to_string(),
+                "expected a duration above zero",
+            ));
+        }
+
+        let host = HostNamespace::pid1();
+        let sentinel_path = self.reboot_sentinel.to_string_lossy();
+        let sentinel_path = strip_quotes(&sentinel_path);
+        let sentinel_command = strip_quotes(&self.reboot_sentinel_command);
+        if sentinel_command.trim().is_empty() && !sentinel_path.starts_with('/') {
+            return Err(invalid(
+                "reboot-sentinel",
+                sentinel_path,
+                "expected an absolute path",
+            ));
+        }
+        let sentinel = Sentinel::new(sentinel_path, sentinel_command, host).map_err(|e| {
+            invalid(
+                "reboot-sentinel-command",
+                sentinel_command,
+                format!("{e}: expected a command line with balanced quotes"),
+            )
+        })?;
+
+        let rebooter = match self.reboot_method {
+            RebootMethod::Command => {
+                let line = strip_quotes(&self.reboot_command);
+                Rebooter::command(line, host).map_err(|e| {
+                    invalid(
+                        "reboot-command",
+                        line,
+                        format!("{e}: expected a command line with balanced quotes"),
+                    )
+                })?
+            }
+            RebootMethod::Signal => Rebooter::signal(self.reboot_signal).map_err(|_| {
+                let range = valid_signal_range();
+                invalid(
+                    "reboot-signal",
+                    &self.reboot_signal.to_string(),
+                    format!(
+                        "expected a real-time signal number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            })?,
+        };
+
+        if self.concurrency == 0 {
+            return Err(invalid("concurrency", "0", "expected at least 1"));
+        }
+        let lock_annotation = strip_quotes(&self.lock_annotation);
+        selector::check_key(lock_annotation).map_err(|e| invalid("lock-annotation", lock_annotation, e))?;
+        let prefer_no_schedule_taint = non_empty(&self.prefer_no_schedule_taint)
+            .map(|t| {
+                selector::check_key(t).map_err(|e| invalid("prefer-no-schedule-taint", t, e))?;
+                Ok::<_, ConfigError>(t.to_owned())
+            })
+            .transpose()?;
+
+        let regexp = non_empty(&self.alert_filter_regexp)
+            .map(|r| {
+                Regex::new(r).map_err(|e| {
+                    // The regex crate's message spans lines, pointing at the error; keep its verdict.
+                    let detail = e.to_string();
+                    let reason = detail
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("")
+                        .trim();
+                    invalid(
+                        "alert-filter-regexp",
+                        r,
+                        format!("not a regular expression ({reason})"),
+                    )
+                })
+            })
+            .transpose()?;
+        let prometheus_url = non_empty(&self.prometheus_url)
+            .map(|u| parse_url("prometheus-url", u, false))
+            .transpose()?;
+
+        let blocking_pod_selectors = self
+            .blocking_pod_selector
+            .iter()
+            .filter_map(|s| non_empty(s))
+            .map(|s| parse_selector("blocking-pod-selector", s))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let pre_reboot_node_labels = parse_labels("pre-reboot-node-labels", &self.pre_reboot_node_labels)?;
+        let post_reboot_node_labels = parse_labels("post-reboot-node-labels", &self.post_reboot_node_labels)?;
+        let mut warnings = Vec::new();
+        fn keys(labels: &[NodeLabel]) -> Vec<&str> {
+            let mut k: Vec<&str> = labels.iter().map(|l| l.key.as_str()).collect();
+            k.sort_unstable();
+            k
+        }
+        if keys(&pre_reboot_node_labels) != keys(&post_reboot_node_labels) {
+            warnings.push(
+                "the keys of --pre-reboot-node-labels and --post-reboot-node-labels differ; labels set before a reboot may stay after it"
+                    .to_owned(),
+            );
+        }
+
+        let notify_urls: Vec<String> = self
+            .notify_url
+            .iter()
+            .filter_map(|u| non_empty(u))
+            .map(str::to_owned)
+            .collect();
+        for u in &notify_urls {
+            parse_url("notify-url", u, true)?;
+        }
+        let slack_hook_url = non_empty(&self.slack_hook_url).map(str::to_owned);
+        if let Some(hook) = &slack_hook_url {
+            parse_url("slack-hook-url", hook, true)?;
+            if notify_urls.is_empty() {
+                warnings.push("--slack-hook-url is deprecated; use --notify-url".to_owned());
+            } else {
+                warnings.push(
+                    "both --notify-url and --slack-hook-url are set; only --notify-url is used".to_owned(),
+                );
+            }
+        }
+
+        let metrics_host = strip_quotes(&self.metrics_host);
+        let metrics_addr = if metrics_host.is_empty() {
+            format!("0.0.0.0:{}", self.metrics_port)
+        } else if metrics_host.contains(':') {
+            format!("[{metrics_host}]:{}", self.metrics_port)
+        } else {
+            format!("{metrics_host}:{}", self.metrics_port)
+        };
+
+        let window = self.window.window()?;
+        let node_id = self.node_id.as_deref().map(strip_quotes).unwrap_or_default();
+        if node_id.is_empty() {
+            return Err(invalid(
+                "node-id",
+                node_id,
+                "expected the name of this node (set KURED_NODE_ID from the pod's spec.nodeName)",
+            ));
+        }
+
+        Ok(Config {
+            node_id: node_id.to_owned(),
+            kubeconfig: self.kubeconfig.clone(),
+            period,
+            sentinel,
+            rebooter,
+            reboot_delay: non_negative("reboot-delay", self.reboot_delay)?,
+            force_reboot: self.force_reboot,
+            drain_delay: non_negative("drain-delay", self.drain_delay)?,
+            drain_timeout: zero_is_none("drain-timeout", self.drain_timeout)?,
+            drain_grace_period: u64::try_from(self.drain_grace_period)
+                .ok()
+                .map(Duration::from_secs),
+            drain_pod_selector: parse_selector("drain-pod-selector", &self.drain_pod_selector)?,
+            skip_wait_for_delete_timeout: (self.skip_wait_for_delete_timeout > 0)
+                .then(|| Duration::from_secs(self.skip_wait_for_delete_timeout)),
+            ds_namespace: strip_quotes(&self.ds_namespace).to_owned(),
+            ds_name: strip_quotes(&self.ds_name).to_owned(),
+            lock_annotation: lock_annotation.to_owned(),
+            lock_ttl: zero_is_none("lock-ttl", self.lock_ttl)?,
+            lock_release_delay: non_negative("lock-release-delay", self.lock_release_delay)?,
+            concurrency: self.concurrency,
+            prometheus_url,
+            alert_filter: AlertFilter {
+                regexp,
+                match_only: self.alert_filter_match_only,
+                firing_only: self.alert_firing_only,
+            },
+            blocking_pod_selectors,
+            prefer_no_schedule_taint,
+            window,
+            annotate_nodes: self.annotate_nodes,
+            pre_reboot_node_labels,
+            post_reboot_node_labels,
+            notify_urls,
+            slack_hook_url,
+            slack_username: strip_quotes(&self.slack_username).to_owned(),
+            slack_channel: non_empty(&self.slack_channel).map(str::to_owned),
+            message_template_drain: self.message_template_drain.clone(),
+            message_template_reboot: self.message_template_reboot.clone(),
+            message_template_uncordon: self.message_template_uncordon.clone(),
+            log_format: self.log_format,
+            metrics_addr,
+            warnings,
+        })
+    }
+}
