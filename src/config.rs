@@ -25,6 +25,26 @@ pub struct Cli {
     pub agent: AgentArgs,
 }
 
+impl Cli {
+    /// The command line definition. Values found in the environment are never shown in
+    /// `--help`: `KURED_NOTIFY_URL` and friends carry secrets.
+    pub fn command() -> clap::Command {
+        <Cli as clap::CommandFactory>::command()
+            .mut_args(|a| a.hide_env_values(true))
+            .mut_subcommands(|sub| sub.mut_args(|a| a.hide_env_values(true)))
+    }
+
+    /// Parses arguments (and `KURED_*` environment variables, read now).
+    pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print whether an instant is inside the reboot window, and the window's next openings.
@@ -647,5 +667,439 @@ impl AgentArgs {
             metrics_addr,
             warnings,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serialises the tests that build the command line: clap reads `KURED_*` variables when it
+    /// builds the command, and one test sets them.
+    static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let cli = Cli::parse_from(std::iter::once("kured").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.agent.validate().map_err(|e| e.to_string())
+    }
+
+    fn ok(args: &[&str]) -> Config {
+        parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    fn err(args: &[&str]) -> String {
+        match parse(args) {
+            Ok(c) => panic!("{args:?} should be rejected, got {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn env_name(flag: &str) -> String {
+        format!("KURED_{}", flag.to_uppercase().replace('-', "_"))
+    }
+
+    #[test]
+    fn every_flag_has_its_kured_env_twin() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut flags: Vec<&str> = Vec::new();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert_eq!(env.as_deref(), Some(env_name(long).as_str()), "--{long}");
+            flags.push(long);
+        }
+        flags.sort_unstable();
+        let mut expected = vec![
+            "node-id",
+            "period",
+            "reboot-sentinel",
+            "reboot-sentinel-command",
+            "reboot-method",
+            "reboot-command",
+            "reboot-signal",
+            "reboot-delay",
+            "force-reboot",
+            "drain-delay",
+            "drain-timeout",
+            "drain-grace-period",
+            "drain-pod-selector",
+            "skip-wait-for-delete-timeout",
+            "ds-namespace",
+            "ds-name",
+            "lock-annotation",
+            "lock-ttl",
+            "lock-release-delay",
+            "concurrency",
+            "prometheus-url",
+            "alert-filter-regexp",
+            "alert-filter-match-only",
+            "alert-firing-only",
+            "blocking-pod-selector",
+            "prefer-no-schedule-taint",
+            "reboot-days",
+            "start-time",
+            "end-time",
+            "time-zone",
+            "annotate-nodes",
+            "pre-reboot-node-labels",
+            "post-reboot-node-labels",
+            "notify-url",
+            "slack-hook-url",
+            "slack-username",
+            "slack-channel",
+            "message-template-drain",
+            "message-template-reboot",
+            "message-template-uncordon",
+            "log-format",
+            "metrics-host",
+            "metrics-port",
+            "kubeconfig",
+        ];
+        expected.sort_unstable();
+        assert_eq!(flags, expected);
+    }
+
+    #[test]
+    fn upstream_defaults() {
+        let c = ok(&["--node-id=n1"]);
+        assert_eq!(c.period, Duration::from_secs(3600));
+        assert_eq!(c.sentinel, Sentinel::File("/var/run/reboot-required".into()));
+        assert_eq!(
+            c.rebooter.describe(),
+            Rebooter::command("/bin/systemctl reboot", HostNamespace::pid1())
+                .unwrap()
+                .describe()
+        );
+        assert_eq!(c.reboot_delay, Duration::ZERO);
+        assert!(!c.force_reboot);
+        assert_eq!(c.drain_delay, Duration::ZERO);
+        assert_eq!(c.drain_timeout, None);
+        assert_eq!(c.drain_grace_period, None);
+        assert!(c.drain_pod_selector.is_empty());
+        assert_eq!(c.skip_wait_for_delete_timeout, None);
+        assert_eq!(
+            (c.ds_namespace.as_str(), c.ds_name.as_str()),
+            ("kube-system", "kured")
+        );
+        assert_eq!(c.lock_annotation, "weave.works/kured-node-lock");
+        assert_eq!(
+            (c.lock_ttl, c.lock_release_delay, c.concurrency),
+            (None, Duration::ZERO, 1)
+        );
+        assert!(c.prometheus_url.is_none() && c.alert_filter.regexp.is_none());
+        assert!(!c.alert_filter.match_only && !c.alert_filter.firing_only);
+        assert!(c.blocking_pod_selectors.is_empty() && c.prefer_no_schedule_taint.is_none());
+        assert_eq!(
+            c.window.to_string(),
+            RebootWindow::new(
+                &["su", "mo", "tu", "we", "th", "fr", "sa"],
+                "0:00",
+                "23:59:59",
+                "UTC"
+            )
+            .unwrap()
+            .to_string()
+        );
+        assert!(!c.annotate_nodes);
+        assert!(c.pre_reboot_node_labels.is_empty() && c.post_reboot_node_labels.is_empty());
+        assert!(c.notify_urls.is_empty() && c.slack_hook_url.is_none() && c.slack_channel.is_none());
+        assert_eq!(c.slack_username, "kured");
+        assert_eq!(c.message_template_drain, "Draining node %s");
+        assert_eq!(c.message_template_reboot, "Rebooting node %s");
+        assert_eq!(
+            c.message_template_uncordon,
+            "Node %s rebooted & uncordoned successfully!"
+        );
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.metrics_addr, "0.0.0.0:8080");
+        assert!(c.warnings.is_empty());
+    }
+
+    /// The argument list of upstream's kured-ds.yaml, commented out there, exactly as written in
+    /// the manifest's `command:` list (no shell, so `""` arrives as two quote characters).
+    #[test]
+    fn upstream_manifest_argument_lines_parse_to_their_documented_values() {
+        let lines = [
+            "--reboot-sentinel=/sentinel/reboot-required",
+            "--force-reboot=false",
+            "--drain-grace-period=-1",
+            "--skip-wait-for-delete-timeout=0",
+            "--drain-delay=0",
+            "--drain-timeout=0",
+            "--drain-pod-selector=\"\"",
+            "--period=1h",
+            "--ds-namespace=kube-system",
+            "--ds-name=kured",
+            "--lock-annotation=weave.works/kured-node-lock",
+            "--lock-ttl=0",
+            "--prometheus-url=http://prometheus.monitoring.svc.cluster.local",
+            "--alert-filter-regexp=^RebootRequired$",
+            "--alert-filter-match-only=false",
+            "--alert-firing-only=false",
+            "--prefer-no-schedule-taint=\"\"",
+            "--reboot-sentinel-command=\"\"",
+            "--reboot-method=command",
+            "--reboot-signal=39",
+            "--slack-hook-url=https://hooks.slack.com/...",
+            "--slack-username=prod",
+            "--slack-channel=alerting",
+            "--notify-url=\"\"",
+            "--message-template-drain=Draining node %s",
+            "--message-template-reboot=Rebooting node %s",
+            "--message-template-uncordon=Node %s rebooted & uncordoned successfully!",
+            "--blocking-pod-selector=runtime=long,cost=expensive",
+            "--blocking-pod-selector=name=temperamental",
+            "--reboot-days=sun,mon,tue,wed,thu,fri,sat",
+            "--reboot-delay=90s",
+            "--start-time=0:00",
+            "--end-time=23:59:59",
+            "--time-zone=UTC",
+            "--annotate-nodes=false",
+            "--lock-release-delay=30m",
+            "--log-format=text",
+            "--metrics-host=\"\"",
+            "--metrics-port=8080",
+            "--concurrency=1",
+        ];
+        let mut args = vec!["--node-id=n1"];
+        args.extend(lines);
+        let c = ok(&args);
+        assert_eq!(c.sentinel, Sentinel::File("/sentinel/reboot-required".into()));
+        assert!(!c.force_reboot);
+        assert_eq!(c.drain_grace_period, None);
+        assert_eq!(c.skip_wait_for_delete_timeout, None);
+        assert_eq!((c.drain_delay, c.drain_timeout), (Duration::ZERO, None));
+        assert!(c.drain_pod_selector.is_empty());
+        assert_eq!(c.period, Duration::from_secs(3600));
+        assert_eq!(c.lock_ttl, None);
+        assert_eq!(
+            c.prometheus_url.as_ref().map(|u| u.as_str()),
+            Some("http://prometheus.monitoring.svc.cluster.local/")
+        );
+        assert!(
+            c.alert_filter
+                .regexp
+                .as_ref()
+                .is_some_and(|r| r.is_match("RebootRequired") && !r.is_match("XRebootRequired"))
+        );
+        assert!(c.prefer_no_schedule_taint.is_none());
+        assert!(c.rebooter.describe().contains("/bin/systemctl reboot"));
+        assert_eq!(c.slack_hook_url.as_deref(), Some("https://hooks.slack.com/..."));
+        assert_eq!(
+            (c.slack_username.as_str(), c.slack_channel.as_deref()),
+            ("prod", Some("alerting"))
+        );
+        assert!(c.notify_urls.is_empty());
+        let selectors: Vec<String> = c.blocking_pod_selectors.iter().map(ToString::to_string).collect();
+        assert_eq!(selectors, ["runtime=long,cost=expensive", "name=temperamental"]);
+        assert_eq!(c.reboot_delay, Duration::from_secs(90));
+        assert_eq!(c.lock_release_delay, Duration::from_secs(30 * 60));
+        assert_eq!(c.metrics_addr, "0.0.0.0:8080");
+        assert_eq!(c.concurrency, 1);
+        assert_eq!(c.warnings, ["--slack-hook-url is deprecated; use --notify-url"]);
+
+        // The manifest's last selector line, `--blocking-pod-selector=...`, is a placeholder for
+        // "add more"; taken literally it is not a selector, and says so.
+        let e = err(&["--node-id=n1", "--blocking-pod-selector=..."]);
+        assert!(e.contains("--blocking-pod-selector \"...\""), "{e}");
+    }
+
+    #[test]
+    fn flags_and_their_env_twins_give_the_same_config() {
+        // Each flag set on the command line, then the same value through its environment
+        // variable (clap's env support, exercised via Command::try_get_matches_from with env).
+        let cases: &[(&str, &str)] = &[
+            ("period", "10m"),
+            ("reboot-days", "mo,tu"),
+            ("start-time", "22:00"),
+            ("end-time", "04:00"),
+            ("time-zone", "Europe/Berlin"),
+            ("concurrency", "3"),
+            ("force-reboot", "true"),
+            ("annotate-nodes", "1"),
+            ("drain-grace-period", "-1"),
+            ("pre-reboot-node-labels", "a=1,b=2"),
+            ("blocking-pod-selector", "app=db,tier in (x,y)"),
+        ];
+        for (flag, value) in cases {
+            let from_flag = ok(&["--node-id=n1", &format!("--{flag}={value}")]);
+            let var = env_name(flag);
+            // clap reads an argument's environment variable when the command is built.
+            let from_env = temp_env(&var, value, || {
+                Cli::parse_from(["kured", "--node-id=n1"])
+                    .expect("parses")
+                    .agent
+                    .validate()
+                    .expect("validates")
+            });
+            assert_eq!(
+                format!("{from_flag:?}"),
+                format!("{from_env:?}"),
+                "--{flag} vs {var}"
+            );
+        }
+    }
+
+    /// Runs `f` with one environment variable set, holding the lock that `parse` takes.
+    fn temp_env<T>(var: &str, value: &str, f: impl FnOnce() -> T) -> T {
+        let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // Edition 2024 makes set_var unsafe because another thread may read the environment
+        // at the same time; in this module only these tests touch it, under the lock above.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var(var, value)
+        };
+        let out = f();
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::remove_var(var)
+        };
+        out
+    }
+
+    #[test]
+    fn list_flags_take_comma_separated_and_repeated_forms() {
+        let a = ok(&["--node-id=n", "--reboot-days=mo,tu", "--reboot-days=we"]);
+        let b = ok(&["--node-id=n", "--reboot-days=mo,tu,we"]);
+        assert_eq!(a.window.to_string(), b.window.to_string());
+        let c = ok(&[
+            "--node-id=n",
+            "--post-reboot-node-labels=a=1",
+            "--post-reboot-node-labels=b=2,c=3",
+        ]);
+        let keys: Vec<&str> = c.post_reboot_node_labels.iter().map(|l| l.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        // Selectors contain commas, so --blocking-pod-selector is repeated, never split.
+        let d = ok(&[
+            "--node-id=n",
+            "--blocking-pod-selector=a=1,b=2",
+            "--blocking-pod-selector=c",
+        ]);
+        assert_eq!(d.blocking_pod_selectors.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_the_value_and_what_is_expected() {
+        for (args, needle) in [
+            (&["--reboot-days=funday"][..], "--reboot-days"),
+            (&["--start-time=25:00"], "--start-time \"25:00\""),
+            (&["--end-time=9:30am"], "--end-time \"9:30am\""),
+            (&["--time-zone=Mars/Olympus"], "--time-zone \"Mars/Olympus\""),
+            (&["--drain-pod-selector=a b"], "--drain-pod-selector \"a b\""),
+            (
+                &["--blocking-pod-selector=app=a=b"],
+                "--blocking-pod-selector \"app=a=b\"",
+            ),
+            (&["--alert-filter-regexp=("], "--alert-filter-regexp \"(\""),
+            (&["--reboot-command='unbalanced"], "--reboot-command"),
+            (&["--reboot-sentinel-command=\"x"], "--reboot-sentinel-command"),
+            (
+                &["--reboot-sentinel=relative/path"],
+                "--reboot-sentinel \"relative/path\"",
+            ),
+            (
+                &["--prometheus-url=prometheus:9090"],
+                "--prometheus-url \"prometheus:9090\"",
+            ),
+            (
+                &["--reboot-method=signal", "--reboot-signal=9"],
+                "--reboot-signal \"9\"",
+            ),
+            (
+                &["--reboot-method=signal", "--reboot-signal=65"],
+                "--reboot-signal \"65\"",
+            ),
+            (&["--concurrency=0"], "--concurrency \"0\""),
+            (&["--period=0"], "--period \"0s\""),
+            (&["--lock-ttl=-1s"], "--lock-ttl \"-1s\""),
+            (
+                &["--pre-reboot-node-labels=novalue"],
+                "--pre-reboot-node-labels \"novalue\"",
+            ),
+            (
+                &["--prefer-no-schedule-taint=Bad Taint"],
+                "--prefer-no-schedule-taint \"Bad Taint\"",
+            ),
+            (&["--lock-annotation=a/b/c"], "--lock-annotation \"a/b/c\""),
+            (
+                &["--notify-url=slack://tok en@chan nel"],
+                "--notify-url \"slack://<redacted>\"",
+            ),
+        ] {
+            let mut full = vec!["--node-id=n1"];
+            full.extend(args);
+            let e = err(&full);
+            assert!(e.contains(needle), "{args:?}: {e:?} does not contain {needle:?}");
+            assert!(!e.contains('\n'), "{args:?}: one line, got {e:?}");
+        }
+        // Syntax errors found by clap itself name the flag and value too.
+        for (args, needle) in [
+            (&["--period=1d"][..], "'1d' for '--period"),
+            (&["--reboot-method=reboot"], "'reboot' for '--reboot-method"),
+            (&["--force-reboot=yes"], "'yes' for '--force-reboot"),
+            (&["--metrics-port=99999"], "'99999' for '--metrics-port"),
+        ] {
+            let mut full = vec!["--node-id=n1"];
+            full.extend(args);
+            let e = err(&full);
+            assert!(e.contains(needle), "{args:?}: {e:?}");
+        }
+        assert!(err(&[]).contains("--node-id"));
+    }
+
+    #[test]
+    fn differing_pre_and_post_label_keys_warn_as_upstream() {
+        let c = ok(&[
+            "--node-id=n",
+            "--pre-reboot-node-labels=a=1",
+            "--post-reboot-node-labels=b=1",
+        ]);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let same = ok(&[
+            "--node-id=n",
+            "--pre-reboot-node-labels=a=1",
+            "--post-reboot-node-labels=a=2",
+        ]);
+        assert!(same.warnings.is_empty());
+    }
+
+    #[test]
+    fn notify_and_slack_urls_are_never_shown_with_their_secrets() {
+        let hook = "https://hooks.slack.com/services/T0000/B0000/XXXXSECRET";
+        assert_eq!(redact_url(hook), "https://hooks.slack.com/<redacted>");
+        assert_eq!(
+            redact_url("smtp://user:hunter2@mail:587/?to=a@b"),
+            "smtp://mail/<redacted>"
+        );
+        assert!(!redact_url("slack://xoxb-SECRET@channel").contains("SECRET"));
+        assert!(!redact_url("teams://not a url SECRET").contains("SECRET"));
+    }
+
+    #[test]
+    fn surrounding_quotes_are_stripped_once() {
+        assert_eq!(strip_quotes("\"\""), "");
+        assert_eq!(strip_quotes("'x'"), "x");
+        assert_eq!(strip_quotes("\"x'"), "\"x'");
+        assert_eq!(strip_quotes("\"\"x\"\""), "\"x\"");
+        assert_eq!(strip_quotes("\""), "\"");
+    }
+
+    #[test]
+    fn help_output() {
+        let help = Cli::command().term_width(100).render_long_help().to_string();
+        insta::assert_snapshot!("help", help);
+        let schedule = Cli::command()
+            .term_width(100)
+            .find_subcommand_mut("schedule")
+            .expect("schedule")
+            .render_long_help()
+            .to_string();
+        insta::assert_snapshot!("schedule_help", schedule);
     }
 }

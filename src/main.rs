@@ -4,7 +4,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use kured::config::{AgentArgs, Cli, Command, LogFormat, OutputFormat, ScheduleArgs};
 use tokio::sync::watch;
 
@@ -14,7 +13,7 @@ const EXIT_USAGE: u8 = 2;
 const TERMINATION_LOG: &str = "/dev/termination-log";
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version are "errors" that print to stdout and exit 0.
