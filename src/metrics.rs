@@ -49,13 +49,13 @@ impl Metrics {
         let reboot_required = Family::<NodeLabel, Gauge>::default();
         registry.register(
             "kured_reboot_required",
-            "OS requires reboot due to software updates.",
+            "OS requires reboot due to software updates",
             reboot_required.clone(),
         );
         let sentinel_errors = Family::<NodeLabel, Counter>::default();
         registry.register(
             "kured_sentinel_errors",
-            "Reboot sentinel checks that failed (command error, unreadable file).",
+            "Reboot sentinel checks that failed (command error, unreadable file)",
             sentinel_errors.clone(),
         );
         let node = NodeLabel {

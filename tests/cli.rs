@@ -1,0 +1,222 @@
+//! The `kured` binary as an operator runs it: exit codes, one-line errors, `kured schedule`,
+//! and an agent serving its metrics from a real sentinel file.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn kured() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kured"));
+    // The tests set what they need; nothing leaks in from the caller's environment.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KURED_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line_naming_flag_and_value() {
+    let out = kured()
+        .args(["--node-id=n1", "--start-time=25:00"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("kured: invalid --start-time \"25:00\""),
+        "{stderr}"
+    );
+
+    let out = kured()
+        .env("KURED_REBOOT_DAYS", "mo,funday")
+        .arg("--node-id=n1")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"funday\""));
+
+    let out = kured().output().expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
+}
+
+#[test]
+fn schedule_prints_json_in_the_documented_shape() {
+    let out = kured()
+        .args([
+            "schedule",
+            "--at=2026-11-27T10:00:00Z",
+            "--count=2",
+            "--output=json",
+        ])
+        .args([
+            "--reboot-days=fr,sa",
+            "--start-time=22:00",
+            "--end-time=04:00",
+            "--time-zone=Europe/Berlin",
+        ])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["inside"], false);
+    let windows = v["windows"].as_array().expect("windows");
+    assert_eq!(windows.len(), 2);
+    // Friday 22:00 in Berlin (UTC+1 in November); Saturday night continues into Sunday 04:00
+    // only on days in the list, so Friday's window runs to midnight then Saturday's begins.
+    assert_eq!(windows[0]["opens"], "2026-11-27T22:00:00+01:00");
+    for w in windows {
+        let keys: Vec<&String> = w.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["closes", "opens"]);
+        for k in ["opens", "closes"] {
+            let s = w[k].as_str().expect("string");
+            s.parse::<jiff::Timestamp>()
+                .unwrap_or_else(|e| panic!("{k} {s:?} is not RFC 3339: {e}"));
+        }
+    }
+}
+
+#[test]
+fn schedule_text_says_whether_inside() {
+    let out = kured()
+        .args([
+            "schedule",
+            "--at=2026-11-27T12:00:00Z",
+            "--start-time=9am",
+            "--end-time=5pm",
+        ])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Inside  yes"), "{text}");
+}
+
+/// The agent process, killed on drop so a failing test leaves nothing behind.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+fn wait_for_metric(port: u16, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if get(port, "/metrics").is_some_and(|b| b.contains(line)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/metrics never showed {line:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_agent(sentinel: &Path, port: u16) -> Agent {
+    let child = kured()
+        .args([
+            "--node-id=test-node",
+            "--period=1s",
+            "--metrics-host=127.0.0.1",
+            "--log-format=json",
+        ])
+        .arg(format!("--reboot-sentinel={}", sentinel.display()))
+        .arg(format!("--metrics-port={port}"))
+        .arg("--notify-url=slack://hook:T000/B000/SECRETTOKEN@webhook")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    Agent(child)
+}
+
+#[test]
+fn agent_serves_reboot_required_from_the_sentinel_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sentinel = dir.path().join("reboot-required");
+    let port = free_port();
+    let mut agent = start_agent(&sentinel, port);
+
+    wait_for_metric(port, "kured_reboot_required{node=\"test-node\"} 0");
+    assert!(get(port, "/healthz").is_some_and(|b| b.starts_with("HTTP/1.1 200") && b.ends_with("ok\n")));
+    std::fs::write(&sentinel, "").expect("creating the sentinel");
+    wait_for_metric(port, "kured_reboot_required{node=\"test-node\"} 1");
+    std::fs::remove_file(&sentinel).expect("removing the sentinel");
+    wait_for_metric(port, "kured_reboot_required{node=\"test-node\"} 0");
+
+    let pid = agent.0.id();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let status = agent.0.wait().expect("waits");
+    assert!(status.success(), "{status:?}");
+
+    let mut logs = String::new();
+    agent
+        .0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("reads logs");
+    assert!(!logs.contains("SECRETTOKEN"), "a secret reached the log: {logs}");
+    for line in BufReader::new(logs.as_bytes()).lines() {
+        let line = line.expect("a line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert!(
+            v["level"].is_string() && v["message"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(logs.contains("\"reboot_required\":true"), "{logs}");
+}
+
+#[test]
+fn a_taken_metrics_port_is_a_clear_error() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = holder.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = kured()
+        .args([
+            "--node-id=n1",
+            "--metrics-host=127.0.0.1",
+            &format!("--metrics-port={port}"),
+        ])
+        .arg(format!("--reboot-sentinel={}", dir.path().join("s").display()))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("kured: cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
