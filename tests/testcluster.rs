@@ -19,7 +19,9 @@ fn testcluster(run_dir: &Path, base_port: u32, extra_env: &[(&str, &str)], args:
 }
 
 fn pid_alive(pid_file: &Path) -> bool {
-    let Ok(pid) = std::fs::read_to_string(pid_file) else { return false };
+    let Ok(pid) = std::fs::read_to_string(pid_file) else {
+        return false;
+    };
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
     // A zombie has exited; it only waits to be reaped.
     !stat.is_empty() && !stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z'))
@@ -39,7 +41,11 @@ fn a_taken_port_is_named_with_its_component_and_nothing_starts() {
         stderr.contains("port 27442") && stderr.contains("kube-apiserver"),
         "the message names the port and the component: {stderr}"
     );
-    assert!(!run.exists(), "nothing was started, so no run directory is left: {}", run.display());
+    assert!(
+        !run.exists(),
+        "nothing was started, so no run directory is left: {}",
+        run.display()
+    );
 }
 
 #[test]
@@ -54,16 +60,32 @@ fn a_component_that_exits_early_is_named_with_its_log_and_the_rest_is_stopped() 
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "up must fail; stderr: {stderr}");
-    assert!(stderr.contains("kube-apiserver exited early"), "names the component: {stderr}");
+    assert!(
+        stderr.contains("kube-apiserver exited early"),
+        "names the component: {stderr}"
+    );
     let log = run.join("logs/kube-apiserver.log");
-    assert!(stderr.contains(&log.display().to_string()), "names the log: {stderr}");
+    assert!(
+        stderr.contains(&log.display().to_string()),
+        "names the log: {stderr}"
+    );
     let log_text = std::fs::read_to_string(&log).expect("the log exists");
-    assert!(log_text.contains("no-such-flag-for-this-test"), "the log says why: {log_text}");
-    assert!(!pid_alive(&run.join("pids/etcd.pid")), "etcd, started before, was stopped");
+    assert!(
+        log_text.contains("no-such-flag-for-this-test"),
+        "the log says why: {log_text}"
+    );
+    assert!(
+        !pid_alive(&run.join("pids/etcd.pid")),
+        "etcd, started before, was stopped"
+    );
     assert!(!pid_alive(&run.join("pids/kube-apiserver.pid")));
 
     let down = testcluster(&run, 27450, &[], &["down"]);
-    assert!(down.status.success(), "down: {}", String::from_utf8_lossy(&down.stderr));
+    assert!(
+        down.status.success(),
+        "down: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
     assert!(!run.exists(), "down removes the run directory");
 }
 
