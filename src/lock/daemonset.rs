@@ -1,0 +1,396 @@
+//! The lock on an annotation of the agent's own DaemonSet (`--ds-namespace`, `--ds-name`,
+//! `--lock-annotation`), as upstream kured keeps it.
+//!
+//! Every change is read → decide ([`super::record`]) → write the whole object back with the
+//! `metadata.resourceVersion` that was read (an `update`, the verb upstream's RBAC grants). A write
+//! based on a stale read fails with 409 Conflict; we then read again and decide again, a bounded
+//! number of times with jittered back-off. The object goes back as it was read except for the
+//! annotation: it is handled as an untyped object, so fields this build does not know survive.
+//!
+//! Waiting for a change watches the single DaemonSet (field selector `metadata.name`); when RBAC
+//! forbids that (upstream's manifests grant `get` and `update` only) it polls instead.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use kube::api::{ApiResource, DynamicObject, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client};
+use tracing::{debug, info, warn};
+
+use super::record::{self, Change, Decision, RecordError};
+use super::{
+    Acquire, Claim, LockEntry, LockError, LockSettings, LockState, RebootLock, Release, Result, Seen,
+};
+use crate::config::Config;
+
+/// Writes in a row that may meet a conflict before we give up. Each conflict means another agent's
+/// write just won, so ten in a row is a crowd; the caller's loop tries again later instead of this
+/// call holding on.
+const MAX_WRITE_ATTEMPTS: u32 = 10;
+/// Pause after a first conflict. The winning write is visible at once, so the re-read need not
+/// wait; the pause only spreads out agents woken by the same change.
+const CONFLICT_BACKOFF_BASE: Duration = Duration::from_millis(50);
+/// Longest pause after a conflict (the pause doubles per conflict), so that a freed slot is still
+/// taken within about a second.
+const CONFLICT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Pause before watching again after a watch failed: usually the API server closed or compacted
+/// the watch and a new one succeeds at once; a second keeps a failing API server from being hammered.
+const WATCH_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Watch failures in a row before the error goes to the caller.
+const MAX_WATCH_FAILURES: u32 = 5;
+/// Polling period when RBAC forbids watching the DaemonSet: one GET per waiting agent per 10 s
+/// keeps a waiting fleet of 100 nodes at 10 requests per second.
+const POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The DaemonSet as read: the object to write back and its lock annotation.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    object: DynamicObject,
+    annotation: Option<String>,
+}
+
+impl Snapshot {
+    /// The lock annotation's value, `None` when absent.
+    pub fn annotation(&self) -> Option<&str> {
+        self.annotation.as_deref()
+    }
+
+    /// The resourceVersion a write based on this snapshot is conditional on.
+    pub fn resource_version(&self) -> Option<&str> {
+        self.object.metadata.resource_version.as_deref()
+    }
+}
+
+/// The reboot lock on a DaemonSet annotation; see the [module documentation](self).
+#[derive(Debug)]
+pub struct DaemonSetLock {
+    api: Api<DynamicObject>,
+    name: String,
+    /// `DaemonSet <namespace>/<name>`, for errors and logs.
+    object: String,
+    annotation: String,
+    settings: LockSettings,
+    clock: fn() -> Timestamp,
+    conflicts: AtomicU64,
+    /// Set once a watch was forbidden: from then on, poll.
+    poll: AtomicBool,
+}
+
+impl DaemonSetLock {
+    /// The lock in annotation `annotation` of DaemonSet `namespace`/`name`. The client must not
+    /// retry by itself (`Config::default_retry = false`).
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        annotation: &str,
+        settings: LockSettings,
+    ) -> Self {
+        let resource = ApiResource::erase::<DaemonSet>(&());
+        DaemonSetLock {
+            api: Api::namespaced_with(client, namespace, &resource),
+            name: name.to_owned(),
+            object: format!("DaemonSet {namespace}/{name}"),
+            annotation: annotation.to_owned(),
+            settings,
+            clock: Timestamp::now,
+            conflicts: AtomicU64::new(0),
+            poll: AtomicBool::new(false),
+        }
+    }
+
+    /// The lock the agent's configuration names.
+    pub fn from_config(client: Client, config: &Config) -> Self {
+        DaemonSetLock::new(
+            client,
+            &config.ds_namespace,
+            &config.ds_name,
+            &config.lock_annotation,
+            LockSettings::from_config(config),
+        )
+    }
+
+    /// Uses `clock` instead of the system clock for `created`, `releaseAfter` and expiry.
+    pub fn with_clock(mut self, clock: fn() -> Timestamp) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn settings(&self) -> &LockSettings {
+        &self.settings
+    }
+
+    /// `DaemonSet <namespace>/<name>`.
+    pub fn object(&self) -> &str {
+        &self.object
+    }
+
+    /// How many of our writes have met a conflict (409) so far.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
+    }
+
+    /// Reads the DaemonSet.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let object = self.api.get(&self.name).await.map_err(|source| LockError::Read {
+            object: self.object.clone(),
+            source,
+        })?;
+        let annotation = annotation_of(Some(&object), &self.annotation).map(str::to_owned);
+        Ok(Snapshot { object, annotation })
+    }
+
+    /// Applies `change` to the annotation of `snapshot` and writes it, on condition that the
+    /// DaemonSet has not changed since `snapshot` was read: otherwise the write fails and the
+    /// error [`is_conflict`](LockError::is_conflict).
+    pub async fn write(&self, snapshot: &Snapshot, change: &Change) -> Result<()> {
+        self.write_attempt(snapshot, change, 1).await
+    }
+
+    async fn write_attempt(&self, snapshot: &Snapshot, change: &Change, attempt: u32) -> Result<()> {
+        let mut object = snapshot.object.clone();
+        let annotations = object.metadata.annotations.get_or_insert_with(Default::default);
+        match change {
+            Change::Set(value) => annotations.insert(self.annotation.clone(), value.clone()),
+            Change::Remove => annotations.remove(&self.annotation),
+        };
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &object)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(source) => Err(LockError::Write {
+                object: self.object.clone(),
+                annotation: self.annotation.clone(),
+                attempts: attempt,
+                source,
+            }),
+        }
+    }
+
+    /// Read, decide, write; on a conflict, again from the read.
+    /// Releases our slot at once, ignoring `--lock-release-delay`: for a node that never went
+    /// down (a drain that failed), where the delay would only hold the next node back.
+    pub async fn release_now(&self) -> Result<Release> {
+        let settings = LockSettings {
+            release_delay: Duration::ZERO,
+            ..self.settings.clone()
+        };
+        let outcome = self
+            .update(|current, now| record::decide_release(current, &settings, now))
+            .await?;
+        info!(object = %self.object, node = %settings.node_id, ?outcome, "lock released without delay");
+        Ok(outcome)
+    }
+
+    async fn update<T>(
+        &self,
+        mut decide: impl FnMut(Option<&str>, Timestamp) -> record::Result<Decision<T>> + Send,
+    ) -> Result<T> {
+        let mut attempt = 1;
+        loop {
+            let snapshot = self.snapshot().await?;
+            let decision = decide(snapshot.annotation(), (self.clock)())
+                .map_err(|source| self.record_error(&snapshot, source))?;
+            let Some(change) = decision.change else {
+                return Ok(decision.outcome);
+            };
+            match self.write_attempt(&snapshot, &change, attempt).await {
+                Ok(()) => return Ok(decision.outcome),
+                Err(error) if error.is_conflict() => {
+                    self.conflicts.fetch_add(1, Ordering::Relaxed);
+                    if attempt >= MAX_WRITE_ATTEMPTS {
+                        return Err(error);
+                    }
+                    let pause = conflict_backoff(attempt);
+                    debug!(object = %self.object, node = %self.settings.node_id, attempt, ?pause,
+                        "lock object changed since it was read; reading again");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn record_error(&self, snapshot: &Snapshot, source: RecordError) -> LockError {
+        match source {
+            RecordError::Encode { .. } => LockError::Encode {
+                object: self.object.clone(),
+                source,
+            },
+            RecordError::Parse { .. } | RecordError::Decode { .. } => LockError::Decode {
+                object: self.object.clone(),
+                annotation: self.annotation.clone(),
+                value: snapshot.annotation().unwrap_or_default().to_owned(),
+                source,
+            },
+        }
+    }
+
+    /// Waits for the annotation to differ from `seen` by watching the DaemonSet.
+    /// `Ok(None)`: watching is forbidden, poll instead.
+    async fn watch_for_change(&self, seen: &Seen) -> Result<Option<Seen>> {
+        let mut failures = 0;
+        loop {
+            let annotation = self.annotation.clone();
+            let wanted = seen.clone();
+            let differs =
+                move |ds: Option<&DynamicObject>| annotation_of(ds, &annotation) != wanted.annotation();
+            match await_condition(self.api.clone(), &self.name, differs).await {
+                Ok(ds) => {
+                    let now = annotation_of(ds.as_ref(), &self.annotation).map(str::to_owned);
+                    return Ok(Some(Seen::new(now)));
+                }
+                Err(source) => {
+                    let error = LockError::Watch {
+                        object: self.object.clone(),
+                        source,
+                    };
+                    if error.is_forbidden() {
+                        warn!(object = %self.object, error = %crate::error_chain(&error),
+                            "may not watch the lock object; polling it every {POLL_INTERVAL:?} instead \
+                             (grant list and watch on daemonsets to see a freed lock at once)");
+                        self.poll.store(true, Ordering::Relaxed);
+                        return Ok(None);
+                    }
+                    failures += 1;
+                    if failures >= MAX_WATCH_FAILURES {
+                        return Err(error);
+                    }
+                    debug!(object = %self.object, error = %crate::error_chain(&error), failures,
+                        "watching the lock object failed; watching again");
+                    tokio::time::sleep(WATCH_RETRY_DELAY).await;
+                }
+            }
+        }
+    }
+}
+
+impl RebootLock for DaemonSetLock {
+    async fn acquire(&self, claim: &Claim) -> Result<Acquire> {
+        let settings = &self.settings;
+        let outcome = self
+            .update(|current, now| record::decide_acquire(current, settings, claim, now))
+            .await?;
+        let node = &settings.node_id;
+        match &outcome {
+            Acquire::Acquired(entry) => info!(object = %self.object, node = %node,
+                created = ?entry.created, "lock acquired"),
+            Acquire::AlreadyHeld(entry) => debug!(object = %self.object, node = %node,
+                created = ?entry.created, "lock already held"),
+            Acquire::Blocked { holders, limit, .. } => debug!(object = %self.object, node = %node,
+                holders = %node_ids(holders), limit, "lock held by other nodes"),
+        }
+        Ok(outcome)
+    }
+
+    async fn holding(&self) -> Result<Option<LockEntry>> {
+        let snapshot = self.snapshot().await?;
+        record::holding(snapshot.annotation(), &self.settings.node_id, (self.clock)())
+            .map_err(|source| self.record_error(&snapshot, source))
+    }
+
+    async fn read(&self) -> Result<LockState> {
+        let snapshot = self.snapshot().await?;
+        let record =
+            record::read(snapshot.annotation()).map_err(|source| self.record_error(&snapshot, source))?;
+        Ok(LockState {
+            record,
+            seen: Seen::new(snapshot.annotation),
+        })
+    }
+
+    async fn release(&self) -> Result<Release> {
+        let settings = &self.settings;
+        let outcome = self
+            .update(|current, now| record::decide_release(current, settings, now))
+            .await?;
+        let node = &settings.node_id;
+        match outcome {
+            Release::Released => info!(object = %self.object, node = %node, "lock released"),
+            Release::NotBefore(after) => info!(object = %self.object, node = %node, %after,
+                "lock release delayed"),
+            Release::NotHeld => {
+                debug!(object = %self.object, node = %node, "lock not held, nothing to release")
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn changed(&self, seen: &Seen) -> Result<Seen> {
+        if !self.poll.load(Ordering::Relaxed)
+            && let Some(now) = self.watch_for_change(seen).await?
+        {
+            return Ok(now);
+        }
+        loop {
+            let snapshot = self.snapshot().await?;
+            if snapshot.annotation() != seen.annotation() {
+                return Ok(Seen::new(snapshot.annotation));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+fn annotation_of<'a>(object: Option<&'a DynamicObject>, annotation: &str) -> Option<&'a str> {
+    object?
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(annotation)
+        .map(String::as_str)
+}
+
+fn node_ids(entries: &[LockEntry]) -> String {
+    entries
+        .iter()
+        .map(|e| e.node_id.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The pause after conflict number `attempt`: doubling from [`CONFLICT_BACKOFF_BASE`] up to
+/// [`CONFLICT_BACKOFF_MAX`], then a random point in its upper half, so that agents that met the
+/// same conflict do not read again in step.
+fn conflict_backoff(attempt: u32) -> Duration {
+    let doubled = CONFLICT_BACKOFF_BASE.saturating_mul(1 << attempt.saturating_sub(1).min(16));
+    let ceiling = doubled.min(CONFLICT_BACKOFF_MAX);
+    // Each `RandomState` is keyed afresh, which is randomness enough for jitter.
+    let fraction = RandomState::new().hash_one(attempt) as f64 / u64::MAX as f64;
+    ceiling.mul_f64(0.5 + 0.5 * fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_backoff_doubles_up_to_its_ceiling_with_jitter() {
+        for (attempt, low, high) in [
+            (1, 25, 50),
+            (2, 50, 100),
+            (3, 100, 200),
+            (5, 400, 800),
+            (9, 500, 1000),
+        ] {
+            for _ in 0..50 {
+                let pause = conflict_backoff(attempt);
+                assert!(
+                    (Duration::from_millis(low)..=Duration::from_millis(high)).contains(&pause),
+                    "attempt {attempt}: {pause:?}"
+                );
+            }
+        }
+        let pauses: std::collections::BTreeSet<Duration> = (0..20).map(|_| conflict_backoff(3)).collect();
+        assert!(pauses.len() > 1, "jittered: {pauses:?}");
+        assert!(conflict_backoff(u32::MAX) <= CONFLICT_BACKOFF_MAX);
+    }
+}

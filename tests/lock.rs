@@ -1,0 +1,841 @@
+//! The DaemonSet lock against the test cluster's API server: contention, TTL expiry, the durable
+//! release delay, upstream's wire format, corrupt annotations, optimistic concurrency, and
+//! upstream's RBAC. Needs `scripts/testcluster up`.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use kured::duration::GoDuration;
+use kured::lock::record::Change;
+use kured::lock::{Acquire, Claim, DaemonSetLock, LockRecord, LockSettings, RebootLock, Release, Seen};
+use serde_json::json;
+use support::{Scope, wait_for};
+
+const DS: &str = "kured";
+const ANNOTATION: &str = "weave.works/kured-node-lock";
+
+/// The fixed clock of the wire-format tests.
+const FIXED_NOW: &str = "2026-11-27T09:00:00.123456789Z";
+
+fn fixed_now() -> Timestamp {
+    FIXED_NOW.parse().expect("a valid timestamp")
+}
+
+/// A DaemonSet like kured's, in the scope's namespace; its pods match no node.
+async fn create_daemonset(scope: &Scope) {
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": { "name": DS },
+        "spec": {
+            "selector": { "matchLabels": { "app": DS } },
+            "template": {
+                "metadata": { "labels": { "app": DS } },
+                "spec": {
+                    "nodeSelector": { "kured.test/no-such-node": "true" },
+                    "containers": [{ "name": "kured", "image": "registry.invalid/kured:1" }],
+                },
+            },
+        },
+    }))
+    .expect("a valid DaemonSet");
+    scope
+        .api::<DaemonSet>()
+        .create(&PostParams::default(), &ds)
+        .await
+        .expect("creating the DaemonSet");
+}
+
+fn settings(node: &str, concurrency: u32) -> LockSettings {
+    LockSettings {
+        node_id: node.to_owned(),
+        concurrency,
+        ttl: GoDuration::ZERO,
+        release_delay: Duration::ZERO,
+    }
+}
+
+fn lock_with(client: Client, scope: &Scope, settings: LockSettings) -> DaemonSetLock {
+    DaemonSetLock::new(client, &scope.namespace, DS, ANNOTATION, settings)
+}
+
+fn lock(scope: &Scope, node: &str, concurrency: u32) -> DaemonSetLock {
+    lock_with(scope.client.clone(), scope, settings(node, concurrency))
+}
+
+/// A client of its own, as a separate agent would have.
+async fn own_client() -> Client {
+    Client::try_from(support::admin_config().await).expect("a client for the test cluster")
+}
+
+/// Sets (or with `None` removes) the lock annotation by hand, as an operator or an upstream
+/// agent would.
+async fn set_annotation(scope: &Scope, value: Option<&str>) {
+    let patch = json!({ "metadata": { "annotations": { ANNOTATION: value } } });
+    scope
+        .api::<DaemonSet>()
+        .patch(DS, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("setting the annotation by hand");
+}
+
+async fn annotation(scope: &Scope) -> Option<String> {
+    let ds = scope
+        .api::<DaemonSet>()
+        .get(DS)
+        .await
+        .expect("reading the DaemonSet");
+    ds.metadata.annotations.and_then(|mut a| a.remove(ANNOTATION))
+}
+
+fn node_ids(holders: &[kured::lock::LockEntry]) -> Vec<&str> {
+    holders.iter().map(|e| e.node_id.as_str()).collect()
+}
+
+/// An entry exactly as upstream's `json.Marshal` writes it.
+fn upstream_entry(node: &str, created: &str, ttl_nanos: i64) -> String {
+    format!(
+        r#"{{"nodeID":"{node}","metadata":{{"unschedulable":false}},"created":"{created}","TTL":{ttl_nanos}}}"#
+    )
+}
+
+/// How long until `t`; zero when it has passed.
+fn until(t: Timestamp) -> Duration {
+    Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)
+}
+
+fn minute_ago() -> String {
+    let t = Timestamp::now() - SignedDuration::from_secs(60);
+    kured::lock::record::format_time(t)
+}
+
+async fn expect_blocked(lock: &DaemonSetLock) -> (Vec<String>, u32) {
+    match lock.acquire(&Claim::default()).await.expect("acquiring") {
+        Acquire::Blocked { holders, limit, .. } => {
+            (node_ids(&holders).into_iter().map(str::to_owned).collect(), limit)
+        }
+        other => panic!("{} should be blocked, got {other:?}", lock.settings().node_id),
+    }
+}
+
+/// What the observer saw: the most live holders at once, every holder, and any record over the limit.
+#[derive(Default)]
+struct Observed {
+    max_holders: usize,
+    holders: BTreeSet<String>,
+    violations: Vec<String>,
+}
+
+/// Watches the DaemonSet until `stop` fires and checks every version of the annotation.
+async fn observe(
+    api: Api<DaemonSet>,
+    limit: usize,
+    ready: tokio::sync::oneshot::Sender<()>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Observed {
+    let mut observed = Observed::default();
+    let mut ready = Some(ready);
+    let config = watcher::Config::default().fields(&format!("metadata.name={DS}"));
+    let mut events = std::pin::pin!(watcher(api, config));
+    loop {
+        let event = tokio::select! {
+            _ = &mut stop => return observed,
+            event = events.next() => event,
+        };
+        let ds = match event {
+            Some(Ok(watcher::Event::InitDone)) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                continue;
+            }
+            Some(Ok(watcher::Event::Apply(ds) | watcher::Event::InitApply(ds))) => ds,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("observer: watch failed: {e}"),
+            None => panic!("observer: watch ended"),
+        };
+        let Some(text) = ds.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION)) else {
+            continue;
+        };
+        let record = LockRecord::parse(text).unwrap_or_else(|e| panic!("observer: {text}: {e}"));
+        let holders = record.holders(Timestamp::now());
+        observed.max_holders = observed.max_holders.max(holders.len());
+        observed.holders.extend(holders.iter().map(|e| e.node_id.clone()));
+        if holders.len() > limit {
+            observed.violations.push(text.clone());
+        }
+    }
+}
+
+/// Twenty agents, each with a client of its own, try again and again to take the lock, hold it
+/// briefly and release it, until each has held it once. An observer checks every version of the
+/// annotation against the limit.
+async fn contention(test: &str, concurrency: u32) {
+    const AGENTS: usize = 20;
+    let scope = Scope::new(test).await;
+    create_daemonset(&scope).await;
+
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let observer = tokio::spawn(observe(scope.api(), concurrency as usize, ready_tx, stop_rx));
+    wait_for("the observer's watch", Duration::from_secs(10), ready_rx).await;
+
+    let started = Instant::now();
+    let contended = Arc::new(AtomicUsize::new(0));
+    let mut agents = Vec::new();
+    for i in 0..AGENTS {
+        let lock = lock_with(
+            own_client().await,
+            &scope,
+            settings(&scope.node_name(i), concurrency),
+        );
+        let contended = contended.clone();
+        agents.push(tokio::spawn(async move {
+            let mut acquired = 0;
+            let mut blocked = 0;
+            loop {
+                match lock.acquire(&Claim::default()).await {
+                    Ok(Acquire::Acquired(_)) => {
+                        acquired += 1;
+                        break;
+                    }
+                    Ok(Acquire::Blocked { seen, .. }) => {
+                        blocked += 1;
+                        // A waiting agent bounds its wait by its period; so does this one.
+                        let _ = tokio::time::timeout(Duration::from_secs(5), lock.changed(&seen)).await;
+                    }
+                    Ok(Acquire::AlreadyHeld(entry)) => panic!("never held before: {entry:?}"),
+                    Err(e) if e.is_conflict() => {
+                        contended.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => panic!("acquiring: {}", kured::error_chain(&e)),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            loop {
+                match lock.release().await {
+                    Ok(Release::Released) => break,
+                    Ok(other) => panic!("releasing without a delay: {other:?}"),
+                    Err(e) if e.is_conflict() => {
+                        contended.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => panic!("releasing: {}", kured::error_chain(&e)),
+                }
+            }
+            (
+                lock.settings().node_id.clone(),
+                acquired,
+                blocked,
+                lock.conflicts(),
+            )
+        }));
+    }
+    let mut conflicts = 0;
+    let mut blocked_total = 0;
+    let mut held: BTreeMap<String, u32> = BTreeMap::new();
+    for agent in agents {
+        let (node, acquired, blocked, agent_conflicts) = wait_for(
+            "an agent to hold and release the lock",
+            Duration::from_secs(120),
+            agent,
+        )
+        .await;
+        held.insert(node, acquired);
+        conflicts += agent_conflicts;
+        blocked_total += blocked;
+    }
+    let elapsed = started.elapsed();
+    let _ = stop_tx.send(());
+    let observed = wait_for("the observer to stop", Duration::from_secs(10), observer).await;
+
+    println!(
+        "concurrency {concurrency}: {AGENTS} agents in {elapsed:?}; {conflicts} conflicts (409), \
+         {} attempts gave up on conflicts, {blocked_total} blocked answers, at most {} holders at once",
+        contended.load(Ordering::Relaxed),
+        observed.max_holders
+    );
+    assert!(
+        observed.violations.is_empty(),
+        "over the limit: {:#?}",
+        observed.violations
+    );
+    assert!(
+        held.values().all(|&n| n == 1),
+        "each agent acquired exactly once: {held:?}"
+    );
+    let all: BTreeSet<String> = held.keys().cloned().collect();
+    assert_eq!(
+        observed.holders, all,
+        "the observer saw every agent hold the lock"
+    );
+    assert_eq!(annotation(&scope).await, None, "the lock is free at the end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_agents_at_concurrency_1_hold_the_lock_one_at_a_time() {
+    contention("lock-c1", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_agents_at_concurrency_3_hold_it_at_most_three_at_a_time() {
+    contention("lock-c3", 3).await;
+}
+
+#[tokio::test]
+async fn an_abandoned_lock_is_taken_over_after_its_ttl_and_not_before() {
+    let scope = Scope::new("lock-ttl").await;
+    create_daemonset(&scope).await;
+    let ttl = Duration::from_secs(2);
+    let gone = lock_with(
+        scope.client.clone(),
+        &scope,
+        LockSettings {
+            ttl: GoDuration::from_std(ttl).expect("a small duration"),
+            ..settings("gone", 1)
+        },
+    );
+    let Acquire::Acquired(entry) = gone.acquire(&Claim::default()).await.expect("acquiring") else {
+        panic!("a free lock is acquired")
+    };
+    let expires = entry.created.expect("created is set") + SignedDuration::try_from(ttl).expect("fits");
+
+    let next = lock(&scope, "next", 1);
+    let mut blocked = 0;
+    let taken_at = loop {
+        match next.acquire(&Claim::default()).await.expect("acquiring") {
+            Acquire::Acquired(_) => break Timestamp::now(),
+            Acquire::Blocked {
+                holders,
+                next_expiry,
+                seen,
+                ..
+            } => {
+                blocked += 1;
+                assert_eq!(node_ids(&holders), ["gone"]);
+                assert_eq!(
+                    next_expiry,
+                    Some(expires),
+                    "the blocked answer says when the lock expires"
+                );
+                let wait = until(expires) + Duration::from_millis(10);
+                let _ = tokio::time::timeout(wait, next.changed(&seen)).await;
+            }
+            Acquire::AlreadyHeld(e) => panic!("never held: {e:?}"),
+        }
+    };
+    assert!(blocked >= 1, "blocked while the TTL ran");
+    assert!(
+        taken_at >= expires,
+        "taken over at {taken_at}, before the expiry at {expires}"
+    );
+    assert_eq!(
+        gone.holding().await.expect("reading"),
+        None,
+        "the old holder lost it"
+    );
+    assert_eq!(gone.release().await.expect("releasing"), Release::NotHeld);
+    assert_eq!(
+        next.holding().await.expect("reading").map(|e| e.node_id),
+        Some("next".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn the_release_delay_survives_an_agent_restart() {
+    let scope = Scope::new("lock-delay").await;
+    create_daemonset(&scope).await;
+    let delay = Duration::from_secs(3);
+    let first = lock_with(
+        scope.client.clone(),
+        &scope,
+        LockSettings {
+            release_delay: delay,
+            ..settings("rebooted", 1)
+        },
+    );
+    let claim = Claim {
+        unschedulable: true,
+        boot_id: Some("boot-before".into()),
+    };
+    assert!(matches!(
+        first.acquire(&claim).await.expect("acquiring"),
+        Acquire::Acquired(_)
+    ));
+    let asked = Timestamp::now();
+    let Release::NotBefore(after) = first.release().await.expect("releasing") else {
+        panic!("a release delay defers the release")
+    };
+    let scheduled = after.duration_since(asked);
+    assert!(
+        scheduled >= SignedDuration::from_secs(3) && scheduled < SignedDuration::from_millis(3500),
+        "release scheduled {scheduled} after asking"
+    );
+    drop(first);
+
+    // The restarted agent: a new client, a new lock, and no delay configured any more.
+    let restarted = lock_with(own_client().await, &scope, settings("rebooted", 1));
+    let entry = restarted
+        .holding()
+        .await
+        .expect("reading")
+        .expect("still held after the restart");
+    assert_eq!(entry.release_after, Some(after));
+    assert_eq!(entry.boot_id.as_deref(), Some("boot-before"));
+    assert!(entry.metadata.unschedulable);
+    assert!(matches!(
+        restarted.acquire(&Claim::default()).await.expect("acquiring"),
+        Acquire::AlreadyHeld(_)
+    ));
+
+    let other = lock(&scope, "other", 1);
+    assert_eq!(expect_blocked(&other).await, (vec!["rebooted".to_owned()], 1));
+
+    let before = annotation(&scope).await;
+    assert!(
+        Timestamp::now() < after,
+        "the test got here too slowly to check an early release"
+    );
+    assert_eq!(
+        restarted.release().await.expect("releasing"),
+        Release::NotBefore(after)
+    );
+    assert_eq!(
+        annotation(&scope).await,
+        before,
+        "an early release changes nothing"
+    );
+    assert_eq!(expect_blocked(&other).await.0, ["rebooted"]);
+
+    tokio::time::sleep(until(after)).await;
+    assert_eq!(restarted.release().await.expect("releasing"), Release::Released);
+    assert_eq!(annotation(&scope).await, None);
+    assert!(matches!(
+        other.acquire(&Claim::default()).await.expect("acquiring"),
+        Acquire::Acquired(_)
+    ));
+}
+
+#[tokio::test]
+async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires() {
+    let scope = Scope::new("lock-up1").await;
+    create_daemonset(&scope).await;
+    let live = upstream_entry("upstream-1", &minute_ago(), 0);
+    set_annotation(&scope, Some(&live)).await;
+    for concurrency in [1, 3] {
+        let ours = lock(&scope, "ours", concurrency);
+        assert_eq!(
+            expect_blocked(&ours).await,
+            (vec!["upstream-1".to_owned()], 1),
+            "concurrency {concurrency}"
+        );
+        assert_eq!(ours.release().await.expect("releasing"), Release::NotHeld);
+    }
+    assert_eq!(
+        annotation(&scope).await.as_deref(),
+        Some(live.as_str()),
+        "left as it was"
+    );
+
+    // Upstream's TestTtlExpired vector: created 2020-05-05T14:15:00Z with a TTL of one second.
+    set_annotation(
+        &scope,
+        Some(&upstream_entry(
+            "upstream-1",
+            "2020-05-05T14:15:00Z",
+            1_000_000_000,
+        )),
+    )
+    .await;
+    let ours = lock(&scope, "ours", 1).with_clock(fixed_now);
+    assert!(matches!(
+        ours.acquire(&Claim::default()).await.expect("acquiring"),
+        Acquire::Acquired(_)
+    ));
+    assert_eq!(
+        annotation(&scope).await,
+        Some(upstream_entry("ours", FIXED_NOW, 0))
+    );
+}
+
+#[tokio::test]
+async fn upstream_multi_form_limits_every_concurrency() {
+    let scope = Scope::new("lock-upm").await;
+    create_daemonset(&scope).await;
+    let now = kured::lock::record::format_time(fixed_now());
+    let n1 = upstream_entry("n1", &now, 3_600_000_000_000);
+    let n2 = upstream_entry("n2", &now, 3_600_000_000_000);
+    let full = format!(r#"{{"maxOwners":2,"locks":[{n1},{n2}]}}"#);
+    set_annotation(&scope, Some(&full)).await;
+    for concurrency in [1, 2, 3] {
+        let ours = lock(&scope, "ours", concurrency).with_clock(fixed_now);
+        let want = (vec!["n1".to_owned(), "n2".to_owned()], concurrency.min(2));
+        assert_eq!(expect_blocked(&ours).await, want, "concurrency {concurrency}");
+    }
+
+    // Upstream's full_with_one_expired_lock: the expired entry makes room and is dropped.
+    let expired = upstream_entry("n1", "2026-11-27T08:00:00Z", 60_000_000_000);
+    set_annotation(
+        &scope,
+        Some(&format!(r#"{{"maxOwners":2,"locks":[{expired},{n2}]}}"#)),
+    )
+    .await;
+    let ours = lock(&scope, "ours", 3).with_clock(fixed_now);
+    assert!(matches!(
+        ours.acquire(&Claim::default()).await.expect("acquiring"),
+        Acquire::Acquired(_)
+    ));
+    let ours_entry = upstream_entry("ours", FIXED_NOW, 0);
+    assert_eq!(
+        annotation(&scope).await,
+        Some(format!(r#"{{"maxOwners":2,"locks":[{n2},{ours_entry}]}}"#)),
+        "their smaller maxOwners is kept while n2 holds"
+    );
+
+    // Releasing removes our entry only, and leaves upstream's bytes as they were.
+    assert_eq!(ours.release().await.expect("releasing"), Release::Released);
+    assert_eq!(
+        annotation(&scope).await,
+        Some(format!(r#"{{"maxOwners":2,"locks":[{n2}]}}"#))
+    );
+}
+
+#[tokio::test]
+async fn a_manual_lock_blocks_every_agent() {
+    let scope = Scope::new("lock-manual").await;
+    create_daemonset(&scope).await;
+    let manual = r#"{"nodeID":"manual"}"#;
+    set_annotation(&scope, Some(manual)).await;
+    for concurrency in [1, 2, 5] {
+        let ours = lock(&scope, "ours", concurrency);
+        assert_eq!(
+            expect_blocked(&ours).await,
+            (vec!["manual".to_owned()], 1),
+            "concurrency {concurrency}"
+        );
+        assert_eq!(ours.release().await.expect("releasing"), Release::NotHeld);
+    }
+    let state = lock(&scope, "status", 1).read().await.expect("reading");
+    let holders: Vec<&str> = state
+        .holders(Timestamp::now())
+        .iter()
+        .map(|e| e.node_id.as_str())
+        .collect();
+    assert_eq!(holders, ["manual"]);
+    assert_eq!(
+        annotation(&scope).await.as_deref(),
+        Some(manual),
+        "left as it was"
+    );
+
+    // A hand-written entry in the multi form takes one slot, as upstream counts it.
+    let manual = r#"{"maxOwners":2,"locks":[{"nodeID":"manual"}]}"#;
+    set_annotation(&scope, Some(manual)).await;
+    assert_eq!(
+        expect_blocked(&lock(&scope, "ours", 1)).await,
+        (vec!["manual".to_owned()], 1)
+    );
+    let ours = lock(&scope, "ours", 2).with_clock(fixed_now);
+    assert!(matches!(
+        ours.acquire(&Claim::default()).await.expect("acquiring"),
+        Acquire::Acquired(_)
+    ));
+    assert_eq!(
+        annotation(&scope).await.as_deref(),
+        Some(concat!(
+            r#"{"maxOwners":2,"locks":[{"nodeID":"manual","metadata":{"unschedulable":false},"TTL":0},"#,
+            r#"{"nodeID":"ours","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0}]}"#
+        ))
+    );
+    assert_eq!(ours.release().await.expect("releasing"), Release::Released);
+    assert_eq!(
+        annotation(&scope).await.as_deref(),
+        Some(r#"{"maxOwners":2,"locks":[{"nodeID":"manual","metadata":{"unschedulable":false},"TTL":0}]}"#),
+        "the manual entry stays"
+    );
+}
+
+#[tokio::test]
+async fn what_we_write_is_byte_identical_to_upstream() {
+    let scope = Scope::new("lock-bytes").await;
+    create_daemonset(&scope).await;
+
+    let plain = lock(&scope, "n1", 1).with_clock(fixed_now);
+    assert!(matches!(
+        plain.acquire(&Claim::default()).await.expect("acquiring"),
+        Acquire::Acquired(_)
+    ));
+    assert_eq!(
+        annotation(&scope).await.as_deref(),
+        Some(
+            r#"{"nodeID":"n1","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0}"#
+        )
+    );
+    assert_eq!(plain.release().await.expect("releasing"), Release::Released);
+    assert_eq!(
+        annotation(&scope).await,
+        None,
+        "upstream deletes the annotation on release"
+    );
+
+    let cordoned = lock_with(
+        scope.client.clone(),
+        &scope,
+        LockSettings {
+            ttl: GoDuration::from_secs(3600),
+            ..settings("n1", 1)
+        },
+    )
+    .with_clock(fixed_now);
+    let claim = Claim {
+        unschedulable: true,
+        boot_id: None,
+    };
+    assert!(matches!(
+        cordoned.acquire(&claim).await.expect("acquiring"),
+        Acquire::Acquired(_)
+    ));
+    assert_eq!(
+        annotation(&scope).await.as_deref(),
+        Some(
+            r#"{"nodeID":"n1","metadata":{"unschedulable":true},"created":"2026-11-27T09:00:00.123456789Z","TTL":3600000000000}"#
+        )
+    );
+    assert_eq!(cordoned.release().await.expect("releasing"), Release::Released);
+
+    let multi = lock(&scope, "n2", 2).with_clock(fixed_now);
+    assert!(matches!(
+        multi.acquire(&Claim::default()).await.expect("acquiring"),
+        Acquire::Acquired(_)
+    ));
+    assert_eq!(
+        annotation(&scope).await.as_deref(),
+        Some(
+            r#"{"maxOwners":2,"locks":[{"nodeID":"n2","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0}]}"#
+        )
+    );
+
+    // Our own fields come after upstream's, only when set.
+    let with_boot = lock(&scope, "n3", 2).with_clock(fixed_now);
+    let claim = Claim {
+        unschedulable: false,
+        boot_id: Some("6c1f2c3a-3b2d-4a55-9d33-0b6f3f0c2a11".into()),
+    };
+    assert!(matches!(
+        with_boot.acquire(&claim).await.expect("acquiring"),
+        Acquire::Acquired(_)
+    ));
+    assert_eq!(
+        annotation(&scope).await.as_deref(),
+        Some(concat!(
+            r#"{"maxOwners":2,"locks":["#,
+            r#"{"nodeID":"n2","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0},"#,
+            r#"{"nodeID":"n3","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0,"bootID":"6c1f2c3a-3b2d-4a55-9d33-0b6f3f0c2a11"}"#,
+            r#"]}"#
+        ))
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
+    let scope = Scope::new("lock-corrupt").await;
+    create_daemonset(&scope).await;
+    set_annotation(&scope, Some("not json")).await;
+    let ours = lock(&scope, "ours", 1);
+
+    let error = ours
+        .acquire(&Claim::default())
+        .await
+        .expect_err("a corrupt annotation is an error");
+    assert!(error.is_corrupt(), "{error:?}");
+    let message = kured::error_chain(&error);
+    assert!(
+        message.contains(&format!("DaemonSet {}/{DS}", scope.namespace)) && message.contains(ANNOTATION),
+        "the error names the object and the annotation: {message}"
+    );
+    assert!(ours.release().await.expect_err("releasing").is_corrupt());
+    assert!(ours.holding().await.expect_err("reading").is_corrupt());
+    assert_eq!(
+        annotation(&scope).await.as_deref(),
+        Some("not json"),
+        "left untouched"
+    );
+
+    // The agent waits for the annotation to change; an operator fixes it.
+    let seen = error.seen().expect("the corrupt value");
+    assert_eq!(seen, Seen::new(Some("not json".to_owned())));
+    let waiting = tokio::spawn(async move { ours.changed(&seen).await.map(|now| (ours, now)) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "nothing changed yet");
+    set_annotation(&scope, None).await;
+    let (ours, now) = wait_for("the fix to be seen", Duration::from_secs(10), waiting)
+        .await
+        .expect("waiting for a change");
+    assert_eq!(now, Seen::new(None));
+    assert!(matches!(
+        ours.acquire(&Claim::default()).await.expect("acquiring"),
+        Acquire::Acquired(_)
+    ));
+}
+
+#[tokio::test]
+async fn of_two_writes_based_on_the_same_read_exactly_one_wins() {
+    let scope = Scope::new("lock-409").await;
+    create_daemonset(&scope).await;
+    let (a, b) = (
+        lock_with(own_client().await, &scope, settings("a", 1)),
+        lock_with(own_client().await, &scope, settings("b", 1)),
+    );
+    for round in 0..5 {
+        let (read_a, read_b) = tokio::join!(a.snapshot(), b.snapshot());
+        let (read_a, read_b) = (read_a.expect("reading"), read_b.expect("reading"));
+        assert_eq!(
+            read_a.resource_version(),
+            read_b.resource_version(),
+            "round {round}"
+        );
+        let (value_a, value_b) = (Change::Set(format!("a{round}")), Change::Set(format!("b{round}")));
+        let (wrote_a, wrote_b) = tokio::join!(a.write(&read_a, &value_a), b.write(&read_b, &value_b));
+        let winner = match (wrote_a, wrote_b) {
+            (Ok(()), Err(e)) if e.is_conflict() => format!("a{round}"),
+            (Err(e), Ok(())) if e.is_conflict() => format!("b{round}"),
+            other => panic!("round {round}: exactly one write must win: {other:?}"),
+        };
+        assert_eq!(annotation(&scope).await, Some(winner), "round {round}");
+    }
+    // A write based on a stale read fails too, without a race.
+    let stale = a.snapshot().await.expect("reading");
+    set_annotation(&scope, None).await;
+    let error = a.write(&stale, &Change::Remove).await.expect_err("a stale write");
+    assert!(error.is_conflict(), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_waiting_agent_sees_a_freed_lock_at_once() {
+    let scope = Scope::new("lock-wake").await;
+    create_daemonset(&scope).await;
+    let holder = lock(&scope, "holder", 1);
+    let waiter = lock_with(own_client().await, &scope, settings("waiter", 1));
+    assert!(matches!(
+        holder.acquire(&Claim::default()).await.expect("acquiring"),
+        Acquire::Acquired(_)
+    ));
+    let Acquire::Blocked { seen, .. } = waiter.acquire(&Claim::default()).await.expect("acquiring") else {
+        panic!("the waiter is blocked")
+    };
+    let waiting = tokio::spawn(async move {
+        let now = waiter.changed(&seen).await;
+        (Instant::now(), now)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "nothing changed yet");
+    assert_eq!(holder.release().await.expect("releasing"), Release::Released);
+    let released = Instant::now();
+    let (woke, now) = wait_for("the waiter to wake", Duration::from_secs(10), waiting).await;
+    assert_eq!(now.expect("waiting"), Seen::new(None));
+    println!(
+        "a waiting agent saw the freed lock {:?} after the release",
+        woke - released
+    );
+}
+
+/// Upstream's manifests grant `get` and `update` on the kured DaemonSet only: the lock works with
+/// that, and waiting falls back from watching to polling.
+#[tokio::test]
+async fn the_lock_works_with_upstreams_rbac() {
+    let scope = Scope::new("lock-rbac").await;
+    create_daemonset(&scope).await;
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "kured" } })).expect("a valid SA");
+    scope
+        .api::<ServiceAccount>()
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("creating the SA");
+    let role: Role = serde_json::from_value(json!({
+        "metadata": { "name": "kured" },
+        "rules": [
+            { "apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"] },
+            { "apiGroups": ["apps"], "resources": ["daemonsets"], "resourceNames": [DS], "verbs": ["update"] },
+        ],
+    }))
+    .expect("a valid Role");
+    scope
+        .api::<Role>()
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("creating the Role");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "kured" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kured" },
+        "subjects": [{ "kind": "ServiceAccount", "name": "kured", "namespace": scope.namespace }],
+    }))
+    .expect("a valid RoleBinding");
+    scope
+        .api::<RoleBinding>()
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("creating the RoleBinding");
+    let request: TokenRequest =
+        serde_json::from_value(json!({ "spec": { "audiences": [], "expirationSeconds": 600 } }))
+            .expect("a request");
+    let token: TokenRequest = scope
+        .api::<ServiceAccount>()
+        .create_subresource("token", "kured", &PostParams::default(), &request)
+        .await
+        .expect("issuing a token");
+    let token = token
+        .status
+        .and_then(|s| s.token)
+        .expect("a token in the response");
+    let mut config = support::admin_config().await;
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    let client = Client::try_from(config).expect("a client with the SA token");
+
+    let agent = lock_with(client.clone(), &scope, settings("a", 1));
+    // RoleBindings take effect through the RBAC informer: allow a moment.
+    let agent_ref = &agent;
+    support::eventually(
+        "the Role to take effect",
+        Duration::from_secs(10),
+        || async move { agent_ref.read().await.ok() },
+    )
+    .await;
+    assert!(matches!(
+        agent.acquire(&Claim::default()).await.expect("acquiring"),
+        Acquire::Acquired(_)
+    ));
+
+    let waiter = lock_with(client, &scope, settings("b", 1));
+    let Acquire::Blocked { seen, .. } = waiter.acquire(&Claim::default()).await.expect("acquiring") else {
+        panic!("b is blocked")
+    };
+    let waiting = tokio::spawn(async move { waiter.changed(&seen).await.map(|now| (waiter, now)) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(agent.release().await.expect("releasing"), Release::Released);
+    let (waiter, now) = wait_for(
+        "the polling waiter to see the release",
+        Duration::from_secs(30),
+        waiting,
+    )
+    .await
+    .expect("waiting by polling");
+    assert_eq!(now, Seen::new(None));
+    assert!(matches!(
+        waiter.acquire(&Claim::default()).await.expect("acquiring"),
+        Acquire::Acquired(_)
+    ));
+}
