@@ -1,69 +1,637 @@
-//! The agent: runs on every node, serves its metrics and keeps track of whether the node needs a
-//! reboot.
+//! The agent: one per node. It gathers an [`Observation`], asks [`decide`] for the next
+//! [`Step`], carries it out, and waits for whatever can change the answer — the sentinel file
+//! (inotify), the lock object (a watch), the window's next opening (a timer), or the period
+//! (the fallback, and the clock for sentinel commands and blockers).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use jiff::Timestamp;
+use kube::Client;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::blockers::{Blocker, BlockerError, Blockers};
 use crate::config::Config;
+use crate::decide::{self, AfterDrainFailure, LockView, Observation, OurEntry, Policy, SentinelView, Step};
+use crate::drain::{DrainSettings, Drainer};
+use crate::lock::record::decide_acquire;
+use crate::lock::{Acquire, Claim, DaemonSetLock, RebootLock, Release, Seen};
 use crate::metrics::{self, Metrics, MetricsError};
+use crate::node::{self, Cordon, OwnNode};
+use crate::notify::{self, Event, Notifier};
 
 /// Upstream refreshes `kured_reboot_required` every minute, whatever `--period` is; so do we,
 /// so that dashboards and alerts see a sentinel change within a minute.
 const METRIC_REFRESH: Duration = Duration::from_secs(60);
+/// Blockers (alerts, pods) are looked at again this often while they hold a reboot back: an
+/// alert that clears should not cost a whole `--period`.
+const BLOCKER_RECHECK: Duration = Duration::from_secs(60);
+/// After a failed API call, try again after this long (or the period, if shorter).
+const ERROR_RETRY: Duration = Duration::from_secs(10);
+/// Up to this much random delay before taking a freed lock or acting on a window that just
+/// opened, so that many waiting nodes do not all write at the same instant.
+const JITTER: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error("setting up the blockers")]
+    Blockers(#[from] BlockerError),
+}
+
+/// Everything the agent acts through.
+struct Agent<N> {
+    config: Config,
+    policy: Policy,
+    node: OwnNode,
+    lock: DaemonSetLock,
+    drainer: Drainer,
+    blockers: Blockers,
+    notifier: N,
+    metrics: Arc<Metrics>,
+    jitter: Jitter,
+}
+
+/// What the agent waits for before it looks again.
+#[derive(Debug)]
+enum Wait {
+    /// Look again at once.
+    Now,
+    /// Until this long has passed, or something we watch changes.
+    For(Duration),
+    /// Until this instant, or something we watch changes.
+    Until(Timestamp),
+    /// Until the lock object differs from `seen`, at most `limit`.
+    LockChange { seen: Seen, limit: Duration },
 }
 
 /// Runs the agent until `shutdown` turns true.
-pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+pub async fn run(
+    config: Config,
+    client: Client,
+    notifier: impl Notifier,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new(&config.node_id));
+    let metrics_addr = config.metrics_addr.clone();
     let server = {
         let mut shutdown = shutdown.clone();
-        metrics::serve(&config.metrics_addr, metrics.clone(), async move {
+        metrics::serve(&metrics_addr, metrics.clone(), async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
     };
     tokio::pin!(server);
 
+    let agent = Agent {
+        policy: Policy {
+            taint_while_waiting: config.prefer_no_schedule_taint.is_some(),
+            force_reboot: config.force_reboot,
+        },
+        node: OwnNode::new(client.clone(), config.node_id.clone()),
+        lock: DaemonSetLock::from_config(client.clone(), &config),
+        drainer: Drainer::new(client.clone(), DrainSettings::from_config(&config)),
+        blockers: Blockers::from_config(client, &config)?,
+        notifier,
+        metrics: metrics.clone(),
+        jitter: Jitter::seeded(&config.node_id),
+        config,
+    };
     info!(
-        node = %config.node_id,
-        sentinel = %config.sentinel.describe(),
-        rebooter = %config.rebooter.describe(),
-        window = %config.window,
+        node = %agent.config.node_id,
+        sentinel = %agent.config.sentinel.describe(),
+        rebooter = %agent.config.rebooter.describe(),
+        window = %agent.config.window,
+        blockers = %agent.blockers.describe(),
+        lock = %format!("{}/{} {}", agent.config.ds_namespace, agent.config.ds_name, agent.config.lock_annotation),
+        concurrency = agent.config.concurrency,
         "agent started"
     );
-    let mut interval = tokio::time::interval(METRIC_REFRESH.min(config.period));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: Option<bool> = None;
+
+    let mut sentinel_events = SentinelWatch::new(agent.config.sentinel.watch_path());
+    let mut metric_tick = tokio::time::interval(METRIC_REFRESH.min(agent.config.period));
+    metric_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = Wait::Now;
     loop {
+        let pause = async {
+            match &wait {
+                Wait::Now => {}
+                Wait::For(d) => tokio::time::sleep(*d).await,
+                Wait::Until(at) => tokio::time::sleep(until(*at)).await,
+                Wait::LockChange { seen, limit } => {
+                    match tokio::time::timeout(*limit, agent.lock.changed(seen)).await {
+                        Ok(Ok(_)) => tokio::time::sleep(agent.jitter.next(JITTER)).await,
+                        Ok(Err(e)) => {
+                            warn!(error = %crate::error_chain(&e), "watching the lock");
+                            tokio::time::sleep(ERROR_RETRY.min(*limit)).await;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        };
         tokio::select! {
             result = &mut server => return result.map_err(AgentError::from),
             _ = shutdown.wait_for(|stop| *stop) => break,
-            _ = interval.tick() => {
-                match config.sentinel.check().await {
-                    Ok(required) => {
-                        metrics.set_reboot_required(required);
-                        if last != Some(required) {
-                            info!(node = %config.node_id, reboot_required = required, "sentinel checked");
-                            last = Some(required);
+            _ = metric_tick.tick() => {
+                agent.refresh_metric().await;
+                continue;
+            }
+            _ = sentinel_events.changed() => {
+                info!(node = %agent.config.node_id, "sentinel file changed");
+            }
+            () = pause => {}
+        }
+        wait = agent.step().await;
+    }
+    server.await?;
+    info!("agent stopped");
+    Ok(())
+}
+
+fn until(at: Timestamp) -> Duration {
+    let left = at.duration_since(Timestamp::now());
+    Duration::try_from(left).unwrap_or(Duration::ZERO)
+}
+
+impl<N: Notifier> Agent<N> {
+    fn period(&self) -> Duration {
+        self.config.period
+    }
+
+    async fn check_sentinel(&self) -> SentinelView {
+        match self.config.sentinel.check().await {
+            Ok(required) => {
+                self.metrics.set_reboot_required(required);
+                if required {
+                    SentinelView::Required
+                } else {
+                    SentinelView::NotRequired
+                }
+            }
+            Err(e) => {
+                self.metrics.count_sentinel_error();
+                SentinelView::Failed(crate::error_chain(&e))
+            }
+        }
+    }
+
+    async fn refresh_metric(&self) {
+        if let SentinelView::Failed(e) = self.check_sentinel().await {
+            warn!(node = %self.config.node_id, error = %e, "sentinel check failed");
+        }
+    }
+
+    /// Gathers what `decide` needs. The lock is read in full and evaluated with the lock's own
+    /// rules, so "available" means exactly what `acquire` would conclude.
+    async fn observe(&self, now: Timestamp) -> Result<(Observation, Seen), String> {
+        let node = self.node.get().await.map_err(|e| crate::error_chain(&e))?;
+        let boot_id = node::boot_id(&node).unwrap_or_default().to_owned();
+        let taint_present = self
+            .config
+            .prefer_no_schedule_taint
+            .as_deref()
+            .is_some_and(|key| node::prefer_no_schedule_taint(&node, key).is_some());
+        let (lock, seen) = match self.lock.read().await {
+            Ok(state) => {
+                let claim = Claim {
+                    unschedulable: node::is_unschedulable(&node),
+                    boot_id: Some(boot_id.clone()),
+                };
+                let view = match decide_acquire(state.seen.annotation(), self.lock.settings(), &claim, now) {
+                    Ok(d) => match d.outcome {
+                        Acquire::Acquired(_) => LockView::Available,
+                        Acquire::AlreadyHeld(entry) => LockView::Ours(OurEntry {
+                            boot_id: entry.boot_id.clone(),
+                            was_unschedulable: entry.metadata.unschedulable,
+                            release_after: entry.release_after,
+                        }),
+                        Acquire::Blocked { holders, .. } => {
+                            LockView::HeldByOthers(holders.iter().map(|h| h.node_id.clone()).collect())
                         }
-                    }
+                    },
+                    Err(e) => LockView::Unreadable(format!(
+                        "{}/{} annotation {}: {}",
+                        self.config.ds_namespace,
+                        self.config.ds_name,
+                        self.config.lock_annotation,
+                        crate::error_chain(&e)
+                    )),
+                };
+                (view, state.seen)
+            }
+            Err(e) => {
+                let seen = e.seen().unwrap_or_else(|| Seen::new(None));
+                (LockView::Unreadable(crate::error_chain(&e)), seen)
+            }
+        };
+        let (window_open, window_opens) = if self.config.window.contains(now) {
+            (true, None)
+        } else {
+            (
+                false,
+                self.config
+                    .window
+                    .next_windows(now, 1)
+                    .first()
+                    .and_then(|w| w.opens),
+            )
+        };
+        let observation = Observation {
+            sentinel: self.check_sentinel().await,
+            window_open,
+            window_opens,
+            blockers: None,
+            lock,
+            boot_id,
+            taint_present,
+        };
+        Ok((observation, seen))
+    }
+
+    /// One round: observe, decide, act. Returns what to wait for before the next round.
+    async fn step(&self) -> Wait {
+        let now = Timestamp::now();
+        let (mut obs, seen) = match self.observe(now).await {
+            Ok(o) => o,
+            Err(e) => {
+                error!(node = %self.config.node_id, error = %e, "reading the node");
+                return Wait::For(ERROR_RETRY.min(self.period()));
+            }
+        };
+        let mut step = decide::decide(&obs, &self.policy, now);
+        if step == Step::CheckBlockers {
+            if self.config.annotate_nodes {
+                self.best_effort(
+                    "annotating the reboot as needed",
+                    self.node.annotate_reboot_started(now),
+                )
+                .await;
+            }
+            let reasons = self.blockers.check().await;
+            obs.blockers = Some(reasons.iter().map(ToString::to_string).collect());
+            step = decide::decide(&obs, &self.policy, now);
+        }
+        self.execute(step, seen).await
+    }
+
+    async fn execute(&self, step: Step, seen: Seen) -> Wait {
+        let node = &self.config.node_id;
+        match step {
+            Step::Idle { remove_taint } => {
+                if remove_taint {
+                    self.remove_taint().await;
+                }
+                Wait::For(self.period())
+            }
+            Step::SentinelFailed(e) => {
+                warn!(node = %node, error = %e, "sentinel check failed; no reboot until it succeeds");
+                Wait::For(self.period())
+            }
+            Step::WaitForWindow { opens, remove_taint } => {
+                if remove_taint {
+                    self.remove_taint().await;
+                }
+                info!(node = %node, opens = ?opens.map(|t| t.to_string()), "reboot required; waiting for the reboot window");
+                match opens {
+                    Some(at) => Wait::Until(at.checked_add(self.jitter.next(JITTER)).unwrap_or(at)),
+                    None => Wait::For(self.period()),
+                }
+            }
+            Step::CheckBlockers => Wait::Now,
+            Step::Blocked(reasons) => {
+                info!(node = %node, blockers = %reasons.join("; "), "reboot required, but blocked");
+                Wait::For(BLOCKER_RECHECK.min(self.period()))
+            }
+            Step::WaitForLock { holders, add_taint } => {
+                if add_taint && let Some(key) = &self.config.prefer_no_schedule_taint {
+                    self.best_effort(
+                        "adding the PreferNoSchedule taint",
+                        self.node.add_prefer_no_schedule_taint(key),
+                    )
+                    .await;
+                }
+                info!(node = %node, holders = %holders.join(","), "reboot required; waiting for the lock");
+                Wait::LockChange {
+                    seen,
+                    limit: self.period(),
+                }
+            }
+            Step::LockUnreadable(e) => {
+                error!(node = %node, error = %e, "cannot read the lock; leaving it as it is and checking again");
+                Wait::LockChange {
+                    seen,
+                    limit: self.period(),
+                }
+            }
+            Step::AcquireLock => self.acquire_and_reboot(seen).await,
+            Step::ResumeReboot => {
+                info!(node = %node, "holding the lock from before a restart; the node has not rebooted yet");
+                let was_unschedulable = match self.lock.holding().await {
+                    Ok(Some(entry)) => entry.metadata.unschedulable,
+                    Ok(None) => return Wait::Now,
                     Err(e) => {
-                        metrics.count_sentinel_error();
-                        warn!(node = %config.node_id, error = %crate::error_chain(&e), "sentinel check failed");
+                        error!(node = %node, error = %crate::error_chain(&e), "reading the lock");
+                        return Wait::For(ERROR_RETRY.min(self.period()));
                     }
+                };
+                self.drain_and_reboot(was_unschedulable).await
+            }
+            Step::FinishReboot { uncordon } => self.finish_reboot(uncordon).await,
+            Step::ReleaseLockAt(at) => {
+                info!(node = %node, at = %at, "node is back; keeping the lock for the release delay");
+                Wait::Until(at)
+            }
+            Step::ReleaseLock => self.release().await,
+        }
+    }
+
+    async fn acquire_and_reboot(&self, seen: Seen) -> Wait {
+        let node_id = &self.config.node_id;
+        let node = match self.node.get().await {
+            Ok(n) => n,
+            Err(e) => {
+                error!(node = %node_id, error = %crate::error_chain(&e), "reading the node");
+                return Wait::For(ERROR_RETRY.min(self.period()));
+            }
+        };
+        let was_unschedulable = node::is_unschedulable(&node);
+        let claim = Claim {
+            unschedulable: was_unschedulable,
+            boot_id: node::boot_id(&node).map(str::to_owned),
+        };
+        match self.lock.acquire(&claim).await {
+            // The lock logs the acquisition itself.
+            Ok(Acquire::Acquired(_)) | Ok(Acquire::AlreadyHeld(_)) => {
+                self.drain_and_reboot(was_unschedulable).await
+            }
+            Ok(Acquire::Blocked { holders, seen, .. }) => {
+                let holders: Vec<String> = holders.iter().map(|h| h.node_id.clone()).collect();
+                info!(node = %node_id, holders = %holders.join(","), "lock taken by others first; waiting");
+                Wait::LockChange {
+                    seen,
+                    limit: self.period(),
+                }
+            }
+            Err(e) => {
+                error!(node = %node_id, error = %crate::error_chain(&e), "taking the lock");
+                match e.seen() {
+                    Some(seen) => Wait::LockChange {
+                        seen,
+                        limit: self.period(),
+                    },
+                    None => Wait::LockChange {
+                        seen,
+                        limit: ERROR_RETRY.min(self.period()),
+                    },
                 }
             }
         }
     }
-    // Let the metrics server finish its graceful shutdown.
-    server.await?;
-    info!("agent stopped");
-    Ok(())
+
+    /// Cordon, drain and reboot, holding the lock. A drain that fails without `--force-reboot`
+    /// gives the node back and releases the lock.
+    async fn drain_and_reboot(&self, was_unschedulable: bool) -> Wait {
+        let node_id = &self.config.node_id;
+        if let Err(e) = self.node.set_labels(&self.config.pre_reboot_node_labels).await {
+            error!(node = %node_id, error = %crate::error_chain(&e), "setting pre-reboot labels");
+        }
+        if self.config.annotate_nodes {
+            self.best_effort(
+                "annotating the reboot as in progress",
+                self.node.annotate_reboot_started(Timestamp::now()),
+            )
+            .await;
+        }
+        self.notifier
+            .notify(
+                Event::Drain,
+                &notify::render(&self.config.message_template_drain, node_id),
+            )
+            .await;
+        if !self.config.drain_delay.is_zero() {
+            info!(node = %node_id, delay = ?self.config.drain_delay, "waiting before the drain");
+            tokio::time::sleep(self.config.drain_delay).await;
+        }
+        let drained = match self.node.cordon().await {
+            Ok(Cordon::Cordoned | Cordon::AlreadyCordoned) => self
+                .drainer
+                .drain(node_id)
+                .await
+                .map_err(|e| crate::error_chain(&e)),
+            Err(e) => Err(format!("cordoning: {}", crate::error_chain(&e))),
+        };
+        match drained {
+            // The drainer logs its summary.
+            Ok(_) => {}
+            Err(e) => match decide::after_drain_failure(&self.policy, was_unschedulable) {
+                AfterDrainFailure::RebootAnyway => {
+                    warn!(node = %node_id, error = %e, "drain failed; rebooting anyway (--force-reboot)");
+                }
+                AfterDrainFailure::Abort { uncordon } => {
+                    error!(node = %node_id, error = %e, "drain failed; giving the node back and releasing the lock");
+                    if uncordon {
+                        self.best_effort("uncordoning after a failed drain", self.node.uncordon())
+                            .await;
+                    }
+                    if self.config.annotate_nodes {
+                        self.best_effort(
+                            "removing the reboot-in-progress annotation",
+                            self.node.annotate_reboot_finished(),
+                        )
+                        .await;
+                    }
+                    return self.release_now().await;
+                }
+            },
+        }
+        if !self.config.reboot_delay.is_zero() {
+            info!(node = %node_id, delay = ?self.config.reboot_delay, "waiting before the reboot");
+            tokio::time::sleep(self.config.reboot_delay).await;
+        }
+        self.notifier
+            .notify(
+                Event::Reboot,
+                &notify::render(&self.config.message_template_reboot, node_id),
+            )
+            .await;
+        info!(node = %node_id, rebooter = %self.config.rebooter.describe(), "rebooting");
+        match self.config.rebooter.reboot().await {
+            // The host goes down; until it does, look again only after a period (by then the
+            // boot ID says whether the reboot happened).
+            Ok(()) => Wait::For(self.period()),
+            Err(e) => {
+                error!(node = %node_id, error = %crate::error_chain(&e), "reboot failed; the node stays drained and the lock held; trying again");
+                Wait::For(ERROR_RETRY.max(self.period().min(Duration::from_secs(300))))
+            }
+        }
+    }
+
+    /// The node came back from its reboot: return it to service, then release the lock (after
+    /// the durable release delay).
+    async fn finish_reboot(&self, uncordon: bool) -> Wait {
+        let node_id = &self.config.node_id;
+        info!(node = %node_id, uncordon, "node rebooted; returning it to service");
+        if uncordon && let Err(e) = self.node.uncordon().await {
+            error!(node = %node_id, error = %crate::error_chain(&e), "uncordoning");
+            return Wait::For(ERROR_RETRY.min(self.period()));
+        }
+        if let Err(e) = self.node.set_labels(&self.config.post_reboot_node_labels).await {
+            error!(node = %node_id, error = %crate::error_chain(&e), "setting post-reboot labels");
+            return Wait::For(ERROR_RETRY.min(self.period()));
+        }
+        self.best_effort(
+            "removing the reboot-in-progress annotation",
+            self.node.annotate_reboot_finished(),
+        )
+        .await;
+        self.remove_taint().await;
+        if uncordon {
+            self.notifier
+                .notify(
+                    Event::Uncordon,
+                    &notify::render(&self.config.message_template_uncordon, node_id),
+                )
+                .await;
+        }
+        self.release().await
+    }
+
+    async fn release(&self) -> Wait {
+        let node_id = &self.config.node_id;
+        match self.lock.release().await {
+            // The lock logs the release and the delay itself.
+            Ok(Release::Released | Release::NotHeld) => Wait::For(self.period()),
+            Ok(Release::NotBefore(at)) => Wait::Until(at),
+            Err(e) => {
+                error!(node = %node_id, error = %crate::error_chain(&e), "releasing the lock");
+                Wait::For(ERROR_RETRY.min(self.period()))
+            }
+        }
+    }
+
+    /// Releases the lock after a failed drain, without the release delay: the node never left.
+    async fn release_now(&self) -> Wait {
+        let node_id = &self.config.node_id;
+        match self.lock.release_now().await {
+            Ok(_) => {
+                info!(node = %node_id, "lock released after the failed drain; trying again later");
+                Wait::For(self.period())
+            }
+            Err(e) => {
+                error!(node = %node_id, error = %crate::error_chain(&e), "releasing the lock");
+                Wait::For(ERROR_RETRY.min(self.period()))
+            }
+        }
+    }
+
+    async fn remove_taint(&self) {
+        if let Some(key) = &self.config.prefer_no_schedule_taint {
+            self.best_effort(
+                "removing the PreferNoSchedule taint",
+                self.node.remove_prefer_no_schedule_taint(key),
+            )
+            .await;
+        }
+    }
+
+    /// Runs a node update whose failure must not stop the agent; the failure is logged.
+    async fn best_effort<T, E: std::error::Error + 'static>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<T, E>>,
+    ) {
+        if let Err(e) = op.await {
+            warn!(node = %self.config.node_id, error = %crate::error_chain(&e), "{what}");
+        }
+    }
+}
+
+/// A small random source for jitter; no cryptographic strength needed.
+struct Jitter(std::sync::Mutex<u64>);
+
+impl Jitter {
+    fn seeded(node: &str) -> Jitter {
+        let mut seed = u64::from(std::process::id()) ^ Timestamp::now().as_nanosecond() as u64;
+        for b in node.bytes() {
+            seed = seed.rotate_left(5) ^ u64::from(b);
+        }
+        Jitter(std::sync::Mutex::new(seed | 1))
+    }
+
+    /// A duration in `[0, max)`.
+    fn next(&self, max: Duration) -> Duration {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // xorshift64
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Duration::from_nanos(*state % nanos)
+    }
+}
+
+/// Changes to the sentinel file, through inotify on its directory (the file itself comes and
+/// goes). Without a file sentinel, or if inotify is unavailable, it never fires and the period
+/// does the work.
+struct SentinelWatch {
+    events: Option<(inotify::EventStream<Vec<u8>>, std::ffi::OsString)>,
+}
+
+impl SentinelWatch {
+    fn new(path: Option<&Path>) -> SentinelWatch {
+        let events = path.and_then(|path| match Self::watch(path) {
+            Ok(events) => Some(events),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot watch the sentinel file; checking it every period");
+                None
+            }
+        });
+        SentinelWatch { events }
+    }
+
+    fn watch(path: &Path) -> std::io::Result<(inotify::EventStream<Vec<u8>>, std::ffi::OsString)> {
+        use inotify::{Inotify, WatchMask};
+        let dir: PathBuf = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("/"))
+            .to_owned();
+        let name = path.file_name().map(ToOwned::to_owned).unwrap_or_default();
+        let inotify = Inotify::init()?;
+        inotify.watches().add(
+            &dir,
+            WatchMask::CREATE
+                | WatchMask::DELETE
+                | WatchMask::MOVED_TO
+                | WatchMask::MOVED_FROM
+                | WatchMask::CLOSE_WRITE,
+        )?;
+        Ok((inotify.into_event_stream(vec![0u8; 4096])?, name))
+    }
+
+    /// Resolves when the sentinel file is created, removed or replaced.
+    async fn changed(&mut self) {
+        use futures_util::StreamExt;
+        let Some((events, name)) = &mut self.events else {
+            return std::future::pending().await;
+        };
+        loop {
+            match events.next().await {
+                Some(Ok(event)) if event.name.as_deref() == Some(name.as_os_str()) => return,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    warn!(error = %e, "reading sentinel file events; checking it every period from now on");
+                    self.events = None;
+                    return std::future::pending().await;
+                }
+                None => {
+                    self.events = None;
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
 }

@@ -8,9 +8,15 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod blockers;
 pub mod config;
+pub mod decide;
+pub mod drain;
 pub mod duration;
+pub mod lock;
 pub mod metrics;
+pub mod node;
+pub mod notify;
 pub mod reboot;
 pub mod selector;
 pub mod sentinel;

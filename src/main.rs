@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use kured::config::{AgentArgs, Cli, Command, LogFormat, OutputFormat, ScheduleArgs};
+use kured::notify::LogOnly;
 use tokio::sync::watch;
 
 /// Exit code for bad flags or environment, as clap uses for its own usage errors.
@@ -106,8 +107,34 @@ fn agent(args: &AgentArgs) -> Result<(), Failure> {
             }
             let _ = stop_tx.send(true);
         });
-        kured::agent::run(config, stop_rx).await.map_err(runtime)
+        let client = kube_client(config.kubeconfig.as_deref()).await.map_err(runtime)?;
+        if !config.notify_urls.is_empty() || config.slack_hook_url.is_some() {
+            tracing::warn!("notification URLs are accepted but not sent to yet; messages are logged");
+        }
+        kured::agent::run(config, client, LogOnly, stop_rx)
+            .await
+            .map_err(runtime)
     })
+}
+
+/// A client for the cluster: `--kubeconfig`, else KUBECONFIG or ~/.kube/config, else the pod's
+/// service account.
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading --kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using --kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "finding the cluster (no --kubeconfig, no usable KUBECONFIG or ~/.kube/config, not in a pod)",
+        )?,
+    };
+    // kube retries 429 on its own by default, for minutes; the drain must see a PDB's 429 at once.
+    config.default_retry = false;
+    kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
 async fn shutdown_signal() -> std::io::Result<&'static str> {

@@ -1,0 +1,328 @@
+//! The whole agent on the test cluster: a real `kured` process on a simulated node
+//! (`testenv/node-init` as PID 1 of its own PID namespace, a kwok Node), rebooting through the
+//! production signal path. Needs `scripts/testcluster up` and root (for `unshare`).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use support::{Scope, eventually};
+
+const LOCK: &str = "weave.works/kured-node-lock";
+
+/// A simulated node's PID namespace; killed (with everything in it) on drop.
+struct SimulatedNode {
+    child: Child,
+    events: PathBuf,
+    log: PathBuf,
+    sentinel: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SimulatedNode {
+    fn drop(&mut self) {
+        // unshare --kill-child passes SIGKILL on to node-init; the namespace dies with it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SimulatedNode {
+    fn start(scope: &Scope, node: &str, extra_args: &[&str]) -> SimulatedNode {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let sentinel = dir.path().join("reboot-required");
+        let events = dir.path().join("events");
+        let log = dir.path().join("agent.log");
+        std::fs::write(&sentinel, "").expect("creating the sentinel");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("a port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let kubeconfig = support::kubeconfig_path();
+        let child = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(repo.join("testenv/node-init"))
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--ds-namespace={}", scope.namespace))
+            .arg("--ds-name=kured")
+            .arg("--reboot-method=signal")
+            .arg("--period=3s")
+            .arg(format!("--reboot-sentinel={}", sentinel.display()))
+            .arg("--metrics-host=127.0.0.1")
+            .arg(format!("--metrics-port={port}"))
+            .arg("--log-format=json")
+            .args(extra_args)
+            .env("NODE_INIT_NODE", node)
+            .env("NODE_INIT_AGENT", env!("CARGO_BIN_EXE_kured"))
+            .env("NODE_INIT_SENTINEL", &sentinel)
+            .env("NODE_INIT_KUBECONFIG", &kubeconfig)
+            .env("NODE_INIT_LOG", &log)
+            .env("NODE_INIT_EVENTS", &events)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting unshare (needs root)");
+        SimulatedNode {
+            child,
+            events,
+            log,
+            sentinel,
+            _dir: dir,
+        }
+    }
+
+    fn reboots(&self) -> usize {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == "reboot")
+            .count()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+async fn create_lock_daemonset(scope: &Scope) {
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": { "name": "kured" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "kured" } },
+            "template": {
+                "metadata": { "labels": { "app": "kured" } },
+                "spec": {
+                    // The agents run as node-init's children here, not as pods.
+                    "nodeSelector": { "kured.test/no-such-node": "true" },
+                    "containers": [{ "name": "kured", "image": "registry.invalid/kured:test" }],
+                },
+            },
+        },
+    }))
+    .expect("a valid DaemonSet");
+    scope
+        .api::<DaemonSet>()
+        .create(&PostParams::default(), &ds)
+        .await
+        .expect("creating the DaemonSet");
+}
+
+async fn create_deployment(scope: &Scope, name: &str, replicas: i32, node: Option<&str>) {
+    let mut selector = json!({ support::SCOPE_LABEL: scope.id });
+    if let Some(node) = node {
+        selector["kubernetes.io/hostname"] = json!(node);
+    }
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": {
+                    "nodeSelector": selector,
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{ "name": "app", "image": "registry.invalid/app:1" }],
+                },
+            },
+        },
+    }))
+    .expect("a valid Deployment");
+    scope
+        .api::<Deployment>()
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("creating the Deployment");
+}
+
+fn boot_id(node: &Node) -> String {
+    node.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.boot_id.clone())
+        .unwrap_or_default()
+}
+
+fn unschedulable(node: &Node) -> bool {
+    node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+}
+
+async fn lock_annotation(scope: &Scope) -> Option<String> {
+    let ds = scope
+        .api::<DaemonSet>()
+        .get("kured")
+        .await
+        .expect("reading the DaemonSet");
+    ds.annotations().get(LOCK).cloned()
+}
+
+async fn wait_for_reboot_cycle(scope: &Scope, name: &str, sim: &SimulatedNode, first_boot: &str) -> Node {
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+    eventually(
+        &format!("node {name} to reboot and come back"),
+        Duration::from_secs(120),
+        || {
+            let nodes = nodes.clone();
+            async move {
+                let node = nodes.get(name).await.ok()?;
+                let back = boot_id(&node) != first_boot && sim.reboots() == 1 && !sim.sentinel.exists();
+                let released = lock_annotation(scope).await.is_none();
+                (back && released).then_some(node)
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
+    let scope = Scope::new("agent-cycle").await;
+    let names = scope.create_nodes(2).await;
+    create_lock_daemonset(&scope).await;
+    create_deployment(&scope, "web", 2, None).await;
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+
+    // Record whether the node was ever cordoned while the agent worked.
+    let cordoned_seen = {
+        let nodes = nodes.clone();
+        let name = names[0].clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            let mut stream = std::pin::pin!(watcher(nodes, cfg).applied_objects());
+            while let Some(Ok(node)) = stream.next().await {
+                if unschedulable(&node) {
+                    return true;
+                }
+            }
+            false
+        })
+    };
+
+    let sim = SimulatedNode::start(&scope, &names[0], &[]);
+    let first_boot = eventually("node-init to set a boot ID", Duration::from_secs(30), || {
+        let nodes = nodes.clone();
+        let name = names[0].clone();
+        async move {
+            nodes
+                .get(&name)
+                .await
+                .ok()
+                .map(|n| boot_id(&n))
+                .filter(|b| !b.is_empty())
+        }
+    })
+    .await;
+    let node = wait_for_reboot_cycle(&scope, &names[0], &sim, &first_boot).await;
+    assert!(!unschedulable(&node), "uncordoned after the reboot");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), cordoned_seen)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            == Some(true),
+        "the node was cordoned during the drain"
+    );
+    // The sentinel is gone, so the agent stays idle: one reboot, no more.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(sim.reboots(), 1, "agent log:\n{}", sim.log());
+    let log = sim.log();
+    eprintln!("{log}");
+    assert!(log.contains("\"message\":\"drained\""), "{log}");
+    assert!(log.contains("\"message\":\"lock released\""), "{log}");
+}
+
+#[tokio::test]
+async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
+    let scope = Scope::new("agent-cordoned").await;
+    let names = scope.create_nodes(1).await;
+    create_lock_daemonset(&scope).await;
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+    nodes
+        .patch(
+            &names[0],
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "unschedulable": true } })),
+        )
+        .await
+        .expect("cordoning by hand");
+
+    let sim = SimulatedNode::start(&scope, &names[0], &[]);
+    let first_boot = eventually("node-init to set a boot ID", Duration::from_secs(30), || {
+        let nodes = nodes.clone();
+        let name = names[0].clone();
+        async move {
+            nodes
+                .get(&name)
+                .await
+                .ok()
+                .map(|n| boot_id(&n))
+                .filter(|b| !b.is_empty())
+        }
+    })
+    .await;
+    let node = wait_for_reboot_cycle(&scope, &names[0], &sim, &first_boot).await;
+    assert!(
+        unschedulable(&node),
+        "the operator's cordon is kept; log:\n{}",
+        sim.log()
+    );
+}
+
+#[tokio::test]
+async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
+    let scope = Scope::new("agent-drainfail").await;
+    let names = scope.create_nodes(1).await;
+    create_lock_daemonset(&scope).await;
+    create_deployment(&scope, "pinned", 1, Some(&names[0])).await;
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": { "name": "pinned" },
+        "spec": { "minAvailable": 1, "selector": { "matchLabels": { "app": "pinned" } } },
+    }))
+    .expect("a valid PDB");
+    scope
+        .api::<PodDisruptionBudget>()
+        .create(&PostParams::default(), &pdb)
+        .await
+        .expect("creating the PDB");
+    eventually("the pinned pod to run", Duration::from_secs(60), || async {
+        let pdb = scope.api::<PodDisruptionBudget>().get("pinned").await.ok()?;
+        (pdb.status?.current_healthy == Some(1)).then_some(())
+    })
+    .await;
+
+    let sim = SimulatedNode::start(&scope, &names[0], &["--drain-timeout=3s"]);
+    eventually("a failed drain", Duration::from_secs(60), || async {
+        sim.log()
+            .contains("drain failed; giving the node back and releasing the lock")
+            .then_some(())
+    })
+    .await;
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+    eventually(
+        "the node uncordoned and the lock free",
+        Duration::from_secs(20),
+        || {
+            let nodes = nodes.clone();
+            let name = names[0].clone();
+            let scope = &scope;
+            async move {
+                let node = nodes.get(&name).await.ok()?;
+                (!unschedulable(&node) && lock_annotation(scope).await.is_none()).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(sim.reboots(), 0, "no reboot without --force-reboot");
+    assert!(Path::new(&sim.sentinel).exists(), "the reboot is still needed");
+}
