@@ -1,0 +1,538 @@
+//! Operations on the agent's own Node: cordon and uncordon, the `--pre-reboot-node-labels` and
+//! `--post-reboot-node-labels`, the `--annotate-nodes` annotations, the
+//! `--prefer-no-schedule-taint` taint, and the boot ID.
+//!
+//! Other writers change the same Node at the same time: the kubelet's heartbeats, autoscalers,
+//! other operators' labels and taints, an administrator's `kubectl`. No write here can undo theirs:
+//! - labels and annotations are JSON merge patches that name only our keys, and a merge patch of a
+//!   map key touches that key alone;
+//! - `spec.unschedulable` is a merge patch that carries the resourceVersion it was decided on, so
+//!   the API server refuses it with 409 Conflict if the Node changed in between, and we re-read;
+//! - `spec.taints` is a list, which a merge patch would replace whole. It is changed by a JSON
+//!   Patch that first tests the list we read (or, when the Node had no taints, its
+//!   resourceVersion) and then adds or removes our one entry. A failed test (422) or conflict (409)
+//!   re-reads and tries again, at most [`MAX_ATTEMPTS`] times.
+//!
+//! What upstream kured 1.23 does, and this module keeps:
+//! - pre-reboot labels are set before cordoning; post-reboot labels are set after uncordoning and
+//!   only set: keys that appear only in the pre-reboot labels stay on the Node;
+//! - with `--annotate-nodes`, [`REBOOT_IN_PROGRESS`] and [`MOST_RECENT_REBOOT_NEEDED`] are both set
+//!   to the same RFC 3339 time (UTC, whole seconds) when a reboot is about to be attempted and the
+//!   first one is not yet there; after the reboot only [`REBOOT_IN_PROGRESS`] is removed, so
+//!   [`MOST_RECENT_REBOOT_NEEDED`] keeps the time of the last reboot;
+//! - the taint has effect PreferNoSchedule, no value, and the key given by the flag.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use tracing::{debug, info};
+
+use crate::config::NodeLabel;
+
+/// Set, with the time the reboot was decided, while a reboot of the node is under way.
+pub const REBOOT_IN_PROGRESS: &str = "weave.works/kured-reboot-in-progress";
+/// The time a reboot of the node was last decided; stays after the reboot.
+pub const MOST_RECENT_REBOOT_NEEDED: &str = "weave.works/kured-most-recent-reboot-needed";
+/// The effect of the `--prefer-no-schedule-taint` taint.
+pub const PREFER_NO_SCHEDULE: &str = "PreferNoSchedule";
+
+/// Contention on one Node settles within a few rounds; a Node rewritten faster than that by others
+/// is better left to the caller's next attempt than hammered.
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Pause before re-reading after a lost race, times the attempt number: long enough for the
+/// competing writer to finish, short against anything the agent waits for.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot read node {node}")]
+    Get {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot cordon node {node}")]
+    Cordon {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot uncordon node {node}")]
+    Uncordon {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot set labels {labels} on node {node}")]
+    Label {
+        node: String,
+        labels: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot {action} annotations of node {node}")]
+    Annotate {
+        node: String,
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot {action} taint {key}:{PREFER_NO_SCHEDULE} on node {node}")]
+    Taint {
+        node: String,
+        key: String,
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot build the patch for node {node}")]
+    BuildPatch {
+        node: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl NodeError {
+    /// The Node does not exist (any more).
+    pub fn is_not_found(&self) -> bool {
+        self.api_error()
+            .is_some_and(|e| matches!(e, kube::Error::Api(s) if s.code == 404))
+    }
+
+    /// A later attempt may succeed without anything being reconfigured: the API server was
+    /// unavailable or overloaded, or other writers kept winning the race for the Node.
+    pub fn is_retryable(&self) -> bool {
+        self.api_error()
+            .is_some_and(|e| is_transient(e) || is_contention(e))
+    }
+
+    fn api_error(&self) -> Option<&kube::Error> {
+        match self {
+            NodeError::Get { source, .. }
+            | NodeError::Cordon { source, .. }
+            | NodeError::Uncordon { source, .. }
+            | NodeError::Label { source, .. }
+            | NodeError::Annotate { source, .. }
+            | NodeError::Taint { source, .. } => Some(source),
+            NodeError::BuildPatch { .. } => None,
+        }
+    }
+}
+
+pub type Result<T, E = NodeError> = std::result::Result<T, E>;
+
+/// An API error that says nothing about the request itself: the server or the connection failed,
+/// or the server asked to come back later.
+pub(crate) fn is_transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// The write lost a race: 409 for a stale resourceVersion, or 422 for a JSON Patch `test` that no
+/// longer holds. The API server reports a failed test as a bare 422 Invalid, without the field
+/// causes that a real validation error (also 422) lists.
+fn is_contention(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(s) if s.code == 409 => true,
+        kube::Error::Api(s) if s.code == 422 => s.details.as_ref().is_none_or(|d| d.causes.is_empty()),
+        _ => false,
+    }
+}
+
+/// What [`OwnNode::cordon`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cordon {
+    /// The node was schedulable and is now cordoned.
+    Cordoned,
+    /// The node was already unschedulable, cordoned by someone else; nothing was written.
+    AlreadyCordoned,
+}
+
+impl Cordon {
+    /// Whether the node was unschedulable before: what the lock records, so that the node is
+    /// uncordoned after the reboot only if kured cordoned it.
+    pub fn was_unschedulable(self) -> bool {
+        self == Cordon::AlreadyCordoned
+    }
+}
+
+/// Whether the node is cordoned.
+pub fn is_unschedulable(node: &Node) -> bool {
+    node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+}
+
+/// The node's boot ID as its kubelet reports it (`status.nodeInfo.bootID`); `None` when not
+/// reported. A new value means the node has rebooted.
+pub fn boot_id(node: &Node) -> Option<&str> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.boot_id.as_str())
+        .filter(|id| !id.is_empty())
+}
+
+/// The node's taint with `key` and effect PreferNoSchedule, if it has it.
+pub fn prefer_no_schedule_taint<'a>(node: &'a Node, key: &str) -> Option<&'a Taint> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .and_then(|ts| ts.iter().find(|t| t.key == key && t.effect == PREFER_NO_SCHEDULE))
+}
+
+/// The annotation value upstream writes: RFC 3339 in UTC, whole seconds (`2006-01-02T15:04:05Z`).
+pub fn annotation_time(at: Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The agent's own Node.
+#[derive(Clone)]
+pub struct OwnNode {
+    api: Api<Node>,
+    name: String,
+}
+
+impl OwnNode {
+    pub fn new(client: Client, name: impl Into<String>) -> OwnNode {
+        OwnNode {
+            api: Api::all(client),
+            name: name.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub async fn get(&self) -> Result<Node> {
+        self.api.get(&self.name).await.map_err(|source| NodeError::Get {
+            node: self.name.clone(),
+            source,
+        })
+    }
+
+    /// The node's current boot ID; see [`boot_id`].
+    pub async fn boot_id(&self) -> Result<Option<String>> {
+        Ok(boot_id(&self.get().await?).map(str::to_owned))
+    }
+
+    /// Marks the node unschedulable, and says whether it already was.
+    pub async fn cordon(&self) -> Result<Cordon> {
+        let changed = self
+            .set_unschedulable(true)
+            .await
+            .map_err(|source| NodeError::Cordon {
+                node: self.name.clone(),
+                source,
+            })?;
+        if changed {
+            info!(node = %self.name, "cordoned");
+            Ok(Cordon::Cordoned)
+        } else {
+            info!(node = %self.name, "already cordoned");
+            Ok(Cordon::AlreadyCordoned)
+        }
+    }
+
+    /// Marks the node schedulable; returns false if it already was.
+    pub async fn uncordon(&self) -> Result<bool> {
+        let changed = self
+            .set_unschedulable(false)
+            .await
+            .map_err(|source| NodeError::Uncordon {
+                node: self.name.clone(),
+                source,
+            })?;
+        if changed {
+            info!(node = %self.name, "uncordoned");
+        } else {
+            debug!(node = %self.name, "already schedulable");
+        }
+        Ok(changed)
+    }
+
+    /// Sets `spec.unschedulable` if it differs; true if it was changed. The patch carries the
+    /// resourceVersion the decision was made on, so a concurrent change makes it fail and the
+    /// decision is made again.
+    async fn set_unschedulable(&self, unschedulable: bool) -> Result<bool, kube::Error> {
+        let mut attempt = 1;
+        loop {
+            let node = self.api.get(&self.name).await?;
+            if is_unschedulable(&node) == unschedulable {
+                return Ok(false);
+            }
+            let patch = json!({
+                "metadata": { "resourceVersion": node.metadata.resource_version },
+                "spec": { "unschedulable": unschedulable },
+            });
+            match self
+                .api
+                .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) if is_contention(&e) && attempt < MAX_ATTEMPTS => {
+                    debug!(node = %self.name, attempt, "node changed while setting unschedulable; re-reading");
+                    tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sets these labels on the node, leaving every other label as it is.
+    pub async fn set_labels(&self, labels: &[NodeLabel]) -> Result<()> {
+        if labels.is_empty() {
+            return Ok(());
+        }
+        let map: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|l| (l.key.clone(), Value::String(l.value.clone())))
+            .collect();
+        let shown = labels
+            .iter()
+            .map(|l| format!("{}={}", l.key, l.value))
+            .collect::<Vec<_>>()
+            .join(",");
+        let patch = json!({ "metadata": { "labels": map } });
+        self.api
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| NodeError::Label {
+                node: self.name.clone(),
+                labels: shown.clone(),
+                source,
+            })?;
+        info!(node = %self.name, labels = %shown, "labels set");
+        Ok(())
+    }
+
+    /// Records that a reboot is starting, as upstream does: if [`REBOOT_IN_PROGRESS`] is absent,
+    /// sets it and [`MOST_RECENT_REBOOT_NEEDED`] to `now`. Returns false, writing nothing, if a
+    /// reboot was already recorded as in progress (its start time is kept).
+    pub async fn annotate_reboot_started(&self, now: Timestamp) -> Result<bool> {
+        let node = self.get().await?;
+        if has_annotation(&node, REBOOT_IN_PROGRESS) {
+            return Ok(false);
+        }
+        let at = annotation_time(now);
+        let patch = json!({
+            "metadata": { "annotations": { REBOOT_IN_PROGRESS: at, MOST_RECENT_REBOOT_NEEDED: at } }
+        });
+        self.api
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| NodeError::Annotate {
+                node: self.name.clone(),
+                action: "set",
+                source,
+            })?;
+        info!(node = %self.name, at = %at, "annotated reboot in progress");
+        Ok(true)
+    }
+
+    /// Removes [`REBOOT_IN_PROGRESS`] after the reboot; returns false if it was not there.
+    /// [`MOST_RECENT_REBOOT_NEEDED`] stays.
+    pub async fn annotate_reboot_finished(&self) -> Result<bool> {
+        let node = self.get().await?;
+        if !has_annotation(&node, REBOOT_IN_PROGRESS) {
+            return Ok(false);
+        }
+        let patch = json!({ "metadata": { "annotations": { REBOOT_IN_PROGRESS: null } } });
+        self.api
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| NodeError::Annotate {
+                node: self.name.clone(),
+                action: "remove",
+                source,
+            })?;
+        info!(node = %self.name, "removed reboot-in-progress annotation");
+        Ok(true)
+    }
+
+    /// Adds the taint `key:PreferNoSchedule`; returns false if the node already had it.
+    pub async fn add_prefer_no_schedule_taint(&self, key: &str) -> Result<bool> {
+        let changed = self.change_taint(key, true).await?;
+        if changed {
+            info!(node = %self.name, taint = %key, "PreferNoSchedule taint added");
+        }
+        Ok(changed)
+    }
+
+    /// Removes the taint `key:PreferNoSchedule`; returns false if the node did not have it.
+    pub async fn remove_prefer_no_schedule_taint(&self, key: &str) -> Result<bool> {
+        let changed = self.change_taint(key, false).await?;
+        if changed {
+            info!(node = %self.name, taint = %key, "PreferNoSchedule taint removed");
+        }
+        Ok(changed)
+    }
+
+    async fn change_taint(&self, key: &str, present: bool) -> Result<bool> {
+        let action = if present { "add" } else { "remove" };
+        let failed = |source| NodeError::Taint {
+            node: self.name.clone(),
+            key: key.to_owned(),
+            action,
+            source,
+        };
+        let mut attempt = 1;
+        loop {
+            let node = self.get().await?;
+            let Some(ops) = taint_patch(&node, key, present) else {
+                return Ok(false);
+            };
+            let patch: Patch<()> =
+                Patch::Json(
+                    serde_json::from_value(ops).map_err(|source| NodeError::BuildPatch {
+                        node: self.name.clone(),
+                        source,
+                    })?,
+                );
+            match self.api.patch(&self.name, &PatchParams::default(), &patch).await {
+                Ok(_) => return Ok(true),
+                Err(e) if is_contention(&e) && attempt < MAX_ATTEMPTS => {
+                    debug!(node = %self.name, taint = %key, attempt, "taints changed meanwhile; re-reading");
+                    tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(failed(e)),
+            }
+        }
+    }
+}
+
+fn has_annotation(node: &Node, key: &str) -> bool {
+    node.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(key))
+}
+
+/// The JSON Patch operations that add or remove our taint on `node` as read, guarded by a `test`
+/// of exactly what was read; `None` if the node is already as wanted.
+fn taint_patch(node: &Node, key: &str, present: bool) -> Option<Value> {
+    let taints: &[Taint] = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default();
+    let position = taints
+        .iter()
+        .position(|t| t.key == key && t.effect == PREFER_NO_SCHEDULE);
+    let ours = json!({ "key": key, "effect": PREFER_NO_SCHEDULE });
+    match (present, position) {
+        (true, Some(_)) | (false, None) => None,
+        // No list to test: guard with the resourceVersion instead.
+        (true, None) if taints.is_empty() => Some(json!([
+            { "op": "test", "path": "/metadata/resourceVersion", "value": node.metadata.resource_version },
+            { "op": "add", "path": "/spec/taints", "value": [ours] },
+        ])),
+        (true, None) => Some(json!([
+            { "op": "test", "path": "/spec/taints", "value": taints },
+            { "op": "add", "path": "/spec/taints/-", "value": ours },
+        ])),
+        (false, Some(i)) => Some(json!([
+            { "op": "test", "path": "/spec/taints", "value": taints },
+            { "op": "remove", "path": format!("/spec/taints/{i}") },
+        ])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::NodeSpec;
+    use kube::api::ObjectMeta;
+
+    fn node(taints: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                resource_version: Some("42".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                taints: (!taints.is_empty()).then(|| {
+                    taints
+                        .iter()
+                        .map(|(k, e)| Taint {
+                            key: (*k).into(),
+                            effect: (*e).into(),
+                            ..Taint::default()
+                        })
+                        .collect()
+                }),
+                ..NodeSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn adding_to_a_node_without_taints_tests_the_resource_version() {
+        let ops = taint_patch(&node(&[]), "kured", true).expect("a patch");
+        assert_eq!(
+            ops,
+            json!([
+                { "op": "test", "path": "/metadata/resourceVersion", "value": "42" },
+                { "op": "add", "path": "/spec/taints", "value": [{ "key": "kured", "effect": "PreferNoSchedule" }] },
+            ])
+        );
+    }
+
+    #[test]
+    fn adding_to_existing_taints_tests_the_list_and_appends() {
+        let ops = taint_patch(&node(&[("other", "NoSchedule")]), "kured", true).expect("a patch");
+        assert_eq!(
+            ops,
+            json!([
+                { "op": "test", "path": "/spec/taints", "value": [{ "key": "other", "effect": "NoSchedule" }] },
+                { "op": "add", "path": "/spec/taints/-", "value": { "key": "kured", "effect": "PreferNoSchedule" } },
+            ])
+        );
+    }
+
+    #[test]
+    fn removing_tests_the_list_and_removes_only_our_entry() {
+        let n = node(&[
+            ("kured", "NoSchedule"),
+            ("a", "NoExecute"),
+            ("kured", "PreferNoSchedule"),
+        ]);
+        let ops = taint_patch(&n, "kured", false).expect("a patch");
+        assert_eq!(ops[0]["op"], "test");
+        assert_eq!(ops[0]["value"].as_array().map(Vec::len), Some(3));
+        assert_eq!(ops[1], json!({ "op": "remove", "path": "/spec/taints/2" }));
+    }
+
+    #[test]
+    fn nothing_to_do_when_already_as_wanted() {
+        assert!(taint_patch(&node(&[("kured", "PreferNoSchedule")]), "kured", true).is_none());
+        assert!(taint_patch(&node(&[("kured", "NoSchedule")]), "kured", false).is_none());
+        assert!(taint_patch(&node(&[]), "kured", false).is_none());
+    }
+
+    #[test]
+    fn annotation_time_is_rfc3339_utc_whole_seconds() {
+        let at: Timestamp = "2024-03-10T22:15:07.123456789+01:00"
+            .parse()
+            .expect("a timestamp");
+        assert_eq!(annotation_time(at), "2024-03-10T21:15:07Z");
+    }
+
+    #[test]
+    fn cordon_outcome_records_the_previous_state() {
+        assert!(Cordon::AlreadyCordoned.was_unschedulable());
+        assert!(!Cordon::Cordoned.was_unschedulable());
+    }
+}
