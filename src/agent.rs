@@ -161,6 +161,16 @@ impl<N: Notifier> Agent<N> {
         self.config.period
     }
 
+    /// How long the reboot window stays open from now: waiting for the lock ends there, so the
+    /// taint comes off and nothing is taken outside the window.
+    fn until_window_closes(&self) -> Duration {
+        let now = Timestamp::now();
+        match self.config.window.next_windows(now, 1).first() {
+            Some(w) if w.contains(now) => w.closes.map(until).unwrap_or(Duration::MAX),
+            _ => Duration::ZERO,
+        }
+    }
+
     async fn check_sentinel(&self) -> SentinelView {
         match self.config.sentinel.check().await {
             Ok(required) => {
@@ -316,7 +326,7 @@ impl<N: Notifier> Agent<N> {
                 info!(node = %node, holders = %holders.join(","), "reboot required; waiting for the lock");
                 Wait::LockChange {
                     seen,
-                    limit: self.period(),
+                    limit: self.until_window_closes().min(self.period()),
                 }
             }
             Step::LockUnreadable(e) => {

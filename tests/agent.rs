@@ -326,3 +326,50 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
     assert_eq!(sim.reboots(), 0, "no reboot without --force-reboot");
     assert!(Path::new(&sim.sentinel).exists(), "the reboot is still needed");
 }
+
+#[tokio::test]
+async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() {
+    let scope = Scope::new("agent-blocked").await;
+    let names = scope.create_nodes(1).await;
+    create_lock_daemonset(&scope).await;
+    create_deployment(&scope, "batch", 1, Some(&names[0])).await;
+    eventually("the blocking pod to run", Duration::from_secs(60), || async {
+        let pods = scope.api::<k8s_openapi::api::core::v1::Pod>();
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("app=batch"))
+            .await
+            .ok()?;
+        list.items
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .then_some(())
+    })
+    .await;
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+
+    let sim = SimulatedNode::start(&scope, &names[0], &["--blocking-pod-selector=app=batch"]);
+    eventually(
+        "the agent to report the block",
+        Duration::from_secs(30),
+        || async { sim.log().contains("reboot required, but blocked").then_some(()) },
+    )
+    .await;
+    assert!(
+        sim.log().contains("batch-"),
+        "the block names the pod:\n{}",
+        sim.log()
+    );
+    assert_eq!(lock_annotation(&scope).await, None, "no lock while blocked");
+    let node = nodes.get(&names[0]).await.expect("the node");
+    assert!(!unschedulable(&node), "not cordoned while blocked");
+    assert_eq!(sim.reboots(), 0);
+
+    let first_boot = boot_id(&node);
+    scope
+        .api::<Deployment>()
+        .delete("batch", &Default::default())
+        .await
+        .expect("deleting the blocker");
+    let node = wait_for_reboot_cycle(&scope, &names[0], &sim, &first_boot).await;
+    assert!(!unschedulable(&node));
+}
