@@ -4,8 +4,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -15,84 +14,9 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use support::{Scope, eventually};
+use support::{Scope, SimulatedNode, eventually};
 
 const LOCK: &str = "weave.works/kured-node-lock";
-
-/// A simulated node's PID namespace; killed (with everything in it) on drop.
-struct SimulatedNode {
-    child: Child,
-    events: PathBuf,
-    log: PathBuf,
-    sentinel: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for SimulatedNode {
-    fn drop(&mut self) {
-        // unshare --kill-child passes SIGKILL on to node-init; the namespace dies with it.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl SimulatedNode {
-    fn start(scope: &Scope, node: &str, extra_args: &[&str]) -> SimulatedNode {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let sentinel = dir.path().join("reboot-required");
-        let events = dir.path().join("events");
-        let log = dir.path().join("agent.log");
-        std::fs::write(&sentinel, "").expect("creating the sentinel");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("a port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let kubeconfig = support::kubeconfig_path();
-        let child = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-            .arg(repo.join("testenv/node-init"))
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--ds-namespace={}", scope.namespace))
-            .arg("--ds-name=kured")
-            .arg("--reboot-method=signal")
-            .arg("--period=3s")
-            .arg(format!("--reboot-sentinel={}", sentinel.display()))
-            .arg("--metrics-host=127.0.0.1")
-            .arg(format!("--metrics-port={port}"))
-            .arg("--log-format=json")
-            .args(extra_args)
-            .env("NODE_INIT_NODE", node)
-            .env("NODE_INIT_AGENT", env!("CARGO_BIN_EXE_kured"))
-            .env("NODE_INIT_SENTINEL", &sentinel)
-            .env("NODE_INIT_KUBECONFIG", &kubeconfig)
-            .env("NODE_INIT_LOG", &log)
-            .env("NODE_INIT_EVENTS", &events)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting unshare (needs root)");
-        SimulatedNode {
-            child,
-            events,
-            log,
-            sentinel,
-            _dir: dir,
-        }
-    }
-
-    fn reboots(&self) -> usize {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| *l == "reboot")
-            .count()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
 
 async fn create_lock_daemonset(scope: &Scope) {
     let ds: DaemonSet = serde_json::from_value(json!({
@@ -372,4 +296,59 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
         .expect("deleting the blocker");
     let node = wait_for_reboot_cycle(&scope, &names[0], &sim, &first_boot).await;
     assert!(!unschedulable(&node));
+}
+
+#[tokio::test]
+async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
+    let scope = Scope::new("agent-alert").await;
+    let names = scope.create_nodes(1).await;
+    create_lock_daemonset(&scope).await;
+    let prometheus = support::prometheus::Prometheus::start(None).await;
+
+    // RebootRequired fires and LongPending is pending: with --alert-firing-only and a filter that
+    // ignores RebootRequired, nothing blocks; without the filter, RebootRequired blocks.
+    let blocked = SimulatedNode::start(
+        &scope,
+        &names[0],
+        &[
+            &format!("--prometheus-url={}", prometheus.url),
+            "--alert-firing-only",
+        ],
+    );
+    eventually(
+        "the agent to report the alert",
+        Duration::from_secs(30),
+        || async {
+            blocked
+                .log()
+                .contains("reboot required, but blocked")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(blocked.log().contains("RebootRequired"), "{}", blocked.log());
+    assert!(
+        !blocked.log().contains("LongPending"),
+        "pending alerts are ignored with --alert-firing-only"
+    );
+    assert_eq!(
+        lock_annotation(&scope).await,
+        None,
+        "no lock while an alert fires"
+    );
+    assert_eq!(blocked.reboots(), 0);
+    drop(blocked);
+
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+    let first_boot = boot_id(&nodes.get(&names[0]).await.expect("the node"));
+    let filtered = SimulatedNode::start(
+        &scope,
+        &names[0],
+        &[
+            &format!("--prometheus-url={}", prometheus.url),
+            "--alert-firing-only",
+            "--alert-filter-regexp=^RebootRequired$",
+        ],
+    );
+    wait_for_reboot_cycle(&scope, &names[0], &filtered, &first_boot).await;
 }

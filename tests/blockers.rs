@@ -6,10 +6,7 @@
 
 mod support;
 
-use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -21,6 +18,7 @@ use kured::config::AlertFilter;
 use kured::selector::LabelSelector;
 use regex::Regex;
 use serde_json::json;
+use support::prometheus::{Prometheus, free_port};
 use support::{Scope, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -259,160 +257,9 @@ fn client_for(addr: SocketAddr) -> Client {
 // ---------------------------------------------------------------------------------------------
 // Prometheus
 
-const PROMETHEUS: &str = "/usr/bin/prometheus";
-
-/// Rules evaluated every second: `RebootRequired` fires at once, `LongPending` stays pending for
-/// an hour, far longer than any test.
-const RULES: &str = "groups:
-  - name: kured-test
-    interval: 1s
-    rules:
-      - alert: RebootRequired
-        expr: vector(1)
-        for: 0s
-      - alert: LongPending
-        expr: vector(1)
-        for: 1h
-";
-
-/// A Prometheus server run by the test, killed when dropped.
-struct Prometheus {
-    child: Child,
-    /// The server's base URL, including its route prefix.
-    url: Url,
-    dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    /// Starts Prometheus on a free loopback port, serving under `prefix` (e.g. `/prom`) if given,
-    /// and waits until the `ALERTS` query shows both test alerts.
-    async fn start(prefix: Option<&str>) -> Prometheus {
-        assert!(
-            Path::new(PROMETHEUS).is_file(),
-            "{PROMETHEUS} is missing: install it with `apt-get install prometheus` (scripts/test does)"
-        );
-        // A port found free can be taken before Prometheus binds it; try a few.
-        for _ in 0..3 {
-            let mut server = Self::spawn(prefix);
-            if server.wait_ready().await {
-                return server;
-            }
-        }
-        panic!("Prometheus did not start in three attempts");
-    }
-
-    fn spawn(prefix: Option<&str>) -> Prometheus {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        std::fs::write(dir.path().join("rules.yml"), RULES).expect("writing rules");
-        std::fs::write(
-            dir.path().join("prometheus.yml"),
-            "global:\n  evaluation_interval: 1s\nrule_files: [rules.yml]\n",
-        )
-        .expect("writing the configuration");
-        let port = free_port().port();
-        let base = format!("http://127.0.0.1:{port}{}", prefix.unwrap_or(""));
-        let log = std::fs::File::create(dir.path().join("log")).expect("a log file");
-        let mut command = Command::new(PROMETHEUS);
-        command
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("a log file handle"))
-            .stderr(log);
-        if let Some(prefix) = prefix {
-            command
-                .arg(format!("--web.route-prefix={prefix}"))
-                .arg(format!("--web.external-url={base}"));
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {PROMETHEUS}: {e}"));
-        Prometheus {
-            child,
-            url: base.parse().expect("a valid URL"),
-            dir,
-        }
-    }
-
-    /// True once both alerts are in `ALERTS`; false if Prometheus exited (a port taken).
-    async fn wait_ready(&mut self) -> bool {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), self.url.port().expect("a port"));
-        let path = format!(
-            "{}/api/v1/query?query=ALERTS",
-            self.url.path().trim_end_matches('/')
-        );
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                eprintln!("Prometheus exited with {status}:\n{}", self.log());
-                return false;
-            }
-            if let Some((200, body)) = http_get(addr, &path).await
-                && body.contains("\"RebootRequired\"")
-                && body.contains("\"LongPending\"")
-            {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "Prometheus at {} did not report both test alerts within 60s; its log:\n{}",
-                    self.url,
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("log")) {
-            let _ = f.read_to_string(&mut text);
-        }
-        text
-    }
-
-    fn blocker(&self, filter: AlertFilter) -> PrometheusBlocker {
-        PrometheusBlocker::new(self.url.clone(), filter).expect("a Prometheus client")
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A plain HTTP/1.0 GET, independent of the client under test: status and body.
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
-
 /// A loopback address nothing listens on (just released by the operating system).
 fn closed_port() -> SocketAddr {
     free_port()
-}
-
-fn free_port() -> SocketAddr {
-    let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding a loopback port");
-    listener.local_addr().expect("a local address")
 }
 
 fn filter(regexp: Option<&str>, match_only: bool, firing_only: bool) -> AlertFilter {

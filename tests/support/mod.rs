@@ -3,6 +3,8 @@
 //! names, so tests run in parallel on one cluster without seeing each other's objects.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod prometheus;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -259,4 +261,160 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A simulated node: `testenv/node-init` as PID 1 of a PID namespace of its own, running the real
+/// `kured` agent for a kwok Node and turning the agent's reboot into a simulated one (see
+/// DESIGN.md §5). Needs root, for `unshare`. Killed, with everything in it, on drop.
+pub struct SimulatedNode {
+    child: std::process::Child,
+    events: PathBuf,
+    log: PathBuf,
+    /// The agent's sentinel file; it exists from the start, and a reboot removes it.
+    pub sentinel: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SimulatedNode {
+    fn drop(&mut self) {
+        // unshare --kill-child passes SIGKILL on to node-init; the namespace dies with it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SimulatedNode {
+    /// Starts the agent for `node` with the admin kubeconfig, the lock on DaemonSet `kured` in the
+    /// scope's namespace, and `--reboot-method=signal`, plus `extra_args`.
+    pub fn start(scope: &Scope, node: &str, extra_args: &[&str]) -> SimulatedNode {
+        let args = [&["--reboot-method=signal"], extra_args].concat();
+        SimulatedNode::start_as(scope, node, &kubeconfig_path(), &args)
+    }
+
+    /// Starts the agent for `node` with the credentials of `kubeconfig` and the lock on DaemonSet
+    /// `kured` in the scope's namespace, plus `args` (the reboot method among them). node-init
+    /// itself, which plays the node's kubelet, keeps using the admin kubeconfig.
+    pub fn start_as(scope: &Scope, node: &str, kubeconfig: &std::path::Path, args: &[&str]) -> SimulatedNode {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let sentinel = dir.path().join("reboot-required");
+        let events = dir.path().join("events");
+        let log = dir.path().join("agent.log");
+        std::fs::write(&sentinel, "").expect("creating the sentinel");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("a port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let admin = kubeconfig_path();
+        let child = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(repo.join("testenv/node-init"))
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--ds-namespace={}", scope.namespace))
+            .arg("--ds-name=kured")
+            .arg("--period=3s")
+            .arg(format!("--reboot-sentinel={}", sentinel.display()))
+            .arg("--metrics-host=127.0.0.1")
+            .arg(format!("--metrics-port={port}"))
+            .arg("--log-format=json")
+            .args(args)
+            .env("NODE_INIT_NODE", node)
+            .env("NODE_INIT_AGENT", env!("CARGO_BIN_EXE_kured"))
+            .env("NODE_INIT_SENTINEL", &sentinel)
+            .env("NODE_INIT_KUBECONFIG", &admin)
+            .env("NODE_INIT_LOG", &log)
+            .env("NODE_INIT_EVENTS", &events)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting unshare (needs root)");
+        SimulatedNode {
+            child,
+            events,
+            log,
+            sentinel,
+            _dir: dir,
+        }
+    }
+
+    /// How many reboots node-init has simulated.
+    pub fn reboots(&self) -> usize {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == "reboot")
+            .count()
+    }
+
+    /// Everything the agents on this node have written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl SimulatedNode {
+    /// The boot IDs node-init gave the Node, first boot first.
+    pub fn boot_ids(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("boot "))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Writes a kubeconfig for ServiceAccount `service_account` of the scope's namespace into `dir`,
+/// with a token from the TokenRequest API (valid for an hour) and the test cluster's server and CA,
+/// and returns its path: the credentials an agent running in a pod under that account would have.
+pub async fn service_account_kubeconfig(
+    scope: &Scope,
+    service_account: &str,
+    dir: &std::path::Path,
+) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let request: TokenRequest =
+        serde_json::from_value(serde_json::json!({ "spec": { "audiences": [], "expirationSeconds": 3600 } }))
+            .expect("a valid TokenRequest");
+    let issued: TokenRequest = scope
+        .api::<ServiceAccount>()
+        .create_subresource("token", service_account, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("issuing a token for ServiceAccount {service_account}: {e}"));
+    let token = issued
+        .status
+        .and_then(|s| s.token)
+        .expect("a token in the TokenRequest's status");
+    let admin = Kubeconfig::read_from(kubeconfig_path()).expect("reading the admin kubeconfig");
+    let cluster = admin
+        .clusters
+        .first()
+        .expect("a cluster in the admin kubeconfig")
+        .clone();
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{ "name": service_account, "user": { "token": token } }],
+        "contexts": [{
+            "name": service_account,
+            "context": { "cluster": cluster.name, "user": service_account },
+        }],
+        "current-context": service_account,
+    });
+    let path = dir.join(format!("{service_account}.kubeconfig"));
+    std::fs::write(&path, kubeconfig.to_string()).expect("writing the ServiceAccount's kubeconfig");
+    path
+}
+
+/// A client with the credentials of kubeconfig file `path`, not retrying by itself.
+pub async fn client_from_kubeconfig(path: &std::path::Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(path).expect("reading a kubeconfig");
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("a usable kubeconfig");
+    config.default_retry = false;
+    Client::try_from(config).expect("a client")
 }
