@@ -34,6 +34,39 @@ struct NodeLabel {
     node: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SchemeLabel {
+    scheme: String,
+}
+
+/// `kured_notifications_failed_total{scheme}`: notifications given up on after their retries.
+/// A cheap handle: clones count into the same counters, so the notifier counts into the family
+/// that its [`Metrics`] registry exposes ([`Metrics::notification_failures`]).
+#[derive(Clone, Debug, Default)]
+pub struct NotificationFailures(Family<SchemeLabel, Counter>);
+
+impl NotificationFailures {
+    pub fn count(&self, scheme: &str) {
+        self.0.get_or_create(&scheme_label(scheme)).inc();
+    }
+
+    /// Shows `scheme` with 0 until its first failure, so a dashboard sees 0 rather than no data.
+    pub fn register(&self, scheme: &str) {
+        drop(self.0.get_or_create(&scheme_label(scheme)));
+    }
+
+    /// The failures counted for `scheme` so far.
+    pub fn get(&self, scheme: &str) -> u64 {
+        self.0.get_or_create(&scheme_label(scheme)).get()
+    }
+}
+
+fn scheme_label(scheme: &str) -> SchemeLabel {
+    SchemeLabel {
+        scheme: scheme.to_owned(),
+    }
+}
+
 /// The agent's metrics. Names and labels of upstream's metrics are kept as they are.
 #[derive(Debug)]
 pub struct Metrics {
@@ -41,6 +74,7 @@ pub struct Metrics {
     node: NodeLabel,
     reboot_required: Family<NodeLabel, Gauge>,
     sentinel_errors: Family<NodeLabel, Counter>,
+    notification_failures: NotificationFailures,
 }
 
 impl Metrics {
@@ -58,6 +92,12 @@ impl Metrics {
             "Reboot sentinel checks that failed (command error, unreadable file)",
             sentinel_errors.clone(),
         );
+        let notification_failures = NotificationFailures::default();
+        registry.register(
+            "kured_notifications_failed",
+            "Notifications that could not be delivered after their retries, by URL scheme",
+            notification_failures.0.clone(),
+        );
         let node = NodeLabel {
             node: node.to_owned(),
         };
@@ -68,6 +108,7 @@ impl Metrics {
             node,
             reboot_required,
             sentinel_errors,
+            notification_failures,
         }
     }
 
@@ -79,6 +120,15 @@ impl Metrics {
 
     pub fn count_sentinel_error(&self) {
         self.sentinel_errors.get_or_create(&self.node).inc();
+    }
+
+    pub fn count_notification_failure(&self, scheme: &str) {
+        self.notification_failures.count(scheme);
+    }
+
+    /// A handle on the counters [`Metrics::count_notification_failure`] counts into.
+    pub fn notification_failures(&self) -> NotificationFailures {
+        self.notification_failures.clone()
     }
 
     /// The registry in the OpenMetrics text format.
@@ -166,5 +216,27 @@ mod tests {
             m.encode()
                 .contains("kured_sentinel_errors_total{node=\"node-a\"} 2")
         );
+    }
+
+    #[test]
+    fn notification_failures_are_counted_per_scheme() {
+        let m = Metrics::new("node-a");
+        m.count_notification_failure("slack");
+        m.notification_failures().count("slack");
+        assert!(
+            m.encode()
+                .contains("kured_notifications_failed_total{scheme=\"slack\"} 2"),
+            "{}",
+            m.encode()
+        );
+        assert!(
+            !Metrics::new("node-b").encode().contains("scheme=\"slack\""),
+            "registries are separate"
+        );
+
+        let own = NotificationFailures::default();
+        own.register("smtp");
+        own.count("slack");
+        assert_eq!((own.get("smtp"), own.get("slack")), (0, 1));
     }
 }

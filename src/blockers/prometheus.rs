@@ -21,18 +21,15 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use tracing::debug;
 use url::Url;
 
 use super::{BlockKind, BlockReason, Blocker, name_list};
 use crate::config::AlertFilter;
+use crate::http::{self, HttpError};
 
 /// How long one query may take, connection included. Prometheus answers `ALERTS` from memory in
 /// milliseconds; a server that has not answered in 10 s is down for our purpose, and the next
@@ -47,34 +44,15 @@ const MAX_NAMES: usize = 10;
 /// page or a proxy's message, short enough for one log line.
 const BODY_EXCERPT: usize = 200;
 
-/// Where distributions keep their PEM bundle of trusted CA certificates, first match wins:
-/// Debian, Ubuntu, Alpine, Arch and distroless; Fedora and RHEL; openSUSE; Alpine, BSDs and macOS.
-pub const CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
+pub use crate::http::CA_BUNDLES;
 
 /// The query upstream kured evaluates: Prometheus' synthetic series of pending and firing alerts.
 const QUERY: &str = "ALERTS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrometheusError {
-    #[error("cannot read CA certificates from {}", .path.display())]
-    ReadCaBundle {
-        path: PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("no CA certificate bundle found (looked for {}); an https Prometheus URL needs one", CA_BUNDLES.join(", "))]
-    NoCaBundle,
-    #[error("CA bundle {} holds no usable certificate", .path.display())]
-    EmptyCaBundle { path: PathBuf },
-    #[error("cannot set up TLS")]
-    Tls(#[source] rustls::Error),
-    #[error("cannot build the HTTP client")]
-    BuildClient(#[source] reqwest::Error),
+    #[error("cannot set up the HTTP client for Prometheus")]
+    Client(#[from] HttpError),
     #[error("cannot send the query")]
     Send(#[source] reqwest::Error),
     #[error("no answer within {0:?}")]
@@ -247,18 +225,8 @@ impl PrometheusBlocker {
     /// the HTTP client cannot be set up: for an `https` URL, when no CA bundle can be read. The
     /// bundle is read once, here: a changed bundle takes effect when the agent restarts.
     pub fn new(url: Url, filter: AlertFilter) -> Result<PrometheusBlocker, PrometheusError> {
-        let roots = root_store(url.scheme() == "https")?;
-        let mut tls =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(PrometheusError::Tls)?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .build()
-            .map_err(PrometheusError::BuildClient)?;
+        let roots = http::root_store(url.scheme() == "https", &[])?;
+        let client = http::client(roots)?;
         Ok(PrometheusBlocker {
             endpoint: query_endpoint(&url),
             shown: shown_url(&url),
@@ -393,34 +361,6 @@ fn shown_url(url: &Url) -> String {
     shown.set_query(None);
     shown.set_fragment(None);
     shown.to_string()
-}
-
-/// The CA certificates of the first bundle in [`CA_BUNDLES`] that exists, when TLS is
-/// `required` (an https URL); an empty store for plain http, which needs none.
-fn root_store(required: bool) -> Result<rustls::RootCertStore, PrometheusError> {
-    let mut store = rustls::RootCertStore::empty();
-    if !required {
-        return Ok(store);
-    }
-    let path = CA_BUNDLES
-        .iter()
-        .map(Path::new)
-        .find(|p| p.is_file())
-        .ok_or(PrometheusError::NoCaBundle)?;
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| PrometheusError::ReadCaBundle {
-            path: path.to_owned(),
-            source,
-        })?;
-    let (added, ignored) = store.add_parsable_certificates(certs);
-    debug!(bundle = %path.display(), added, ignored, "CA certificates loaded");
-    if added == 0 {
-        return Err(PrometheusError::EmptyCaBundle {
-            path: path.to_owned(),
-        });
-    }
-    Ok(store)
 }
 
 #[cfg(test)]
@@ -805,14 +745,15 @@ mod tests {
     fn https_clients_load_the_system_ca_bundle() {
         let url = Url::parse("https://prometheus.example:9090").expect("a valid URL");
         let blocker = PrometheusBlocker::new(url, filter(None, false, false));
-        if CA_BUNDLES.iter().any(|p| Path::new(p).is_file()) {
+        if CA_BUNDLES.iter().any(|p| std::path::Path::new(p).is_file()) {
             let blocker = blocker.expect("a client with the system's roots");
             assert_eq!(blocker.url(), "https://prometheus.example:9090/");
-            assert!(!root_store(true).expect("the CA bundle loads").is_empty());
         } else {
-            assert!(matches!(blocker, Err(PrometheusError::NoCaBundle)));
+            assert!(matches!(
+                blocker,
+                Err(PrometheusError::Client(HttpError::NoCaBundle))
+            ));
         }
-        assert!(root_store(false).expect("plain http needs no roots").is_empty());
     }
 
     #[test]

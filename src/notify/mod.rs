@@ -1,7 +1,46 @@
 //! Notifications at the three moments operators are told about: drain, reboot, and the node back
-//! in service. Messages come from `--message-template-*` with `%s` replaced by the node name.
+//! in service. Messages come from `--message-template-*` with `%s` replaced by the node name, and
+//! go to every `--notify-url` (shoutrrr syntax, parsed in [`target`]) at once.
+//!
+//! Sending never blocks a reboot for long: each attempt is bounded in time, a failed attempt is
+//! tried again a few times with back-off when trying again can help, and a notification that
+//! still fails is logged and counted in `kured_notifications_failed_total{scheme}` — never
+//! returned to the agent, which goes on with the drain or reboot.
 
+mod deliver;
+mod request;
+pub mod target;
+
+use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use tracing::{debug, info, warn};
+use url::Url;
+
+pub use deliver::SendError;
+pub use target::{Target, TargetError};
+
+use crate::config::Config;
+use crate::http::{self, HttpError};
+use crate::metrics::NotificationFailures;
+use deliver::Mailer;
+use request::HttpRequest;
+
+/// How many times one message is tried on one target: a 5xx, 429 or dropped connection usually
+/// clears within seconds; more attempts would only hold the drain or reboot back longer.
+pub const ATTEMPTS: u32 = 3;
+/// How long one attempt may take, connection and TLS included: webhooks answer within a second,
+/// so 10 s covers a slow handshake or a busy receiver without holding a reboot for long.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The wait before the first retry, doubled for each one after: time for a rate limit to lift or
+/// a receiver to restart, short enough that all attempts fit in [`DEADLINE`].
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The most one notification may add to a drain or reboot, retries included, whatever the
+/// receiver does: every attempt timing out plus the back-off fits, with a little to spare.
+pub const DEADLINE: Duration = Duration::from_secs(35);
 
 /// The moments a notification is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,6 +48,18 @@ pub enum Event {
     Drain,
     Reboot,
     Uncordon,
+}
+
+impl Event {
+    /// The title of the message where a service has one (an e-mail's subject, the generic JSON
+    /// body's `title`), as upstream passes it.
+    pub fn title(self) -> &'static str {
+        match self {
+            Event::Drain => "Starting drain",
+            Event::Reboot => "Rebooting node",
+            Event::Uncordon => "Node uncordoned successfully",
+        }
+    }
 }
 
 /// Sends a message about a node. Sending never blocks a reboot: implementations bound their time
@@ -23,14 +74,336 @@ pub fn render(template: &str, node: &str) -> String {
     template.replacen("%s", node, 1)
 }
 
-/// A notifier that only logs each message: what runs when no notification URL is configured.
+/// A notifier that only logs each message.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LogOnly;
 
 impl Notifier for LogOnly {
     async fn notify(&self, event: Event, message: &str) {
-        tracing::info!(event = ?event, message, "notification");
+        info!(event = ?event, message, "notification");
     }
+}
+
+/// Attempts, time-outs and back-off of one notification on one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub attempt_timeout: Duration,
+    pub first_backoff: Duration,
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            attempts: ATTEMPTS,
+            attempt_timeout: ATTEMPT_TIMEOUT,
+            first_backoff: FIRST_BACKOFF,
+            deadline: DEADLINE,
+        }
+    }
+}
+
+/// How [`Notifications`] reaches its targets; the defaults are production's.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Sends every service's requests (all but `generic`, whose URL is the endpoint itself) to
+    /// this base instead of the service's host, the path and query kept. For tests, whose
+    /// receivers run on loopback; `None` in production.
+    pub api_base: Option<Url>,
+    /// CA certificates trusted besides the system's bundle (HTTPS and SMTP alike).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub retry: RetryPolicy,
+}
+
+/// Setting up the notifier.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("cannot set up the HTTP client for notifications")]
+    Http(#[from] HttpError),
+    #[error("cannot set up the SMTP client for {target}")]
+    Mailer {
+        target: String,
+        #[source]
+        source: SendError,
+    },
+}
+
+/// The outcome of one message on one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The target without its secrets.
+    pub target: String,
+    pub scheme: &'static str,
+    pub result: Result<u32, Failure>,
+}
+
+/// A message that did not get through: after how many attempts, and why (secrets redacted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub attempts: u32,
+    pub error: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = if self.attempts == 1 { "" } else { "s" };
+        write!(f, "{} ({} attempt{plural})", self.error, self.attempts)
+    }
+}
+
+struct Route {
+    target: Target,
+    shown: String,
+    secrets: Vec<String>,
+    mailer: Option<Mailer>,
+}
+
+/// The notifier of `--notify-url` (or the deprecated `--slack-hook-url`): each message goes to
+/// every target at once. Without targets it only logs.
+pub struct Notifications {
+    routes: Vec<Route>,
+    client: reqwest::Client,
+    api_base: Option<Url>,
+    retry: RetryPolicy,
+    failures: NotificationFailures,
+}
+
+impl fmt::Debug for Notifications {
+    /// Targets as [`Target::shown`] gives them, without secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let targets: Vec<&str> = self.routes.iter().map(|r| r.shown.as_str()).collect();
+        f.debug_struct("Notifications")
+            .field("targets", &targets)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Notifications {
+    /// The agent's notifier: the configured targets, production's options, failures counted in
+    /// `failures`.
+    pub fn from_config(
+        config: &Config,
+        failures: NotificationFailures,
+    ) -> Result<Notifications, NotifyError> {
+        Notifications::new(config.notify_targets.clone(), Options::default(), failures)
+    }
+
+    /// A notifier for `targets`. Reads the system's CA bundle when a target uses TLS (a missing
+    /// bundle is an error then, unless `options` brings roots of its own).
+    pub fn new(
+        targets: Vec<Target>,
+        options: Options,
+        failures: NotificationFailures,
+    ) -> Result<Notifications, NotifyError> {
+        let needs_tls = targets.iter().any(|t| uses_tls(t, options.api_base.as_ref()));
+        let mut roots = Vec::new();
+        if needs_tls {
+            match http::system_roots() {
+                Ok(system) => roots.extend(system),
+                Err(e) if options.extra_roots.is_empty() => return Err(e.into()),
+                Err(e) => debug!(error = %e, "no system CA bundle; trusting the given roots only"),
+            }
+        }
+        roots.extend(options.extra_roots.iter().cloned());
+        let mut store = rustls::RootCertStore::empty();
+        store.add_parsable_certificates(roots.iter().cloned());
+        let client = http::client(store)?;
+        let routes = targets
+            .into_iter()
+            .map(|target| {
+                let shown = target.shown();
+                let mailer = match &target {
+                    Target::Smtp(smtp) => Some(
+                        Mailer::new(smtp, &roots, options.retry.attempt_timeout).map_err(|source| {
+                            NotifyError::Mailer {
+                                target: shown.clone(),
+                                source,
+                            }
+                        })?,
+                    ),
+                    _ => None,
+                };
+                failures.register(target.scheme());
+                Ok(Route {
+                    secrets: target.secrets(),
+                    target,
+                    shown,
+                    mailer,
+                })
+            })
+            .collect::<Result<Vec<_>, NotifyError>>()?;
+        Ok(Notifications {
+            routes,
+            client,
+            api_base: options.api_base,
+            retry: options.retry,
+            failures,
+        })
+    }
+
+    /// The targets, as logs show them.
+    pub fn targets(&self) -> Vec<&str> {
+        self.routes.iter().map(|r| r.shown.as_str()).collect()
+    }
+
+    /// Sends `message` to every target at once and reports each outcome. Failures are logged and
+    /// counted here.
+    pub async fn send(&self, title: &str, message: &str) -> Vec<Delivery> {
+        let sends = self.routes.iter().map(|route| async move {
+            let tried = AtomicU32::new(0);
+            let delivery = self.deliver(route, title, message, &tried);
+            let result = match tokio::time::timeout(self.retry.deadline, delivery).await {
+                Ok(result) => result,
+                Err(_) => Err((
+                    tried.load(Ordering::Relaxed),
+                    SendError::Deadline(self.retry.deadline),
+                )),
+            };
+            let result = result.map_err(|(attempts, error)| Failure {
+                attempts,
+                error: target::scrub(&cause_chain(&error), &route.secrets),
+            });
+            match &result {
+                Ok(attempts) => {
+                    debug!(url = %route.shown, scheme = route.target.scheme(), attempts, "notification sent")
+                }
+                Err(failure) => {
+                    self.failures.count(route.target.scheme());
+                    warn!(
+                        url = %route.shown,
+                        scheme = route.target.scheme(),
+                        attempts = failure.attempts,
+                        error = %failure.error,
+                        "notification failed"
+                    );
+                }
+            }
+            Delivery {
+                target: route.shown.clone(),
+                scheme: route.target.scheme(),
+                result,
+            }
+        });
+        futures_util::future::join_all(sends).await
+    }
+
+    /// Every request of one target, each with its own retries (a Telegram message to two chats
+    /// is not sent twice to the first when the second fails). Ok: the most attempts any request
+    /// took.
+    async fn deliver(
+        &self,
+        route: &Route,
+        title: &str,
+        message: &str,
+        tried: &AtomicU32,
+    ) -> Result<u32, (u32, SendError)> {
+        if let Some(mailer) = &route.mailer {
+            return self.retrying(tried, || mailer.send(message, title)).await;
+        }
+        let mut most = 0;
+        for request in self.requests(&route.target, title, message) {
+            let attempts = self
+                .retrying(tried, || {
+                    deliver::http(&self.client, &request, self.retry.attempt_timeout)
+                })
+                .await?;
+            most = most.max(attempts);
+        }
+        Ok(most)
+    }
+
+    /// Tries `attempt` until it succeeds, fails for good or runs out of attempts; counts every
+    /// attempt in `tried` too, for a report cut short by the deadline.
+    async fn retrying<F, Fut>(&self, tried: &AtomicU32, mut attempt: F) -> Result<u32, (u32, SendError)>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), SendError>>,
+    {
+        let attempts = self.retry.attempts.max(1);
+        let mut backoff = self.retry.first_backoff;
+        let mut n = 1;
+        loop {
+            tried.fetch_add(1, Ordering::Relaxed);
+            match attempt().await {
+                Ok(()) => return Ok(n),
+                Err(e) if n < attempts && e.is_retryable() => {
+                    debug!(attempt = n, retry_in = ?backoff, "notification attempt failed; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                    n += 1;
+                }
+                Err(e) => return Err((n, e)),
+            }
+        }
+    }
+
+    fn requests(&self, target: &Target, title: &str, message: &str) -> Vec<HttpRequest> {
+        let mut requests: Vec<HttpRequest> = match target {
+            Target::Slack(s) => request::slack(s, message).into_iter().collect(),
+            Target::Teams(t) => vec![request::teams(t, message)],
+            Target::Discord(d) => request::discord(d, message).into_iter().collect(),
+            Target::Generic(g) => return vec![request::generic(g, message, title)],
+            Target::Telegram(t) => request::telegram(t, message),
+            Target::GoogleChat(g) => vec![request::googlechat(g, message)],
+            Target::Mattermost(m) => vec![request::mattermost(m, message)],
+            Target::Smtp(_) => Vec::new(),
+        };
+        if let Some(base) = &self.api_base {
+            for r in &mut requests {
+                r.url = rebase(&r.url, base);
+            }
+        }
+        requests
+    }
+}
+
+impl Notifier for Notifications {
+    async fn notify(&self, event: Event, message: &str) {
+        if self.routes.is_empty() {
+            info!(event = ?event, message, "notification (no --notify-url configured)");
+            return;
+        }
+        let deliveries = self.send(event.title(), message).await;
+        let sent = deliveries.iter().filter(|d| d.result.is_ok()).count();
+        info!(event = ?event, message, sent, failed = deliveries.len() - sent, "notification");
+    }
+}
+
+/// An error and its causes on one line, like [`crate::error_chain`], leaving out a cause whose
+/// text is already there (lettre's errors repeat their source in their own message).
+fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+/// Whether reaching `target` takes TLS (and so trusted roots).
+fn uses_tls(target: &Target, api_base: Option<&Url>) -> bool {
+    let https = |url: &Url| url.scheme() == "https";
+    match target {
+        Target::Smtp(s) => s.tls() != target::SmtpTls::None,
+        Target::Generic(g) => https(&g.url),
+        _ => api_base.is_none_or(https),
+    }
+}
+
+/// `url` with the scheme, host and port of `base`, and base's path before its own.
+fn rebase(url: &Url, base: &Url) -> Url {
+    let mut out = base.clone();
+    let path = format!("{}{}", base.path().trim_end_matches('/'), url.path());
+    out.set_path(&path);
+    out.set_query(url.query());
+    out
 }
 
 #[cfg(test)]
@@ -46,5 +419,44 @@ mod tests {
         );
         assert_eq!(render("no placeholder", "n1"), "no placeholder");
         assert_eq!(render("%s and %s", "n1"), "n1 and %s");
+    }
+
+    #[test]
+    fn rebase_keeps_path_and_query() {
+        let base = Url::parse("http://127.0.0.1:8080/prefix/").expect("url");
+        let url = Url::parse("https://api.telegram.org/bot1:A/sendMessage?x=1").expect("url");
+        assert_eq!(
+            rebase(&url, &base).as_str(),
+            "http://127.0.0.1:8080/prefix/bot1:A/sendMessage?x=1"
+        );
+    }
+
+    #[test]
+    fn cause_chains_leave_out_repeated_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Repeats(#[source] std::io::Error);
+        let e = Repeats(std::io::Error::other("refused"));
+        assert_eq!(cause_chain(&e), "outer: refused");
+        assert_eq!(crate::error_chain(&e), "outer: refused: refused");
+    }
+
+    #[test]
+    fn the_retry_budget_fits_the_deadline() {
+        let p = RetryPolicy::default();
+        let backoff: Duration = (0..p.attempts - 1).map(|i| p.first_backoff * 2u32.pow(i)).sum();
+        assert!(backoff + p.attempt_timeout * p.attempts < p.deadline, "{p:?}");
+    }
+
+    #[tokio::test]
+    async fn no_targets_only_logs_and_debug_shows_no_secrets() {
+        let target = Target::parse("discord://SECRETTOKEN@1234").expect("parses");
+        let n = Notifications::new(vec![target], Options::default(), NotificationFailures::default())
+            .expect("a notifier");
+        assert!(!format!("{n:?}").contains("SECRET"));
+        assert_eq!(n.targets(), ["discord://<redacted>@1234"]);
+        let none = Notifications::new(Vec::new(), Options::default(), NotificationFailures::default())
+            .expect("a notifier");
+        none.notify(Event::Drain, "Draining node n1").await;
     }
 }

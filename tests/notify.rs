@@ -1,0 +1,565 @@
+//! Notifications delivered to real receivers on loopback: an HTTP server that records what each
+//! webhook flavour receives (method, path, headers, JSON body), a real SMTP server (Debian's
+//! python3-aiosmtpd) taking mail over STARTTLS and implicit TLS, and `kured notify` end to end.
+//! The services' own hosts are out of reach, so their requests go to the loopback server through
+//! `Options::api_base`, which keeps each request's path and query.
+
+mod receivers;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kured::metrics::NotificationFailures;
+use kured::notify::{Delivery, Event, Notifications, Notifier, Options, RetryPolicy, Target};
+use receivers::{HttpReceiver, Reply, SmtpServer, TestCa};
+use serde_json::json;
+
+const MESSAGE: &str = "Draining node n1";
+const TITLE: &str = "Starting drain";
+
+/// Quick retries, so that the tests of retrying take a fraction of a second.
+fn fast() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 3,
+        attempt_timeout: Duration::from_secs(5),
+        first_backoff: Duration::from_millis(20),
+        deadline: Duration::from_secs(20),
+    }
+}
+
+fn target(url: &str) -> Target {
+    Target::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+fn notifier(targets: Vec<Target>, server: &HttpReceiver, failures: &NotificationFailures) -> Notifications {
+    let options = Options {
+        api_base: Some(url::Url::parse(&server.base()).expect("a URL")),
+        retry: fast(),
+        ..Options::default()
+    };
+    Notifications::new(targets, options, failures.clone()).expect("a notifier")
+}
+
+fn assert_all_sent(deliveries: &[Delivery]) {
+    for d in deliveries {
+        assert_eq!(d.result, Ok(1), "{}", d.target);
+    }
+}
+
+fn only(server: &HttpReceiver, prefix: &str) -> receivers::Recorded {
+    let mut requests = server.requests_to(prefix);
+    assert_eq!(requests.len(), 1, "requests to {prefix}: {requests:?}");
+    requests.remove(0)
+}
+
+#[tokio::test]
+async fn every_scheme_reaches_its_receiver_in_the_documented_format() {
+    let server = HttpReceiver::start();
+    let port = server.addr.port();
+    server.respond(
+        "/api/chat.postMessage",
+        Reply::status(200, r#"{"ok":true,"channel":"C001CH4NN3L","ts":"1.2"}"#),
+    );
+    server.respond("/workflows/", Reply::status(202, ""));
+    server.respond("/api/webhooks/", Reply::status(204, ""));
+    let hook_url = url::Url::parse(&format!(
+        "{}/services/T11111111/B22222222/HOOKSECRETHOOKSECRETHOOK",
+        server.base()
+    ))
+    .expect("a URL");
+    let targets = vec![
+        target("slack://hook:T00000000-B00000000-XXXXXXXXXXXXXXXXXXXXXXXX@webhook?botname=kured-bot"),
+        target("slack://xoxb:123456789012-1234567890123-4mt0t4l1YL3g1T5L4cK70k3N@C001CH4NN3L"),
+        Target::slack_hook(hook_url, "kured", Some("#ops")),
+        target(
+            "teams://11111111-4444-4444-8444-cccccccccccc@22222222-4444-4444-8444-cccccccccccc/33333333012222222222333333333344/44444444-4444-4444-8444-cccccccccccc/V2ESyij_gAljSoUQHvZoZYzlpAoAXExyOl26dlf1xHEx05?host=contoso.webhook.office.com&title=kured",
+        ),
+        target(
+            "teams+https://prod-00.westeurope.logic.azure.com:443/workflows/0a1b2c3d/triggers/manual/paths/invoke?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=SIGSIGSIG",
+        ),
+        target(
+            "discord://W3dE2OZz4C13_4z-uHfDOoC7BqTW288s@693853386302554172?username=kured&thread_id=1234567890123456789",
+        ),
+        target(&format!(
+            "generic://127.0.0.1:{port}/generic/json?disabletls=yes&template=json&@Authorization=Bearer+t0ken&$cluster=prod&tenant=blue"
+        )),
+        target(&format!(
+            "generic+http://127.0.0.1:{port}/generic/plain?@XApiKey=k3y"
+        )),
+        target(
+            "telegram://110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw@telegram?chats=@kured,-1001234567890:42&notification=no",
+        ),
+        target("googlechat://chat.googleapis.com/v1/spaces/AAAA1234/messages?key=K3Y&token=T0KEN"),
+        target("mattermost://kured@mm.example.com/bywsw8zt5jgpte3nm65qjiru6h/reboots"),
+    ];
+    let failures = NotificationFailures::default();
+    let deliveries = notifier(targets, &server, &failures).send(TITLE, MESSAGE).await;
+    assert_eq!(deliveries.len(), 11);
+    assert_all_sent(&deliveries);
+
+    // Slack incoming webhook: POST https://hooks.slack.com/services/T…/B…/X… with {"text": …}.
+    let r = only(&server, "/services/T00000000/");
+    assert_eq!(
+        (r.method.as_str(), r.path()),
+        ("POST", "/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX")
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json(), json!({ "text": MESSAGE, "username": "kured-bot" }));
+
+    // Slack Web API: chat.postMessage with the bot token as a bearer token, the channel in the body.
+    let r = only(&server, "/api/chat.postMessage");
+    assert_eq!(r.method, "POST");
+    assert_eq!(
+        r.header("authorization"),
+        Some("Bearer xoxb-123456789012-1234567890123-4mt0t4l1YL3g1T5L4cK70k3N")
+    );
+    assert!(
+        r.header("content-type")
+            .is_some_and(|v| v.starts_with("application/json"))
+    );
+    assert_eq!(r.json(), json!({ "text": MESSAGE, "channel": "C001CH4NN3L" }));
+
+    // --slack-hook-url: the URL as given, with --slack-username and --slack-channel.
+    let r = only(&server, "/services/T11111111/");
+    assert_eq!(
+        r.json(),
+        json!({ "text": MESSAGE, "username": "kured", "channel": "#ops" })
+    );
+
+    // Teams connector: the webhookb2 URL rebuilt from the parts, a MessageCard.
+    let r = only(&server, "/webhookb2/");
+    assert_eq!(
+        r.path(),
+        "/webhookb2/11111111-4444-4444-8444-cccccccccccc@22222222-4444-4444-8444-cccccccccccc/IncomingWebhook/33333333012222222222333333333344/44444444-4444-4444-8444-cccccccccccc/V2ESyij_gAljSoUQHvZoZYzlpAoAXExyOl26dlf1xHEx05"
+    );
+    assert_eq!(
+        r.json(),
+        json!({ "@type": "MessageCard", "@context": "http://schema.org/extensions", "summary": "kured", "title": "kured", "text": MESSAGE })
+    );
+
+    // Teams Workflows: the workflow URL with its signature query, an Adaptive Card message.
+    let r = only(&server, "/workflows/");
+    assert_eq!(r.path(), "/workflows/0a1b2c3d/triggers/manual/paths/invoke");
+    assert_eq!(
+        r.query(),
+        Some("api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=SIGSIGSIG")
+    );
+    let body = r.json();
+    assert_eq!(body["type"], "message");
+    assert_eq!(
+        body["attachments"][0]["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    assert_eq!(body["attachments"][0]["contentUrl"], serde_json::Value::Null);
+    assert_eq!(body["attachments"][0]["content"]["type"], "AdaptiveCard");
+    assert_eq!(
+        body["attachments"][0]["content"]["body"],
+        json!([{ "type": "TextBlock", "text": MESSAGE, "wrap": true }])
+    );
+
+    // Discord: Execute Webhook, /api/webhooks/{id}/{token}, thread_id in the query.
+    let r = only(&server, "/api/webhooks/");
+    assert_eq!(
+        r.path(),
+        "/api/webhooks/693853386302554172/W3dE2OZz4C13_4z-uHfDOoC7BqTW288s"
+    );
+    assert_eq!(r.query(), Some("thread_id=1234567890123456789"));
+    assert_eq!(r.json(), json!({ "content": MESSAGE, "username": "kured" }));
+
+    // Generic with template=json: headers from @…, fields from $…, other parameters forwarded.
+    let r = only(&server, "/generic/json");
+    assert_eq!((r.method.as_str(), r.query()), ("POST", Some("tenant=blue")));
+    assert_eq!(r.header("authorization"), Some("Bearer t0ken"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        json!({ "title": TITLE, "message": MESSAGE, "cluster": "prod" })
+    );
+    // Generic without a template: the message is the body.
+    let r = only(&server, "/generic/plain");
+    assert_eq!((r.text().as_str(), r.header("x-api-key")), (MESSAGE, Some("k3y")));
+
+    // Telegram: sendMessage once per chat, a thread where the chat names one.
+    let chats = server.requests_to("/bot110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage");
+    assert_eq!(chats.len(), 2);
+    let mut bodies: Vec<serde_json::Value> = chats.iter().map(receivers::Recorded::json).collect();
+    bodies.sort_by_key(|b| b["chat_id"].to_string());
+    assert_eq!(
+        bodies,
+        [
+            json!({ "chat_id": "-1001234567890", "text": MESSAGE, "parse_mode": "HTML", "disable_notification": true, "disable_web_page_preview": false, "message_thread_id": 42 }),
+            json!({ "chat_id": "@kured", "text": MESSAGE, "parse_mode": "HTML", "disable_notification": true, "disable_web_page_preview": false }),
+        ]
+    );
+
+    // Google Chat: the webhook URL as it is, {"text": …}.
+    let r = only(&server, "/v1/spaces/");
+    assert_eq!(
+        (r.path(), r.query()),
+        ("/v1/spaces/AAAA1234/messages", Some("key=K3Y&token=T0KEN"))
+    );
+    assert_eq!(r.json(), json!({ "text": MESSAGE }));
+
+    // Mattermost: /hooks/{token}, user and channel from the URL.
+    let r = only(&server, "/hooks/");
+    assert_eq!(r.path(), "/hooks/bywsw8zt5jgpte3nm65qjiru6h");
+    assert_eq!(
+        r.json(),
+        json!({ "text": MESSAGE, "username": "kured", "channel": "reboots" })
+    );
+
+    assert_eq!(server.requests().len(), 12, "nothing else was sent");
+    for scheme in [
+        "slack",
+        "teams",
+        "discord",
+        "generic",
+        "telegram",
+        "googlechat",
+        "mattermost",
+    ] {
+        assert_eq!(failures.get(scheme), 0, "{scheme}");
+    }
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_refusals_are_not() {
+    let server = HttpReceiver::start();
+    let port = server.addr.port();
+    server.script(
+        "/flaky",
+        vec![Reply::status(503, "busy"), Reply::status(429, "slow down")],
+    );
+    server.respond("/gone", Reply::status(404, "no such hook S3CRETPATH"));
+    server.respond(
+        "/api/chat.postMessage",
+        Reply::status(200, r#"{"ok":false,"error":"invalid_auth"}"#),
+    );
+    let failures = NotificationFailures::default();
+    let n = notifier(
+        vec![
+            target(&format!("generic+http://127.0.0.1:{port}/flaky")),
+            target(&format!(
+                "generic+http://127.0.0.1:{port}/gone/S3CRETPATH?@Authorization=S3CRETHEADER"
+            )),
+            target("slack://xoxb:123456789012-1234567890123-S3CRETS3CRETS3CRETS3CRET@C0123"),
+        ],
+        &server,
+        &failures,
+    );
+    let deliveries = n.send(TITLE, MESSAGE).await;
+    assert_eq!(deliveries[0].result, Ok(3), "503 and 429 are tried again");
+    assert_eq!(server.requests_to("/flaky").len(), 3);
+
+    let gone = deliveries[1].result.clone().expect_err("404 fails");
+    assert_eq!(gone.attempts, 1, "a 404 is not tried again");
+    assert!(gone.error.contains("HTTP status 404"), "{}", gone.error);
+    let slack = deliveries[2].result.clone().expect_err("ok: false fails");
+    assert!(slack.error.contains("invalid_auth"), "{}", slack.error);
+    assert_eq!(slack.attempts, 1);
+    for d in &deliveries {
+        let text = format!("{} {:?}", d.target, d.result);
+        assert!(!text.contains("S3CRET"), "a secret in {text}");
+    }
+    assert_eq!((failures.get("generic"), failures.get("slack")), (1, 1));
+}
+
+#[tokio::test]
+async fn a_silent_receiver_holds_the_agent_for_a_bounded_time() {
+    let server = HttpReceiver::start();
+    let port = server.addr.port();
+    server.respond("/silent", Reply::hang(Duration::from_secs(30)));
+    let failures = NotificationFailures::default();
+    let options = Options {
+        retry: RetryPolicy {
+            attempts: 2,
+            attempt_timeout: Duration::from_millis(300),
+            first_backoff: Duration::from_millis(50),
+            deadline: Duration::from_secs(5),
+        },
+        ..Options::default()
+    };
+    let n = Notifications::new(
+        vec![target(&format!("generic+http://127.0.0.1:{port}/silent"))],
+        options,
+        failures.clone(),
+    )
+    .expect("a notifier");
+    let started = Instant::now();
+    n.notify(Event::Reboot, "Rebooting node n1").await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(failures.get("generic"), 1);
+    assert_eq!(
+        server.requests_to("/silent").len(),
+        2,
+        "a time-out is tried again"
+    );
+
+    // The deadline cuts retries short whatever the policy says.
+    let options = Options {
+        retry: RetryPolicy {
+            attempts: 50,
+            attempt_timeout: Duration::from_millis(200),
+            first_backoff: Duration::from_millis(10),
+            deadline: Duration::from_millis(800),
+        },
+        ..Options::default()
+    };
+    let n = Notifications::new(
+        vec![target(&format!("generic+http://127.0.0.1:{port}/silent"))],
+        options,
+        failures.clone(),
+    )
+    .expect("a notifier");
+    let started = Instant::now();
+    let d = n.send(TITLE, MESSAGE).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let failure = d[0].result.clone().expect_err("the deadline passes");
+    assert!(failure.error.contains("gave up after"), "{}", failure.error);
+    assert!(failure.attempts >= 3, "{failure}");
+    assert_eq!(failures.get("generic"), 2);
+}
+
+#[tokio::test]
+async fn smtp_over_starttls_with_the_aiosmtpd_command_line() {
+    let ca = TestCa::create();
+    let smtp = SmtpServer::cli(Some(&ca));
+    let url = format!(
+        "smtp://127.0.0.1:{}/?from=kured@example.com&fromname=kured&to=ops@example.com,oncall@example.com&subject=Node+reboots",
+        smtp.port
+    );
+    let options = Options {
+        extra_roots: vec![ca.root()],
+        retry: fast(),
+        ..Options::default()
+    };
+    let n =
+        Notifications::new(vec![target(&url)], options, NotificationFailures::default()).expect("a notifier");
+    let d = n.send(TITLE, MESSAGE).await;
+    assert_eq!(d[0].result, Ok(1), "{}", smtp.output());
+    // The server requires STARTTLS before MAIL (aiosmtpd's default with --tlscert), so the
+    // message arrived encrypted.
+    let out = smtp.output();
+    for needle in [
+        "Subject: Node reboots",
+        "From: kured <kured@example.com>",
+        "To: ops@example.com, oncall@example.com",
+        "X-Peer: ",
+        MESSAGE,
+    ] {
+        assert!(out.contains(needle), "{needle:?} not in {out}");
+    }
+
+    // Without trusting the test CA, the server's certificate is refused: no mail.
+    let untrusted = Notifications::new(
+        vec![target(&url)],
+        Options {
+            retry: fast(),
+            ..Options::default()
+        },
+        NotificationFailures::default(),
+    )
+    .expect("a notifier");
+    let d = untrusted.send(TITLE, "must not arrive").await;
+    let failure = d[0].result.clone().expect_err("an untrusted certificate");
+    assert!(failure.error.contains("certificate"), "{failure}");
+    assert!(!smtp.output().contains("must not arrive"), "{failure}");
+}
+
+#[tokio::test]
+async fn smtp_authenticates_only_over_tls() {
+    let ca = TestCa::create();
+    let roots = || Options {
+        extra_roots: vec![ca.root()],
+        retry: fast(),
+        ..Options::default()
+    };
+    for implicit in [false, true] {
+        let smtp = SmtpServer::authenticating(&ca, implicit, "kured", "pa$$w0rd");
+        let mode = if implicit { "&encryption=ImplicitTLS" } else { "" };
+        let good = format!(
+            "smtp://kured:pa%24%24w0rd@127.0.0.1:{}/?from=kured@example.com&to=ops@example.com{mode}",
+            smtp.port
+        );
+        let d = Notifications::new(vec![target(&good)], roots(), NotificationFailures::default())
+            .expect("a notifier")
+            .send(TITLE, MESSAGE)
+            .await;
+        assert_eq!(d[0].result, Ok(1), "implicit={implicit}: {}", smtp.output());
+        let received = smtp.received();
+        assert_eq!(received.len(), 1, "{}", smtp.output());
+        let mail = &received[0];
+        assert_eq!(mail["login"], "kured");
+        assert_eq!(mail["tls"], true);
+        assert_eq!(mail["mail_from"], "kured@example.com");
+        assert_eq!(mail["rcpt_tos"], json!(["ops@example.com"]));
+        let content = mail["content"].as_str().unwrap_or("");
+        assert!(content.contains(&format!("Subject: {TITLE}")), "{content}");
+        assert!(content.contains(MESSAGE), "{content}");
+
+        // A wrong password is refused for good: one attempt, no secret in the error.
+        let bad = good.replace("pa%24%24w0rd", "Wr0ngS3CRET");
+        let failures = NotificationFailures::default();
+        let d = Notifications::new(vec![target(&bad)], roots(), failures.clone())
+            .expect("a notifier")
+            .send(TITLE, MESSAGE)
+            .await;
+        let failure = d[0].result.clone().expect_err("bad credentials");
+        assert!(failure.error.contains("535"), "{failure}");
+        assert_eq!(failure.attempts, 1, "{failure}");
+        assert!(!failure.to_string().contains("S3CRET"), "{failure}");
+        assert!(!d[0].target.contains("S3CRET"), "{}", d[0].target);
+        assert_eq!(failures.get("smtp"), 1);
+    }
+}
+
+#[tokio::test]
+async fn smtp_never_sends_a_password_unencrypted() {
+    // A server without STARTTLS: mail without credentials goes through in plain text (as
+    // upstream), but a password is never sent that way.
+    let smtp = SmtpServer::cli(None);
+    let plain = format!(
+        "smtp://127.0.0.1:{}/?from=kured@example.com&to=ops@example.com",
+        smtp.port
+    );
+    let with_password = format!(
+        "smtp://kured:S3CRETPW@127.0.0.1:{}/?from=kured@example.com&to=ops@example.com",
+        smtp.port
+    );
+    let options = || Options {
+        retry: fast(),
+        ..Options::default()
+    };
+    let n = Notifications::new(vec![target(&plain)], options(), NotificationFailures::default())
+        .expect("a notifier");
+    assert_eq!(n.send(TITLE, MESSAGE).await[0].result, Ok(1), "{}", smtp.output());
+    assert!(smtp.output().contains(MESSAGE));
+
+    let n = Notifications::new(
+        vec![target(&with_password)],
+        options(),
+        NotificationFailures::default(),
+    )
+    .expect("a notifier");
+    let d = n.send(TITLE, "with a password").await;
+    let failure = d[0].result.clone().expect_err("no STARTTLS, no password");
+    assert!(failure.error.contains("STARTTLS"), "{failure}");
+    assert!(!failure.error.contains("S3CRETPW"), "{failure}");
+    assert!(!smtp.output().contains("with a password"));
+}
+
+fn kured() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kured"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KURED_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn kured_notify_reports_each_url_and_exits_0_only_if_all_got_it() {
+    let server = HttpReceiver::start();
+    let port = server.addr.port();
+    server.respond("/refused", Reply::status(403, "forbidden"));
+    let good = format!(
+        "generic+http://127.0.0.1:{port}/hook/S3CRETPATH?template=json&@Authorization=Bearer+S3CRETHEADER"
+    );
+    let bad = format!("generic://127.0.0.1:{port}/refused/S3CRETTOO?disabletls=yes");
+
+    let out = kured()
+        .args([
+            "notify",
+            &format!("--notify-url={good}"),
+            "--message=Hello from the test",
+        ])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        stdout,
+        format!("ok      generic+http://127.0.0.1:{port}/<redacted> (1 attempt)\n")
+    );
+    let r = only(&server, "/hook/");
+    assert_eq!(r.text(), "Hello from the test");
+    assert_eq!(r.header("authorization"), Some("Bearer S3CRETHEADER"));
+    assert_eq!(
+        r.query(),
+        Some("template=json"),
+        "generic+http forwards the service's own keys"
+    );
+
+    // Through the environment, as in the agent's pod.
+    let out = kured()
+        .arg("notify")
+        .env("KURED_NOTIFY_URL", &good)
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.requests_to("/hook/").len(), 2);
+
+    // One URL refused: both reported, exit 1.
+    let out = kured()
+        .args([
+            "notify",
+            &format!("--notify-url={good}"),
+            &format!("--notify-url={bad}"),
+        ])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("ok "), "{stdout}");
+    assert!(
+        lines[1].starts_with(&format!(
+            "FAILED  generic+http://127.0.0.1:{port}/<redacted>: HTTP status 403"
+        )),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 of 2 notification URLs failed"), "{stderr}");
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains("S3CRET"), "a secret in the output: {text}");
+    }
+    assert_eq!(
+        server.requests_to("/refused/").len(),
+        1,
+        "a 403 is not tried again"
+    );
+}
+
+#[test]
+fn bad_notify_urls_exit_2_naming_the_scheme_and_not_the_secret() {
+    for args in [
+        vec!["notify", "--notify-url=pushover://shoutrrr:S3CRET@user"],
+        vec!["--node-id=n1", "--notify-url=pushover://shoutrrr:S3CRET@user"],
+    ] {
+        let out = kured().args(&args).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("unknown notification scheme \"pushover\""),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("S3CRET"), "{stderr}");
+    }
+    let out = kured().arg("notify").output().expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--notify-url"));
+}
