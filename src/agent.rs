@@ -21,6 +21,7 @@ use crate::lock::{Acquire, Claim, DaemonSetLock, RebootLock, Release, Seen};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::node::{self, Cordon, OwnNode};
 use crate::notify::{self, Event, Notifier};
+use crate::state::{AgentState, Phase, STATE_ANNOTATION};
 
 /// Upstream refreshes `kured_reboot_required` every minute, whatever `--period` is; so do we,
 /// so that dashboards and alerts see a sentinel change within a minute.
@@ -53,6 +54,8 @@ struct Agent<N> {
     notifier: N,
     metrics: Arc<Metrics>,
     jitter: Jitter,
+    /// The state last written to our Node, so it is written only when it changes.
+    published: std::sync::Mutex<Option<AgentState>>,
 }
 
 /// What the agent waits for before it looks again.
@@ -73,9 +76,9 @@ pub async fn run(
     config: Config,
     client: Client,
     notifier: impl Notifier,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    let metrics = Arc::new(Metrics::new(&config.node_id));
     let metrics_addr = config.metrics_addr.clone();
     let server = {
         let mut shutdown = shutdown.clone();
@@ -97,6 +100,7 @@ pub async fn run(
         notifier,
         metrics: metrics.clone(),
         jitter: Jitter::seeded(&config.node_id),
+        published: std::sync::Mutex::new(None),
         config,
     };
     info!(
@@ -198,6 +202,7 @@ impl<N: Notifier> Agent<N> {
     /// rules, so "available" means exactly what `acquire` would conclude.
     async fn observe(&self, now: Timestamp) -> Result<(Observation, Seen), String> {
         let node = self.node.get().await.map_err(|e| crate::error_chain(&e))?;
+        self.adopt_published(&node);
         let boot_id = node::boot_id(&node).unwrap_or_default().to_owned();
         let taint_present = self
             .config
@@ -283,6 +288,14 @@ impl<N: Notifier> Agent<N> {
             let reasons = self.blockers.check().await;
             obs.blockers = Some(reasons.iter().map(ToString::to_string).collect());
             step = decide::decide(&obs, &self.policy, now);
+        }
+        let required = match obs.sentinel {
+            SentinelView::Required => Some(true),
+            SentinelView::NotRequired => Some(false),
+            SentinelView::Failed(_) => None,
+        };
+        if let Some((phase, detail)) = phase_of(&step) {
+            self.publish(required, phase, detail).await;
         }
         self.execute(step, seen).await
     }
@@ -484,6 +497,17 @@ impl<N: Notifier> Agent<N> {
     async fn finish_reboot(&self, uncordon: bool) -> Wait {
         let node_id = &self.config.node_id;
         info!(node = %node_id, uncordon, "node rebooted; returning it to service");
+        if let Ok(mut p) = self.published.lock() {
+            // The reboot is done: remember when, for `kured status`.
+            let at = Timestamp::now()
+                .round(jiff::Unit::Second)
+                .unwrap_or_else(|_| Timestamp::now())
+                .to_string();
+            *p = Some(AgentState {
+                last_reboot: Some(at),
+                ..p.clone().unwrap_or_else(idle_state)
+            });
+        }
         if uncordon && let Err(e) = self.node.uncordon().await {
             error!(node = %node_id, error = %crate::error_chain(&e), "uncordoning");
             return Wait::For(ERROR_RETRY.min(self.period()));
@@ -512,8 +536,10 @@ impl<N: Notifier> Agent<N> {
     async fn release(&self) -> Wait {
         let node_id = &self.config.node_id;
         match self.lock.release().await {
-            // The lock logs the release and the delay itself.
-            Ok(Release::Released | Release::NotHeld) => Wait::For(self.period()),
+            // The lock logs the release and the delay itself. Look again at once, so that the
+            // published state says "idle" (with the last reboot) right away.
+            Ok(Release::Released) => Wait::Now,
+            Ok(Release::NotHeld) => Wait::For(self.period()),
             Ok(Release::NotBefore(at)) => Wait::Until(at),
             Err(e) => {
                 error!(node = %node_id, error = %crate::error_chain(&e), "releasing the lock");
@@ -544,6 +570,55 @@ impl<N: Notifier> Agent<N> {
                 self.node.remove_prefer_no_schedule_taint(key),
             )
             .await;
+        }
+    }
+
+    /// Takes over the last reboot time from what a previous agent on this node published.
+    fn adopt_published(&self, node: &k8s_openapi::api::core::v1::Node) {
+        let Ok(mut published) = self.published.lock() else {
+            return;
+        };
+        if published.is_some() {
+            return;
+        }
+        let previous = node
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(STATE_ANNOTATION))
+            .and_then(|text| AgentState::parse(text).ok());
+        if let Some(previous) = previous {
+            *published = Some(previous);
+        }
+    }
+
+    /// Publishes our state on our Node for `kured status`, when it changed.
+    async fn publish(&self, reboot_required: Option<bool>, phase: Phase, detail: String) {
+        let next = {
+            let Ok(published) = self.published.lock() else {
+                return;
+            };
+            let last_reboot = published.as_ref().and_then(|p| p.last_reboot.clone());
+            let next = AgentState {
+                reboot_required,
+                phase,
+                detail,
+                last_reboot,
+            };
+            if published.as_ref() == Some(&next) {
+                return;
+            }
+            next
+        };
+        match self.node.set_annotation(STATE_ANNOTATION, &next.to_json()).await {
+            Ok(()) => {
+                if let Ok(mut published) = self.published.lock() {
+                    *published = Some(next);
+                }
+            }
+            Err(e) => {
+                warn!(node = %self.config.node_id, error = %crate::error_chain(&e), "publishing the agent state")
+            }
         }
     }
 
@@ -644,4 +719,34 @@ impl SentinelWatch {
             }
         }
     }
+}
+
+fn idle_state() -> AgentState {
+    AgentState {
+        reboot_required: Some(false),
+        phase: Phase::Idle,
+        detail: String::new(),
+        last_reboot: None,
+    }
+}
+
+/// The phase a step puts the agent in, for `kured status`; `None` for steps that are only a
+/// moment (their procedures publish their own phases).
+fn phase_of(step: &Step) -> Option<(Phase, String)> {
+    Some(match step {
+        Step::Idle { .. } => (Phase::Idle, String::new()),
+        Step::SentinelFailed(e) => (Phase::SentinelError, e.clone()),
+        Step::WaitForWindow { opens, .. } => (
+            Phase::WaitingForWindow,
+            opens.map(|t| format!("opens {t}")).unwrap_or_default(),
+        ),
+        Step::Blocked(reasons) => (Phase::Blocked, reasons.join("; ")),
+        Step::WaitForLock { holders, .. } => {
+            (Phase::WaitingForLock, format!("held by {}", holders.join(",")))
+        }
+        Step::LockUnreadable(e) => (Phase::LockUnreadable, e.clone()),
+        Step::FinishReboot { .. } => (Phase::Recovering, String::new()),
+        Step::ReleaseLockAt(at) => (Phase::Releasing, format!("until {at}")),
+        Step::CheckBlockers | Step::AcquireLock | Step::ResumeReboot | Step::ReleaseLock => return None,
+    })
 }

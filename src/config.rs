@@ -9,6 +9,7 @@ use jiff::Timestamp;
 use regex::Regex;
 
 use crate::duration::GoDuration;
+use crate::notify::Target;
 use crate::reboot::{HostNamespace, Rebooter, valid_signal_range};
 use crate::selector::{self, LabelSelector};
 use crate::sentinel::Sentinel;
@@ -47,8 +48,38 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Send a test message to each notification URL and report, per URL, whether it got through.
+    Notify(NotifyArgs),
     /// Print whether an instant is inside the reboot window, and the window's next openings.
     Schedule(ScheduleArgs),
+    /// Show every node's reboot need, agent phase, lock holders and cordon state.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Path of a kubeconfig file (default: KUBECONFIG, ~/.kube/config, then in-cluster)
+    #[arg(long, env = "KURED_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the DaemonSet that carries the lock
+    #[arg(long, env = "KURED_DS_NAMESPACE", default_value = "kube-system")]
+    pub ds_namespace: String,
+    /// Name of the DaemonSet that carries the lock
+    #[arg(long, env = "KURED_DS_NAME", default_value = "kured")]
+    pub ds_name: String,
+    /// Annotation on the DaemonSet that records the lock holders
+    #[arg(
+        long,
+        env = "KURED_LOCK_ANNOTATION",
+        default_value = "weave.works/kured-node-lock"
+    )]
+    pub lock_annotation: String,
+    /// Keep showing the status, refreshed every two seconds, until interrupted
+    #[arg(long)]
+    pub watch: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 /// How the agent reboots its node.
@@ -107,6 +138,32 @@ pub struct ScheduleArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+}
+
+/// Where notifications go, shared by the agent and `kured notify`.
+#[derive(Debug, Clone, Args)]
+pub struct NotifyUrlArgs {
+    /// Notification URL in shoutrrr syntax (repeatable)
+    #[arg(long, env = "KURED_NOTIFY_URL")]
+    pub notify_url: Vec<String>,
+    /// Slack incoming webhook URL [deprecated: use --notify-url]
+    #[arg(long, env = "KURED_SLACK_HOOK_URL", default_value = "")]
+    pub slack_hook_url: String,
+    /// Slack user name for notifications
+    #[arg(long, env = "KURED_SLACK_USERNAME", default_value = "kured")]
+    pub slack_username: String,
+    /// Slack channel for notifications
+    #[arg(long, env = "KURED_SLACK_CHANNEL", default_value = "")]
+    pub slack_channel: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    #[command(flatten)]
+    pub urls: NotifyUrlArgs,
+    /// The message to send
+    #[arg(long, default_value = "Test notification from kured")]
+    pub message: String,
 }
 
 /// The agent's flags. Names, defaults and meanings follow upstream kured.
@@ -228,18 +285,8 @@ pub struct AgentArgs {
     #[arg(long, env = "KURED_POST_REBOOT_NODE_LABELS", value_delimiter = ',')]
     pub post_reboot_node_labels: Vec<String>,
 
-    /// Notification URL in shoutrrr syntax (repeatable)
-    #[arg(long, env = "KURED_NOTIFY_URL")]
-    pub notify_url: Vec<String>,
-    /// Slack incoming webhook URL [deprecated: use --notify-url]
-    #[arg(long, env = "KURED_SLACK_HOOK_URL", default_value = "")]
-    pub slack_hook_url: String,
-    /// Slack user name for notifications
-    #[arg(long, env = "KURED_SLACK_USERNAME", default_value = "kured")]
-    pub slack_username: String,
-    /// Slack channel for notifications
-    #[arg(long, env = "KURED_SLACK_CHANNEL", default_value = "")]
-    pub slack_channel: String,
+    #[command(flatten)]
+    pub notify: NotifyUrlArgs,
     /// Message sent when draining starts (%s: the node)
     #[arg(
         long,
@@ -343,8 +390,9 @@ pub struct Config {
     pub annotate_nodes: bool,
     pub pre_reboot_node_labels: Vec<NodeLabel>,
     pub post_reboot_node_labels: Vec<NodeLabel>,
-    pub notify_urls: Vec<String>,
-    pub slack_hook_url: Option<String>,
+    /// From `--notify-url`, or else the deprecated `--slack-hook-url`; Slack targets carry
+    /// `--slack-username` and `--slack-channel` where their URL sets neither.
+    pub notify_targets: Vec<Target>,
     pub slack_username: String,
     pub slack_channel: Option<String>,
     pub message_template_drain: String,
@@ -441,25 +489,59 @@ fn parse_url(flag: &'static str, value: &str, secret: bool) -> Result<url::Url, 
     Ok(parsed)
 }
 
-/// A notification URL in shoutrrr syntax (`slack://hook:T/B/X@webhook`, `smtp://…`). Several
-/// of its forms are not valid RFC 3986 URLs, so only the scheme is checked here; each service's
-/// sender parses its own form.
-fn check_notify_url(value: &str) -> Result<(), ConfigError> {
-    let scheme_ok = value.split_once("://").is_some_and(|(scheme, rest)| {
-        let mut chars = scheme.chars();
-        chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-            && !rest.is_empty()
-            && !rest.chars().any(char::is_whitespace)
-    });
-    if scheme_ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            "notify-url",
-            &redact_url(value),
-            "expected a URL like slack://… or generic+https://…",
-        ))
+/// A notification URL in shoutrrr syntax (`slack://hook:T…-B…-X…@webhook`, `smtp://…`), with
+/// the value redacted in the error, which names the scheme and what is wrong.
+fn parse_notify_url(value: &str) -> Result<Target, ConfigError> {
+    Target::parse(value).map_err(|e| invalid("notify-url", &redact_url(value), e))
+}
+
+impl NotifyUrlArgs {
+    /// The notification targets: each `--notify-url`, or else the deprecated `--slack-hook-url`
+    /// (with upstream's warnings).
+    pub fn targets(&self, warnings: &mut Vec<String>) -> Result<Vec<Target>, ConfigError> {
+        let username = strip_quotes(&self.slack_username);
+        let channel = non_empty(&self.slack_channel);
+        let targets = self
+            .notify_url
+            .iter()
+            .filter_map(|u| non_empty(u))
+            .map(|u| parse_notify_url(u).map(|t| t.with_slack_defaults(username, channel)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(hook) = non_empty(&self.slack_hook_url) else {
+            return Ok(targets);
+        };
+        let url = parse_url("slack-hook-url", hook, true)?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(
+                "slack-hook-url",
+                &redact_url(hook),
+                "expected an https:// webhook URL",
+            ));
+        }
+        if targets.is_empty() {
+            warnings.push("--slack-hook-url is deprecated; use --notify-url".to_owned());
+            Ok(vec![Target::slack_hook(url, username, channel)])
+        } else {
+            warnings
+                .push("both --notify-url and --slack-hook-url are set; only --notify-url is used".to_owned());
+            Ok(targets)
+        }
+    }
+}
+
+impl NotifyArgs {
+    /// The targets to test, and warnings to show; at least one target.
+    pub fn targets(&self) -> Result<(Vec<Target>, Vec<String>), ConfigError> {
+        let mut warnings = Vec::new();
+        let targets = self.urls.targets(&mut warnings)?;
+        if targets.is_empty() {
+            return Err(invalid(
+                "notify-url",
+                "",
+                "expected at least one notification URL (or --slack-hook-url)",
+            ));
+        }
+        Ok((targets, warnings))
     }
 }
 
@@ -612,26 +694,7 @@ impl AgentArgs {
             );
         }
 
-        let notify_urls: Vec<String> = self
-            .notify_url
-            .iter()
-            .filter_map(|u| non_empty(u))
-            .map(str::to_owned)
-            .collect();
-        for u in &notify_urls {
-            check_notify_url(u)?;
-        }
-        let slack_hook_url = non_empty(&self.slack_hook_url).map(str::to_owned);
-        if let Some(hook) = &slack_hook_url {
-            parse_url("slack-hook-url", hook, true)?;
-            if notify_urls.is_empty() {
-                warnings.push("--slack-hook-url is deprecated; use --notify-url".to_owned());
-            } else {
-                warnings.push(
-                    "both --notify-url and --slack-hook-url are set; only --notify-url is used".to_owned(),
-                );
-            }
-        }
+        let notify_targets = self.notify.targets(&mut warnings)?;
 
         let metrics_host = strip_quotes(&self.metrics_host);
         let metrics_addr = if metrics_host.is_empty() {
@@ -686,10 +749,9 @@ impl AgentArgs {
             annotate_nodes: self.annotate_nodes,
             pre_reboot_node_labels,
             post_reboot_node_labels,
-            notify_urls,
-            slack_hook_url,
-            slack_username: strip_quotes(&self.slack_username).to_owned(),
-            slack_channel: non_empty(&self.slack_channel).map(str::to_owned),
+            notify_targets,
+            slack_username: strip_quotes(&self.notify.slack_username).to_owned(),
+            slack_channel: non_empty(&self.notify.slack_channel).map(str::to_owned),
             message_template_drain: self.message_template_drain.clone(),
             message_template_reboot: self.message_template_reboot.clone(),
             message_template_uncordon: self.message_template_uncordon.clone(),
@@ -703,6 +765,7 @@ impl AgentArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::target::SlackDest;
 
     /// Serialises the tests that build the command line: clap reads `KURED_*` variables when it
     /// builds the command, and one test sets them.
@@ -838,7 +901,7 @@ mod tests {
         );
         assert!(!c.annotate_nodes);
         assert!(c.pre_reboot_node_labels.is_empty() && c.post_reboot_node_labels.is_empty());
-        assert!(c.notify_urls.is_empty() && c.slack_hook_url.is_none() && c.slack_channel.is_none());
+        assert!(c.notify_targets.is_empty() && c.slack_channel.is_none());
         assert_eq!(c.slack_username, "kured");
         assert_eq!(c.message_template_drain, "Draining node %s");
         assert_eq!(c.message_template_reboot, "Rebooting node %s");
@@ -920,12 +983,22 @@ mod tests {
         );
         assert!(c.prefer_no_schedule_taint.is_none());
         assert!(c.rebooter.describe().contains("/bin/systemctl reboot"));
-        assert_eq!(c.slack_hook_url.as_deref(), Some("https://hooks.slack.com/..."));
+        // `--notify-url=""` is no URL, so the deprecated hook URL is used, as given.
+        let [Target::Slack(slack)] = c.notify_targets.as_slice() else {
+            panic!("one Slack target: {:?}", c.notify_targets)
+        };
+        assert_eq!(
+            slack.dest,
+            SlackDest::Webhook(url::Url::parse("https://hooks.slack.com/...").expect("a URL"))
+        );
+        assert_eq!(
+            (slack.username.as_deref(), slack.channel.as_deref()),
+            (Some("prod"), Some("alerting"))
+        );
         assert_eq!(
             (c.slack_username.as_str(), c.slack_channel.as_deref()),
             ("prod", Some("alerting"))
         );
-        assert!(c.notify_urls.is_empty());
         let selectors: Vec<String> = c.blocking_pod_selectors.iter().map(ToString::to_string).collect();
         assert_eq!(selectors, ["runtime=long,cost=expensive", "name=temperamental"]);
         assert_eq!(c.reboot_delay, Duration::from_secs(90));
@@ -1112,6 +1185,97 @@ mod tests {
     }
 
     #[test]
+    fn notify_urls_become_targets_with_the_slack_flags_as_defaults() {
+        let hook = "slack://hook:T00000000-B00000000-XXXXXXXXXXXXXXXXXXXXXXXX@webhook";
+        let c = ok(&[
+            "--node-id=n1",
+            &format!("--notify-url=\"{hook}\""),
+            "--notify-url=discord://tok@123",
+            "--notify-url=''",
+            "--slack-channel=#ops",
+        ]);
+        let schemes: Vec<&str> = c.notify_targets.iter().map(Target::scheme).collect();
+        assert_eq!(schemes, ["slack", "discord"]);
+        let Target::Slack(slack) = &c.notify_targets[0] else {
+            panic!("not slack: {:?}", c.notify_targets[0])
+        };
+        assert_eq!(
+            (slack.username.as_deref(), slack.channel.as_deref()),
+            (Some("kured"), Some("#ops"))
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+        let both = ok(&[
+            "--node-id=n1",
+            &format!("--notify-url={hook}"),
+            "--slack-hook-url=https://hooks.slack.com/services/T/B/X",
+        ]);
+        assert_eq!(both.notify_targets.len(), 1);
+        assert_eq!(
+            both.warnings,
+            ["both --notify-url and --slack-hook-url are set; only --notify-url is used"]
+        );
+    }
+
+    #[test]
+    fn bad_notify_urls_name_the_scheme_and_never_the_secret() {
+        for (url, needle) in [
+            (
+                "pushover://shoutrrr:SECRET@user",
+                "unknown notification scheme \"pushover\"",
+            ),
+            (
+                "slack://hook:SECRET@webhook",
+                "slack: the token is not a Slack token",
+            ),
+            (
+                "smtp://u:SECRET@mail.example.com/?to=a@b.c",
+                "smtp: no from=… address given",
+            ),
+            ("teams://SECRET@tenant/a/b", "teams: "),
+            (
+                "generic://host/x?template=SECRETTPL",
+                "generic: parameter \"template\"",
+            ),
+        ] {
+            let e = err(&["--node-id=n1", &format!("--notify-url={url}")]);
+            assert!(e.contains(needle), "{url}: {e}");
+            assert!(e.starts_with("invalid --notify-url"), "{url}: {e}");
+            assert!(!e.contains("SECRET"), "{url}: {e}");
+        }
+        let e = err(&["--node-id=n1", "--slack-hook-url=ftp://hooks.example.com/SECRET"]);
+        assert!(e.contains("--slack-hook-url") && !e.contains("SECRET"), "{e}");
+    }
+
+    #[test]
+    fn notify_subcommand_needs_a_url_and_reads_the_agent_flags() {
+        let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let cli = Cli::parse_from([
+            "kured",
+            "notify",
+            "--notify-url=discord://tok@123",
+            "--notify-url=generic+https://example.com/hook",
+            "--message=hello",
+        ])
+        .expect("parses");
+        let Some(Command::Notify(args)) = cli.command else {
+            panic!("not notify")
+        };
+        let (targets, warnings) = args.targets().expect("targets");
+        assert_eq!(
+            (targets.len(), warnings.len(), args.message.as_str()),
+            (2, 0, "hello")
+        );
+
+        let cli = Cli::parse_from(["kured", "notify"]).expect("parses");
+        let Some(Command::Notify(args)) = cli.command else {
+            panic!("not notify")
+        };
+        let e = args.targets().expect_err("no URL").to_string();
+        assert!(e.contains("--notify-url"), "{e}");
+    }
+
+    #[test]
     fn surrounding_quotes_are_stripped_once() {
         assert_eq!(strip_quotes("\"\""), "");
         assert_eq!(strip_quotes("'x'"), "x");
@@ -1131,5 +1295,12 @@ mod tests {
             .render_long_help()
             .to_string();
         insta::assert_snapshot!("schedule_help", schedule);
+        let notify = Cli::command()
+            .term_width(100)
+            .find_subcommand_mut("notify")
+            .expect("notify")
+            .render_long_help()
+            .to_string();
+        insta::assert_snapshot!("notify_help", notify);
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod decide;
 pub mod drain;
 pub mod duration;
+pub mod http;
 pub mod lock;
 pub mod metrics;
 pub mod node;
@@ -20,6 +21,8 @@ pub mod notify;
 pub mod reboot;
 pub mod selector;
 pub mod sentinel;
+pub mod state;
+pub mod status;
 mod sys;
 pub mod window;
 

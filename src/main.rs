@@ -4,8 +4,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kured::config::{AgentArgs, Cli, Command, LogFormat, OutputFormat, ScheduleArgs};
-use kured::notify::LogOnly;
+use kured::config::{AgentArgs, Cli, Command, LogFormat, NotifyArgs, OutputFormat, ScheduleArgs, StatusArgs};
+use kured::metrics::NotificationFailures;
+use kured::notify::{Delivery, Notifications, Options};
 use tokio::sync::watch;
 
 /// Exit code for bad flags or environment, as clap uses for its own usage errors.
@@ -24,6 +25,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Schedule(args)) => schedule(&args),
+        Some(Command::Notify(args)) => notify(&args),
+        Some(Command::Status(args)) => status(&args),
         None => agent(&cli.agent),
     };
     match result {
@@ -85,6 +88,108 @@ fn schedule(args: &ScheduleArgs) -> Result<(), Failure> {
         .map_err(runtime)
 }
 
+/// How often `kured status --watch` refreshes.
+const STATUS_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn status(args: &StatusArgs) -> Result<(), Failure> {
+    use kured::status::{LockLocation, gather, render_text};
+    use std::io::IsTerminal;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(runtime)?;
+    if args.ds_namespace.is_empty() || args.ds_name.is_empty() {
+        return Err(usage(anyhow::anyhow!(
+            "--ds-namespace and --ds-name must not be empty"
+        )));
+    }
+    let lock = LockLocation {
+        namespace: args.ds_namespace.clone(),
+        name: args.ds_name.clone(),
+        annotation: args.lock_annotation.clone(),
+    };
+    rt.block_on(async {
+        let client = kube_client(args.kubeconfig.as_deref()).await.map_err(runtime)?;
+        let tty = std::io::stdout().is_terminal();
+        loop {
+            let status = gather(&client, &lock, jiff::Timestamp::now())
+                .await
+                .map_err(runtime)?;
+            let mut out = match args.output {
+                OutputFormat::Text => render_text(&status),
+                OutputFormat::Json => serde_json::to_string(&status)
+                    .context("encoding the status")
+                    .map_err(runtime)?,
+            };
+            if args.watch && tty && args.output == OutputFormat::Text {
+                // Redraw in place: cursor home, clear screen.
+                out.insert_str(0, "\x1b[H\x1b[2J");
+            }
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+            std::io::stdout()
+                .write_all(out.as_bytes())
+                .context("writing to stdout")
+                .map_err(runtime)?;
+            if !args.watch {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(STATUS_REFRESH) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    })
+}
+
+/// The title of `kured notify`'s message, where a service shows one (an e-mail's subject).
+const TEST_TITLE: &str = "kured test notification";
+
+/// `kured notify`: one message to each URL, a line per URL on stdout, exit 0 only if all got it.
+fn notify(args: &NotifyArgs) -> Result<(), Failure> {
+    let (targets, warnings) = args.targets().map_err(usage)?;
+    init_logging(LogFormat::Text);
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(runtime)?;
+    let deliveries = rt.block_on(async {
+        let notifier = Notifications::new(targets, Options::default(), NotificationFailures::default())
+            .map_err(runtime)?;
+        Ok::<_, Failure>(notifier.send(TEST_TITLE, &args.message).await)
+    })?;
+    let report: String = deliveries.iter().map(report_line).collect();
+    std::io::stdout()
+        .write_all(report.as_bytes())
+        .context("writing to stdout")
+        .map_err(runtime)?;
+    let failed = deliveries.iter().filter(|d| d.result.is_err()).count();
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(runtime(anyhow::anyhow!(
+            "{failed} of {} notification URLs failed",
+            deliveries.len()
+        )))
+    }
+}
+
+fn report_line(d: &Delivery) -> String {
+    match &d.result {
+        Ok(attempts) => {
+            let plural = if *attempts == 1 { "" } else { "s" };
+            format!("ok      {} ({attempts} attempt{plural})\n", d.target)
+        }
+        Err(failure) => format!("FAILED  {}: {failure}\n", d.target),
+    }
+}
+
 fn agent(args: &AgentArgs) -> Result<(), Failure> {
     let config = args.validate().map_err(usage)?;
     init_logging(config.log_format);
@@ -108,10 +213,11 @@ fn agent(args: &AgentArgs) -> Result<(), Failure> {
             let _ = stop_tx.send(true);
         });
         let client = kube_client(config.kubeconfig.as_deref()).await.map_err(runtime)?;
-        if !config.notify_urls.is_empty() || config.slack_hook_url.is_some() {
-            tracing::warn!("notification URLs are accepted but not sent to yet; messages are logged");
-        }
-        kured::agent::run(config, client, LogOnly, stop_rx)
+        let metrics = std::sync::Arc::new(kured::metrics::Metrics::new(&config.node_id));
+        let notifier =
+            Notifications::from_config(&config, metrics.notification_failures()).map_err(runtime)?;
+        tracing::info!(targets = ?notifier.targets(), "notifications");
+        kured::agent::run(config, client, notifier, metrics, stop_rx)
             .await
             .map_err(runtime)
     })

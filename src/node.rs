@@ -315,6 +315,20 @@ impl OwnNode {
         Ok(())
     }
 
+    /// Sets one annotation of ours, leaving every other annotation as it is.
+    pub async fn set_annotation(&self, key: &str, value: &str) -> Result<()> {
+        let patch = json!({ "metadata": { "annotations": { key: value } } });
+        self.api
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| NodeError::Annotate {
+                node: self.name.clone(),
+                action: "set",
+                source,
+            })?;
+        Ok(())
+    }
+
     /// Records that a reboot is starting, as upstream does: if [`REBOOT_IN_PROGRESS`] is absent,
     /// sets it and [`MOST_RECENT_REBOOT_NEEDED`] to `now`. Returns false, writing nothing, if a
     /// reboot was already recorded as in progress (its start time is kept).

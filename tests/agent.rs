@@ -18,29 +18,6 @@ use support::{Scope, SimulatedNode, eventually};
 
 const LOCK: &str = "weave.works/kured-node-lock";
 
-async fn create_lock_daemonset(scope: &Scope) {
-    let ds: DaemonSet = serde_json::from_value(json!({
-        "metadata": { "name": "kured" },
-        "spec": {
-            "selector": { "matchLabels": { "app": "kured" } },
-            "template": {
-                "metadata": { "labels": { "app": "kured" } },
-                "spec": {
-                    // The agents run as node-init's children here, not as pods.
-                    "nodeSelector": { "kured.test/no-such-node": "true" },
-                    "containers": [{ "name": "kured", "image": "registry.invalid/kured:test" }],
-                },
-            },
-        },
-    }))
-    .expect("a valid DaemonSet");
-    scope
-        .api::<DaemonSet>()
-        .create(&PostParams::default(), &ds)
-        .await
-        .expect("creating the DaemonSet");
-}
-
 async fn create_deployment(scope: &Scope, name: &str, replicas: i32, node: Option<&str>) {
     let mut selector = json!({ support::SCOPE_LABEL: scope.id });
     if let Some(node) = node {
@@ -112,7 +89,7 @@ async fn wait_for_reboot_cycle(scope: &Scope, name: &str, sim: &SimulatedNode, f
 async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
     let scope = Scope::new("agent-cycle").await;
     let names = scope.create_nodes(2).await;
-    create_lock_daemonset(&scope).await;
+    support::create_lock_daemonset(&scope).await;
     create_deployment(&scope, "web", 2, None).await;
     let nodes: Api<Node> = Api::all(scope.client.clone());
 
@@ -170,7 +147,7 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
 async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
     let scope = Scope::new("agent-cordoned").await;
     let names = scope.create_nodes(1).await;
-    create_lock_daemonset(&scope).await;
+    support::create_lock_daemonset(&scope).await;
     let nodes: Api<Node> = Api::all(scope.client.clone());
     nodes
         .patch(
@@ -207,7 +184,7 @@ async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
 async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
     let scope = Scope::new("agent-drainfail").await;
     let names = scope.create_nodes(1).await;
-    create_lock_daemonset(&scope).await;
+    support::create_lock_daemonset(&scope).await;
     create_deployment(&scope, "pinned", 1, Some(&names[0])).await;
     let pdb: PodDisruptionBudget = serde_json::from_value(json!({
         "metadata": { "name": "pinned" },
@@ -255,7 +232,7 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
 async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() {
     let scope = Scope::new("agent-blocked").await;
     let names = scope.create_nodes(1).await;
-    create_lock_daemonset(&scope).await;
+    support::create_lock_daemonset(&scope).await;
     create_deployment(&scope, "batch", 1, Some(&names[0])).await;
     eventually("the blocking pod to run", Duration::from_secs(60), || async {
         let pods = scope.api::<k8s_openapi::api::core::v1::Pod>();
@@ -302,7 +279,7 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
 async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
     let scope = Scope::new("agent-alert").await;
     let names = scope.create_nodes(1).await;
-    create_lock_daemonset(&scope).await;
+    support::create_lock_daemonset(&scope).await;
     let prometheus = support::prometheus::Prometheus::start(None).await;
 
     // RebootRequired fires and LongPending is pending: with --alert-firing-only and a filter that

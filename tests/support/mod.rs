@@ -418,3 +418,28 @@ pub async fn client_from_kubeconfig(path: &std::path::Path) -> Client {
     config.default_retry = false;
     Client::try_from(config).expect("a client")
 }
+
+/// The DaemonSet `kured` in the scope's namespace, which carries the lock of the scope's agents.
+/// Its pods never run: the agents run under node-init instead.
+pub async fn create_lock_daemonset(scope: &Scope) {
+    let ds: k8s_openapi::api::apps::v1::DaemonSet = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "kured" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "kured" } },
+            "template": {
+                "metadata": { "labels": { "app": "kured" } },
+                "spec": {
+                    // The agents run as node-init's children here, not as pods.
+                    "nodeSelector": { "kured.test/no-such-node": "true" },
+                    "containers": [{ "name": "kured", "image": "registry.invalid/kured:test" }],
+                },
+            },
+        },
+    }))
+    .expect("a valid DaemonSet");
+    scope
+        .api::<k8s_openapi::api::apps::v1::DaemonSet>()
+        .create(&kube::api::PostParams::default(), &ds)
+        .await
+        .expect("creating the DaemonSet");
+}

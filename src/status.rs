@@ -1,0 +1,265 @@
+//! `kured status`: a cluster-wide view for operators — one row per node with its reboot need,
+//! the agent's phase (published in [`STATE_ANNOTATION`]), lock holders, cordon and last reboot.
+//! Needs only `get`/`list` on nodes and `get` on the agents' DaemonSet.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use serde::Serialize;
+
+use crate::lock::record::LockRecord;
+use crate::state::{AgentState, STATE_ANNOTATION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("listing nodes")]
+    ListNodes(#[source] kube::Error),
+    #[error("reading the lock on DaemonSet {object}")]
+    ReadLock {
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// One node's row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub name: String,
+    /// `None`: no agent state published, or the sentinel could not be checked.
+    pub reboot_required: Option<bool>,
+    /// The agent's phase; `None` when no agent has published one.
+    pub phase: Option<String>,
+    pub detail: String,
+    pub lock_holder: bool,
+    pub cordoned: bool,
+    pub ready: bool,
+    pub last_reboot: Option<String>,
+}
+
+/// The cluster's view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// Lock holders, including any that are not nodes (e.g. an operator's `manual` lock).
+    pub lock_holders: Vec<String>,
+    /// Why the lock could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_error: Option<String>,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// Where the lock is.
+#[derive(Debug, Clone)]
+pub struct LockLocation {
+    pub namespace: String,
+    pub name: String,
+    pub annotation: String,
+}
+
+/// Reads nodes and the lock once.
+pub async fn gather(
+    client: &Client,
+    lock: &LockLocation,
+    now: Timestamp,
+) -> Result<ClusterStatus, StatusError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = nodes
+        .list(&ListParams::default())
+        .await
+        .map_err(StatusError::ListNodes)?;
+    let object = format!("{}/{}", lock.namespace, lock.name);
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &lock.namespace);
+    let annotation = match daemonsets.get_opt(&lock.name).await {
+        Ok(ds) => ds
+            .and_then(|ds| ds.metadata.annotations)
+            .and_then(|mut a| a.remove(&lock.annotation)),
+        Err(source) => return Err(StatusError::ReadLock { object, source }),
+    };
+    let (lock_holders, lock_error) = match annotation.as_deref().map(LockRecord::parse) {
+        None => (Vec::new(), None),
+        Some(Ok(record)) => (
+            record.holders(now).iter().map(|e| e.node_id.clone()).collect(),
+            None,
+        ),
+        Some(Err(e)) => (
+            Vec::new(),
+            Some(format!(
+                "{object} annotation {}: {}",
+                lock.annotation,
+                crate::error_chain(&e)
+            )),
+        ),
+    };
+    let holders: BTreeSet<&str> = lock_holders.iter().map(String::as_str).collect();
+    let mut rows: Vec<NodeStatus> = list
+        .items
+        .iter()
+        .map(|node| {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let state = node
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(STATE_ANNOTATION))
+                .and_then(|text| AgentState::parse(text).ok());
+            NodeStatus {
+                lock_holder: holders.contains(name.as_str()),
+                cordoned: crate::node::is_unschedulable(node),
+                ready: node
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+                reboot_required: state.as_ref().and_then(|s| s.reboot_required),
+                phase: state.as_ref().map(|s| s.phase.to_string()),
+                detail: state.as_ref().map(|s| s.detail.clone()).unwrap_or_default(),
+                last_reboot: state.and_then(|s| s.last_reboot),
+                name,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(ClusterStatus {
+        lock_holders,
+        lock_error,
+        nodes: rows,
+    })
+}
+
+/// A table for people.
+pub fn render_text(status: &ClusterStatus) -> String {
+    let mut out = String::new();
+    let holders = if status.lock_holders.is_empty() {
+        "free".to_owned()
+    } else {
+        status.lock_holders.join(", ")
+    };
+    let _ = writeln!(out, "Lock: {holders}");
+    if let Some(e) = &status.lock_error {
+        let _ = writeln!(out, "Lock error: {e}");
+    }
+    let needed = status
+        .nodes
+        .iter()
+        .filter(|n| n.reboot_required == Some(true))
+        .count();
+    let _ = writeln!(out, "Nodes: {} ({} need a reboot)\n", status.nodes.len(), needed);
+    let header = [
+        "NODE",
+        "REBOOT",
+        "PHASE",
+        "LOCK",
+        "CORDONED",
+        "READY",
+        "LAST REBOOT",
+        "DETAIL",
+    ];
+    let rows: Vec<[String; 8]> = status
+        .nodes
+        .iter()
+        .map(|n| {
+            [
+                n.name.clone(),
+                match n.reboot_required {
+                    Some(true) => "needed".into(),
+                    Some(false) => "-".into(),
+                    None => "?".into(),
+                },
+                n.phase.clone().unwrap_or_else(|| "(no agent)".into()),
+                if n.lock_holder { "held".into() } else { "-".into() },
+                if n.cordoned { "yes".into() } else { "-".into() },
+                if n.ready { "yes".into() } else { "no".into() },
+                n.last_reboot.clone().unwrap_or_else(|| "-".into()),
+                n.detail.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<w$}  ");
+            }
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(&header);
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_each_node_and_the_lock() {
+        let status = ClusterStatus {
+            lock_holders: vec!["n2".into()],
+            lock_error: None,
+            nodes: vec![
+                NodeStatus {
+                    name: "n1".into(),
+                    reboot_required: Some(true),
+                    phase: Some("waiting-for-lock".into()),
+                    detail: "held by n2".into(),
+                    lock_holder: false,
+                    cordoned: false,
+                    ready: true,
+                    last_reboot: None,
+                },
+                NodeStatus {
+                    name: "n2".into(),
+                    reboot_required: Some(true),
+                    phase: Some("draining".into()),
+                    detail: String::new(),
+                    lock_holder: true,
+                    cordoned: true,
+                    ready: true,
+                    last_reboot: Some("2026-11-20T03:00:00Z".into()),
+                },
+                NodeStatus {
+                    name: "n3".into(),
+                    reboot_required: None,
+                    phase: None,
+                    detail: String::new(),
+                    lock_holder: false,
+                    cordoned: false,
+                    ready: false,
+                    last_reboot: None,
+                },
+            ],
+        };
+        insta::assert_snapshot!(render_text(&status), @r"
+        Lock: n2
+        Nodes: 3 (2 need a reboot)
+
+        NODE  REBOOT  PHASE             LOCK  CORDONED  READY  LAST REBOOT           DETAIL
+        n1    needed  waiting-for-lock  -     -         yes    -                     held by n2
+        n2    needed  draining          held  yes       yes    2026-11-20T03:00:00Z
+        n3    ?       (no agent)        -     -         no     -
+        ");
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["lockHolders"][0], "n2");
+        assert_eq!(json["nodes"][1]["phase"], "draining");
+        assert_eq!(json["nodes"][2]["rebootRequired"], serde_json::Value::Null);
+    }
+}
