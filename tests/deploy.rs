@@ -1,0 +1,1010 @@
+//! The shipped manifests, `deploy/kured.yaml` (reboot by command) and `deploy/kured-signal.yaml`
+//! (reboot by signal):
+//! - they hold the objects upstream kured's manifests hold, under the same names, so `kubectl apply`
+//!   replaces an upstream install in place; the API server accepts them as they are;
+//! - applied to the test cluster, the DaemonSet's pods run on kwok nodes;
+//! - their RBAC is enough: the real agent, on a simulated node, with nothing but the
+//!   ServiceAccount's token, goes through a whole reboot cycle without a single 403;
+//! - and each rule is used: with one withheld, the agent meets a 403 that names it (the drain fails,
+//!   or the lock is polled instead of watched).
+//!
+//! The objects live in kube-system under fixed names, and tests run in parallel on one cluster, so
+//! each test applies a copy rewritten line by line into its own scope (see [`Isolated`]).
+//! Needs `scripts/testcluster up`, kubectl, and root (for the simulated node's `unshare`).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use support::{Scope, SimulatedNode, eventually};
+use tokio::io::AsyncWriteExt;
+
+const LOCK: &str = "weave.works/kured-node-lock";
+const REBOOT_IN_PROGRESS: &str = "weave.works/kured-reboot-in-progress";
+const MOST_RECENT_REBOOT_NEEDED: &str = "weave.works/kured-most-recent-reboot-needed";
+
+/// One shipped manifest and how a simulated node reboots under it.
+struct Manifest {
+    path: &'static str,
+    text: &'static str,
+    /// The reboot method's flags for an agent on a simulated node: node-init treats SIGRTMIN+5 to
+    /// its PID 1 as a reboot, whether the agent sends it (signal) or a command does.
+    reboot_args: &'static [&'static str],
+}
+
+const COMMAND: Manifest = Manifest {
+    path: "deploy/kured.yaml",
+    text: include_str!("../deploy/kured.yaml"),
+    reboot_args: &["--reboot-method=command", "--reboot-command=kill -s RTMIN+5 1"],
+};
+
+const SIGNAL: Manifest = Manifest {
+    path: "deploy/kured-signal.yaml",
+    text: include_str!("../deploy/kured-signal.yaml"),
+    reboot_args: &["--reboot-method=signal"],
+};
+
+const MANIFESTS: [&Manifest; 2] = [&COMMAND, &SIGNAL];
+
+/// The objects of upstream kured 1.23's manifests, as (kind, namespace, name): kured-rbac.yaml
+/// holds the ClusterRole, ClusterRoleBinding, Role and RoleBinding; kured-ds.yaml and
+/// kured-ds-signal.yaml each hold the ServiceAccount and the DaemonSet.
+const UPSTREAM_OBJECTS: [(&str, &str, &str); 6] = [
+    ("ServiceAccount", "kube-system", "kured"),
+    ("ClusterRole", "", "kured"),
+    ("ClusterRoleBinding", "", "kured"),
+    ("Role", "kube-system", "kured"),
+    ("RoleBinding", "kube-system", "kured"),
+    ("DaemonSet", "kube-system", "kured"),
+];
+
+/// Upstream's DaemonSet selector. A DaemonSet's selector cannot change, so `kubectl apply` over an
+/// upstream install works only with this one.
+const UPSTREAM_SELECTOR: (&str, &str) = ("name", "kured");
+
+// ---------------------------------------------------------------------------------------------
+// Reading the manifests: just enough YAML for documents, kinds and metadata, without a YAML crate.
+// The API server's own reading (a server-side dry run) is compared with this one below.
+
+/// The manifest's documents (split at `---` lines), leaving out those with nothing but comments.
+fn documents(yaml: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in yaml.lines() {
+        if line == "---" {
+            docs.push(String::new());
+        } else {
+            let doc = docs.last_mut().expect("at least one document");
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs.retain(|d| {
+        d.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
+    docs
+}
+
+/// A scalar's value without its trailing comment.
+fn scalar(value: &str) -> &str {
+    value.split(" #").next().unwrap_or_default().trim()
+}
+
+/// The document's `kind`.
+fn kind(doc: &str) -> &str {
+    doc.lines()
+        .find_map(|l| l.strip_prefix("kind: "))
+        .map(scalar)
+        .unwrap_or_else(|| panic!("a document without a kind:\n{doc}"))
+}
+
+/// A direct child of the document's `metadata`; "" when absent.
+fn metadata(doc: &str, key: &str) -> String {
+    let prefix = format!("  {key}: ");
+    doc.lines()
+        .skip_while(|l| *l != "metadata:")
+        .skip(1)
+        .take_while(|l| l.starts_with(' ') || l.trim_start().starts_with('#') || l.is_empty())
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| scalar(v).to_owned())
+        .unwrap_or_default()
+}
+
+/// (kind, namespace, name) of every object in the manifest.
+fn objects(yaml: &str) -> BTreeSet<(String, String, String)> {
+    documents(yaml)
+        .iter()
+        .map(|d| (kind(d).to_owned(), metadata(d, "namespace"), metadata(d, "name")))
+        .collect()
+}
+
+fn upstream_objects() -> BTreeSet<(String, String, String)> {
+    UPSTREAM_OBJECTS
+        .iter()
+        .map(|(k, ns, n)| ((*k).to_owned(), (*ns).to_owned(), (*n).to_owned()))
+        .collect()
+}
+
+/// The agent's flags in the DaemonSet's command, and those shown commented out as examples.
+fn flag_lines(yaml: &str) -> Vec<String> {
+    yaml.lines()
+        .map(str::trim_start)
+        .filter_map(|l| l.strip_prefix("- --").or_else(|| l.strip_prefix("# - --")))
+        .map(|flag| format!("--{flag}"))
+        .collect()
+}
+
+#[test]
+fn manifests_hold_upstreams_objects_under_upstreams_names() {
+    for manifest in MANIFESTS {
+        assert_eq!(
+            objects(manifest.text),
+            upstream_objects(),
+            "{}: (kind, namespace, name) of its objects",
+            manifest.path
+        );
+        assert_eq!(
+            documents(manifest.text).len(),
+            UPSTREAM_OBJECTS.len(),
+            "{}",
+            manifest.path
+        );
+    }
+}
+
+#[test]
+fn both_manifests_grant_the_same_rbac() {
+    // Switching between the variants must not change what the ServiceAccount may do.
+    let rbac = |yaml: &str| -> Vec<String> {
+        documents(yaml)
+            .into_iter()
+            .filter(|d| kind(d) != "DaemonSet")
+            .collect()
+    };
+    assert_eq!(rbac(COMMAND.text), rbac(SIGNAL.text));
+}
+
+#[test]
+fn every_flag_in_the_manifests_is_accepted() {
+    for manifest in MANIFESTS {
+        let flags = flag_lines(manifest.text);
+        assert!(
+            flags
+                .iter()
+                .any(|f| f == "--reboot-sentinel=/sentinel/reboot-required"),
+            "{}: {flags:?}",
+            manifest.path
+        );
+        // Valid flags get the agent as far as reading its kubeconfig, which fails (exit 1); a bad
+        // flag or value stops it before that (exit 2).
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kured"))
+            .args(["--node-id=n1", "--kubeconfig=/nonexistent/kubeconfig"])
+            .args(&flags)
+            .env_clear()
+            .output()
+            .expect("running kured");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}: {flags:?}\n{stderr}",
+            manifest.path
+        );
+        assert!(
+            stderr.contains("--kubeconfig /nonexistent/kubeconfig"),
+            "{stderr}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The manifests as the API server reads them.
+
+/// The manifest's objects as the API server would store them: `kubectl apply --server-side
+/// --dry-run=server`, with kubectl's strict field validation (an unknown field is an error).
+async fn dry_run(manifest: &Manifest) -> Vec<serde_json::Value> {
+    let out = kubectl(
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=kured-deploy-test",
+            "-o",
+            "json",
+            "-f",
+            "-",
+        ],
+        manifest.text,
+    )
+    .await;
+    let list: serde_json::Value = serde_json::from_str(&out).expect("kubectl's JSON output");
+    list["items"]
+        .as_array()
+        .cloned()
+        .expect("a List of the applied objects")
+}
+
+fn find<'a>(items: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
+    items
+        .iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} among {items:?}"))
+}
+
+fn rule(groups: &[&str], resources: &[&str], names: &[&str], verbs: &[&str]) -> PolicyRule {
+    let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    PolicyRule {
+        api_groups: Some(strings(groups)),
+        resources: Some(strings(resources)),
+        resource_names: (!names.is_empty()).then(|| strings(names)),
+        verbs: strings(verbs),
+        non_resource_urls: None,
+    }
+}
+
+#[tokio::test]
+async fn the_api_server_accepts_the_manifests_as_specified() {
+    for manifest in MANIFESTS {
+        let items = dry_run(manifest).await;
+        let read: BTreeSet<(String, String, String)> = items
+            .iter()
+            .map(|o| {
+                let field = |f: &str| o["metadata"][f].as_str().unwrap_or_default().to_owned();
+                (
+                    o["kind"].as_str().unwrap_or_default().to_owned(),
+                    field("namespace"),
+                    field("name"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            read,
+            objects(manifest.text),
+            "{}: as the API server reads it",
+            manifest.path
+        );
+
+        // Exactly these rules, each needed by the agent (see the comments in the manifest and the
+        // withheld-rule tests below). A new rule is a decision, not an accident.
+        let cluster_role: ClusterRole =
+            serde_json::from_value(find(&items, "ClusterRole").clone()).expect("a ClusterRole");
+        assert_eq!(
+            cluster_role.rules.unwrap_or_default(),
+            [
+                rule(&[""], &["nodes"], &[], &["get", "patch"]),
+                rule(&[""], &["pods"], &[], &["get", "list", "watch"]),
+                rule(&[""], &["pods/eviction"], &[], &["create"]),
+                rule(&["apps"], &["daemonsets"], &[], &["get"]),
+            ],
+            "{}",
+            manifest.path
+        );
+        let role: Role = serde_json::from_value(find(&items, "Role").clone()).expect("a Role");
+        assert_eq!(
+            role.rules.unwrap_or_default(),
+            [rule(
+                &["apps"],
+                &["daemonsets"],
+                &["kured"],
+                &["get", "update", "list", "watch"]
+            )],
+            "{}: the lock's DaemonSet, and no other",
+            manifest.path
+        );
+
+        let ds: DaemonSet = serde_json::from_value(find(&items, "DaemonSet").clone()).expect("a DaemonSet");
+        let spec = ds.spec;
+        let (key, value) = UPSTREAM_SELECTOR;
+        assert_eq!(
+            spec.selector.match_labels,
+            Some([(key.to_owned(), value.to_owned())].into()),
+            "{}: upstream's selector",
+            manifest.path
+        );
+        let pod = spec.template.spec.expect("a pod spec");
+        assert_eq!(pod.service_account_name.as_deref(), Some("kured"));
+        assert_eq!(
+            pod.host_pid,
+            Some(true),
+            "{}: hostPID, to reach the host's PID 1",
+            manifest.path
+        );
+        let sentinel = pod
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.name == "sentinel")
+            .and_then(|v| v.host_path)
+            .expect("the sentinel hostPath volume");
+        assert_eq!(sentinel.path, "/var/run");
+        let container = &pod.containers[0];
+        let command = container.command.clone().unwrap_or_default();
+        assert_eq!(command[0], "/usr/bin/kured");
+        assert!(command.contains(&"--reboot-sentinel=/sentinel/reboot-required".to_owned()));
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "sentinel")
+            .expect("the sentinel mount");
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/sentinel", Some(true))
+        );
+        let node_id = container
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "KURED_NODE_ID")
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(node_id, Some("spec.nodeName"));
+        let ports = container.ports.clone().unwrap_or_default();
+        assert_eq!(ports[0].container_port, 8080);
+        for probe in [&container.liveness_probe, &container.readiness_probe] {
+            let get = probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .expect("an HTTP probe");
+            assert_eq!(get.path.as_deref(), Some("/healthz"));
+        }
+        let security = container.security_context.clone().expect("a security context");
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        let signal = command.contains(&"--reboot-method=signal".to_owned());
+        assert_eq!(signal, manifest.path == SIGNAL.path);
+        if signal {
+            assert_eq!(security.privileged, Some(false));
+            assert_eq!(security.allow_privilege_escalation, Some(false));
+            let caps = security.capabilities.expect("capabilities");
+            assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
+            assert_eq!(caps.add, Some(vec!["KILL".to_owned()]));
+            assert_eq!(
+                security.seccomp_profile.map(|p| p.type_).as_deref(),
+                Some("RuntimeDefault")
+            );
+        } else {
+            assert_eq!(
+                security.privileged,
+                Some(true),
+                "setns into the host's mount namespace"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Applying the manifests to the test cluster and running agents under their RBAC.
+
+/// Runs kubectl as the test cluster's admin with `stdin` as its input; returns its stdout and
+/// panics with its stderr if it fails.
+async fn kubectl(args: &[&str], stdin: &str) -> String {
+    let mut child = tokio::process::Command::new("kubectl")
+        .arg(format!("--kubeconfig={}", support::kubeconfig_path().display()))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running kubectl");
+    let mut input = child.stdin.take().expect("kubectl's stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("writing to kubectl");
+    drop(input);
+    let out = child.wait_with_output().await.expect("kubectl's output");
+    assert!(
+        out.status.success(),
+        "kubectl {}: {}\ninput:\n{stdin}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 from kubectl")
+}
+
+/// A permission taken away from a manifest: in the document of kind `kind`, the exact line `line`
+/// becomes `replacement`.
+#[derive(Clone, Copy)]
+struct Withhold {
+    kind: &'static str,
+    line: &'static str,
+    replacement: &'static str,
+}
+
+/// The ClusterRole's eviction rule, for a resource no request names (RBAC accepts any name; a
+/// rule without verbs it does not).
+const NO_EVICTION: Withhold = Withhold {
+    kind: "ClusterRole",
+    line: r#"    resources: ["pods/eviction"]"#,
+    replacement: r#"    resources: ["pods/eviction-withheld-by-test"]"#,
+};
+
+/// The ClusterRole's rule for reading any DaemonSet, likewise.
+const NO_DAEMONSET_READ: Withhold = Withhold {
+    kind: "ClusterRole",
+    line: r#"    resources: ["daemonsets"]"#,
+    replacement: r#"    resources: ["daemonsets-withheld-by-test"]"#,
+};
+
+/// The Role without list and watch on the lock's DaemonSet.
+const NO_LOCK_WATCH: Withhold = Withhold {
+    kind: "Role",
+    line: r#"    verbs: ["get", "update", "list", "watch"]"#,
+    replacement: r#"    verbs: ["get", "update"]"#,
+};
+
+/// A manifest rewritten to be applied inside a [`Scope`], by exact-line replacements only, each
+/// counted so that a reformatted manifest fails here instead of being applied half-rewritten:
+/// - every `namespace: kube-system` line (metadata and subjects; a trailing comment goes) names
+///   the scope's namespace;
+/// - in the ClusterRole and ClusterRoleBinding, the `  name: kured` lines (metadata.name, and the
+///   binding's roleRef.name) get the suffix `-<scope id>`, so parallel tests do not share these
+///   cluster-wide objects; the subject's `    name: kured` (the ServiceAccount) is indented
+///   further and stays;
+/// - the DaemonSet's nodeSelector line `        kubernetes.io/os: linux` is followed by the scope's
+///   node label, so its pods run on this scope's nodes only;
+/// - optionally, a [`Withhold`] takes one permission away.
+///
+/// The cluster-wide objects are deleted on drop.
+struct Isolated {
+    yaml: String,
+    cluster_name: String,
+}
+
+impl Isolated {
+    fn new(manifest: &Manifest, scope: &Scope, withheld: Option<Withhold>) -> Isolated {
+        let cluster_name = format!("kured-{}", scope.id);
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut count = |what: &str| *counts.entry(what.to_owned()).or_default() += 1;
+        let mut docs = Vec::new();
+        for doc in documents(manifest.text) {
+            let kind = kind(&doc).to_owned();
+            let mut out = String::new();
+            for line in doc.lines() {
+                let indent = &line[..line.len() - line.trim_start().len()];
+                if line.trim_start().strip_prefix("namespace: ").map(scalar) == Some("kube-system") {
+                    count("namespace");
+                    out.push_str(&format!("{indent}namespace: {}\n", scope.namespace));
+                } else if line == "  name: kured" && (kind == "ClusterRole" || kind == "ClusterRoleBinding") {
+                    count(&format!("{kind} name"));
+                    out.push_str(&format!("  name: {cluster_name}\n"));
+                } else if line == "        kubernetes.io/os: linux" && kind == "DaemonSet" {
+                    count("nodeSelector");
+                    out.push_str(&format!(
+                        "{line}\n        {}: {}\n",
+                        support::SCOPE_LABEL,
+                        scope.id
+                    ));
+                } else if let Some(w) = withheld.filter(|w| w.kind == kind && w.line == line) {
+                    count("withheld");
+                    out.push_str(w.replacement);
+                    out.push('\n');
+                } else {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            docs.push(out);
+        }
+        let mut expected: BTreeMap<String, usize> = [
+            // ServiceAccount, Role, RoleBinding and DaemonSet metadata, and both bindings' subjects.
+            ("namespace".to_owned(), 6),
+            ("ClusterRole name".to_owned(), 1),
+            ("ClusterRoleBinding name".to_owned(), 2),
+            ("nodeSelector".to_owned(), 1),
+        ]
+        .into();
+        if withheld.is_some() {
+            expected.insert("withheld".to_owned(), 1);
+        }
+        assert_eq!(
+            counts, expected,
+            "rewriting {} for scope {}",
+            manifest.path, scope.id
+        );
+        Isolated {
+            yaml: docs.join("---\n"),
+            cluster_name,
+        }
+    }
+
+    async fn apply(&self) {
+        kubectl(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=kured-deploy-test",
+                "-f",
+                "-",
+            ],
+            &self.yaml,
+        )
+        .await;
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        // Namespaced objects go with the scope's namespace; these two are cluster-wide.
+        let kubeconfig = format!("--kubeconfig={}", support::kubeconfig_path().display());
+        for kind in ["clusterrolebinding", "clusterrole"] {
+            let result = std::process::Command::new("kubectl")
+                .args([
+                    &kubeconfig,
+                    "delete",
+                    kind,
+                    &self.cluster_name,
+                    "--ignore-not-found",
+                    "--wait=false",
+                ])
+                .stdout(Stdio::null())
+                .status();
+            if !result.is_ok_and(|s| s.success()) {
+                eprintln!("cleanup: deleting {kind} {} failed", self.cluster_name);
+            }
+        }
+    }
+}
+
+fn is_running(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+fn node_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default()
+}
+
+/// Running pods in the scope matching `labels`, once they run on exactly `nodes` (one per entry).
+async fn running_on(scope: &Scope, labels: &str, nodes: &[&str]) -> Vec<Pod> {
+    let pods: Api<Pod> = scope.api();
+    let mut wanted: Vec<String> = nodes.iter().map(|n| (*n).to_owned()).collect();
+    wanted.sort();
+    eventually(
+        &format!("pods {labels} running on {wanted:?}"),
+        Duration::from_secs(60),
+        || {
+            let (pods, wanted) = (pods.clone(), wanted.clone());
+            async move {
+                let list = pods.list(&ListParams::default().labels(labels)).await.ok()?;
+                let running: Vec<Pod> = list.items.into_iter().filter(is_running).collect();
+                let mut on: Vec<String> = running.iter().map(node_of).collect();
+                on.sort();
+                (on == wanted).then_some(running)
+            }
+        },
+    )
+    .await
+}
+
+/// The `--prefer-no-schedule-taint` the full-cycle tests give the agent.
+const WAITING_TAINT: &str = "kured.test/waiting";
+
+fn has_taint(node: &Node, key: &str) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|ts| ts.iter().any(|t| t.key == key && t.effect == "PreferNoSchedule"))
+}
+
+fn unschedulable(node: &Node) -> bool {
+    node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+}
+
+fn boot_id(node: &Node) -> &str {
+    node.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.boot_id.as_str())
+        .unwrap_or_default()
+}
+
+async fn set_unschedulable(scope: &Scope, node: &str, unschedulable: bool) {
+    Api::<Node>::all(scope.client.clone())
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "unschedulable": unschedulable } })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("setting unschedulable={unschedulable} on {node}: {e}"));
+}
+
+async fn create<K>(scope: &Scope, object: serde_json::Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    let object: K = serde_json::from_value(object).expect("a valid object");
+    scope
+        .api::<K>()
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("creating {:?}: {e}", object.meta().name));
+}
+
+/// A scope with two kwok nodes and what a drain of node 0 meets in a real cluster, with the
+/// manifest applied (isolated) and the agent's kubeconfig holding only the ServiceAccount's token:
+/// - the kured DaemonSet's pods on both nodes (the drain leaves its own pod alone);
+/// - another DaemonSet's pod (`logger`), which the drain may leave only after reading its DaemonSet;
+/// - both pods of Deployment `web` on node 0, guarded by a PodDisruptionBudget that allows one
+///   disruption at a time, and node 1 cordoned (by the test, not by kured): the first evicted pod's
+///   replacement cannot start, so the second eviction is refused (429) until the test reopens
+///   node 1. (With node 1 open, kwok starts a replacement within milliseconds, and the second
+///   eviction, a few milliseconds after the first, is often allowed already.)
+struct Cluster {
+    scope: Scope,
+    nodes: Vec<String>,
+    _manifest: Isolated,
+    kubeconfig: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn new(manifest: &Manifest, test: &str, withheld: Option<Withhold>) -> Cluster {
+        let started = Instant::now();
+        let scope = Scope::new(test).await;
+        let nodes = scope.create_nodes(2).await;
+        let (n0, n1) = (nodes[0].as_str(), nodes[1].as_str());
+        let isolated = Isolated::new(manifest, &scope, withheld);
+        isolated.apply().await;
+        // The DaemonSet's pods land on this scope's kwok nodes, one each, and run.
+        running_on(&scope, "name=kured", &[n0, n1]).await;
+        eprintln!(
+            "{}: applied, pods running after {:?}",
+            manifest.path,
+            started.elapsed()
+        );
+
+        create::<DaemonSet>(
+            &scope,
+            json!({
+                "metadata": { "name": "logger" },
+                "spec": {
+                    "selector": { "matchLabels": { "app": "logger" } },
+                    "template": {
+                        "metadata": { "labels": { "app": "logger" } },
+                        "spec": {
+                            "nodeSelector": { support::SCOPE_LABEL: scope.id },
+                            "containers": [{ "name": "logger", "image": "registry.invalid/logger:1" }],
+                        },
+                    },
+                },
+            }),
+        )
+        .await;
+        // Node 1 closed, so that both of web's pods land on node 0, and stay there.
+        set_unschedulable(&scope, n1, true).await;
+        create::<Deployment>(
+            &scope,
+            json!({
+                "metadata": { "name": "web" },
+                "spec": {
+                    "replicas": 2,
+                    "selector": { "matchLabels": { "app": "web" } },
+                    "template": {
+                        "metadata": { "labels": { "app": "web" } },
+                        "spec": {
+                            "nodeSelector": { support::SCOPE_LABEL: scope.id },
+                            "terminationGracePeriodSeconds": 1,
+                            "containers": [{ "name": "web", "image": "registry.invalid/web:1" }],
+                        },
+                    },
+                },
+            }),
+        )
+        .await;
+        running_on(&scope, "app=web", &[n0, n0]).await;
+        create::<PodDisruptionBudget>(
+            &scope,
+            json!({
+                "metadata": { "name": "web" },
+                "spec": { "minAvailable": 1, "selector": { "matchLabels": { "app": "web" } } },
+            }),
+        )
+        .await;
+        eventually(
+            "web's budget to allow one disruption",
+            Duration::from_secs(60),
+            || async {
+                let pdb = scope.api::<PodDisruptionBudget>().get("web").await.ok()?;
+                let status = pdb.status?;
+                (status.observed_generation == pdb.metadata.generation
+                    && status.disruptions_allowed == Some(1))
+                .then_some(())
+            },
+        )
+        .await;
+        running_on(&scope, "app=logger", &[n0, n1]).await;
+        // Cordoned nodes keep DaemonSet pods: they tolerate node.kubernetes.io/unschedulable.
+
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let kubeconfig = support::service_account_kubeconfig(&scope, "kured", dir.path()).await;
+        // Bindings take effect through the API server's RBAC informer: wait until both do.
+        let agent = support::client_from_kubeconfig(&kubeconfig).await;
+        eventually("the bindings to take effect", Duration::from_secs(10), || {
+            let agent = agent.clone();
+            let (namespace, node) = (scope.namespace.clone(), n0.to_owned());
+            async move {
+                Api::<Node>::all(agent.clone()).get(&node).await.ok()?;
+                Api::<DaemonSet>::namespaced(agent, &namespace)
+                    .get("kured")
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+        eprintln!("{}: set up after {:?}", manifest.path, started.elapsed());
+        Cluster {
+            scope,
+            nodes,
+            _manifest: isolated,
+            kubeconfig,
+            _dir: dir,
+        }
+    }
+
+    /// Starts the agent for node 0 with the ServiceAccount's credentials.
+    fn start_agent(&self, manifest: &Manifest, extra_args: &[&str]) -> SimulatedNode {
+        let args = [manifest.reboot_args, extra_args].concat();
+        SimulatedNode::start_as(&self.scope, &self.nodes[0], &self.kubeconfig, &args)
+    }
+
+    /// Sets (or, with `None`, removes) the lock annotation as the admin.
+    async fn set_lock(&self, value: Option<&str>) {
+        self.scope
+            .api::<DaemonSet>()
+            .patch(
+                "kured",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": { LOCK: value } } })),
+            )
+            .await
+            .expect("setting the lock annotation");
+    }
+
+    async fn lock(&self) -> Option<String> {
+        let ds = self
+            .scope
+            .api::<DaemonSet>()
+            .get("kured")
+            .await
+            .expect("reading the DaemonSet");
+        ds.annotations().get(LOCK).cloned()
+    }
+
+    async fn node(&self, i: usize) -> Node {
+        Api::<Node>::all(self.scope.client.clone())
+            .get(&self.nodes[i])
+            .await
+            .expect("reading the node")
+    }
+}
+
+/// The lock as an upstream agent on `node` writes it when it takes the lock (concurrency 1, no TTL).
+fn held_by(node: &str) -> String {
+    format!(
+        r#"{{"nodeID":"{node}","metadata":{{"unschedulable":false}},"created":"2026-11-27T09:00:00.123456789Z","TTL":0}}"#
+    )
+}
+
+/// Every line of the agent's log that reports a refusal by RBAC.
+fn forbidden_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("Forbidden") || l.contains("forbidden"))
+        .collect()
+}
+
+async fn full_cycle_with_the_manifests_rbac(manifest: &Manifest, test: &str) {
+    let started = Instant::now();
+    let cluster = Cluster::new(manifest, test, None).await;
+    let setup = started.elapsed();
+    // Node 1 holds the lock at first, so the agent waits for it: it taints its node and watches
+    // the DaemonSet until the lock is free.
+    cluster.set_lock(Some(&held_by(&cluster.nodes[1]))).await;
+    let sim = cluster.start_agent(
+        manifest,
+        &[
+            "--annotate-nodes",
+            "--pre-reboot-node-labels=kured.test/reboot=pending",
+            "--post-reboot-node-labels=kured.test/reboot=done",
+            &format!("--prefer-no-schedule-taint={WAITING_TAINT}"),
+        ],
+    );
+    eventually(
+        "the agent to wait for the lock, tainted",
+        Duration::from_secs(30),
+        || async {
+            let waiting = sim
+                .log()
+                .contains("\"message\":\"reboot required; waiting for the lock\"");
+            (waiting && has_taint(&cluster.node(0).await, WAITING_TAINT)).then_some(())
+        },
+    )
+    .await;
+    cluster.set_lock(None).await;
+    eventually(
+        "an eviction refused by web's budget",
+        Duration::from_secs(60),
+        || async {
+            sim.log()
+                .contains("\"message\":\"eviction refused for now; retrying\"")
+                .then_some(())
+        },
+    )
+    .await;
+    set_unschedulable(&cluster.scope, &cluster.nodes[1], false).await;
+    let node = eventually(
+        "node 0 drained, rebooted, uncordoned, lock released",
+        Duration::from_secs(120),
+        || async {
+            let node = cluster.node(0).await;
+            let boots = sim.boot_ids();
+            let rebooted = sim.reboots() == 1 && boots.len() == 2 && boot_id(&node) == boots[1];
+            let back = rebooted && !sim.sentinel.exists() && !unschedulable(&node);
+            (back && cluster.lock().await.is_none()).then_some(node)
+        },
+    )
+    .await;
+    let log = sim.log();
+    eprintln!(
+        "{}: set up in {setup:?}, reboot cycle in {:?}",
+        manifest.path,
+        started.elapsed() - setup
+    );
+    assert!(
+        forbidden_lines(&log).is_empty(),
+        "{}: the agent was refused something:\n{}",
+        manifest.path,
+        forbidden_lines(&log).join("\n")
+    );
+    // What the cycle went through, each step under the ServiceAccount's permissions.
+    for step in [
+        "\"message\":\"lock acquired\"",
+        "\"message\":\"cordoned\"",
+        "\"message\":\"eviction refused for now; retrying\"",
+        "\"message\":\"drained\"",
+        "\"message\":\"uncordoned\"",
+        "\"message\":\"lock released\"",
+    ] {
+        assert!(
+            log.contains(step),
+            "{}: no {step} in the log:\n{log}",
+            manifest.path
+        );
+    }
+    let skipped = |pod: &str| {
+        log.lines()
+            .any(|l| l.contains("\"message\":\"not evicting\"") && l.contains(pod))
+    };
+    assert!(skipped("/kured-"), "the agent's own pod stays:\n{log}");
+    assert!(skipped("/logger-"), "another DaemonSet's pod stays:\n{log}");
+    let web = running_on(&cluster.scope, "app=web", &[&cluster.nodes[1], &cluster.nodes[1]]).await;
+    assert_eq!(web.len(), 2, "web moved to node 1");
+    assert_eq!(
+        node.labels().get("kured.test/reboot").map(String::as_str),
+        Some("done")
+    );
+    assert!(node.annotations().contains_key(MOST_RECENT_REBOOT_NEEDED));
+    assert!(!node.annotations().contains_key(REBOOT_IN_PROGRESS));
+    assert!(
+        !has_taint(&node, WAITING_TAINT),
+        "the waiting taint is gone: {:?}",
+        node.spec
+    );
+    // The DaemonSet's pods are still in place (the drain left them alone).
+    running_on(
+        &cluster.scope,
+        "name=kured",
+        &[&cluster.nodes[0], &cluster.nodes[1]],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn with_the_command_manifests_rbac_a_node_goes_through_a_whole_reboot_cycle() {
+    full_cycle_with_the_manifests_rbac(&COMMAND, "deploy-command").await;
+}
+
+#[tokio::test]
+async fn with_the_signal_manifests_rbac_a_node_goes_through_a_whole_reboot_cycle() {
+    full_cycle_with_the_manifests_rbac(&SIGNAL, "deploy-signal").await;
+}
+
+/// With `withheld` taken away, the drain fails with a 403 that names `resource`, and the node is
+/// given back without a reboot.
+async fn withholding_fails_the_drain(withheld: Withhold, resource: &str, test: &str) {
+    let cluster = Cluster::new(&SIGNAL, test, Some(withheld)).await;
+    let sim = cluster.start_agent(&SIGNAL, &[]);
+    let failure = eventually("the drain to fail", Duration::from_secs(60), || async {
+        sim.log()
+            .lines()
+            .find(|l| l.contains("drain failed; giving the node back and releasing the lock"))
+            .map(str::to_owned)
+    })
+    .await;
+    eprintln!("{failure}");
+    assert!(
+        failure.contains("403") && failure.contains("forbidden") && failure.contains(resource),
+        "the failure names the refusal of {resource}: {failure}"
+    );
+    eventually(
+        "node 0 given back and the lock free",
+        Duration::from_secs(30),
+        || async {
+            let node = cluster.node(0).await;
+            (!unschedulable(&node) && cluster.lock().await.is_none()).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(sim.reboots(), 0, "no reboot after a failed drain:\n{}", sim.log());
+    assert!(Path::new(&sim.sentinel).exists());
+}
+
+#[tokio::test]
+async fn without_creating_evictions_the_drain_fails_with_403() {
+    withholding_fails_the_drain(
+        NO_EVICTION,
+        r#"cannot create resource \"pods/eviction\""#,
+        "deploy-noevict",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn without_reading_daemonsets_the_drain_fails_with_403() {
+    withholding_fails_the_drain(
+        NO_DAEMONSET_READ,
+        r#"cannot get resource \"daemonsets\""#,
+        "deploy-nods",
+    )
+    .await;
+}
+
+/// Without list and watch on its DaemonSet, an agent waiting for the lock is refused the watch
+/// (403, in the log, which the full-cycle tests forbid) and falls back to polling.
+#[tokio::test]
+async fn without_watching_the_lock_a_waiting_agent_is_refused_and_polls() {
+    let cluster = Cluster::new(&SIGNAL, "deploy-nowatch", Some(NO_LOCK_WATCH)).await;
+    cluster.set_lock(Some(&held_by(&cluster.nodes[1]))).await;
+    let sim = cluster.start_agent(&SIGNAL, &[]);
+    let refused = eventually(
+        "the watch of the lock to be refused",
+        Duration::from_secs(60),
+        || async {
+            sim.log()
+                .lines()
+                .find(|l| l.contains("may not watch the lock object; polling"))
+                .map(str::to_owned)
+        },
+    )
+    .await;
+    eprintln!("{refused}");
+    assert!(
+        refused.contains("403")
+            && (refused.contains(r#"cannot list resource \"daemonsets\""#)
+                || refused.contains(r#"cannot watch resource \"daemonsets\""#)),
+        "{refused}"
+    );
+    assert!(!forbidden_lines(&sim.log()).is_empty());
+    assert_eq!(sim.reboots(), 0);
+}
