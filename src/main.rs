@@ -59,6 +59,16 @@ fn runtime(error: impl Into<anyhow::Error>) -> Failure {
     }
 }
 
+/// The agent and the commands wait on the API server, timers and child processes; one thread
+/// does that well and keeps the resident set small.
+fn async_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(runtime)
+}
+
 /// Writes the final error where Kubernetes shows it, when running in a pod.
 fn report_termination(line: &str) {
     if std::path::Path::new(TERMINATION_LOG).exists()
@@ -94,11 +104,7 @@ const STATUS_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 fn status(args: &StatusArgs) -> Result<(), Failure> {
     use kured::status::{LockLocation, gather, render_text};
     use std::io::IsTerminal;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-        .map_err(runtime)?;
+    let rt = async_runtime()?;
     if args.ds_namespace.is_empty() || args.ds_name.is_empty() {
         return Err(usage(anyhow::anyhow!(
             "--ds-namespace and --ds-name must not be empty"
@@ -154,11 +160,7 @@ fn notify(args: &NotifyArgs) -> Result<(), Failure> {
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-        .map_err(runtime)?;
+    let rt = async_runtime()?;
     let deliveries = rt.block_on(async {
         let notifier = Notifications::new(targets, Options::default(), NotificationFailures::default())
             .map_err(runtime)?;
@@ -196,13 +198,7 @@ fn agent(args: &AgentArgs) -> Result<(), Failure> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    // The agent waits on the API server, timers and child processes; one thread does that well
-    // and keeps the resident set small.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-        .map_err(runtime)?;
+    let rt = async_runtime()?;
     rt.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {

@@ -18,46 +18,6 @@ use support::{Scope, SimulatedNode, eventually};
 
 const LOCK: &str = "weave.works/kured-node-lock";
 
-async fn create_deployment(scope: &Scope, name: &str, replicas: i32, node: Option<&str>) {
-    let mut selector = json!({ support::SCOPE_LABEL: scope.id });
-    if let Some(node) = node {
-        selector["kubernetes.io/hostname"] = json!(node);
-    }
-    let d: Deployment = serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": replicas,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": {
-                    "nodeSelector": selector,
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{ "name": "app", "image": "registry.invalid/app:1" }],
-                },
-            },
-        },
-    }))
-    .expect("a valid Deployment");
-    scope
-        .api::<Deployment>()
-        .create(&PostParams::default(), &d)
-        .await
-        .expect("creating the Deployment");
-}
-
-fn boot_id(node: &Node) -> String {
-    node.status
-        .as_ref()
-        .and_then(|s| s.node_info.as_ref())
-        .map(|i| i.boot_id.clone())
-        .unwrap_or_default()
-}
-
-fn unschedulable(node: &Node) -> bool {
-    node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
-}
-
 async fn lock_annotation(scope: &Scope) -> Option<String> {
     let ds = scope
         .api::<DaemonSet>()
@@ -76,7 +36,8 @@ async fn wait_for_reboot_cycle(scope: &Scope, name: &str, sim: &SimulatedNode, f
             let nodes = nodes.clone();
             async move {
                 let node = nodes.get(name).await.ok()?;
-                let back = boot_id(&node) != first_boot && sim.reboots() == 1 && !sim.sentinel.exists();
+                let back =
+                    support::boot_id(&node) != first_boot && sim.reboots() == 1 && !sim.sentinel.exists();
                 let released = lock_annotation(scope).await.is_none();
                 (back && released).then_some(node)
             }
@@ -90,7 +51,7 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
     let scope = Scope::new("agent-cycle").await;
     let names = scope.create_nodes(2).await;
     support::create_lock_daemonset(&scope).await;
-    create_deployment(&scope, "web", 2, None).await;
+    support::create_deployment(&scope, "web", 2, None).await;
     let nodes: Api<Node> = Api::all(scope.client.clone());
 
     // Record whether the node was ever cordoned while the agent worked.
@@ -102,7 +63,7 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
             let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
             let mut stream = std::pin::pin!(watcher(nodes, cfg).applied_objects());
             while let Some(Ok(node)) = stream.next().await {
-                if unschedulable(&node) {
+                if support::unschedulable(&node) {
                     return true;
                 }
             }
@@ -119,13 +80,13 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
                 .get(&name)
                 .await
                 .ok()
-                .map(|n| boot_id(&n))
+                .map(|n| support::boot_id(&n))
                 .filter(|b| !b.is_empty())
         }
     })
     .await;
     let node = wait_for_reboot_cycle(&scope, &names[0], &sim, &first_boot).await;
-    assert!(!unschedulable(&node), "uncordoned after the reboot");
+    assert!(!support::unschedulable(&node), "uncordoned after the reboot");
     assert!(
         tokio::time::timeout(Duration::from_secs(5), cordoned_seen)
             .await
@@ -167,14 +128,14 @@ async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
                 .get(&name)
                 .await
                 .ok()
-                .map(|n| boot_id(&n))
+                .map(|n| support::boot_id(&n))
                 .filter(|b| !b.is_empty())
         }
     })
     .await;
     let node = wait_for_reboot_cycle(&scope, &names[0], &sim, &first_boot).await;
     assert!(
-        unschedulable(&node),
+        support::unschedulable(&node),
         "the operator's cordon is kept; log:\n{}",
         sim.log()
     );
@@ -185,7 +146,7 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
     let scope = Scope::new("agent-drainfail").await;
     let names = scope.create_nodes(1).await;
     support::create_lock_daemonset(&scope).await;
-    create_deployment(&scope, "pinned", 1, Some(&names[0])).await;
+    support::create_deployment(&scope, "pinned", 1, Some(&names[0])).await;
     let pdb: PodDisruptionBudget = serde_json::from_value(json!({
         "metadata": { "name": "pinned" },
         "spec": { "minAvailable": 1, "selector": { "matchLabels": { "app": "pinned" } } },
@@ -219,7 +180,7 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
             let scope = &scope;
             async move {
                 let node = nodes.get(&name).await.ok()?;
-                (!unschedulable(&node) && lock_annotation(scope).await.is_none()).then_some(())
+                (!support::unschedulable(&node) && lock_annotation(scope).await.is_none()).then_some(())
             }
         },
     )
@@ -233,7 +194,7 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
     let scope = Scope::new("agent-blocked").await;
     let names = scope.create_nodes(1).await;
     support::create_lock_daemonset(&scope).await;
-    create_deployment(&scope, "batch", 1, Some(&names[0])).await;
+    support::create_deployment(&scope, "batch", 1, Some(&names[0])).await;
     eventually("the blocking pod to run", Duration::from_secs(60), || async {
         let pods = scope.api::<k8s_openapi::api::core::v1::Pod>();
         let list = pods
@@ -262,17 +223,17 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
     );
     assert_eq!(lock_annotation(&scope).await, None, "no lock while blocked");
     let node = nodes.get(&names[0]).await.expect("the node");
-    assert!(!unschedulable(&node), "not cordoned while blocked");
+    assert!(!support::unschedulable(&node), "not cordoned while blocked");
     assert_eq!(sim.reboots(), 0);
 
-    let first_boot = boot_id(&node);
+    let first_boot = support::boot_id(&node);
     scope
         .api::<Deployment>()
         .delete("batch", &Default::default())
         .await
         .expect("deleting the blocker");
     let node = wait_for_reboot_cycle(&scope, &names[0], &sim, &first_boot).await;
-    assert!(!unschedulable(&node));
+    assert!(!support::unschedulable(&node));
 }
 
 #[tokio::test]
@@ -317,7 +278,7 @@ async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
     drop(blocked);
 
     let nodes: Api<Node> = Api::all(scope.client.clone());
-    let first_boot = boot_id(&nodes.get(&names[0]).await.expect("the node"));
+    let first_boot = support::boot_id(&nodes.get(&names[0]).await.expect("the node"));
     let filtered = SimulatedNode::start(
         &scope,
         &names[0],

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -35,18 +35,6 @@ struct Record {
     violations: Vec<String>,
 }
 
-fn boot_id(node: &Node) -> String {
-    node.status
-        .as_ref()
-        .and_then(|s| s.node_info.as_ref())
-        .map(|i| i.boot_id.clone())
-        .unwrap_or_default()
-}
-
-fn unschedulable(node: &Node) -> bool {
-    node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
-}
-
 /// Watches the scope's Nodes and checks, at every change, that at most `limit` nodes are
 /// cordoned by kured.
 fn observe_nodes(scope: &Scope, limit: usize, record: Arc<Mutex<Record>>) -> tokio::task::JoinHandle<()> {
@@ -57,7 +45,7 @@ fn observe_nodes(scope: &Scope, limit: usize, record: Arc<Mutex<Record>>) -> tok
         while let Some(Ok(node)) = stream.next().await {
             let mut r = record.lock().expect("the record");
             let name = node.name_any();
-            let (cordoned, boot) = (unschedulable(&node), boot_id(&node));
+            let (cordoned, boot) = (support::unschedulable(&node), support::boot_id(&node));
             let boots = r.boots.entry(name.clone()).or_default();
             if !boot.is_empty() && boots.last() != Some(&boot) {
                 boots.push(boot.clone());
@@ -204,13 +192,13 @@ impl Rollout {
             assert_eq!(sim.reboots(), 1, "{name} rebooted once; log:\n{}", sim.log());
             let node = nodes.get(name).await.expect("the node");
             assert_eq!(
-                unschedulable(&node),
+                support::unschedulable(&node),
                 pre_cordoned.contains(name),
                 "{name} cordon state at the end"
             );
             let boots = boots_seen.get(name).cloned().unwrap_or_default();
             assert_eq!(boots.len(), 2, "{name}: one boot ID before, one after: {boots:?}");
-            assert_eq!(boot_id(&node), boots[1]);
+            assert_eq!(support::boot_id(&node), boots[1]);
         }
         eprintln!("max cordoned by kured at once: {max_cordoned} (limit {limit})");
     }
@@ -273,27 +261,7 @@ async fn pre_cordoned_and_blocked_nodes_and_a_budgeted_workload() {
         .push(names[0].clone());
 
     // A workload of 6 replicas over the scope's nodes with a budget of 5 available.
-    let d: Deployment = serde_json::from_value(json!({
-        "metadata": { "name": "web" },
-        "spec": {
-            "replicas": 6,
-            "selector": { "matchLabels": { "app": "web" } },
-            "template": {
-                "metadata": { "labels": { "app": "web" } },
-                "spec": {
-                    "nodeSelector": { support::SCOPE_LABEL: scope.id },
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{ "name": "app", "image": "registry.invalid/app:1" }],
-                },
-            },
-        },
-    }))
-    .expect("a valid Deployment");
-    scope
-        .api::<Deployment>()
-        .create(&PostParams::default(), &d)
-        .await
-        .expect("creating the Deployment");
+    support::create_deployment(scope, "web", 6, None).await;
     let pdb: PodDisruptionBudget = serde_json::from_value(json!({
         "metadata": { "name": "web" },
         "spec": { "minAvailable": 5, "selector": { "matchLabels": { "app": "web" } } },

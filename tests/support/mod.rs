@@ -443,3 +443,47 @@ pub async fn create_lock_daemonset(scope: &Scope) {
         .await
         .expect("creating the DaemonSet");
 }
+
+/// A Deployment `name` of `replicas` pods on the scope's nodes (or on `node` only), each pod
+/// taking a second to terminate.
+pub async fn create_deployment(scope: &Scope, name: &str, replicas: i32, node: Option<&str>) {
+    let mut selector = serde_json::json!({ SCOPE_LABEL: scope.id });
+    if let Some(node) = node {
+        selector["kubernetes.io/hostname"] = serde_json::json!(node);
+    }
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": {
+                    "nodeSelector": selector,
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{ "name": "app", "image": "registry.invalid/app:1" }],
+                },
+            },
+        },
+    }))
+    .expect("a valid Deployment");
+    scope
+        .api::<k8s_openapi::api::apps::v1::Deployment>()
+        .create(&kube::api::PostParams::default(), &d)
+        .await
+        .expect("creating the Deployment");
+}
+
+/// The node's boot ID as its kubelet (here: node-init) reports it.
+pub fn boot_id(node: &Node) -> String {
+    node.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.boot_id.clone())
+        .unwrap_or_default()
+}
+
+/// Whether the node is cordoned.
+pub fn unschedulable(node: &Node) -> bool {
+    node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+}
