@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -194,7 +194,21 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
     let scope = Scope::new("agent-blocked").await;
     let names = scope.create_nodes(1).await;
     support::create_lock_daemonset(&scope).await;
-    support::create_deployment(&scope, "batch", 1, Some(&names[0])).await;
+    // A bare pod, deleted directly below: no controller or garbage collector in the way.
+    let batch: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": { "name": "batch", "labels": { "app": "batch" } },
+        "spec": {
+            "nodeName": names[0],
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{ "name": "batch", "image": "registry.invalid/batch:1" }],
+        },
+    }))
+    .expect("a valid Pod");
+    scope
+        .api::<k8s_openapi::api::core::v1::Pod>()
+        .create(&PostParams::default(), &batch)
+        .await
+        .expect("creating the blocking pod");
     eventually("the blocking pod to run", Duration::from_secs(60), || async {
         let pods = scope.api::<k8s_openapi::api::core::v1::Pod>();
         let list = pods
@@ -217,7 +231,7 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
     )
     .await;
     assert!(
-        sim.log().contains("batch-"),
+        sim.log().contains("/batch"),
         "the block names the pod:\n{}",
         sim.log()
     );
@@ -228,7 +242,7 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
 
     let first_boot = support::boot_id(&node);
     scope
-        .api::<Deployment>()
+        .api::<k8s_openapi::api::core::v1::Pod>()
         .delete("batch", &Default::default())
         .await
         .expect("deleting the blocker");
