@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Helpers for bench/rollout: RSS sampling, metric parsing, and the report."""
+import glob, json, math, os, re, statistics, sys, time
+from datetime import datetime
+
+
+def children(pid):
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def agents(roots, binary):
+    """kured processes below the recorded PIDs (unshare -> node-init -> agent)."""
+    found, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        try:
+            if os.readlink(f"/proc/{pid}/exe") == binary:
+                found.append(pid)
+        except OSError:
+            pass
+        todo += children(pid)
+    return found
+
+
+def status_kb(pid, field):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def cmd_sample(out, binary, *roots):
+    """Every 0.5s, append 'time pid VmHWM VmRSS' for every agent to `out` (until killed)."""
+    roots = [int(r) for r in roots]
+    with open(out, "a", buffering=1) as f:
+        while True:
+            now = time.time()
+            for pid in agents(roots, binary):
+                hwm, rss = status_kb(pid, "VmHWM"), status_kb(pid, "VmRSS")
+                if hwm is not None:
+                    f.write(f"{now:.3f} {pid} {hwm} {rss}\n")
+            time.sleep(0.5)
+
+
+def cmd_idle(binary, *roots):
+    rss = [status_kb(p, "VmRSS") for p in agents([int(r) for r in roots], binary)]
+    rss = [r for r in rss if r is not None]
+    print(json.dumps(rss))
+
+
+LINE = re.compile(r'^apiserver_request_total\{(.*)\} (\S+)$')
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(path):
+    counts = {}
+    with open(path) as f:
+        for line in f:
+            m = LINE.match(line.strip())
+            if not m:
+                continue
+            labels = dict(LABEL.findall(m.group(1)))
+            key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""),
+                   labels.get("code", ""))
+            counts[key] = counts.get(key, 0) + float(m.group(2))
+    return counts
+
+
+def diff(a, b):
+    return {k: b.get(k, 0) - a.get(k, 0) for k in set(a) | set(b)}
+
+
+def by_call(counts, with_code=False):
+    out = {}
+    for (verb, res, sub, code), v in counts.items():
+        k = (verb, res, sub) + ((code,) if with_code else ())
+        out[k] = out.get(k, 0) + v
+    return out
+
+
+URL = re.compile(r'\] (GET|POST|PUT|PATCH|DELETE) https?://[^/]+(/[^ ?]*)(\?\S*)? ')
+
+
+def kubectl_calls(path):
+    """node-init's own requests, from its kubectl -v=6 log, keyed as apiserver_request_total."""
+    out = {}
+    if not os.path.exists(path):
+        return out
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = URL.search(line)
+            if not m:
+                continue
+            method, p, q = m.group(1), m.group(2).strip("/").split("/"), m.group(3) or ""
+            # /api/v1/<res>[/<name>[/<sub>]] or /api/v1/namespaces/<ns>/<res>/... or /apis/<g>/<v>/...
+            if not p or p[0] not in ("api", "apis"):
+                continue
+            p = p[2:] if p[0] == "api" else p[3:]
+            if len(p) >= 2 and p[0] == "namespaces" and len(p) > 2:
+                p = p[2:]
+            if not p:
+                continue
+            res, name, sub = p[0], p[1] if len(p) > 1 else "", p[2] if len(p) > 2 else ""
+            verb = method
+            if method == "GET":
+                verb = "WATCH" if "watch=true" in q else ("GET" if name else "LIST")
+            k = (verb, res, sub)
+            out[k] = out.get(k, 0) + 1
+    return out
+
+
+def ts(s):
+    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def agent_events(path):
+    """(time, message) of the agent's JSON log lines."""
+    out = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                j = json.loads(line)
+            except ValueError:
+                continue
+            msg = j.get("message") or (j.get("fields") or {}).get("message") or ""
+            t = j.get("timestamp") or j.get("time") or j.get("ts")
+            if t:
+                out.append((ts(t), msg))
+    return out
+
+
+def per_node(work):
+    """Per node: lock acquired, rebooting, back (node rebooted...), lock released (after the reboot)."""
+    nodes = {}
+    for log in sorted(glob.glob(f"{work}/nodes/*/agent.log")):
+        node = os.path.basename(os.path.dirname(log))
+        r = {}
+        for t, msg in agent_events(log):
+            if msg == "lock acquired" and "acquired" not in r:
+                r["acquired"] = t
+            elif msg == "rebooting" and "rebooting" not in r:
+                r["rebooting"] = t
+            elif msg.startswith("node rebooted") and "rebooting" in r and "back" not in r:
+                r["back"] = t
+            elif msg.startswith("lock released") and "rebooting" in r and "released" not in r:
+                r["released"] = t
+        nodes[node] = r
+    return nodes
+
+
+def cmd_done(work, n):
+    """Exit 0 when every node has rebooted and released the lock afterwards."""
+    nodes = per_node(work)
+    done = sum(1 for r in nodes.values() if "released" in r)
+    print(done)
+    sys.exit(0 if done >= int(n) else 1)
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def cmd_report(work, n, c, period, start, quiet_s):
+    n, c, start, quiet_s = int(n), int(c), float(start), float(quiet_s)
+    nodes = per_node(work)
+    full = [r for r in nodes.values() if {"acquired", "rebooting", "back", "released"} <= r.keys()]
+    end = max(r["released"] for r in full)
+    total = end - start
+    rounds = math.ceil(n / c)
+    work_s = [r["released"] - r["acquired"] for r in full]
+    w = med(work_s)
+    ideal = rounds * w
+    acq = sorted(r["acquired"] for r in full)
+    rel = sorted(r["released"] for r in full)
+    # hand-off: for each acquisition after the first c, the wait since the latest release before it
+    gaps = []
+    for a in acq[c:]:
+        before = [x for x in rel if x <= a]
+        if before:
+            gaps.append(a - before[-1])
+
+    print(f"rollout: N={n} nodes, concurrency c={c}, period {period}, {len(full)} of {n} nodes rebooted")
+    print(f"  total rollout time        {total:8.1f} s   (agents started -> last lock release)")
+    print(f"  per-node work (median)    {w:8.1f} s   (agent log: 'lock acquired' -> 'lock released' after the reboot;"
+          f" min {min(work_s):.1f}, max {max(work_s):.1f})")
+    print(f"    of which drain+signal   {med([r['rebooting'] - r['acquired'] for r in full]):8.1f} s   ('lock acquired' -> 'rebooting')")
+    print(f"    simulated reboot        {med([r['back'] - r['rebooting'] for r in full]):8.1f} s   ('rebooting' -> new agent's 'node rebooted')")
+    print(f"    return + release        {med([r['released'] - r['back'] for r in full]):8.1f} s   ('node rebooted' -> 'lock released')")
+    print(f"  ideal = ceil(N/c) x work  {ideal:8.1f} s   ({rounds} rounds x {w:.1f} s)")
+    print(f"  coordination overhead     {(total - ideal) / rounds:8.1f} s per round  ((total - ideal) / ceil(N/c);"
+          f" {(total - ideal) / n:.2f} s per node)")
+    print(f"    first lock acquired     {acq[0] - start:8.1f} s   after the agents started")
+    if gaps:
+        print(f"    lock hand-off (median)  {med(gaps):8.1f} s   (a release -> the next acquisition; max {max(gaps):.1f})")
+
+    # API requests
+    m0, m1, m2, m3 = (parse_metrics(f"{work}/metrics.{i}") for i in range(4))
+    quiet = by_call(diff(m0, m1))            # background, before any agent: controllers, kwok, scheduler
+    run = diff(m2, m3)                        # agents start -> rollout done
+    run_calls = by_call(run)
+    ni = kubectl_calls(f"{work}/kubectl.log")  # node-init's own kubectl calls, counted exactly
+    # only what the agents do: nodes (get/list/watch/patch), pods (list/watch, eviction), daemonsets (lock)
+    agent_keys = [k for k in run_calls if k[1] in ("nodes", "pods", "daemonsets") and k[2] in ("", "eviction")
+                  and k[0] in ("GET", "LIST", "WATCH", "PATCH", "APPLY", "PUT", "UPDATE", "POST", "CREATE")
+                  and not (k[1] == "pods" and k[2] == "" and k[0] not in ("GET", "LIST", "WATCH"))]
+    print(f"  API requests by the agents (apiserver_request_total has no user-agent label: delta over the rollout of")
+    print(f"    the calls kured makes, minus node-init's kubectl calls (counted from kubectl -v=6) and minus the")
+    print(f"    background rate of the same calls over a {quiet_s:.0f}s quiet window before the agents started)")
+    rows, tot = [], 0
+    dur = end - start
+    for k in sorted(agent_keys, key=lambda k: (k[1], k[2], k[0])):
+        d = run_calls[k]
+        bg = quiet.get(k, 0) * dur / quiet_s if quiet_s else 0
+        a = max(0.0, d - ni.get(k, 0) - bg)  # the background estimate is noisy; never below zero
+        if d == 0:
+            continue
+        tot += a
+        rows.append((k, d, ni.get(k, 0), bg, a))
+    print(f"    {'verb':7} {'resource':22} {'delta':>7} {'node-init':>9} {'backgr.':>8} {'agents':>8} {'/node':>7}")
+    for (verb, res, sub), d, nic, bg, a in rows:
+        r = res + ("/" + sub if sub else "")
+        print(f"    {verb:7} {r:22} {d:7.0f} {nic:9.0f} {bg:8.0f} {a:8.0f} {a / n:7.1f}")
+    print(f"    total   {'':22} {'':7} {'':9} {'':8} {tot:8.0f} {tot / n:7.1f}   ({tot / dur:.1f} requests/s)")
+    conflicts = sum(v for (verb, res, sub, code), v in run.items()
+                    if res == "daemonsets" and sub == "" and code == "409" and verb in ("PUT", "UPDATE", "PATCH", "APPLY"))
+    writes = sum(v for (verb, res, sub, code), v in run.items()
+                 if res == "daemonsets" and sub == "" and verb in ("PUT", "UPDATE", "PATCH", "APPLY"))
+    print(f"  409 conflicts on the lock {conflicts:8.0f}     ({conflicts / n:.2f} per hand-off; {writes:.0f} lock writes,"
+          f" {writes / n:.1f} per hand-off)")
+
+    # RSS
+    hwm, pids = 0, set()
+    with open(f"{work}/rss") as f:
+        for line in f:
+            _, pid, h, _ = line.split()
+            hwm = max(hwm, int(h))
+            pids.add(pid)
+    idle = json.load(open(f"{work}/idle-rss"))
+    print(f"  agent peak RSS            {hwm / 1024:8.1f} MiB (max VmHWM over {len(pids)} agent processes, sampled every 0.5 s)")
+    if idle:
+        print(f"  agent idle RSS            {med(idle) / 1024:8.1f} MiB (median VmRSS of {len(idle)} agents after the rollout;"
+              f" max {max(idle) / 1024:.1f})")
+
+
+if __name__ == "__main__":
+    globals()["cmd_" + sys.argv[1]](*sys.argv[2:])
