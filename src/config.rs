@@ -56,11 +56,9 @@ pub enum Command {
     Status(StatusArgs),
 }
 
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// Path of a kubeconfig file (default: KUBECONFIG, ~/.kube/config, then in-cluster)
-    #[arg(long, env = "KURED_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
+/// Where the lock is: shared by the agent and `kured status`.
+#[derive(Debug, Clone, Args)]
+pub struct LockArgs {
     /// Namespace of the DaemonSet that carries the lock
     #[arg(long, env = "KURED_DS_NAMESPACE", default_value = "kube-system")]
     pub ds_namespace: String,
@@ -74,6 +72,15 @@ pub struct StatusArgs {
         default_value = "weave.works/kured-node-lock"
     )]
     pub lock_annotation: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Path of a kubeconfig file (default: KUBECONFIG, ~/.kube/config, then in-cluster)
+    #[arg(long, env = "KURED_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub lock: LockArgs,
     /// Keep showing the status, refreshed every two seconds, until interrupted
     #[arg(long)]
     pub watch: bool,
@@ -228,19 +235,8 @@ pub struct AgentArgs {
     #[arg(long, env = "KURED_SKIP_WAIT_FOR_DELETE_TIMEOUT", default_value_t = 0)]
     pub skip_wait_for_delete_timeout: u64,
 
-    /// Namespace of the DaemonSet that carries the lock
-    #[arg(long, env = "KURED_DS_NAMESPACE", default_value = "kube-system")]
-    pub ds_namespace: String,
-    /// Name of the DaemonSet that carries the lock
-    #[arg(long, env = "KURED_DS_NAME", default_value = "kured")]
-    pub ds_name: String,
-    /// Annotation on the DaemonSet that records the lock holders
-    #[arg(
-        long,
-        env = "KURED_LOCK_ANNOTATION",
-        default_value = "weave.works/kured-node-lock"
-    )]
-    pub lock_annotation: String,
+    #[command(flatten)]
+    pub lock: LockArgs,
     /// Treat a lock held longer than this as abandoned (0: never)
     #[arg(long, env = "KURED_LOCK_TTL", default_value = "0", value_parser = parse_duration)]
     pub lock_ttl: GoDuration,
@@ -640,7 +636,7 @@ impl AgentArgs {
         if self.concurrency == 0 {
             return Err(invalid("concurrency", "0", "expected at least 1"));
         }
-        let lock_annotation = strip_quotes(&self.lock_annotation);
+        let lock_annotation = strip_quotes(&self.lock.lock_annotation);
         selector::check_key(lock_annotation).map_err(|e| invalid("lock-annotation", lock_annotation, e))?;
         let prefer_no_schedule_taint = non_empty(&self.prefer_no_schedule_taint)
             .map(|t| {
@@ -731,8 +727,8 @@ impl AgentArgs {
             drain_pod_selector: parse_selector("drain-pod-selector", &self.drain_pod_selector)?,
             skip_wait_for_delete_timeout: (self.skip_wait_for_delete_timeout > 0)
                 .then(|| Duration::from_secs(self.skip_wait_for_delete_timeout)),
-            ds_namespace: strip_quotes(&self.ds_namespace).to_owned(),
-            ds_name: strip_quotes(&self.ds_name).to_owned(),
+            ds_namespace: strip_quotes(&self.lock.ds_namespace).to_owned(),
+            ds_name: strip_quotes(&self.lock.ds_name).to_owned(),
             lock_annotation: lock_annotation.to_owned(),
             lock_ttl: zero_is_none("lock-ttl", self.lock_ttl)?,
             lock_release_delay: non_negative("lock-release-delay", self.lock_release_delay)?,

@@ -105,15 +105,15 @@ fn status(args: &StatusArgs) -> Result<(), Failure> {
     use kured::status::{LockLocation, gather, render_text};
     use std::io::IsTerminal;
     let rt = async_runtime()?;
-    if args.ds_namespace.is_empty() || args.ds_name.is_empty() {
+    if args.lock.ds_namespace.is_empty() || args.lock.ds_name.is_empty() {
         return Err(usage(anyhow::anyhow!(
             "--ds-namespace and --ds-name must not be empty"
         )));
     }
     let lock = LockLocation {
-        namespace: args.ds_namespace.clone(),
-        name: args.ds_name.clone(),
-        annotation: args.lock_annotation.clone(),
+        namespace: args.lock.ds_namespace.clone(),
+        name: args.lock.ds_name.clone(),
+        annotation: args.lock.lock_annotation.clone(),
     };
     rt.block_on(async {
         let client = kube_client(args.kubeconfig.as_deref()).await.map_err(runtime)?;
