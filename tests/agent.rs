@@ -72,19 +72,7 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
     };
 
     let sim = SimulatedNode::start(&scope, &names[0], &[]);
-    let first_boot = eventually("node-init to set a boot ID", Duration::from_secs(30), || {
-        let nodes = nodes.clone();
-        let name = names[0].clone();
-        async move {
-            nodes
-                .get(&name)
-                .await
-                .ok()
-                .map(|n| support::boot_id(&n))
-                .filter(|b| !b.is_empty())
-        }
-    })
-    .await;
+    let first_boot = support::first_boot_id(&scope, &names[0]).await;
     let node = wait_for_reboot_cycle(&scope, &names[0], &sim, &first_boot).await;
     assert!(!support::unschedulable(&node), "uncordoned after the reboot");
     assert!(
@@ -120,19 +108,7 @@ async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
         .expect("cordoning by hand");
 
     let sim = SimulatedNode::start(&scope, &names[0], &[]);
-    let first_boot = eventually("node-init to set a boot ID", Duration::from_secs(30), || {
-        let nodes = nodes.clone();
-        let name = names[0].clone();
-        async move {
-            nodes
-                .get(&name)
-                .await
-                .ok()
-                .map(|n| support::boot_id(&n))
-                .filter(|b| !b.is_empty())
-        }
-    })
-    .await;
+    let first_boot = support::first_boot_id(&scope, &names[0]).await;
     let node = wait_for_reboot_cycle(&scope, &names[0], &sim, &first_boot).await;
     assert!(
         support::unschedulable(&node),

@@ -487,3 +487,20 @@ pub fn boot_id(node: &Node) -> String {
 pub fn unschedulable(node: &Node) -> bool {
     node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
 }
+
+/// The boot ID node-init gives a simulated node when it starts, once it is there.
+pub async fn first_boot_id(scope: &Scope, name: &str) -> String {
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+    eventually("node-init to set a boot ID", Duration::from_secs(30), || {
+        let nodes = nodes.clone();
+        async move {
+            nodes
+                .get(name)
+                .await
+                .ok()
+                .map(|n| boot_id(&n))
+                .filter(|b| !b.is_empty())
+        }
+    })
+    .await
+}
