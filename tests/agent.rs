@@ -50,7 +50,7 @@ async fn wait_for_reboot_cycle(scope: &Scope, name: &str, sim: &SimulatedNode, f
 async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
     let scope = Scope::new("agent-cycle").await;
     let names = scope.create_nodes(2).await;
-    support::create_lock_daemonset(&scope).await;
+    let agents = support::Agents::new(&scope).await;
     support::create_deployment(&scope, "web", 2, None).await;
     let nodes: Api<Node> = Api::all(scope.client.clone());
 
@@ -71,7 +71,7 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
         })
     };
 
-    let sim = SimulatedNode::start(&scope, &names[0], &[]);
+    let sim = agents.start(&scope, &names[0], &[]);
     let first_boot = support::first_boot_id(&scope, &names[0]).await;
     let node = wait_for_reboot_cycle(&scope, &names[0], &sim, &first_boot).await;
     assert!(!support::unschedulable(&node), "uncordoned after the reboot");
@@ -96,7 +96,7 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
 async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
     let scope = Scope::new("agent-cordoned").await;
     let names = scope.create_nodes(1).await;
-    support::create_lock_daemonset(&scope).await;
+    let agents = support::Agents::new(&scope).await;
     let nodes: Api<Node> = Api::all(scope.client.clone());
     nodes
         .patch(
@@ -107,7 +107,7 @@ async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
         .await
         .expect("cordoning by hand");
 
-    let sim = SimulatedNode::start(&scope, &names[0], &[]);
+    let sim = agents.start(&scope, &names[0], &[]);
     let first_boot = support::first_boot_id(&scope, &names[0]).await;
     let node = wait_for_reboot_cycle(&scope, &names[0], &sim, &first_boot).await;
     assert!(
@@ -121,7 +121,7 @@ async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
 async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
     let scope = Scope::new("agent-drainfail").await;
     let names = scope.create_nodes(1).await;
-    support::create_lock_daemonset(&scope).await;
+    let agents = support::Agents::new(&scope).await;
     support::create_deployment(&scope, "pinned", 1, Some(&names[0])).await;
     let pdb: PodDisruptionBudget = serde_json::from_value(json!({
         "metadata": { "name": "pinned" },
@@ -139,7 +139,7 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
     })
     .await;
 
-    let sim = SimulatedNode::start(&scope, &names[0], &["--drain-timeout=3s"]);
+    let sim = agents.start(&scope, &names[0], &["--drain-timeout=3s"]);
     eventually("a failed drain", Duration::from_secs(60), || async {
         sim.log()
             .contains("drain failed; giving the node back and releasing the lock")
@@ -169,7 +169,7 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
 async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() {
     let scope = Scope::new("agent-blocked").await;
     let names = scope.create_nodes(1).await;
-    support::create_lock_daemonset(&scope).await;
+    let agents = support::Agents::new(&scope).await;
     // A bare pod, deleted directly below: no controller or garbage collector in the way.
     let batch: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
         "metadata": { "name": "batch", "labels": { "app": "batch" } },
@@ -199,7 +199,7 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
     .await;
     let nodes: Api<Node> = Api::all(scope.client.clone());
 
-    let sim = SimulatedNode::start(&scope, &names[0], &["--blocking-pod-selector=app=batch"]);
+    let sim = agents.start(&scope, &names[0], &["--blocking-pod-selector=app=batch"]);
     eventually(
         "the agent to report the block",
         Duration::from_secs(30),
@@ -230,12 +230,12 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
 async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
     let scope = Scope::new("agent-alert").await;
     let names = scope.create_nodes(1).await;
-    support::create_lock_daemonset(&scope).await;
+    let agents = support::Agents::new(&scope).await;
     let prometheus = support::prometheus::Prometheus::start(None).await;
 
     // RebootRequired fires and LongPending is pending: with --alert-firing-only and a filter that
     // ignores RebootRequired, nothing blocks; without the filter, RebootRequired blocks.
-    let blocked = SimulatedNode::start(
+    let blocked = agents.start(
         &scope,
         &names[0],
         &[
@@ -269,7 +269,7 @@ async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
 
     let nodes: Api<Node> = Api::all(scope.client.clone());
     let first_boot = support::boot_id(&nodes.get(&names[0]).await.expect("the node"));
-    let filtered = SimulatedNode::start(
+    let filtered = agents.start(
         &scope,
         &names[0],
         &[

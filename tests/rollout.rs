@@ -109,6 +109,7 @@ fn observe_pods(
 }
 
 struct Rollout {
+    agents: support::Agents,
     scope: Scope,
     names: Vec<String>,
     record: Arc<Mutex<Record>>,
@@ -118,8 +119,9 @@ impl Rollout {
     async fn new(test: &str, nodes: usize) -> Rollout {
         let scope = Scope::new(test).await;
         let names = scope.create_nodes(nodes).await;
-        support::create_lock_daemonset(&scope).await;
+        let agents = support::Agents::new(&scope).await;
         Rollout {
+            agents,
             scope,
             names,
             record: Arc::default(),
@@ -131,7 +133,7 @@ impl Rollout {
         let args: Vec<&str> = [&[c.as_str()], extra].concat();
         self.names
             .iter()
-            .map(|n| SimulatedNode::start(&self.scope, n, &args))
+            .map(|n| self.agents.start(&self.scope, n, &args))
             .collect()
     }
 

@@ -284,13 +284,6 @@ impl Drop for SimulatedNode {
 }
 
 impl SimulatedNode {
-    /// Starts the agent for `node` with the admin kubeconfig, the lock on DaemonSet `kured` in the
-    /// scope's namespace, and `--reboot-method=signal`, plus `extra_args`.
-    pub fn start(scope: &Scope, node: &str, extra_args: &[&str]) -> SimulatedNode {
-        let args = [&["--reboot-method=signal"], extra_args].concat();
-        SimulatedNode::start_as(scope, node, &kubeconfig_path(), &args)
-    }
-
     /// Starts the agent for `node` with the credentials of `kubeconfig` and the lock on DaemonSet
     /// `kured` in the scope's namespace, plus `args` (the reboot method among them). node-init
     /// itself, which plays the node's kubelet, keeps using the admin kubeconfig.
@@ -417,6 +410,70 @@ pub async fn client_from_kubeconfig(path: &std::path::Path) -> Client {
         .expect("a usable kubeconfig");
     config.default_retry = false;
     Client::try_from(config).expect("a client")
+}
+
+/// What the agents of a scope share, as in a real install of deploy/kured.yaml: DaemonSet `kured`
+/// in the scope's namespace, which carries their lock, and ServiceAccount `kured` there, bound to
+/// the manifest's own RBAC rules, whose token is all the agents authenticate with
+/// (`scripts/testcluster agent-kubeconfig`). A permission the agent needs and the manifest lacks
+/// fails the test. The cluster-wide RBAC objects are deleted on drop (the rest goes with the
+/// namespace).
+pub struct Agents {
+    /// A kubeconfig holding nothing but the ServiceAccount's token.
+    pub kubeconfig: PathBuf,
+    namespace: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Agents {
+    pub async fn new(scope: &Scope) -> Agents {
+        create_lock_daemonset(scope).await;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let kubeconfig = dir.path().join("kured.kubeconfig");
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let output = tokio::process::Command::new(repo.join("scripts/testcluster"))
+            .arg("agent-kubeconfig")
+            .arg(&scope.namespace)
+            .arg(&kubeconfig)
+            .output()
+            .await
+            .expect("running scripts/testcluster agent-kubeconfig");
+        assert!(
+            output.status.success(),
+            "scripts/testcluster agent-kubeconfig {} failed: {}",
+            scope.namespace,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Agents {
+            kubeconfig,
+            namespace: scope.namespace.clone(),
+            _dir: dir,
+        }
+    }
+
+    /// Starts the agent for `node` with the ServiceAccount's token, the lock on DaemonSet `kured`
+    /// in the scope's namespace, and `--reboot-method=signal`, plus `extra_args`.
+    pub fn start(&self, scope: &Scope, node: &str, extra_args: &[&str]) -> SimulatedNode {
+        let args = [&["--reboot-method=signal"], extra_args].concat();
+        SimulatedNode::start_as(scope, node, &self.kubeconfig, &args)
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        let result = std::process::Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", kubeconfig_path().display()))
+            .args(["delete", "clusterrole,clusterrolebinding", "--wait=false", "-l"])
+            .arg(format!("kured.test/agent-rbac={}", self.namespace))
+            .stdout(std::process::Stdio::null())
+            .status();
+        if !result.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "cleanup: deleting the agents' ClusterRole and ClusterRoleBinding of {} failed",
+                self.namespace
+            );
+        }
+    }
 }
 
 /// The DaemonSet `kured` in the scope's namespace, which carries the lock of the scope's agents.
