@@ -121,6 +121,40 @@ async fn deployment_pods_run_on_kwok_nodes() {
     }
 }
 
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The node-lifecycle controller marks every pod of a node that missed its heartbeats unready
+/// (a status patch setting Ready=False). A kubelet makes them Ready again once the node is back;
+/// so must kwok, or a PodDisruptionBudget over those pods stays exhausted and every later drain
+/// stalls.
+#[tokio::test]
+async fn a_running_pod_marked_unready_becomes_ready_again() {
+    let scope = Scope::new("pod-ready-again").await;
+    scope.create_nodes(1).await;
+    create_deployment(&scope, "web", 1).await;
+    let pod = running_pods(&scope, "web", 1).await.remove(0);
+    let name = pod.metadata.name.clone().expect("a named pod");
+    assert!(is_ready(&pod), "pod {name} is Running but not Ready");
+    let pods: Api<Pod> = scope.api();
+    let unready = json!({ "status": { "conditions": [{ "type": "Ready", "status": "False", "reason": "NodeNotReady" }] } });
+    let patched = pods
+        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(unready))
+        .await
+        .expect("marking the pod unready, as the node-lifecycle controller does");
+    assert!(!is_ready(&patched), "the patch did not mark pod {name} unready");
+    wait_for(
+        "the pod to be Ready again",
+        Duration::from_secs(30),
+        kube::runtime::wait::await_condition(pods.clone(), &name, |p: Option<&Pod>| p.is_some_and(is_ready)),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn pod_disruption_budget_refuses_eviction_until_relaxed() {
     let scope = Scope::new("pdb").await;
