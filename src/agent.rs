@@ -286,6 +286,12 @@ impl<N: Notifier> Agent<N> {
                 .await;
             }
             let reasons = self.blockers.check().await;
+            let mut labels: Vec<&str> = reasons.iter().map(|r| r.kind.metric_label()).collect();
+            labels.sort_unstable();
+            labels.dedup();
+            for label in labels {
+                self.metrics.count_blocked(label);
+            }
             obs.blockers = Some(reasons.iter().map(ToString::to_string).collect());
             step = decide::decide(&obs, &self.policy, now);
         }
@@ -418,6 +424,7 @@ impl<N: Notifier> Agent<N> {
     /// gives the node back and releases the lock.
     async fn drain_and_reboot(&self, was_unschedulable: bool) -> Wait {
         let node_id = &self.config.node_id;
+        self.publish(Some(true), Phase::Draining, String::new()).await;
         if let Err(e) = self.node.set_labels(&self.config.pre_reboot_node_labels).await {
             error!(node = %node_id, error = %crate::error_chain(&e), "setting pre-reboot labels");
         }
@@ -480,7 +487,9 @@ impl<N: Notifier> Agent<N> {
                 &notify::render(&self.config.message_template_reboot, node_id),
             )
             .await;
-        info!(node = %node_id, rebooter = %self.config.rebooter.describe(), "rebooting");
+        let rebooter = self.config.rebooter.describe();
+        self.publish(Some(true), Phase::Rebooting, rebooter.clone()).await;
+        info!(node = %node_id, rebooter = %rebooter, "rebooting");
         match self.config.rebooter.reboot().await {
             // The host goes down; until it does, look again only after a period (by then the
             // boot ID says whether the reboot happened).

@@ -35,6 +35,12 @@ struct NodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BlockedLabels {
+    node: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SchemeLabel {
     scheme: String,
 }
@@ -74,6 +80,7 @@ pub struct Metrics {
     node: NodeLabel,
     reboot_required: Family<NodeLabel, Gauge>,
     sentinel_errors: Family<NodeLabel, Counter>,
+    reboot_blocked: Family<BlockedLabels, Gauge>,
     notification_failures: NotificationFailures,
 }
 
@@ -92,6 +99,14 @@ impl Metrics {
             "Reboot sentinel checks that failed (command error, unreadable file)",
             sentinel_errors.clone(),
         );
+        // Upstream's name exactly, without the `_total` OpenMetrics requires of a counter: so it is
+        // exposed as a gauge, one that only ever goes up.
+        let reboot_blocked = Family::<BlockedLabels, Gauge>::default();
+        registry.register(
+            "kured_reboot_blocked_reason",
+            "Times a needed reboot was found blocked, by blocker (prometheus_alert, blocker_pod)",
+            reboot_blocked.clone(),
+        );
         let notification_failures = NotificationFailures::default();
         registry.register(
             "kured_notifications_failed",
@@ -108,6 +123,7 @@ impl Metrics {
             node,
             reboot_required,
             sentinel_errors,
+            reboot_blocked,
             notification_failures,
         }
     }
@@ -120,6 +136,16 @@ impl Metrics {
 
     pub fn count_sentinel_error(&self) {
         self.sentinel_errors.get_or_create(&self.node).inc();
+    }
+
+    /// Counts one check that found the reboot blocked by blocker `reason` (the blocker kind's
+    /// upstream label, [`crate::blockers::BlockKind::metric_label`]).
+    pub fn count_blocked(&self, reason: &str) {
+        let labels = BlockedLabels {
+            node: self.node.node.clone(),
+            reason: reason.to_owned(),
+        };
+        self.reboot_blocked.get_or_create(&labels).inc();
     }
 
     pub fn count_notification_failure(&self, scheme: &str) {
@@ -215,6 +241,28 @@ mod tests {
         assert!(
             m.encode()
                 .contains("kured_sentinel_errors_total{node=\"node-a\"} 2")
+        );
+    }
+
+    #[test]
+    fn blocked_reboots_are_counted_under_upstreams_name_and_labels() {
+        let m = Metrics::new("node-a");
+        assert!(!m.encode().contains("kured_reboot_blocked_reason{"));
+        m.count_blocked("blocker_pod");
+        m.count_blocked("blocker_pod");
+        m.count_blocked("prometheus_alert");
+        let text = m.encode();
+        assert!(
+            text.contains("# TYPE kured_reboot_blocked_reason gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kured_reboot_blocked_reason{node=\"node-a\",reason=\"blocker_pod\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kured_reboot_blocked_reason{node=\"node-a\",reason=\"prometheus_alert\"} 1"),
+            "{text}"
         );
     }
 

@@ -5,6 +5,7 @@
 mod support;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -54,20 +55,32 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
     support::create_deployment(&scope, "web", 2, None).await;
     let nodes: Api<Node> = Api::all(scope.client.clone());
 
-    // Record whether the node was ever cordoned while the agent worked.
-    let cordoned_seen = {
-        let nodes = nodes.clone();
+    // Record whether the node was ever cordoned while the agent worked, and each phase the agent
+    // published for `kured status` (kured.dev/agent-state), in order.
+    let seen: Arc<Mutex<(bool, Vec<String>)>> = Arc::default();
+    let watch = {
+        let (nodes, seen) = (nodes.clone(), seen.clone());
         let name = names[0].clone();
         tokio::spawn(async move {
             use futures::StreamExt;
             let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
             let mut stream = std::pin::pin!(watcher(nodes, cfg).applied_objects());
             while let Some(Ok(node)) = stream.next().await {
-                if support::unschedulable(&node) {
-                    return true;
+                let phase = node
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("kured.dev/agent-state"))
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+                    .and_then(|v| v["phase"].as_str().map(str::to_owned));
+                let mut seen = seen.lock().expect("not poisoned");
+                seen.0 |= support::unschedulable(&node);
+                if let Some(phase) = phase
+                    && seen.1.last() != Some(&phase)
+                {
+                    seen.1.push(phase);
                 }
             }
-            false
         })
     };
 
@@ -75,14 +88,17 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
     let first_boot = support::first_boot_id(&scope, &names[0]).await;
     let node = wait_for_reboot_cycle(&scope, &names[0], &sim, &first_boot).await;
     assert!(!support::unschedulable(&node), "uncordoned after the reboot");
-    assert!(
-        tokio::time::timeout(Duration::from_secs(5), cordoned_seen)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            == Some(true),
-        "the node was cordoned during the drain"
-    );
+    // The last phase, idle, is published right after the release.
+    eventually("the agent to publish idle", Duration::from_secs(10), || async {
+        (seen.lock().expect("not poisoned").1.last().map(String::as_str) == Some("idle")).then_some(())
+    })
+    .await;
+    watch.abort();
+    let (cordoned, phases) = seen.lock().expect("not poisoned").clone();
+    assert!(cordoned, "the node was cordoned during the drain");
+    let expected = ["draining", "rebooting", "recovering", "idle"];
+    let tail = &phases[phases.len().saturating_sub(expected.len())..];
+    assert_eq!(tail, expected, "published phases, in order: {phases:?}");
     // The sentinel is gone, so the agent stays idle: one reboot, no more.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(sim.reboots(), 1, "agent log:\n{}", sim.log());
@@ -212,6 +228,12 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
         sim.log()
     );
     assert_eq!(lock_annotation(&scope).await, None, "no lock while blocked");
+    let blocked = format!(
+        "kured_reboot_blocked_reason{{node=\"{}\",reason=\"blocker_pod\"}} ",
+        names[0]
+    );
+    let metrics = sim.metrics().expect("the agent's /metrics");
+    assert!(metrics.contains(&blocked), "{blocked} in:\n{metrics}");
     let node = nodes.get(&names[0]).await.expect("the node");
     assert!(!support::unschedulable(&node), "not cordoned while blocked");
     assert_eq!(sim.reboots(), 0);

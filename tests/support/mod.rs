@@ -272,6 +272,8 @@ pub struct SimulatedNode {
     log: PathBuf,
     /// The agent's sentinel file; it exists from the start, and a reboot removes it.
     pub sentinel: PathBuf,
+    /// The loopback port the agent serves `/metrics` on.
+    pub metrics_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -327,6 +329,7 @@ impl SimulatedNode {
             events,
             log,
             sentinel,
+            metrics_port: port,
             _dir: dir,
         }
     }
@@ -338,6 +341,30 @@ impl SimulatedNode {
             .lines()
             .filter(|l| *l == "reboot")
             .count()
+    }
+
+    /// The agent's `/metrics`, or why they could not be read.
+    pub fn metrics(&self) -> Result<String, String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).map_err(|e| {
+            format!(
+                "connecting to the agent's metrics port {}: {e}",
+                self.metrics_port
+            )
+        })?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .map_err(|e| format!("asking for /metrics: {e}"))?;
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .map_err(|e| format!("reading /metrics: {e}"))?;
+        match response.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") => {
+                Ok(body.to_owned())
+            }
+            _ => Err(format!("unexpected /metrics response: {response}")),
+        }
     }
 
     /// Everything the agents on this node have written so far.
@@ -559,5 +586,68 @@ pub async fn first_boot_id(scope: &Scope, name: &str) -> String {
                 .filter(|b| !b.is_empty())
         }
     })
+    .await
+}
+
+/// Runs kubectl as the test cluster's admin with `stdin` as its input; returns its stdout and
+/// panics with its stderr if it fails.
+pub async fn kubectl(args: &[&str], stdin: &str) -> String {
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("kubectl")
+        .arg(format!("--kubeconfig={}", kubeconfig_path().display()))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running kubectl");
+    let mut input = child.stdin.take().expect("kubectl's stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("writing to kubectl");
+    drop(input);
+    let out = child.wait_with_output().await.expect("kubectl's output");
+    assert!(
+        out.status.success(),
+        "kubectl {}: {}\ninput:\n{stdin}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 from kubectl")
+}
+
+/// Running pods in the scope matching `labels`, once they run on exactly `nodes` (one per entry).
+pub async fn running_on(scope: &Scope, labels: &str, nodes: &[&str]) -> Vec<k8s_openapi::api::core::v1::Pod> {
+    use k8s_openapi::api::core::v1::Pod;
+    fn is_running(pod: &Pod) -> bool {
+        pod.metadata.deletion_timestamp.is_none()
+            && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    }
+    fn node_of(pod: &Pod) -> String {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default()
+    }
+    let pods: Api<Pod> = scope.api();
+    let mut wanted: Vec<String> = nodes.iter().map(|n| (*n).to_owned()).collect();
+    wanted.sort();
+    eventually(
+        &format!("pods {labels} running on {wanted:?}"),
+        Duration::from_secs(60),
+        || {
+            let (pods, wanted) = (pods.clone(), wanted.clone());
+            async move {
+                let list = pods.list(&ListParams::default().labels(labels)).await.ok()?;
+                let running: Vec<Pod> = list.items.into_iter().filter(is_running).collect();
+                let mut on: Vec<String> = running.iter().map(node_of).collect();
+                on.sort();
+                (on == wanted).then_some(running)
+            }
+        },
+    )
     .await
 }
