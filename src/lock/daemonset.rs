@@ -7,19 +7,28 @@
 //! number of times with jittered back-off. The object goes back as it was read except for the
 //! annotation: it is handled as an untyped object, so fields this build does not know survive.
 //!
-//! Waiting for a change watches the single DaemonSet (field selector `metadata.name`); when RBAC
-//! forbids that (upstream's manifests grant `get` and `update` only) it polls instead.
+//! Waiting for a change starts one long-lived watch of the single DaemonSet (field selector
+//! `metadata.name`), kept for the lock's lifetime: it keeps the last object seen, so that waiting,
+//! reading and a first write attempt need no request of their own. A cached object may lag the API
+//! server by the watch's delay; since every write is conditional on the resourceVersion read, a
+//! stale read costs a conflict and a fresh read, never a wrong lock. Until the watch has listed,
+//! and while it recovers from an error, reads go to the API server. When RBAC forbids watching
+//! (upstream's manifests grant `get` and `update` only) waiting polls instead.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use kube::api::{ApiResource, DynamicObject, PostParams};
-use kube::runtime::wait::await_condition;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::record::{self, Change, Decision, RecordError};
@@ -38,11 +47,6 @@ const CONFLICT_BACKOFF_BASE: Duration = Duration::from_millis(50);
 /// Longest pause after a conflict (the pause doubles per conflict), so that a freed slot is still
 /// taken within about a second.
 const CONFLICT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Pause before watching again after a watch failed: usually the API server closed or compacted
-/// the watch and a new one succeeds at once; a second keeps a failing API server from being hammered.
-const WATCH_RETRY_DELAY: Duration = Duration::from_secs(1);
-/// Watch failures in a row before the error goes to the caller.
-const MAX_WATCH_FAILURES: u32 = 5;
 /// Polling period when RBAC forbids watching the DaemonSet: one GET per waiting agent per 10 s
 /// keeps a waiting fleet of 100 nodes at 10 requests per second.
 const POLL_INTERVAL: Duration = Duration::from_secs(10);
@@ -55,6 +59,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    fn of(object: DynamicObject, annotation: &str) -> Snapshot {
+        let value = annotation_of(Some(&object), annotation).map(str::to_owned);
+        Snapshot {
+            object,
+            annotation: value,
+        }
+    }
+
     /// The lock annotation's value, `None` when absent.
     pub fn annotation(&self) -> Option<&str> {
         self.annotation.as_deref()
@@ -63,6 +75,27 @@ impl Snapshot {
     /// The resourceVersion a write based on this snapshot is conditional on.
     pub fn resource_version(&self) -> Option<&str> {
         self.object.metadata.resource_version.as_deref()
+    }
+}
+
+/// What the watch of the lock object last saw.
+#[derive(Debug, Clone)]
+enum Cached {
+    /// Not watching, or (re)listing after an error: read from the API server.
+    Unknown,
+    /// The DaemonSet does not exist.
+    Absent,
+    Present(Box<Snapshot>),
+}
+
+impl Cached {
+    /// The annotation as the watch saw it; `None` when it knows nothing.
+    fn annotation(&self) -> Option<Option<&str>> {
+        match self {
+            Cached::Unknown => None,
+            Cached::Absent => Some(None),
+            Cached::Present(snapshot) => Some(snapshot.annotation()),
+        }
     }
 }
 
@@ -78,7 +111,19 @@ pub struct DaemonSetLock {
     clock: fn() -> Timestamp,
     conflicts: AtomicU64,
     /// Set once a watch was forbidden: from then on, poll.
-    poll: AtomicBool,
+    poll: Arc<AtomicBool>,
+    /// The last object the watch saw, shared with the watch task.
+    cache: Arc<watch::Sender<Cached>>,
+    /// The watch task, once started; stopped when the lock is dropped.
+    watching: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for DaemonSetLock {
+    fn drop(&mut self) {
+        if let Some(task) = self.watching.get() {
+            task.abort();
+        }
+    }
 }
 
 impl DaemonSetLock {
@@ -100,7 +145,9 @@ impl DaemonSetLock {
             settings,
             clock: Timestamp::now,
             conflicts: AtomicU64::new(0),
-            poll: AtomicBool::new(false),
+            poll: Arc::new(AtomicBool::new(false)),
+            cache: Arc::new(watch::Sender::new(Cached::Unknown)),
+            watching: OnceLock::new(),
         }
     }
 
@@ -135,14 +182,22 @@ impl DaemonSetLock {
         self.conflicts.load(Ordering::Relaxed)
     }
 
-    /// Reads the DaemonSet.
+    /// The DaemonSet as the watch last saw it, or as read from the API server when the watch has
+    /// not seen it (see the [module documentation](self)).
     pub async fn snapshot(&self) -> Result<Snapshot> {
+        if let Cached::Present(snapshot) = &*self.cache.borrow() {
+            return Ok(Snapshot::clone(snapshot));
+        }
+        self.fresh_snapshot().await
+    }
+
+    /// Reads the DaemonSet from the API server.
+    pub async fn fresh_snapshot(&self) -> Result<Snapshot> {
         let object = self.api.get(&self.name).await.map_err(|source| LockError::Read {
             object: self.object.clone(),
             source,
         })?;
-        let annotation = annotation_of(Some(&object), &self.annotation).map(str::to_owned);
-        Ok(Snapshot { object, annotation })
+        Ok(Snapshot::of(object, &self.annotation))
     }
 
     /// Applies `change` to the annotation of `snapshot` and writes it, on condition that the
@@ -164,7 +219,20 @@ impl DaemonSetLock {
             .replace(&self.name, &PostParams::default(), &object)
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(written) => {
+                // Our write directly follows the version it was based on; when that is the cached
+                // one, ours is the newest the watch can still deliver, so cache it right away and
+                // the next read sees our own write.
+                let written = Snapshot::of(written, &self.annotation);
+                self.cache.send_if_modified(|cached| match cached {
+                    Cached::Present(c) if c.resource_version() == snapshot.resource_version() => {
+                        *cached = Cached::Present(Box::new(written));
+                        true
+                    }
+                    _ => false,
+                });
+                Ok(())
+            }
             Err(source) => Err(LockError::Write {
                 object: self.object.clone(),
                 annotation: self.annotation.clone(),
@@ -195,7 +263,12 @@ impl DaemonSetLock {
     ) -> Result<T> {
         let mut attempt = 1;
         loop {
-            let snapshot = self.snapshot().await?;
+            // After a conflict the cache may still lag the write that won: read afresh.
+            let snapshot = if attempt == 1 {
+                self.snapshot().await?
+            } else {
+                self.fresh_snapshot().await?
+            };
             let decision = decide(snapshot.annotation(), (self.clock)())
                 .map_err(|source| self.record_error(&snapshot, source))?;
             let Some(change) = decision.change else {
@@ -234,19 +307,56 @@ impl DaemonSetLock {
         }
     }
 
-    /// Waits for the annotation to differ from `seen` by watching the DaemonSet.
-    /// `Ok(None)`: watching is forbidden, poll instead.
-    async fn watch_for_change(&self, seen: &Seen) -> Result<Option<Seen>> {
-        let mut failures = 0;
-        loop {
-            let annotation = self.annotation.clone();
-            let wanted = seen.clone();
-            let differs =
-                move |ds: Option<&DynamicObject>| annotation_of(ds, &annotation) != wanted.annotation();
-            match await_condition(self.api.clone(), &self.name, differs).await {
-                Ok(ds) => {
-                    let now = annotation_of(ds.as_ref(), &self.annotation).map(str::to_owned);
-                    return Ok(Some(Seen::new(now)));
+    /// Starts the watch of the lock object, once.
+    fn start_watch(&self) {
+        self.watching.get_or_init(|| {
+            let task = WatchTask {
+                api: self.api.clone(),
+                name: self.name.clone(),
+                object: self.object.clone(),
+                annotation: self.annotation.clone(),
+                cache: self.cache.clone(),
+                poll: self.poll.clone(),
+            };
+            tokio::spawn(task.run()).abort_handle()
+        });
+    }
+}
+
+/// Keeps [`DaemonSetLock`]'s cache up to date from a watch of the lock object, until the lock is
+/// dropped or RBAC forbids the watch.
+struct WatchTask {
+    api: Api<DynamicObject>,
+    name: String,
+    object: String,
+    annotation: String,
+    cache: Arc<watch::Sender<Cached>>,
+    poll: Arc<AtomicBool>,
+}
+
+impl WatchTask {
+    async fn run(self) {
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        // The watcher lists, then watches, and lists again when the watch expires; after an
+        // error it backs off (up to about a minute) before trying again.
+        let mut events = std::pin::pin!(watcher::watcher(self.api.clone(), config).default_backoff());
+        let mut listed = Cached::Absent;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(Event::Init) => listed = Cached::Absent,
+                Ok(Event::InitApply(object)) => {
+                    listed = Cached::Present(Box::new(Snapshot::of(object, &self.annotation)))
+                }
+                Ok(Event::InitDone) => {
+                    self.cache
+                        .send_replace(std::mem::replace(&mut listed, Cached::Absent));
+                }
+                Ok(Event::Apply(object)) => {
+                    self.cache
+                        .send_replace(Cached::Present(Box::new(Snapshot::of(object, &self.annotation))));
+                }
+                Ok(Event::Delete(_)) => {
+                    self.cache.send_replace(Cached::Absent);
                 }
                 Err(source) => {
                     let error = LockError::Watch {
@@ -257,16 +367,14 @@ impl DaemonSetLock {
                         warn!(object = %self.object, error = %crate::error_chain(&error),
                             "may not watch the lock object; polling it every {POLL_INTERVAL:?} instead \
                              (grant list and watch on daemonsets to see a freed lock at once)");
+                        // Before waking the waiters, so that they see it.
                         self.poll.store(true, Ordering::Relaxed);
-                        return Ok(None);
+                        self.cache.send_replace(Cached::Unknown);
+                        return;
                     }
-                    failures += 1;
-                    if failures >= MAX_WATCH_FAILURES {
-                        return Err(error);
-                    }
-                    debug!(object = %self.object, error = %crate::error_chain(&error), failures,
-                        "watching the lock object failed; watching again");
-                    tokio::time::sleep(WATCH_RETRY_DELAY).await;
+                    warn!(object = %self.object, error = %crate::error_chain(&error),
+                        "watching the lock object failed; reading it directly until the watch is back");
+                    self.cache.send_replace(Cached::Unknown);
                 }
             }
         }
@@ -325,10 +433,23 @@ impl RebootLock for DaemonSetLock {
     }
 
     async fn changed(&self, seen: &Seen) -> Result<Seen> {
-        if !self.poll.load(Ordering::Relaxed)
-            && let Some(now) = self.watch_for_change(seen).await?
-        {
-            return Ok(now);
+        if !self.poll.load(Ordering::Relaxed) {
+            self.start_watch();
+            let mut cache = self.cache.subscribe();
+            loop {
+                if self.poll.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Some(now) = cache.borrow_and_update().annotation()
+                    && now != seen.annotation()
+                {
+                    return Ok(Seen::new(now.map(str::to_owned)));
+                }
+                // The sender lives in `self`, so this waits for the watch's next word.
+                if cache.changed().await.is_err() {
+                    break;
+                }
+            }
         }
         loop {
             let snapshot = self.snapshot().await?;

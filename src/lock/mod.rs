@@ -166,7 +166,7 @@ pub enum LockError {
     Watch {
         object: String,
         #[source]
-        source: kube::runtime::wait::Error,
+        source: kube::runtime::watcher::Error,
     },
 }
 
@@ -220,9 +220,8 @@ fn status(error: &kube::Error) -> Option<&kube::core::Status> {
     }
 }
 
-fn watch_status(error: &kube::runtime::wait::Error) -> Option<&kube::core::Status> {
+fn watch_status(error: &kube::runtime::watcher::Error) -> Option<&kube::core::Status> {
     use kube::runtime::watcher::Error as W;
-    let kube::runtime::wait::Error::ProbeFailed(error) = error;
     match error {
         W::InitialListFailed(e) | W::WatchStartFailed(e) | W::WatchFailed(e) => status(e),
         W::WatchError(s) => Some(s),
@@ -230,9 +229,10 @@ fn watch_status(error: &kube::runtime::wait::Error) -> Option<&kube::core::Statu
     }
 }
 
-/// A cluster-wide lock that admits at most `concurrency` nodes. Every method reads the lock
-/// object afresh and no lock state is kept between calls, so a new instance (an agent restart)
-/// sees exactly what the old one would have seen.
+/// A cluster-wide lock that admits at most `concurrency` nodes. All lock state lives in the lock
+/// object: an implementation may keep a recent copy of it to save reads, but decides every write
+/// on condition that the object has not changed since it was read, so a new instance (an agent
+/// restart) behaves exactly as the old one would have.
 pub trait RebootLock {
     /// Takes a slot for our node, recording `claim`, unless our node already holds one.
     fn acquire(&self, claim: &Claim) -> impl Future<Output = Result<Acquire>> + Send;
