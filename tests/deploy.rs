@@ -20,14 +20,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use support::{Scope, SimulatedNode, eventually};
-use tokio::io::AsyncWriteExt;
+use support::{Scope, SimulatedNode, eventually, kubectl, running_on};
 
 const LOCK: &str = "weave.works/kured-node-lock";
 const REBOOT_IN_PROGRESS: &str = "weave.works/kured-reboot-in-progress";
@@ -386,34 +385,6 @@ async fn the_api_server_accepts_the_manifests_as_specified() {
 // ---------------------------------------------------------------------------------------------
 // Applying the manifests to the test cluster and running agents under their RBAC.
 
-/// Runs kubectl as the test cluster's admin with `stdin` as its input; returns its stdout and
-/// panics with its stderr if it fails.
-async fn kubectl(args: &[&str], stdin: &str) -> String {
-    let mut child = tokio::process::Command::new("kubectl")
-        .arg(format!("--kubeconfig={}", support::kubeconfig_path().display()))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("running kubectl");
-    let mut input = child.stdin.take().expect("kubectl's stdin");
-    input
-        .write_all(stdin.as_bytes())
-        .await
-        .expect("writing to kubectl");
-    drop(input);
-    let out = child.wait_with_output().await.expect("kubectl's output");
-    assert!(
-        out.status.success(),
-        "kubectl {}: {}\ninput:\n{stdin}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 from kubectl")
-}
-
 /// A permission taken away from a manifest: in the document of kind `kind`, the exact line `line`
 /// becomes `replacement`.
 #[derive(Clone, Copy)]
@@ -556,40 +527,6 @@ impl Drop for Isolated {
             }
         }
     }
-}
-
-fn is_running(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-}
-
-fn node_of(pod: &Pod) -> String {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .unwrap_or_default()
-}
-
-/// Running pods in the scope matching `labels`, once they run on exactly `nodes` (one per entry).
-async fn running_on(scope: &Scope, labels: &str, nodes: &[&str]) -> Vec<Pod> {
-    let pods: Api<Pod> = scope.api();
-    let mut wanted: Vec<String> = nodes.iter().map(|n| (*n).to_owned()).collect();
-    wanted.sort();
-    eventually(
-        &format!("pods {labels} running on {wanted:?}"),
-        Duration::from_secs(60),
-        || {
-            let (pods, wanted) = (pods.clone(), wanted.clone());
-            async move {
-                let list = pods.list(&ListParams::default().labels(labels)).await.ok()?;
-                let running: Vec<Pod> = list.items.into_iter().filter(is_running).collect();
-                let mut on: Vec<String> = running.iter().map(node_of).collect();
-                on.sort();
-                (on == wanted).then_some(running)
-            }
-        },
-    )
-    .await
 }
 
 /// The `--prefer-no-schedule-taint` the full-cycle tests give the agent.
