@@ -125,7 +125,7 @@ pub async fn run(
                 Wait::For(d) => tokio::time::sleep(*d).await,
                 Wait::Until(at) => tokio::time::sleep(until(*at)).await,
                 Wait::LockChange { seen, limit } => {
-                    match tokio::time::timeout(*limit, agent.lock.changed(seen)).await {
+                    match tokio::time::timeout(*limit, agent.lock_may_admit(seen.clone())).await {
                         Ok(Ok(_)) => tokio::time::sleep(agent.jitter.next(JITTER)).await,
                         Ok(Err(e)) => {
                             warn!(error = %crate::error_chain(&e), "watching the lock");
@@ -195,6 +195,23 @@ impl<N: Notifier> Agent<N> {
     async fn refresh_metric(&self) {
         if let SentinelView::Failed(e) = self.check_sentinel().await {
             warn!(node = %self.config.node_id, error = %e, "sentinel check failed");
+        }
+    }
+
+    /// Waits until the lock changes from `seen` in a way that may let this node in. A change that
+    /// still leaves every slot to others (another hand-off among them, at higher concurrency) is
+    /// waited through without a round: no node read, no write. A slot freed by an entry's TTL
+    /// changes nothing in the object; the caller bounds the wait for that.
+    async fn lock_may_admit(&self, mut seen: Seen) -> Result<(), crate::lock::LockError> {
+        loop {
+            seen = self.lock.changed(&seen).await?;
+            let still_full = matches!(
+                decide_acquire(seen.annotation(), self.lock.settings(), &Claim::default(), Timestamp::now()),
+                Ok(decision) if matches!(decision.outcome, Acquire::Blocked { .. })
+            );
+            if !still_full {
+                return Ok(());
+            }
         }
     }
 
@@ -750,9 +767,9 @@ fn phase_of(step: &Step) -> Option<(Phase, String)> {
             opens.map(|t| format!("opens {t}")).unwrap_or_default(),
         ),
         Step::Blocked(reasons) => (Phase::Blocked, reasons.join("; ")),
-        Step::WaitForLock { holders, .. } => {
-            (Phase::WaitingForLock, format!("held by {}", holders.join(",")))
-        }
+        // Not the holders: they change at every hand-off, and waiting agents do not look at each
+        // one (see `Agent::lock_may_admit`); `kured status` names them from the lock itself.
+        Step::WaitForLock { .. } => (Phase::WaitingForLock, String::new()),
         Step::LockUnreadable(e) => (Phase::LockUnreadable, e.clone()),
         Step::FinishReboot { .. } => (Phase::Recovering, String::new()),
         Step::ReleaseLockAt(at) => (Phase::Releasing, format!("until {at}")),

@@ -13,7 +13,7 @@ use kube::{Api, Client};
 use serde::Serialize;
 
 use crate::lock::record::LockRecord;
-use crate::state::{AgentState, STATE_ANNOTATION};
+use crate::state::{AgentState, Phase, STATE_ANNOTATION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -82,7 +82,13 @@ pub async fn gather(
             .and_then(|mut a| a.remove(&lock.annotation)),
         Err(source) => return Err(StatusError::ReadLock { object, source }),
     };
-    let (lock_holders, lock_error) = match annotation.as_deref().map(LockRecord::parse) {
+    Ok(assemble(&list.items, annotation.as_deref(), lock, now))
+}
+
+/// The status of `nodes` with lock annotation `annotation`, at `now`.
+fn assemble(nodes: &[Node], annotation: Option<&str>, lock: &LockLocation, now: Timestamp) -> ClusterStatus {
+    let object = format!("{}/{}", lock.namespace, lock.name);
+    let (lock_holders, lock_error) = match annotation.map(LockRecord::parse) {
         None => (Vec::new(), None),
         Some(Ok(record)) => (
             record.holders(now).iter().map(|e| e.node_id.clone()).collect(),
@@ -98,8 +104,7 @@ pub async fn gather(
         ),
     };
     let holders: BTreeSet<&str> = lock_holders.iter().map(String::as_str).collect();
-    let mut rows: Vec<NodeStatus> = list
-        .items
+    let mut rows: Vec<NodeStatus> = nodes
         .iter()
         .map(|node| {
             let name = node.metadata.name.clone().unwrap_or_default();
@@ -119,18 +124,25 @@ pub async fn gather(
                     .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
                 reboot_required: state.as_ref().and_then(|s| s.reboot_required),
                 phase: state.as_ref().map(|s| s.phase.to_string()),
-                detail: state.as_ref().map(|s| s.detail.clone()).unwrap_or_default(),
+                detail: match state.as_ref() {
+                    // Agents waiting for the lock do not publish who holds it; the lock says.
+                    Some(s) if s.phase == Phase::WaitingForLock && s.detail.is_empty() => {
+                        format!("held by {}", lock_holders.join(","))
+                    }
+                    Some(s) => s.detail.clone(),
+                    None => String::new(),
+                },
                 last_reboot: state.and_then(|s| s.last_reboot),
                 name,
             }
         })
         .collect();
     rows.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(ClusterStatus {
+    ClusterStatus {
         lock_holders,
         lock_error,
         nodes: rows,
-    })
+    }
 }
 
 /// A table for people.
@@ -209,6 +221,62 @@ pub fn render_text(status: &ClusterStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(name: &str, state: Option<&str>) -> Node {
+        let mut node = Node::default();
+        node.metadata.name = Some(name.to_owned());
+        if let Some(state) = state {
+            node.metadata.annotations = Some([(STATE_ANNOTATION.to_owned(), state.to_owned())].into());
+        }
+        node
+    }
+
+    #[test]
+    fn waiting_nodes_are_told_who_holds_the_lock_from_the_lock_itself() {
+        let now: Timestamp = "2026-11-20T03:00:00Z".parse().unwrap();
+        let lock = LockLocation {
+            namespace: "kube-system".into(),
+            name: "kured".into(),
+            annotation: "weave.works/kured-node-lock".into(),
+        };
+        let annotation = r#"{"maxOwners":1,"locks":[{"nodeID":"n1","metadata":{"unschedulable":false},"created":"2026-11-20T02:59:00Z","TTL":0}]}"#;
+        let nodes = [
+            node("n1", Some(r#"{"rebootRequired":true,"phase":"draining"}"#)),
+            node(
+                "n2",
+                Some(r#"{"rebootRequired":true,"phase":"waiting-for-lock"}"#),
+            ),
+            node(
+                "n3",
+                Some(r#"{"rebootRequired":true,"phase":"blocked","detail":"blocking-pods: ns/p"}"#),
+            ),
+            node("n4", None),
+        ];
+        let status = assemble(&nodes, Some(annotation), &lock, now);
+        assert_eq!(status.lock_holders, ["n1"]);
+        assert_eq!(status.lock_error, None);
+        let rows: Vec<(&str, bool, Option<&str>, &str)> = status
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.as_str(),
+                    n.lock_holder,
+                    n.phase.as_deref(),
+                    n.detail.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("n1", true, Some("draining"), ""),
+                ("n2", false, Some("waiting-for-lock"), "held by n1"),
+                ("n3", false, Some("blocked"), "blocking-pods: ns/p"),
+                ("n4", false, None, ""),
+            ]
+        );
+    }
 
     #[test]
     fn table_shows_each_node_and_the_lock() {
