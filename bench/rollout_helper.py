@@ -41,22 +41,22 @@ def status_kb(pid, field):
 
 
 def cmd_sample(out, binary, *roots):
-    """Every 0.5s, append 'time pid VmHWM VmRSS' for every agent to `out` (until killed)."""
+    """Every 0.5s, append 'time pid VmHWM VmRSS RssAnon' for every agent to `out` (until killed)."""
     roots = [int(r) for r in roots]
     with open(out, "a", buffering=1) as f:
         while True:
             now = time.time()
             for pid in agents(roots, binary):
-                hwm, rss = status_kb(pid, "VmHWM"), status_kb(pid, "VmRSS")
-                if hwm is not None:
-                    f.write(f"{now:.3f} {pid} {hwm} {rss}\n")
+                hwm, rss, anon = (status_kb(pid, k) for k in ("VmHWM", "VmRSS", "RssAnon"))
+                if None not in (hwm, rss, anon):
+                    f.write(f"{now:.3f} {pid} {hwm} {rss} {anon}\n")
             time.sleep(0.5)
 
 
 def cmd_idle(binary, *roots):
-    rss = [status_kb(p, "VmRSS") for p in agents([int(r) for r in roots], binary)]
-    rss = [r for r in rss if r is not None]
-    print(json.dumps(rss))
+    pids = agents([int(r) for r in roots], binary)
+    rss = [(status_kb(p, "VmRSS"), status_kb(p, "RssAnon")) for p in pids]
+    print(json.dumps([r for r in rss if None not in r]))
 
 
 LINE = re.compile(r'^apiserver_request_total\{(.*)\} (\S+)$')
@@ -243,17 +243,21 @@ def cmd_report(work, n, c, period, start, quiet_s):
           f" {writes / n:.1f} per hand-off)")
 
     # RSS
-    hwm, pids = 0, set()
+    hwm, anon, pids = 0, 0, set()
     with open(f"{work}/rss") as f:
         for line in f:
-            _, pid, h, _ = line.split()
-            hwm = max(hwm, int(h))
+            _, pid, h, _, a = line.split()
+            hwm, anon = max(hwm, int(h)), max(anon, int(a))
             pids.add(pid)
     idle = json.load(open(f"{work}/idle-rss"))
     print(f"  agent peak RSS            {hwm / 1024:8.1f} MiB (max VmHWM over {len(pids)} agent processes, sampled every 0.5 s)")
+    print(f"    of which anonymous      {anon / 1024:8.1f} MiB (max RssAnon: the agent's own memory; the rest is the"
+          " binary's file pages, shared and reclaimable)")
     if idle:
-        print(f"  agent idle RSS            {med(idle) / 1024:8.1f} MiB (median VmRSS of {len(idle)} agents after the rollout;"
-              f" max {max(idle) / 1024:.1f})")
+        rss, own = [r for r, _ in idle], [a for _, a in idle]
+        print(f"  agent idle RSS            {med(rss) / 1024:8.1f} MiB (median VmRSS of {len(idle)} agents after the rollout;"
+              f" max {max(rss) / 1024:.1f})")
+        print(f"    of which anonymous      {med(own) / 1024:8.1f} MiB (median RssAnon; max {max(own) / 1024:.1f})")
 
 
 if __name__ == "__main__":

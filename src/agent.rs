@@ -126,7 +126,7 @@ pub async fn run(
                 Wait::Until(at) => tokio::time::sleep(until(*at)).await,
                 Wait::LockChange { seen, limit } => {
                     match tokio::time::timeout(*limit, agent.lock_may_admit(seen.clone())).await {
-                        Ok(Ok(_)) => tokio::time::sleep(agent.jitter.next(JITTER)).await,
+                        Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             warn!(error = %crate::error_chain(&e), "watching the lock");
                             tokio::time::sleep(ERROR_RETRY.min(*limit)).await;
@@ -200,19 +200,32 @@ impl<N: Notifier> Agent<N> {
 
     /// Waits until the lock changes from `seen` in a way that may let this node in. A change that
     /// still leaves every slot to others (another hand-off among them, at higher concurrency) is
-    /// waited through without a round: no node read, no write. A slot freed by an entry's TTL
-    /// changes nothing in the object; the caller bounds the wait for that.
+    /// waited through without a round: no node read, no write. A freed slot wakes every waiting
+    /// agent at once; each waits a random moment and looks again (at the lock's watched copy, no
+    /// request), so that those after the first see the slot taken and go on waiting instead of
+    /// all writing and meeting conflicts. A slot freed by an entry's TTL changes nothing in the
+    /// object; the caller bounds the wait for that.
     async fn lock_may_admit(&self, mut seen: Seen) -> Result<(), crate::lock::LockError> {
         loop {
             seen = self.lock.changed(&seen).await?;
-            let still_full = matches!(
-                decide_acquire(seen.annotation(), self.lock.settings(), &Claim::default(), Timestamp::now()),
-                Ok(decision) if matches!(decision.outcome, Acquire::Blocked { .. })
-            );
-            if !still_full {
-                return Ok(());
+            if self.lock_full(&seen) {
+                continue;
+            }
+            tokio::time::sleep(self.jitter.next(JITTER)).await;
+            // An unreadable lock is for the round to report.
+            match self.lock.read().await {
+                Ok(state) if self.lock_full(&state.seen) => seen = state.seen,
+                _ => return Ok(()),
             }
         }
+    }
+
+    /// Whether the lock as `seen` leaves no slot to this node.
+    fn lock_full(&self, seen: &Seen) -> bool {
+        matches!(
+            decide_acquire(seen.annotation(), self.lock.settings(), &Claim::default(), Timestamp::now()),
+            Ok(decision) if matches!(decision.outcome, Acquire::Blocked { .. })
+        )
     }
 
     /// Gathers what `decide` needs. The lock is read in full and evaluated with the lock's own
