@@ -264,6 +264,31 @@ async fn transient_failures_are_retried_and_refusals_are_not() {
     assert_eq!((failures.get("generic"), failures.get("slack")), (1, 1));
 }
 
+/// A receiver that accepts the message (2xx) but breaks off its answer got the message: it is not
+/// sent again. A refusal that breaks off is still a refusal.
+#[tokio::test]
+async fn an_accepted_message_whose_answer_breaks_off_is_delivered_once() {
+    let server = HttpReceiver::start();
+    let port = server.addr.port();
+    server.respond("/accepts", Reply::cut_off(200, "ok"));
+    server.respond("/refuses", Reply::cut_off(400, "bad"));
+    let failures = NotificationFailures::default();
+    let n = notifier(
+        vec![
+            target(&format!("generic+http://127.0.0.1:{port}/accepts")),
+            target(&format!("generic+http://127.0.0.1:{port}/refuses")),
+        ],
+        &server,
+        &failures,
+    );
+    let deliveries = n.send(TITLE, MESSAGE).await;
+    assert_eq!(deliveries[0].result, Ok(1), "{:?}", deliveries[0]);
+    assert_eq!(server.requests_to("/accepts").len(), 1, "sent once");
+    let refused = deliveries[1].result.clone().expect_err("a 400 fails");
+    assert!(refused.error.contains("HTTP status 400"), "{}", refused.error);
+    assert_eq!(refused.attempts, 1);
+}
+
 #[tokio::test]
 async fn a_silent_receiver_holds_the_agent_for_a_bounded_time() {
     let server = HttpReceiver::start();

@@ -112,10 +112,13 @@ pub(crate) async fn http(
             .await
             .map_err(|e| SendError::Request(e.without_url()))?;
         let status = response.status();
+        // A body that breaks off (a peer closing without close_notify, a short body) does not
+        // undo the status: a 2xx means the message was taken, and sending it again would
+        // deliver it twice. Only an answer that must be read (Slack's API) needs the body.
         let body = response
             .bytes()
             .await
-            .map_err(|e| SendError::Read(e.without_url()))?;
+            .map_err(|e| SendError::Read(e.without_url()));
         Ok::<_, SendError>((status, body))
     };
     let (status, body) = tokio::time::timeout(timeout, exchange)
@@ -124,10 +127,11 @@ pub(crate) async fn http(
     if !status.is_success() {
         return Err(SendError::Status {
             status,
-            excerpt: excerpt(&body),
+            excerpt: body.as_deref().map(excerpt).unwrap_or_default(),
         });
     }
     if request.expect == Expect::SlackApiOk {
+        let body = body?;
         let answer: SlackAnswer = serde_json::from_slice(&body).map_err(|_| SendError::SlackApi {
             error: format!("not a Slack API answer: {:?}", excerpt(&body)),
         })?;

@@ -67,6 +67,9 @@ pub struct Reply {
     pub body: String,
     /// Waits this long before answering (a receiver that hangs).
     pub delay: Duration,
+    /// Announces a longer body than it sends, then closes the connection: the answer breaks off
+    /// after the status line and headers (as a TLS peer that closes without close_notify).
+    pub cut_off: bool,
 }
 
 impl Reply {
@@ -75,6 +78,14 @@ impl Reply {
             status,
             body: body.to_owned(),
             delay: Duration::ZERO,
+            cut_off: false,
+        }
+    }
+
+    pub fn cut_off(status: u16, body: &str) -> Reply {
+        Reply {
+            cut_off: true,
+            ..Reply::status(status, body)
         }
     }
 
@@ -240,10 +251,10 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
             } else {
                 "text/plain"
             },
-            reply.body.len(),
+            reply.body.len() + if reply.cut_off { 100 } else { 0 },
             reply.body
         );
-        if writer.write_all(response.as_bytes()).is_err() {
+        if writer.write_all(response.as_bytes()).is_err() || reply.cut_off {
             return;
         }
     }
