@@ -142,14 +142,10 @@ fn wait_for_metric(port: u16, line: &str) {
     }
 }
 
-fn start_agent(sentinel: &Path, port: u16) -> Agent {
+fn start_agent(sentinel: &Path, port: u16, log_format: &str) -> Agent {
     let child = kured()
-        .args([
-            "--node-id=test-node",
-            "--period=1s",
-            "--metrics-host=127.0.0.1",
-            "--log-format=json",
-        ])
+        .args(["--node-id=test-node", "--period=1s", "--metrics-host=127.0.0.1"])
+        .arg(format!("--log-format={log_format}"))
         .arg(format!("--reboot-sentinel={}", sentinel.display()))
         .arg(format!("--metrics-port={port}"))
         .arg("--notify-url=slack://hook:T000/B000/SECRETTOKEN@webhook")
@@ -165,7 +161,7 @@ fn agent_serves_reboot_required_from_the_sentinel_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("temp dir");
     let sentinel = dir.path().join("reboot-required");
     let port = free_port();
-    let mut agent = start_agent(&sentinel, port);
+    let mut agent = start_agent(&sentinel, port, "json");
 
     wait_for_metric(port, "kured_reboot_required{node=\"test-node\"} 0");
     assert!(get(port, "/healthz").is_some_and(|b| b.starts_with("HTTP/1.1 200") && b.ends_with("ok\n")));
@@ -174,22 +170,7 @@ fn agent_serves_reboot_required_from_the_sentinel_and_stops_on_sigterm() {
     std::fs::remove_file(&sentinel).expect("removing the sentinel");
     wait_for_metric(port, "kured_reboot_required{node=\"test-node\"} 0");
 
-    let pid = agent.0.id();
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    let status = agent.0.wait().expect("waits");
-    assert!(status.success(), "{status:?}");
-
-    let mut logs = String::new();
-    agent
-        .0
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut logs)
-        .expect("reads logs");
+    let logs = stop(&mut agent);
     assert!(!logs.contains("SECRETTOKEN"), "a secret reached the log: {logs}");
     for line in BufReader::new(logs.as_bytes()).lines() {
         let line = line.expect("a line");
@@ -200,6 +181,38 @@ fn agent_serves_reboot_required_from_the_sentinel_and_stops_on_sigterm() {
         );
     }
     assert!(logs.contains("\"message\":\"agent started\""), "{logs}");
+}
+
+/// Stops the agent with SIGTERM, checks it exits 0, and returns what it logged.
+fn stop(agent: &mut Agent) -> String {
+    let pid = agent.0.id();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let status = agent.0.wait().expect("waits");
+    assert!(status.success(), "{status:?}");
+    let mut logs = String::new();
+    agent
+        .0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("reads logs");
+    logs
+}
+
+/// Text logs written to a pipe (`kubectl logs`, a collector) carry no terminal colour codes.
+#[test]
+fn text_logs_to_a_pipe_are_plain() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut agent = start_agent(&dir.path().join("reboot-required"), port, "text");
+    wait_for_metric(port, "kured_reboot_required{node=\"test-node\"} 0");
+    let logs = stop(&mut agent);
+    assert!(logs.contains("agent started"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "escape codes in the log: {logs:?}");
 }
 
 #[test]
