@@ -30,21 +30,35 @@ async fn lock_annotation(scope: &Scope) -> Option<String> {
 
 async fn wait_for_reboot_cycle(scope: &Scope, name: &str, sim: &SimulatedNode, first_boot: &str) -> Node {
     let nodes: Api<Node> = Api::all(scope.client.clone());
-    eventually(
-        &format!("node {name} to reboot and come back"),
-        Duration::from_secs(120),
-        || {
-            let nodes = nodes.clone();
-            async move {
-                let node = nodes.get(name).await.ok()?;
-                let back =
-                    support::boot_id(&node) != first_boot && sim.reboots() == 1 && !sim.sentinel.exists();
-                let released = lock_annotation(scope).await.is_none();
-                (back && released).then_some(node)
-            }
-        },
-    )
-    .await
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let node = nodes.get(name).await.ok();
+        let lock = lock_annotation(scope).await;
+        let boot = node.as_ref().map(support::boot_id).unwrap_or_default();
+        let back = boot != first_boot && sim.reboots() == 1 && !sim.sentinel.exists();
+        if let Some(node) = node.filter(|_| back && lock.is_none()) {
+            return node;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let log = sim.log();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            panic!(
+                "timed out after 120s waiting for node {name} to reboot and come back: boot ID {boot:?} \
+                 (first {first_boot:?}), {} reboots, sentinel exists: {}, lock: {lock:?}; agent log:\n{}",
+                sim.reboots(),
+                sim.sentinel.exists(),
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
