@@ -29,14 +29,47 @@ pub mod window;
 /// The version of this build, as `kured --version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// An error and its causes on one line, `outer: inner: root`, for log fields.
+/// An error and its causes on one line, `outer: inner: root`, for log fields. An error the API
+/// server answered ends the line as `API error <code> <reason>: <message>`, once: kube's own text
+/// for it repeats the message and adds the whole status object.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
+    let mut parts = Vec::new();
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(kube::Error::Api(status)) = e.downcast_ref::<kube::Error>() {
+            parts.push(format!(
+                "API error {} {}: {}",
+                status.code, status.reason, status.message
+            ));
+            break;
+        }
+        parts.push(e.to_string());
+        current = e.source();
     }
-    line
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read node n1")]
+    struct ReadNode(#[source] kube::Error);
+
+    #[test]
+    fn api_errors_end_the_chain_once_and_briefly() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure",
+            "code": 404,
+            "reason": "NotFound",
+            "message": "nodes \"n1\" not found",
+        }))
+        .expect("a Status");
+        let error = ReadNode(kube::Error::Api(Box::new(status)));
+        assert_eq!(
+            error_chain(&error),
+            r#"cannot read node n1: API error 404 NotFound: nodes "n1" not found"#
+        );
+    }
 }
