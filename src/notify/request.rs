@@ -67,6 +67,18 @@ fn set(map: &mut Map<String, Value>, key: &str, value: Option<&str>) {
     }
 }
 
+/// Slack's and Mattermost's icon override: a URL is `icon_url`, anything else an emoji name.
+fn set_icon(body: &mut Map<String, Value>, icon: Option<&str>) {
+    if let Some(icon) = icon {
+        let key = if icon.starts_with("http://") || icon.starts_with("https://") {
+            "icon_url"
+        } else {
+            "icon_emoji"
+        };
+        body.insert(key.to_owned(), Value::String(icon.to_owned()));
+    }
+}
+
 fn with_title(title: Option<&str>, message: &str, open: &str, close: &str) -> String {
     match title {
         Some(t) => format!("{open}{t}{close}\n{message}"),
@@ -95,14 +107,7 @@ pub(crate) fn slack(s: &Slack, message: &str) -> Option<HttpRequest> {
     }
     set(&mut body, "username", s.username.as_deref());
     set(&mut body, "channel", s.channel.as_deref());
-    if let Some(icon) = &s.icon {
-        let key = if icon.starts_with("http://") || icon.starts_with("https://") {
-            "icon_url"
-        } else {
-            "icon_emoji"
-        };
-        body.insert(key.to_owned(), Value::String(icon.clone()));
-    }
+    set_icon(&mut body, s.icon.as_deref());
     set(&mut body, "thread_ts", s.thread_ts.as_deref());
     let body = Value::Object(body);
     match &s.dest {
@@ -278,14 +283,7 @@ pub(crate) fn mattermost(m: &Mattermost, message: &str) -> HttpRequest {
     );
     set(&mut body, "username", m.username.as_deref());
     set(&mut body, "channel", m.channel.as_deref());
-    if let Some(icon) = &m.icon {
-        let key = if icon.starts_with("http://") || icon.starts_with("https://") {
-            "icon_url"
-        } else {
-            "icon_emoji"
-        };
-        body.insert(key.to_owned(), Value::String(icon.clone()));
-    }
+    set_icon(&mut body, m.icon.as_deref());
     HttpRequest::post_json(m.url.clone(), &Value::Object(body))
 }
 

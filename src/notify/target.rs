@@ -51,6 +51,14 @@ pub enum TargetError {
     },
 }
 
+fn parameter(scheme: &'static str, key: &str, expected: &'static str) -> TargetError {
+    TargetError::Parameter {
+        scheme,
+        key: key.to_owned(),
+        expected,
+    }
+}
+
 fn form(scheme: &'static str, what: impl Into<String>) -> TargetError {
     TargetError::Form {
         scheme,
@@ -580,11 +588,7 @@ fn parse_bool(
     match value.to_ascii_lowercase().as_str() {
         "yes" | "y" | "true" | "t" | "1" => Ok(true),
         "no" | "n" | "false" | "f" | "0" => Ok(false),
-        _ => Err(TargetError::Parameter {
-            scheme,
-            key: key.to_owned(),
-            expected: "expected yes or no",
-        }),
+        _ => Err(parameter(scheme, key, "expected yes or no")),
     }
 }
 
@@ -826,11 +830,7 @@ fn parse_discord(value: &str) -> Result<Discord, TargetError> {
     if let Some(t) = &thread_id
         && !t.chars().all(|c| c.is_ascii_digit())
     {
-        return Err(TargetError::Parameter {
-            scheme: S,
-            key: "thread_id".to_owned(),
-            expected: "expected a number",
-        });
+        return Err(parameter(S, "thread_id", "expected a number"));
     }
     Ok(Discord {
         id,
@@ -891,11 +891,11 @@ fn parse_generic(value: &str, explicit: Option<&str>) -> Result<Generic, TargetE
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
             || reqwest::header::HeaderValue::from_str(value).is_err()
         {
-            return Err(TargetError::Parameter {
-                scheme: S,
-                key: format!("@{name}"),
-                expected: "expected a valid HTTP header name and value",
-            });
+            return Err(parameter(
+                S,
+                &format!("@{name}"),
+                "expected a valid HTTP header name and value",
+            ));
         }
     }
     let disable_tls = parse_bool(S, "disabletls", take(&mut own, &["disabletls"]), false)?;
@@ -905,20 +905,20 @@ fn parse_generic(value: &str, explicit: Option<&str>) -> Result<Generic, TargetE
         None => false,
         Some("json") => true,
         Some(_) => {
-            return Err(TargetError::Parameter {
-                scheme: S,
-                key: "template".to_owned(),
-                expected: "expected json (named templates cannot be loaded from a URL)",
-            });
+            return Err(parameter(
+                S,
+                "template",
+                "expected json (named templates cannot be loaded from a URL)",
+            ));
         }
     };
     let method = take(&mut own, &["method"]).unwrap_or_else(|| "POST".to_owned());
     if reqwest::Method::from_bytes(method.as_bytes()).is_err() {
-        return Err(TargetError::Parameter {
-            scheme: S,
-            key: "method".to_owned(),
-            expected: "expected an HTTP method such as POST or PUT",
-        });
+        return Err(parameter(
+            S,
+            "method",
+            "expected an HTTP method such as POST or PUT",
+        ));
     }
     let content_type = take(&mut own, &["contenttype"]).unwrap_or_else(|| "application/json".to_owned());
     let title = take(&mut own, &["title"]);
@@ -1013,11 +1013,11 @@ fn parse_telegram(value: &str) -> Result<Telegram, TargetError> {
         Some("markdown") => ParseMode::Markdown,
         Some("markdownv2") => ParseMode::MarkdownV2,
         Some(_) => {
-            return Err(TargetError::Parameter {
-                scheme: S,
-                key: "parsemode".to_owned(),
-                expected: "expected None, HTML, Markdown or MarkdownV2",
-            });
+            return Err(parameter(
+                S,
+                "parsemode",
+                "expected None, HTML, Markdown or MarkdownV2",
+            ));
         }
     };
     let title = take(&mut p, &["title"]);
@@ -1035,11 +1035,9 @@ fn parse_telegram(value: &str) -> Result<Telegram, TargetError> {
 fn parse_chat(chat: &str) -> Result<TelegramChat, TargetError> {
     let (id, thread) = match chat.rsplit_once(':') {
         Some((id, thread)) => {
-            let thread = thread.parse::<i64>().map_err(|_| TargetError::Parameter {
-                scheme: "telegram",
-                key: "chats".to_owned(),
-                expected: "expected chat[:thread], the thread a number",
-            })?;
+            let thread = thread
+                .parse::<i64>()
+                .map_err(|_| parameter("telegram", "chats", "expected chat[:thread], the thread a number"))?;
             (id, Some(thread))
         }
         None => (chat, None),
@@ -1055,11 +1053,11 @@ fn parse_chat(chat: &str) -> Result<TelegramChat, TargetError> {
         |name| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
     );
     if !valid {
-        return Err(TargetError::Parameter {
-            scheme: "telegram",
-            key: "chats".to_owned(),
-            expected: "expected @channelname or a numeric chat id",
-        });
+        return Err(parameter(
+            "telegram",
+            "chats",
+            "expected @channelname or a numeric chat id",
+        ));
     }
     Ok(TelegramChat {
         id: id.to_owned(),
@@ -1148,10 +1146,12 @@ fn parse_smtp(value: &str) -> Result<Smtp, TargetError> {
         return Err(form(S, "no to=… address given"));
     }
     for a in std::iter::once(&from).chain(&to) {
-        a.parse::<lettre::Address>().map_err(|_| TargetError::Parameter {
-            scheme: S,
-            key: if *a == from { "from" } else { "to" }.to_owned(),
-            expected: "expected e-mail addresses such as kured@example.com",
+        a.parse::<lettre::Address>().map_err(|_| {
+            parameter(
+                S,
+                if *a == from { "from" } else { "to" },
+                "expected e-mail addresses such as kured@example.com",
+            )
         })?;
     }
     let from_name = take(&mut p, &["fromname"]);
@@ -1163,18 +1163,18 @@ fn parse_smtp(value: &str) -> Result<Smtp, TargetError> {
         Some("login") => SmtpAuth::Login,
         Some("oauth2") => SmtpAuth::OAuth2,
         Some("crammd5") => {
-            return Err(TargetError::Parameter {
-                scheme: S,
-                key: "auth".to_owned(),
-                expected: "CRAM-MD5 is not supported; use Plain or Login (over TLS)",
-            });
+            return Err(parameter(
+                S,
+                "auth",
+                "CRAM-MD5 is not supported; use Plain or Login (over TLS)",
+            ));
         }
         Some(_) => {
-            return Err(TargetError::Parameter {
-                scheme: S,
-                key: "auth".to_owned(),
-                expected: "expected None, Plain, Login, OAuth2 or Unknown",
-            });
+            return Err(parameter(
+                S,
+                "auth",
+                "expected None, Plain, Login, OAuth2 or Unknown",
+            ));
         }
     };
     let encryption = match take(&mut p, &["encryption"])
@@ -1186,11 +1186,11 @@ fn parse_smtp(value: &str) -> Result<Smtp, TargetError> {
         Some("explicittls") => Encryption::ExplicitTls,
         Some("implicittls") => Encryption::ImplicitTls,
         Some(_) => {
-            return Err(TargetError::Parameter {
-                scheme: S,
-                key: "encryption".to_owned(),
-                expected: "expected None, ExplicitTLS, ImplicitTLS or Auto",
-            });
+            return Err(parameter(
+                S,
+                "encryption",
+                "expected None, ExplicitTLS, ImplicitTLS or Auto",
+            ));
         }
     };
     let starttls = parse_bool(S, "usestarttls", take(&mut p, &["usestarttls", "starttls"]), true)?;
