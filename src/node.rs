@@ -315,18 +315,23 @@ impl OwnNode {
         Ok(())
     }
 
-    /// Sets one annotation of ours, leaving every other annotation as it is.
-    pub async fn set_annotation(&self, key: &str, value: &str) -> Result<()> {
-        let patch = json!({ "metadata": { "annotations": { key: value } } });
+    /// Merge-patches `annotations` (a value of `null` removes one), leaving the others as they are.
+    async fn patch_annotations(&self, annotations: serde_json::Value, action: &'static str) -> Result<()> {
+        let patch = json!({ "metadata": { "annotations": annotations } });
         self.api
             .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|source| NodeError::Annotate {
                 node: self.name.clone(),
-                action: "set",
+                action,
                 source,
             })?;
         Ok(())
+    }
+
+    /// Sets one annotation of ours, leaving every other annotation as it is.
+    pub async fn set_annotation(&self, key: &str, value: &str) -> Result<()> {
+        self.patch_annotations(json!({ key: value }), "set").await
     }
 
     /// Records that a reboot is starting, as upstream does: if [`REBOOT_IN_PROGRESS`] is absent,
@@ -338,17 +343,11 @@ impl OwnNode {
             return Ok(false);
         }
         let at = annotation_time(now);
-        let patch = json!({
-            "metadata": { "annotations": { REBOOT_IN_PROGRESS: at, MOST_RECENT_REBOOT_NEEDED: at } }
-        });
-        self.api
-            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|source| NodeError::Annotate {
-                node: self.name.clone(),
-                action: "set",
-                source,
-            })?;
+        self.patch_annotations(
+            json!({ REBOOT_IN_PROGRESS: at, MOST_RECENT_REBOOT_NEEDED: at }),
+            "set",
+        )
+        .await?;
         info!(node = %self.name, at = %at, "annotated reboot in progress");
         Ok(true)
     }
@@ -360,15 +359,8 @@ impl OwnNode {
         if !has_annotation(&node, REBOOT_IN_PROGRESS) {
             return Ok(false);
         }
-        let patch = json!({ "metadata": { "annotations": { REBOOT_IN_PROGRESS: null } } });
-        self.api
-            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|source| NodeError::Annotate {
-                node: self.name.clone(),
-                action: "remove",
-                source,
-            })?;
+        self.patch_annotations(json!({ REBOOT_IN_PROGRESS: null }), "remove")
+            .await?;
         info!(node = %self.name, "removed reboot-in-progress annotation");
         Ok(true)
     }
