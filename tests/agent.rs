@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -127,15 +127,7 @@ async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
     let scope = Scope::new("agent-cordoned").await;
     let names = scope.create_nodes(1).await;
     let agents = support::Agents::new(&scope).await;
-    let nodes: Api<Node> = Api::all(scope.client.clone());
-    nodes
-        .patch(
-            &names[0],
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "unschedulable": true } })),
-        )
-        .await
-        .expect("cordoning by hand");
+    support::set_unschedulable(&scope, &names[0], true).await;
 
     let sim = agents.start(&scope, &names[0], &[]);
     let first_boot = support::first_boot_id(&scope, &names[0]).await;

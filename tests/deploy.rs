@@ -539,29 +539,6 @@ fn has_taint(node: &Node, key: &str) -> bool {
         .is_some_and(|ts| ts.iter().any(|t| t.key == key && t.effect == "PreferNoSchedule"))
 }
 
-fn unschedulable(node: &Node) -> bool {
-    node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
-}
-
-fn boot_id(node: &Node) -> &str {
-    node.status
-        .as_ref()
-        .and_then(|s| s.node_info.as_ref())
-        .map(|i| i.boot_id.as_str())
-        .unwrap_or_default()
-}
-
-async fn set_unschedulable(scope: &Scope, node: &str, unschedulable: bool) {
-    Api::<Node>::all(scope.client.clone())
-        .patch(
-            node,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "unschedulable": unschedulable } })),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("setting unschedulable={unschedulable} on {node}: {e}"));
-}
-
 async fn create<K>(scope: &Scope, object: serde_json::Value)
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -630,7 +607,7 @@ impl Cluster {
         )
         .await;
         // Node 1 closed, so that both of web's pods land on node 0, and stay there.
-        set_unschedulable(&scope, n1, true).await;
+        support::set_unschedulable(&scope, n1, true).await;
         create::<Deployment>(
             &scope,
             json!({
@@ -789,15 +766,15 @@ async fn full_cycle_with_the_manifests_rbac(manifest: &Manifest, test: &str) {
         },
     )
     .await;
-    set_unschedulable(&cluster.scope, &cluster.nodes[1], false).await;
+    support::set_unschedulable(&cluster.scope, &cluster.nodes[1], false).await;
     let node = eventually(
         "node 0 drained, rebooted, uncordoned, lock released",
         Duration::from_secs(120),
         || async {
             let node = cluster.node(0).await;
             let boots = sim.boot_ids();
-            let rebooted = sim.reboots() == 1 && boots.len() == 2 && boot_id(&node) == boots[1];
-            let back = rebooted && !sim.sentinel.exists() && !unschedulable(&node);
+            let rebooted = sim.reboots() == 1 && boots.len() == 2 && support::boot_id(&node) == boots[1];
+            let back = rebooted && !sim.sentinel.exists() && !support::unschedulable(&node);
             (back && cluster.lock().await.is_none()).then_some(node)
         },
     )
@@ -889,7 +866,7 @@ async fn withholding_fails_the_drain(withheld: Withhold, resource: &str, test: &
         Duration::from_secs(30),
         || async {
             let node = cluster.node(0).await;
-            (!unschedulable(&node) && cluster.lock().await.is_none()).then_some(())
+            (!support::unschedulable(&node) && cluster.lock().await.is_none()).then_some(())
         },
     )
     .await;

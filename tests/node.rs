@@ -70,14 +70,7 @@ async fn cordoning_a_node_cordoned_by_someone_else_says_so() {
     let name = scope.create_nodes(1).await.remove(0);
     let nodes: Api<Node> = Api::all(scope.client.clone());
     // An administrator cordoned it, as `kubectl cordon` does.
-    nodes
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "unschedulable": true } })),
-        )
-        .await
-        .expect("cordoning as an administrator");
+    support::set_unschedulable(&scope, &name, true).await;
 
     let cordon = OwnNode::new(scope.client.clone(), &name)
         .cordon()

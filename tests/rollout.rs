@@ -13,7 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -244,17 +244,9 @@ async fn eight_nodes_three_at_a_time() {
 async fn pre_cordoned_and_blocked_nodes_and_a_budgeted_workload() {
     let rollout = Rollout::new("rollout-mixed", 5).await;
     let (scope, names) = (&rollout.scope, &rollout.names);
-    let nodes: Api<Node> = Api::all(scope.client.clone());
 
     // names[0] is cordoned by an operator before the rollout.
-    nodes
-        .patch(
-            &names[0],
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "unschedulable": true } })),
-        )
-        .await
-        .expect("cordoning by hand");
+    support::set_unschedulable(scope, &names[0], true).await;
     rollout
         .record
         .lock()

@@ -567,6 +567,18 @@ pub fn boot_id(node: &Node) -> String {
         .unwrap_or_default()
 }
 
+/// Cordons (`true`) or uncordons node `node` as an operator would, with `kubectl cordon`.
+pub async fn set_unschedulable(scope: &Scope, node: &str, unschedulable: bool) {
+    Api::<Node>::all(scope.client.clone())
+        .patch(
+            node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({ "spec": { "unschedulable": unschedulable } })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("setting unschedulable={unschedulable} on {node}: {e}"));
+}
+
 /// Whether the node is cordoned.
 pub fn unschedulable(node: &Node) -> bool {
     node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
