@@ -10,16 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn kured() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kured"));
-    // The tests set what they need; nothing leaks in from the caller's environment.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("KURED_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
+use support::kured;
 
 #[test]
 fn bad_flags_exit_2_with_one_line_naming_flag_and_value() {

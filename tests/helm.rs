@@ -380,19 +380,7 @@ fn agent_start(container: &Container) -> Result<(), String> {
         Some(&strings(&["/usr/bin/kured"])[..]),
         "the image's binary"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_kured"))
-        .args(args(container))
-        .arg("--kubeconfig=/nonexistent/kubeconfig")
-        .env_clear()
-        .envs(resolved_env(container))
-        .output()
-        .expect("running kured");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if out.status.code() == Some(1) && stderr.contains("--kubeconfig /nonexistent/kubeconfig") {
-        Ok(())
-    } else {
-        Err(format!("exit {:?}: {stderr}", out.status.code()))
-    }
+    support::agent_accepts(args(container), resolved_env(container))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@
 //! `Options::api_base`, which keeps each request's path and query.
 
 mod receivers;
+mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kured::metrics::NotificationFailures;
@@ -478,15 +478,7 @@ async fn smtp_never_sends_a_password_unencrypted() {
     assert!(!smtp.output().contains("with a password"));
 }
 
-fn kured() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kured"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("KURED_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
+use support::kured;
 
 #[test]
 fn kured_notify_reports_each_url_and_exits_0_only_if_all_got_it() {

@@ -663,3 +663,40 @@ pub async fn running_on(scope: &Scope, labels: &str, nodes: &[&str]) -> Vec<k8s_
     )
     .await
 }
+
+/// The kured binary, with no `KURED_*` variable of the caller's environment: tests set what they
+/// need.
+pub fn kured() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kured"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KURED_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// Whether the agent accepts `args` and the environment `env` (and nothing else of the caller's
+/// environment). It validates them all at start; valid ones get it as far as reading its
+/// kubeconfig, given here as a file that does not exist (exit 1); a bad flag, value or variable
+/// stops it before that (exit 2, naming it), which is the error returned.
+pub fn agent_accepts<A, E>(args: A, env: E) -> Result<(), String>
+where
+    A: IntoIterator,
+    A::Item: AsRef<std::ffi::OsStr>,
+    E: IntoIterator<Item = (String, String)>,
+{
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kured"))
+        .args(args)
+        .arg("--kubeconfig=/nonexistent/kubeconfig")
+        .env_clear()
+        .envs(env)
+        .output()
+        .expect("running kured");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.code() == Some(1) && stderr.contains("--kubeconfig /nonexistent/kubeconfig") {
+        Ok(())
+    } else {
+        Err(format!("exit {:?}: {stderr}", out.status.code()))
+    }
+}
