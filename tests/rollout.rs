@@ -341,9 +341,11 @@ async fn pre_cordoned_and_blocked_nodes_and_a_budgeted_workload() {
 async fn a_closed_window_holds_the_rollout_until_it_opens() {
     let rollout = Rollout::new("rollout-window", 3).await;
     let observer = observe_nodes(&rollout.scope, 1, rollout.record.clone());
-    // A window that opens a little from now (UTC, whole minutes) and lasts an hour.
-    let opens = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_secs(60))
+    // A window that opens a little from now and lasts an hour. Windows are set in whole minutes:
+    // take the first minute boundary at least 20 s away, so that the window is surely still
+    // closed when the check below looks (8 s after the agents start).
+    let earliest = jiff::Timestamp::now().as_second() + 20;
+    let opens = jiff::Timestamp::from_second((earliest / 60 + 1) * 60)
         .expect("a time")
         .to_zoned_datetime(jiff::tz::TimeZone::UTC);
     let start = format!("{:02}:{:02}", opens.hour(), opens.minute());
