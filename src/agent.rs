@@ -119,30 +119,12 @@ pub async fn run(
     metric_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut wait = Wait::Now;
     loop {
-        let pause = async {
-            match &wait {
-                Wait::Now => {}
-                Wait::For(d) => tokio::time::sleep(*d).await,
-                Wait::Until(at) => tokio::time::sleep(until(*at)).await,
-                Wait::LockChange { seen, limit } => {
-                    match tokio::time::timeout(*limit, agent.lock_may_admit(seen.clone())).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            warn!(error = %crate::error_chain(&e), "watching the lock");
-                            tokio::time::sleep(ERROR_RETRY.min(*limit)).await;
-                        }
-                        Err(_) => {}
-                    }
-                }
-            }
-        };
+        let pause = pause_through_ticks(agent.pause(wait), &mut metric_tick, async || {
+            agent.refresh_metric().await;
+        });
         tokio::select! {
             result = &mut server => return result.map_err(AgentError::from),
             _ = shutdown.wait_for(|stop| *stop) => break,
-            _ = metric_tick.tick() => {
-                agent.refresh_metric().await;
-                continue;
-            }
             _ = sentinel_events.changed() => {
                 info!(node = %agent.config.node_id, "sentinel file changed");
             }
@@ -155,6 +137,25 @@ pub async fn run(
     Ok(())
 }
 
+/// Waits for `pause` to end, running `on_tick` at every tick of `ticks` meanwhile. The pause
+/// goes on where it was after a tick: one started afresh at every tick would never end if it
+/// were longer than the tick interval (an idle agent's `--period` against the minutely metric
+/// refresh), and one as long would end only when the timer happened to fire late.
+async fn pause_through_ticks(
+    pause: impl Future<Output = ()>,
+    ticks: &mut tokio::time::Interval,
+    mut on_tick: impl AsyncFnMut(),
+) {
+    let mut pause = std::pin::pin!(pause);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut pause => return,
+            _ = ticks.tick() => on_tick().await,
+        }
+    }
+}
+
 fn until(at: Timestamp) -> Duration {
     let left = at.duration_since(Timestamp::now());
     Duration::try_from(left).unwrap_or(Duration::ZERO)
@@ -163,6 +164,24 @@ fn until(at: Timestamp) -> Duration {
 impl<N: Notifier> Agent<N> {
     fn period(&self) -> Duration {
         self.config.period
+    }
+
+    /// Waits as the last round asked.
+    async fn pause(&self, wait: Wait) {
+        match wait {
+            Wait::Now => {}
+            Wait::For(d) => tokio::time::sleep(d).await,
+            Wait::Until(at) => tokio::time::sleep(until(at)).await,
+            Wait::LockChange { seen, limit } => {
+                match tokio::time::timeout(limit, self.lock_may_admit(seen)).await {
+                    Ok(Ok(())) | Err(_) => {}
+                    Ok(Err(e)) => {
+                        warn!(error = %crate::error_chain(&e), "watching the lock");
+                        tokio::time::sleep(ERROR_RETRY.min(limit)).await;
+                    }
+                }
+            }
+        }
     }
 
     /// How long the reboot window stays open from now: waiting for the lock ends there, so the
@@ -788,4 +807,49 @@ fn phase_of(step: &Step) -> Option<(Phase, String)> {
         Step::ReleaseLockAt(at) => (Phase::Releasing, format!("until {at}")),
         Step::CheckBlockers | Step::AcquireLock | Step::ResumeReboot | Step::ReleaseLock => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::{Instant, interval, sleep};
+
+    /// Runs `pause_through_ticks` on the paused clock with ticks every `tick` that each take
+    /// 10 ms (a sentinel check), and returns how long the pause took and how many ticks it saw.
+    async fn paused(pause: Duration, tick: Duration) -> (Duration, u32) {
+        let mut ticks = interval(tick);
+        let start = Instant::now();
+        let mut seen = 0;
+        let waiting = pause_through_ticks(sleep(pause), &mut ticks, async || {
+            seen += 1;
+            sleep(Duration::from_millis(10)).await;
+        });
+        tokio::time::timeout(pause * 2, waiting)
+            .await
+            .expect("the pause to end within twice its length");
+        (start.elapsed(), seen)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_longer_than_the_tick_interval_ends_on_time() {
+        // The default --period against the minutely metric refresh.
+        let (took, ticks) = paused(Duration::from_secs(3600), METRIC_REFRESH).await;
+        assert_eq!(took, Duration::from_secs(3600));
+        assert_eq!(ticks, 60, "one at once, then one a minute");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_as_long_as_the_tick_interval_ends_on_time() {
+        let (took, ticks) = paused(Duration::from_secs(3), Duration::from_secs(3)).await;
+        assert_eq!(took, Duration::from_secs(3));
+        assert_eq!(ticks, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ticks_go_on_during_a_pause() {
+        let (took, ticks) = paused(Duration::from_millis(250), Duration::from_millis(100)).await;
+        // The ticks at 0, 100 and 200 ms each run 10 ms; the pause ends at 250 ms regardless.
+        assert_eq!(took, Duration::from_millis(250));
+        assert_eq!(ticks, 3);
+    }
 }

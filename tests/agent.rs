@@ -122,6 +122,44 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
     assert!(log.contains("\"message\":\"lock released\""), "{log}");
 }
 
+/// A sentinel command has no file to watch: the agent must look again every period, also while
+/// the minutely metric refresh keeps running. The fresh agent after the first reboot is idle, and
+/// a reboot needed later must still be noticed.
+#[tokio::test]
+async fn an_idle_agent_with_a_sentinel_command_notices_a_later_reboot() {
+    let scope = Scope::new("agent-command-sentinel").await;
+    let names = scope.create_nodes(1).await;
+    let agents = support::Agents::new(&scope).await;
+    // node-init exports the sentinel's path; the agent passes its environment to the command.
+    let sim = agents.start(
+        &scope,
+        &names[0],
+        &[r#"--reboot-sentinel-command=sh -c 'test -e "$NODE_INIT_SENTINEL"'"#],
+    );
+    let first_boot = support::first_boot_id(&scope, &names[0]).await;
+    wait_for_reboot_cycle(&scope, &names[0], &sim, &first_boot).await;
+
+    // The fresh agent has started and found nothing to do; then the node needs a reboot again.
+    eventually("the fresh agent to start", Duration::from_secs(30), || async {
+        (sim.log().matches("\"agent started\"").count() == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(sim.reboots(), 1, "idle without a sentinel; log:\n{}", sim.log());
+    std::fs::write(&sim.sentinel, "").expect("creating the sentinel");
+    let noticed = tokio::time::timeout(Duration::from_secs(60), async {
+        while sim.reboots() < 2 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        noticed.is_ok(),
+        "no second reboot within 60 s (20 periods); agent log:\n{}",
+        sim.log()
+    );
+}
+
 #[tokio::test]
 async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
     let scope = Scope::new("agent-cordoned").await;
