@@ -71,6 +71,19 @@ enum Wait {
     LockChange { seen: Seen, limit: Duration },
 }
 
+impl Wait {
+    /// The longest this wait can last (see [`Agent::pause`]), ticks of the metric refresh aside.
+    fn longest(&self) -> Duration {
+        match self {
+            Wait::Now => Duration::ZERO,
+            Wait::For(d) => *d,
+            Wait::Until(at) => until(*at),
+            // A failed lock watch adds a retry pause of at most the limit.
+            Wait::LockChange { limit, .. } => limit.saturating_mul(2),
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(
     config: Config,
@@ -80,9 +93,10 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let metrics_addr = config.metrics_addr.clone();
+    let liveness = Arc::new(metrics::Liveness::default());
     let server = {
         let mut shutdown = shutdown.clone();
-        metrics::serve(&metrics_addr, metrics.clone(), async move {
+        metrics::serve(&metrics_addr, metrics.clone(), liveness.clone(), async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
     };
@@ -119,6 +133,7 @@ pub async fn run(
     metric_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut wait = Wait::Now;
     loop {
+        liveness.pausing(wait.longest());
         let pause = pause_through_ticks(agent.pause(wait), &mut metric_tick, async || {
             agent.refresh_metric().await;
         });
@@ -130,6 +145,7 @@ pub async fn run(
             }
             () = pause => {}
         }
+        liveness.working();
         wait = agent.step().await;
     }
     server.await?;
@@ -828,6 +844,19 @@ mod tests {
             .await
             .expect("the pause to end within twice its length");
         (start.elapsed(), seen)
+    }
+
+    #[test]
+    fn the_longest_wait_covers_a_lock_watch_error_and_its_retry() {
+        let limit = Duration::from_secs(10);
+        let lock = Wait::LockChange {
+            seen: Seen::new(None),
+            limit,
+        };
+        assert_eq!(lock.longest(), 2 * limit);
+        assert_eq!(Wait::For(limit).longest(), limit);
+        assert_eq!(Wait::Now.longest(), Duration::ZERO);
+        assert_eq!(Wait::Until(Timestamp::UNIX_EPOCH).longest(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

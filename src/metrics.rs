@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -168,10 +170,74 @@ impl Metrics {
     }
 }
 
+/// How far past its expected end a pause between the agent's rounds may run before `/healthz`
+/// calls the agent stalled: a metric refresh during the pause may run a sentinel command for up
+/// to a minute, and a busy node may be slow to schedule the agent.
+pub const PAUSE_GRACE: Duration = Duration::from_secs(120);
+
+/// Whether the agent's loop still turns, for `/healthz`. The loop says how long each pause
+/// between its rounds may last; one overdue by more than [`PAUSE_GRACE`] makes `/healthz` answer
+/// 503, so that the liveness probe restarts an agent whose loop stalled (the lock and the Node say
+/// where a fresh one resumes). While a round runs — a drain may take as long as its time-out — no
+/// deadline is set.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    due: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Liveness {
+    /// The loop pauses for at most `longest`.
+    pub fn pausing(&self, longest: Duration) {
+        // A deadline past what the clock can hold is never overdue.
+        let due = tokio::time::Instant::now().checked_add(longest.saturating_add(PAUSE_GRACE));
+        *self.due.lock().unwrap_or_else(|e| e.into_inner()) = due;
+    }
+
+    /// The loop runs a round.
+    pub fn working(&self) {
+        *self.due.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// How long the current pause has run past its deadline, grace included; `None` while the
+    /// loop keeps its time.
+    pub fn overdue(&self) -> Option<Duration> {
+        let due = (*self.due.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let late = tokio::time::Instant::now().checked_duration_since(due)?;
+        (!late.is_zero()).then_some(late)
+    }
+
+    /// The answer of `/healthz`.
+    fn report(&self) -> (StatusCode, String) {
+        match self.overdue() {
+            None => (StatusCode::OK, "ok\n".to_owned()),
+            Some(late) => {
+                let late = whole_seconds(late);
+                tracing::error!(
+                    overdue = %late,
+                    "the agent's loop is stalled: its pause between rounds ran past its end; reporting unhealthy"
+                );
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "stalled: the pause between rounds is {late} past its end (grace {} included)\n",
+                        whole_seconds(PAUSE_GRACE)
+                    ),
+                )
+            }
+        }
+    }
+}
+
+/// `d` in whole seconds, written as Go writes durations (`2m5s`).
+fn whole_seconds(d: Duration) -> crate::duration::GoDuration {
+    crate::duration::GoDuration::from_secs(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// Serves `/metrics` and `/healthz` on `addr` until `shutdown` completes.
 pub async fn serve(
     addr: &str,
     metrics: Arc<Metrics>,
+    liveness: Arc<Liveness>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), MetricsError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -203,7 +269,10 @@ pub async fn serve(
         )
         .route(
             "/healthz",
-            get(|| async { (StatusCode::OK, "ok\n").into_response() }),
+            get(move || {
+                let liveness = liveness.clone();
+                async move { liveness.report().into_response() }
+            }),
         );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -286,5 +355,42 @@ mod tests {
         own.register("smtp");
         own.count("slack");
         assert_eq!((own.get("smtp"), own.get("slack")), (0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn healthz_fails_once_a_pause_runs_past_its_end_and_the_grace() {
+        let live = Liveness::default();
+        assert_eq!(live.report().0, StatusCode::OK, "healthy before the first pause");
+
+        live.pausing(Duration::from_secs(3600));
+        tokio::time::advance(Duration::from_secs(3600) + PAUSE_GRACE).await;
+        assert_eq!(
+            live.report(),
+            (StatusCode::OK, "ok\n".to_owned()),
+            "within the grace"
+        );
+
+        tokio::time::advance(Duration::from_secs(65)).await;
+        assert_eq!(live.overdue(), Some(Duration::from_secs(65)));
+        assert_eq!(
+            live.report(),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stalled: the pause between rounds is 1m5s past its end (grace 2m0s included)\n".to_owned()
+            )
+        );
+
+        // A round starts: however long it takes, the loop is not called stalled.
+        live.working();
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        assert_eq!(live.report().0, StatusCode::OK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_without_end_is_never_overdue() {
+        let live = Liveness::default();
+        live.pausing(Duration::MAX);
+        tokio::time::advance(Duration::from_secs(10 * 365 * 86_400)).await;
+        assert_eq!(live.overdue(), None);
     }
 }
