@@ -125,8 +125,13 @@ fn assemble(nodes: &[Node], annotation: Option<&str>, lock: &LockLocation, now: 
                 reboot_required: state.as_ref().and_then(|s| s.reboot_required),
                 phase: state.as_ref().map(|s| s.phase.to_string()),
                 detail: match state.as_ref() {
-                    // Agents waiting for the lock do not publish who holds it; the lock says.
-                    Some(s) if s.phase == Phase::WaitingForLock && s.detail.is_empty() => {
+                    // Agents waiting for the lock do not publish who holds it; the lock says
+                    // (nobody, for the moment between a release and the next round).
+                    Some(s)
+                        if s.phase == Phase::WaitingForLock
+                            && s.detail.is_empty()
+                            && !lock_holders.is_empty() =>
+                    {
                         format!("held by {}", lock_holders.join(","))
                     }
                     Some(s) => s.detail.clone(),
@@ -276,6 +281,11 @@ mod tests {
                 ("n4", false, None, ""),
             ]
         );
+
+        // Between a release and the waiting agent's next round, the lock is free.
+        let free = assemble(&nodes[1..2], None, &lock, now);
+        assert_eq!(free.nodes[0].phase.as_deref(), Some("waiting-for-lock"));
+        assert_eq!(free.nodes[0].detail, "", "no \"held by\" without holders");
     }
 
     #[test]
