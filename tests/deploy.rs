@@ -636,21 +636,7 @@ impl Cluster {
         // Cordoned nodes keep DaemonSet pods: they tolerate node.kubernetes.io/unschedulable.
 
         let dir = tempfile::tempdir().expect("a temp dir");
-        let kubeconfig = support::service_account_kubeconfig(&scope, "kured", dir.path()).await;
-        // Bindings take effect through the API server's RBAC informer: wait until both do.
-        let agent = support::client_from_kubeconfig(&kubeconfig).await;
-        eventually("the bindings to take effect", Duration::from_secs(10), || {
-            let agent = agent.clone();
-            let (namespace, node) = (scope.namespace.clone(), n0.to_owned());
-            async move {
-                Api::<Node>::all(agent.clone()).get(&node).await.ok()?;
-                Api::<DaemonSet>::namespaced(agent, &namespace)
-                    .get("kured")
-                    .await
-                    .ok()
-            }
-        })
-        .await;
+        let (kubeconfig, _) = support::service_account_client(&scope, "kured", "kured", dir.path()).await;
         eprintln!("{}: set up after {:?}", manifest.path, started.elapsed());
         Cluster {
             scope,

@@ -21,18 +21,17 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{Container, PodSpec, SecurityContext};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::Api;
 use kube::api::PostParams;
-use kube::{Api, Client};
 use serde_json::{Value, json};
-use support::{Scope, eventually, running_on};
+use support::access::{may, request};
+use support::{Scope, running_on};
 
 const CHART: &str = "charts/kured";
 const REPRESENTATIVE: &str = "tests/helm/values-signal.yaml";
@@ -200,11 +199,14 @@ impl Helm {
         Rendered::parse(&yaml)
     }
 
-    /// helm's message when it refuses to render; panics if it renders.
-    fn refusal(&self, args: &[&str]) -> String {
+    /// Asserts that helm refuses to render with `args`, saying `expected`.
+    fn assert_refuses(&self, args: &[&str], expected: &str) {
         match self.template_yaml("kured", "kube-system", args) {
             Ok(yaml) => panic!("helm template {args:?} should fail, but rendered:\n{yaml}"),
-            Err(message) => message,
+            Err(message) => assert!(
+                message.contains(expected),
+                "helm template {args:?} should fail saying {expected:?}, but said:\n{message}"
+            ),
         }
     }
 }
@@ -401,10 +403,11 @@ fn helm_lint_passes_and_the_schema_refuses_unknown_or_invalid_configuration() {
             .unwrap_or_else(|e| panic!("helm lint {values:?}: {e}"));
         assert!(out.contains("1 chart(s) linted, 0 chart(s) failed"), "{out}");
     }
-    let misspelt = helm.refusal(&["--set", "configuration.rebootMethd=signal"]);
-    assert!(misspelt.contains("rebootMethd"), "{misspelt}");
-    let invalid = helm.refusal(&["--set", "configuration.rebootMethod=reboot"]);
-    assert!(invalid.contains("/configuration/rebootMethod"), "{invalid}");
+    helm.assert_refuses(&["--set", "configuration.rebootMethd=signal"], "rebootMethd");
+    helm.assert_refuses(
+        &["--set", "configuration.rebootMethod=reboot"],
+        "/configuration/rebootMethod",
+    );
     let lint = helm
         .run(&["lint", CHART, "--set", "configuration.logFormat=yaml"])
         .expect_err("helm lint with an invalid logFormat");
@@ -968,10 +971,9 @@ fn the_reboot_method_and_the_sentinel_choose_the_security_context_and_the_volume
         json!([{ "name": "host", "mountPath": "/host" }])
     );
 
-    let relative = helm.refusal(&["--set", "configuration.rebootSentinel=reboot-required"]);
-    assert!(
-        relative.contains("configuration.rebootSentinel must be an absolute path"),
-        "{relative}"
+    helm.assert_refuses(
+        &["--set", "configuration.rebootSentinel=reboot-required"],
+        "configuration.rebootSentinel must be an absolute path",
     );
 }
 
@@ -1008,27 +1010,23 @@ fn notification_urls_come_from_values_or_from_a_secret_never_both() {
         json!({ "name": "KURED_NOTIFY_URL", "valueFrom": { "secretKeyRef": { "name": "kured-notify", "key": "url" } } })
     );
 
-    let both = helm.refusal(&[
-        "--set",
-        "configuration.notifyUrlSecret.name=kured-notify",
-        "--set",
-        "configuration.notifyUrl=generic+https://hooks.example.com/x",
-    ]);
-    assert!(
-        both.contains("set configuration.notifyUrl or configuration.notifyUrlSecret, not both"),
-        "{both}"
+    helm.assert_refuses(
+        &[
+            "--set",
+            "configuration.notifyUrlSecret.name=kured-notify",
+            "--set",
+            "configuration.notifyUrl=generic+https://hooks.example.com/x",
+        ],
+        "set configuration.notifyUrl or configuration.notifyUrlSecret, not both",
     );
 }
 
 #[test]
 fn a_servicemonitor_without_the_prometheus_operators_api_stops_rendering() {
     let helm = Helm::new();
-    let refusal = helm.refusal(&["--set", "metrics.create=true"]);
-    assert!(
-        refusal.contains(
-            "metrics.create needs the Prometheus Operator's ServiceMonitor API (monitoring.coreos.com/v1)"
-        ),
-        "{refusal}"
+    helm.assert_refuses(
+        &["--set", "metrics.create=true"],
+        "metrics.create needs the Prometheus Operator's ServiceMonitor API (monitoring.coreos.com/v1)",
     );
     let served = helm.template(
         "kured",
@@ -1087,78 +1085,6 @@ impl Drop for ClusterWide {
             }
         }
     }
-}
-
-/// One request of the authorizer's: `verb` on `resource` (`group/resource[/subresource]`, "" as
-/// the core group) named `name` in `namespace` ("" for cluster-wide objects and every namespace).
-struct Request<'a> {
-    verb: &'a str,
-    resource: &'a str,
-    namespace: &'a str,
-    name: &'a str,
-}
-
-fn request<'a>(verb: &'a str, resource: &'a str, namespace: &'a str, name: &'a str) -> Request<'a> {
-    Request {
-        verb,
-        resource,
-        namespace,
-        name,
-    }
-}
-
-impl std::fmt::Display for Request<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {} {:?} in {:?}",
-            self.verb, self.resource, self.name, self.namespace
-        )
-    }
-}
-
-/// Whether the user of `client` may make `request`, as the API server's authorizer answers it.
-async fn may(client: &Client, request: &Request<'_>) -> bool {
-    let mut parts = request.resource.splitn(3, '/');
-    let group = parts.next().unwrap_or_default();
-    let resource = parts.next().unwrap_or_default();
-    let subresource = parts.next().unwrap_or_default();
-    let review: SelfSubjectAccessReview = serde_json::from_value(json!({
-        "spec": { "resourceAttributes": {
-            "verb": request.verb,
-            "group": group,
-            "resource": resource,
-            "subresource": subresource,
-            "namespace": request.namespace,
-            "name": request.name,
-        } },
-    }))
-    .expect("a valid SelfSubjectAccessReview");
-    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await
-        .unwrap_or_else(|e| panic!("asking whether {request} is allowed: {e}"));
-    answer.status.is_some_and(|s| s.allowed)
-}
-
-/// A client with nothing but a token of the scope's ServiceAccount `name`, once its bindings
-/// have reached the API server's authorizer (they take effect through an informer).
-async fn agent_client(scope: &Scope, name: &str, dir: &Path) -> Client {
-    let kubeconfig = support::service_account_kubeconfig(scope, name, dir).await;
-    let client = support::client_from_kubeconfig(&kubeconfig).await;
-    let own_lock = Request {
-        verb: "update",
-        resource: "apps/daemonsets",
-        namespace: &scope.namespace,
-        name,
-    };
-    eventually(
-        &format!("{name}'s bindings to take effect"),
-        Duration::from_secs(30),
-        || async { may(&client, &own_lock).await.then_some(()) },
-    )
-    .await;
-    client
 }
 
 /// The lock as an upstream agent on `node` writes it (concurrency 1, no TTL).
@@ -1258,8 +1184,12 @@ async fn applied_to_the_test_cluster_the_agents_run_on_the_scopes_nodes_with_the
 
     // Each agent's account may do what the agent does, on its own lock only.
     let dir = tempfile::tempdir().expect("a temp dir");
-    let plain_agent = agent_client(&scope, &plain, dir.path()).await;
-    let signal_agent = agent_client(&scope, &signal, dir.path()).await;
+    let plain_agent = support::service_account_client(&scope, &plain, &plain, dir.path())
+        .await
+        .1;
+    let signal_agent = support::service_account_client(&scope, &signal, &signal, dir.path())
+        .await
+        .1;
     let node = nodes[0].as_str();
     let ns = namespace.as_str();
     let allowed = [

@@ -13,6 +13,7 @@ use kured::metrics::NotificationFailures;
 use kured::notify::{Delivery, Event, Notifications, Notifier, Options, RetryPolicy, Target};
 use receivers::{HttpReceiver, Reply, SmtpServer, TestCa};
 use serde_json::json;
+use support::kured;
 
 const MESSAGE: &str = "Draining node n1";
 const TITLE: &str = "Starting drain";
@@ -477,8 +478,6 @@ async fn smtp_never_sends_a_password_unencrypted() {
     assert!(!failure.error.contains("S3CRETPW"), "{failure}");
     assert!(!smtp.output().contains("with a password"));
 }
-
-use support::kured;
 
 #[test]
 fn kured_notify_reports_each_url_and_exits_0_only_if_all_got_it() {

@@ -155,13 +155,10 @@ impl Rollout {
                 let mut report = String::new();
                 for (name, sim) in self.names.iter().zip(sims) {
                     if sim.reboots() != 1 {
-                        let log = sim.log();
-                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                        let tail: Vec<&str> = tail.into_iter().rev().collect();
                         report.push_str(&format!(
                             "\n--- {name}: {} reboots; last log lines:\n{}",
                             sim.reboots(),
-                            tail.join("\n")
+                            sim.log_tail(15)
                         ));
                     }
                 }

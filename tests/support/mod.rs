@@ -3,6 +3,7 @@
 //! names, so tests run in parallel on one cluster without seeing each other's objects.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod access;
 pub mod prometheus;
 
 use std::path::PathBuf;
@@ -371,6 +372,13 @@ impl SimulatedNode {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The last `lines` lines of the agent's output, for a failure report.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
 }
 
 impl SimulatedNode {
@@ -427,6 +435,29 @@ pub async fn service_account_kubeconfig(
     let path = dir.join(format!("{service_account}.kubeconfig"));
     std::fs::write(&path, kubeconfig.to_string()).expect("writing the ServiceAccount's kubeconfig");
     path
+}
+
+/// A kubeconfig (written into `dir`) and a client with nothing but a token of the scope's
+/// ServiceAccount `service_account`, once its bindings have reached the API server's authorizer
+/// (they take effect through an informer): it may read Nodes (its ClusterRoleBinding) and update
+/// DaemonSet `daemonset` in the scope's namespace, the lock (its RoleBinding).
+pub async fn service_account_client(
+    scope: &Scope,
+    service_account: &str,
+    daemonset: &str,
+    dir: &std::path::Path,
+) -> (PathBuf, Client) {
+    let kubeconfig = service_account_kubeconfig(scope, service_account, dir).await;
+    let client = client_from_kubeconfig(&kubeconfig).await;
+    let nodes = access::request("get", "/nodes", "", "");
+    let lock = access::request("update", "apps/daemonsets", &scope.namespace, daemonset);
+    eventually(
+        &format!("{service_account}'s bindings to take effect"),
+        Duration::from_secs(30),
+        || async { (access::may(&client, &nodes).await && access::may(&client, &lock).await).then_some(()) },
+    )
+    .await;
+    (kubeconfig, client)
 }
 
 /// A client with the credentials of kubeconfig file `path`, not retrying by itself.
