@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod access;
+pub mod observer;
 pub mod prometheus;
 
 use std::path::PathBuf;
