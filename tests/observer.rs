@@ -5,11 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
-use kube::api::{Patch, PatchParams};
-use serde_json::json;
 use support::Scope;
-use support::observer::{LOCK_ANNOTATION, Observer, lock_holders};
+use support::observer::{Observer, lock_holders, write_lock};
 
 #[test]
 fn lock_holders_reads_both_forms() {
@@ -36,18 +33,6 @@ fn lock_holders_reads_both_forms() {
         let expected = expected.map(|v| v.into_iter().map(str::to_owned).collect::<Vec<_>>());
         assert_eq!(got, expected, "{text}");
     }
-}
-
-async fn set_lock(scope: &Scope, text: Option<&str>) {
-    scope
-        .api::<DaemonSet>()
-        .patch(
-            "kured",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "annotations": { LOCK_ANNOTATION: text } } })),
-        )
-        .await
-        .expect("setting the lock annotation");
 }
 
 /// Nodes and a lock changed by hand, as a misbehaving agent would: the observer counts the
@@ -94,11 +79,11 @@ async fn the_observer_records_too_many_cordons_and_holders() {
         .await;
 
     let two = r#"{"maxOwners":2,"locks":[{"nodeID":"a","TTL":0},{"nodeID":"b","TTL":0}]}"#;
-    set_lock(&scope, Some(two)).await;
+    write_lock(&scope, Some(two)).await;
     observer
         .until("two holders", Duration::from_secs(10), |s| s.holders.len() == 2)
         .await;
-    set_lock(&scope, None).await;
+    write_lock(&scope, None).await;
     observer
         .until("the lock gone", Duration::from_secs(10), |s| s.lock.is_none())
         .await;

@@ -410,7 +410,7 @@ impl SimulatedNode {
     }
 
     /// How many agents node-init has started: the first, one after each reboot, and one after
-    /// each agent that was killed or exited.
+    /// each agent that was killed or exited (unless a reboot started one first).
     pub fn agent_starts(&self) -> usize {
         self.count("agent-start")
     }
@@ -418,6 +418,30 @@ impl SimulatedNode {
     /// How many agents [`SimulatedNode::kill_agent`] has killed.
     pub fn kills(&self) -> usize {
         self.count("kill")
+    }
+
+    /// What follows `tag` in each event line that starts with it.
+    fn tagged(&self, tag: &str) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter_map(|l| l.strip_prefix(tag))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The exit status of each agent that exited by itself (not killed, not rebooted).
+    pub fn agent_exits(&self) -> Vec<String> {
+        self.tagged("agent-exit ")
+    }
+
+    /// Whether an agent runs now: none does from a reboot, a kill or an exit until node-init
+    /// starts the next.
+    pub fn agent_running(&self) -> bool {
+        self.events()
+            .iter()
+            .rev()
+            .find(|l| *l == "agent-start" || *l == "reboot" || *l == "kill" || l.starts_with("agent-exit "))
+            .is_some_and(|l| l == "agent-start")
     }
 
     /// The node's boot ID as the node itself has it (what its agent reads from
@@ -516,11 +540,7 @@ impl SimulatedNode {
 impl SimulatedNode {
     /// The boot IDs node-init gave the Node, first boot first.
     pub fn boot_ids(&self) -> Vec<String> {
-        self.events()
-            .iter()
-            .filter_map(|l| l.strip_prefix("boot "))
-            .map(str::to_owned)
-            .collect()
+        self.tagged("boot ")
     }
 }
 
