@@ -751,6 +751,27 @@ pub async fn create_deployment(scope: &Scope, name: &str, replicas: i32, node: O
         .expect("creating the Deployment");
 }
 
+/// A PodDisruptionBudget `app` that keeps `min_available` pods of app `app`, once its status
+/// counts `healthy` of them.
+pub async fn create_pdb(scope: &Scope, app: &str, min_available: i32, healthy: i32) {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": app },
+        "spec": { "minAvailable": min_available, "selector": { "matchLabels": { "app": app } } },
+    }))
+    .expect("a valid PodDisruptionBudget");
+    let pdbs = scope.api::<PodDisruptionBudget>();
+    pdbs.create(&PostParams::default(), &pdb)
+        .await
+        .unwrap_or_else(|e| panic!("creating PodDisruptionBudget {app}: {e}"));
+    eventually(
+        &format!("PodDisruptionBudget {app} to count {healthy} healthy pods"),
+        Duration::from_secs(60),
+        || async { (pdbs.get(app).await.ok()?.status?.current_healthy == Some(healthy)).then_some(()) },
+    )
+    .await;
+}
+
 /// The node's boot ID as its kubelet (here: node-init) reports it.
 pub fn boot_id(node: &Node) -> String {
     node.status
