@@ -353,7 +353,8 @@ impl SimulatedNode {
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg(format!("--ds-namespace={}", scope.namespace))
             .arg("--ds-name=kured")
-            .arg("--period=3s")
+            // A short period unless the test sets its own.
+            .args((!args.iter().any(|a| a.starts_with("--period="))).then_some("--period=3s"))
             .arg(format!("--reboot-sentinel={}", sentinel.display()))
             .arg("--metrics-host=127.0.0.1")
             .arg(format!("--metrics-port={port}"))
