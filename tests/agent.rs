@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -173,21 +171,7 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
     let names = scope.create_nodes(1).await;
     let agents = support::Agents::new(&scope).await;
     support::create_deployment(&scope, "pinned", 1, Some(&names[0])).await;
-    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
-        "metadata": { "name": "pinned" },
-        "spec": { "minAvailable": 1, "selector": { "matchLabels": { "app": "pinned" } } },
-    }))
-    .expect("a valid PDB");
-    scope
-        .api::<PodDisruptionBudget>()
-        .create(&PostParams::default(), &pdb)
-        .await
-        .expect("creating the PDB");
-    eventually("the pinned pod to run", Duration::from_secs(60), || async {
-        let pdb = scope.api::<PodDisruptionBudget>().get("pinned").await.ok()?;
-        (pdb.status?.current_healthy == Some(1)).then_some(())
-    })
-    .await;
+    support::create_pdb(&scope, "pinned", 1, 1).await;
 
     let sim = agents.start(&scope, &names[0], &["--drain-timeout=3s"]);
     eventually("a failed drain", Duration::from_secs(60), || async {
@@ -221,20 +205,18 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
     let names = scope.create_nodes(1).await;
     let agents = support::Agents::new(&scope).await;
     // A bare pod, deleted directly below: no controller or garbage collector in the way.
-    let batch: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
-        "metadata": { "name": "batch", "labels": { "app": "batch" } },
-        "spec": {
-            "nodeName": names[0],
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{ "name": "batch", "image": "registry.invalid/batch:1" }],
-        },
-    }))
-    .expect("a valid Pod");
-    scope
-        .api::<k8s_openapi::api::core::v1::Pod>()
-        .create(&PostParams::default(), &batch)
-        .await
-        .expect("creating the blocking pod");
+    support::create::<k8s_openapi::api::core::v1::Pod>(
+        &scope,
+        json!({
+            "metadata": { "name": "batch", "labels": { "app": "batch" } },
+            "spec": {
+                "nodeName": names[0],
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{ "name": "batch", "image": "registry.invalid/batch:1" }],
+            },
+        }),
+    )
+    .await;
     eventually("the blocking pod to run", Duration::from_secs(60), || async {
         let pods = scope.api::<k8s_openapi::api::core::v1::Pod>();
         let list = pods

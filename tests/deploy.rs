@@ -21,12 +21,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use support::{Scope, SimulatedNode, eventually, kubectl, running_on};
+use support::{Scope, SimulatedNode, create, eventually, kubectl, running_on};
 
 const LOCK: &str = "weave.works/kured-node-lock";
 const REBOOT_IN_PROGRESS: &str = "weave.works/kured-reboot-in-progress";
@@ -523,23 +522,6 @@ fn has_taint(node: &Node, key: &str) -> bool {
         .is_some_and(|ts| ts.iter().any(|t| t.key == key && t.effect == "PreferNoSchedule"))
 }
 
-async fn create<K>(scope: &Scope, object: serde_json::Value)
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::Serialize
-        + serde::de::DeserializeOwned,
-    <K as kube::Resource>::DynamicType: Default,
-{
-    let object: K = serde_json::from_value(object).expect("a valid object");
-    scope
-        .api::<K>()
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|e| panic!("creating {:?}: {e}", object.meta().name));
-}
-
 /// A scope with two kwok nodes and what a drain of node 0 meets in a real cluster, with the
 /// manifest applied (isolated) and the agent's kubeconfig holding only the ServiceAccount's token:
 /// - the kured DaemonSet's pods on both nodes (the drain leaves its own pod alone);
@@ -612,26 +594,8 @@ impl Cluster {
         )
         .await;
         running_on(&scope, "app=web", &[n0, n0]).await;
-        create::<PodDisruptionBudget>(
-            &scope,
-            json!({
-                "metadata": { "name": "web" },
-                "spec": { "minAvailable": 1, "selector": { "matchLabels": { "app": "web" } } },
-            }),
-        )
-        .await;
-        eventually(
-            "web's budget to allow one disruption",
-            Duration::from_secs(60),
-            || async {
-                let pdb = scope.api::<PodDisruptionBudget>().get("web").await.ok()?;
-                let status = pdb.status?;
-                (status.observed_generation == pdb.metadata.generation
-                    && status.disruptions_allowed == Some(1))
-                .then_some(())
-            },
-        )
-        .await;
+        // One disruption allowed: web's two pods are healthy, the budget keeps one.
+        support::create_pdb(&scope, "web", 1, 2).await;
         running_on(&scope, "app=logger", &[n0, n1]).await;
         // Cordoned nodes keep DaemonSet pods: they tolerate node.kubernetes.io/unschedulable.
 

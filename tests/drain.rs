@@ -12,14 +12,14 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use kured::drain::{DrainError, DrainSettings, Drainer, PodRef, SkipReason};
 use kured::node::OwnNode;
 use kured::selector::LabelSelector;
 use serde_json::{Value, json};
-use support::{Scope, eventually};
+use support::{Scope, create, eventually};
 use tokio::time::Instant;
 
 /// Bounds drains that are expected to succeed, so that a broken drain fails the test instead of
@@ -59,23 +59,6 @@ fn refs(scope: &Scope, names: &[&str]) -> BTreeSet<PodRef> {
 
 fn pod_refs(pods: &[Pod]) -> BTreeSet<PodRef> {
     pods.iter().map(PodRef::of).collect()
-}
-
-async fn create<K>(scope: &Scope, object: Value)
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + serde::Serialize,
-    <K as kube::Resource>::DynamicType: Default,
-{
-    let object: K = serde_json::from_value(object).expect("a valid object");
-    scope
-        .api::<K>()
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|e| panic!("creating {}: {e}", object.name_any()));
 }
 
 /// A pod bound to `node` directly, without a controller. `extra` is merged into its spec.
@@ -250,32 +233,9 @@ async fn disruption_budget_holds_the_drain_until_relaxed() {
         .await
         .expect("cordoning A");
 
-    let pdbs: Api<PodDisruptionBudget> = scope.api();
-    create::<PodDisruptionBudget>(
-        &scope,
-        json!({
-            "metadata": { "name": "guarded" },
-            "spec": { "minAvailable": 2, "selector": { "matchLabels": { "app": "guarded" } } },
-        }),
-    )
-    .await;
     // The disruption controller must have computed the budget, so the refusals are its decision.
-    eventually(
-        "the disruption controller to allow 0 disruptions",
-        STARTUP,
-        || {
-            let pdbs = pdbs.clone();
-            async move {
-                let pdb = pdbs.get("guarded").await.ok()?;
-                let status = pdb.status?;
-                (status.observed_generation == pdb.metadata.generation
-                    && status.current_healthy == Some(2)
-                    && status.disruptions_allowed == Some(0))
-                .then_some(())
-            }
-        },
-    )
-    .await;
+    support::create_pdb(&scope, "guarded", 2, 2).await;
+    let pdbs: Api<PodDisruptionBudget> = scope.api();
 
     // The budget never allows an eviction: the drain retries until its timeout and names the pods.
     let timeout = Duration::from_secs(8);
@@ -347,23 +307,8 @@ async fn a_pod_replaced_under_its_name_is_not_evicted() {
     let (a, b) = (nodes[0].clone(), nodes[1].as_str());
     create_pod(&scope, &a, "db-0", json!({ "app": "db" }), json!({})).await;
     let original = running(&scope, "app=db", 1, Some(&a)).await.remove(0);
-    create::<PodDisruptionBudget>(
-        &scope,
-        json!({
-            "metadata": { "name": "db" },
-            "spec": { "minAvailable": 1, "selector": { "matchLabels": { "app": "db" } } },
-        }),
-    )
-    .await;
+    support::create_pdb(&scope, "db", 1, 1).await;
     let pdbs: Api<PodDisruptionBudget> = scope.api();
-    eventually("the budget to be computed", STARTUP, || {
-        let pdbs = pdbs.clone();
-        async move {
-            let status = pdbs.get("db").await.ok()?.status?;
-            (status.current_healthy == Some(1) && status.disruptions_allowed == Some(0)).then_some(())
-        }
-    })
-    .await;
     OwnNode::new(scope.client.clone(), &a)
         .cordon()
         .await

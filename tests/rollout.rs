@@ -12,8 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -253,40 +252,20 @@ async fn pre_cordoned_and_blocked_nodes_and_a_budgeted_workload() {
 
     // A workload of 6 replicas over the scope's nodes with a budget of 5 available.
     support::create_deployment(scope, "web", 6, None).await;
-    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
-        "metadata": { "name": "web" },
-        "spec": { "minAvailable": 5, "selector": { "matchLabels": { "app": "web" } } },
-    }))
-    .expect("a valid PDB");
-    scope
-        .api::<PodDisruptionBudget>()
-        .create(&PostParams::default(), &pdb)
-        .await
-        .expect("creating the PDB");
-    eventually(
-        "6 ready pods and a settled budget",
-        Duration::from_secs(60),
-        || async {
-            let pdb = scope.api::<PodDisruptionBudget>().get("web").await.ok()?;
-            (pdb.status?.current_healthy == Some(6)).then_some(())
-        },
-    )
-    .await;
+    support::create_pdb(scope, "web", 5, 6).await;
 
     // names[1] runs a pod that blocks its reboot.
-    let blocker: Pod = serde_json::from_value(json!({
-        "metadata": { "name": "long-job", "labels": { "runtime": "long" } },
-        "spec": {
-            "nodeName": names[1],
-            "containers": [{ "name": "job", "image": "registry.invalid/job:1" }],
-        },
-    }))
-    .expect("a valid Pod");
-    scope
-        .api::<Pod>()
-        .create(&PostParams::default(), &blocker)
-        .await
-        .expect("creating the blocking pod");
+    support::create::<Pod>(
+        scope,
+        json!({
+            "metadata": { "name": "long-job", "labels": { "runtime": "long" } },
+            "spec": {
+                "nodeName": names[1],
+                "containers": [{ "name": "job", "image": "registry.invalid/job:1" }],
+            },
+        }),
+    )
+    .await;
 
     let node_observer = observe_nodes(scope, 1, rollout.record.clone());
     let pod_observer = observe_pods(scope, "web", 5, rollout.record.clone());

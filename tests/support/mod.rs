@@ -697,29 +697,46 @@ impl Drop for Agents {
     }
 }
 
+/// Creates the namespaced object `object` (JSON, as in a manifest) in the scope's namespace.
+pub async fn create<K>(scope: &Scope, object: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    let object: K = serde_json::from_value(object).expect("a valid object");
+    let kind = K::kind(&Default::default()).into_owned();
+    scope
+        .api::<K>()
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("creating {kind} {:?}: {e}", object.meta().name))
+}
+
 /// The DaemonSet `kured` in the scope's namespace, which carries the lock of the scope's agents.
 /// Its pods never run: the agents run under node-init instead.
 pub async fn create_lock_daemonset(scope: &Scope) {
-    let ds: k8s_openapi::api::apps::v1::DaemonSet = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": "kured" },
-        "spec": {
-            "selector": { "matchLabels": { "app": "kured" } },
-            "template": {
-                "metadata": { "labels": { "app": "kured" } },
-                "spec": {
-                    // The agents run as node-init's children here, not as pods.
-                    "nodeSelector": { "kured.test/no-such-node": "true" },
-                    "containers": [{ "name": "kured", "image": "registry.invalid/kured:test" }],
+    create::<k8s_openapi::api::apps::v1::DaemonSet>(
+        scope,
+        serde_json::json!({
+            "metadata": { "name": "kured" },
+            "spec": {
+                "selector": { "matchLabels": { "app": "kured" } },
+                "template": {
+                    "metadata": { "labels": { "app": "kured" } },
+                    "spec": {
+                        // The agents run as node-init's children here, not as pods.
+                        "nodeSelector": { "kured.test/no-such-node": "true" },
+                        "containers": [{ "name": "kured", "image": "registry.invalid/kured:test" }],
+                    },
                 },
             },
-        },
-    }))
-    .expect("a valid DaemonSet");
-    scope
-        .api::<k8s_openapi::api::apps::v1::DaemonSet>()
-        .create(&kube::api::PostParams::default(), &ds)
-        .await
-        .expect("creating the DaemonSet");
+        }),
+    )
+    .await;
 }
 
 /// A Deployment `name` of `replicas` pods on the scope's nodes (or on `node` only), each pod
@@ -729,46 +746,54 @@ pub async fn create_deployment(scope: &Scope, name: &str, replicas: i32, node: O
     if let Some(node) = node {
         selector["kubernetes.io/hostname"] = serde_json::json!(node);
     }
-    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": replicas,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": {
-                    "nodeSelector": selector,
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{ "name": "app", "image": "registry.invalid/app:1" }],
+    create::<k8s_openapi::api::apps::v1::Deployment>(
+        scope,
+        serde_json::json!({
+            "metadata": { "name": name },
+            "spec": {
+                "replicas": replicas,
+                "selector": { "matchLabels": { "app": name } },
+                "template": {
+                    "metadata": { "labels": { "app": name } },
+                    "spec": {
+                        "nodeSelector": selector,
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{ "name": "app", "image": "registry.invalid/app:1" }],
+                    },
                 },
             },
-        },
-    }))
-    .expect("a valid Deployment");
-    scope
-        .api::<k8s_openapi::api::apps::v1::Deployment>()
-        .create(&kube::api::PostParams::default(), &d)
-        .await
-        .expect("creating the Deployment");
+        }),
+    )
+    .await;
 }
 
-/// A PodDisruptionBudget `app` that keeps `min_available` pods of app `app`, once its status
-/// counts `healthy` of them.
+/// A PodDisruptionBudget `app` that keeps `min_available` pods of app `app`, once the disruption
+/// controller has computed it for its current generation: `healthy` pods of the app counted, and
+/// as many disruptions allowed as that leaves above `min_available`. So what it refuses is its
+/// decision, not a status not computed yet.
 pub async fn create_pdb(scope: &Scope, app: &str, min_available: i32, healthy: i32) {
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-    let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": app },
-        "spec": { "minAvailable": min_available, "selector": { "matchLabels": { "app": app } } },
-    }))
-    .expect("a valid PodDisruptionBudget");
+    create::<PodDisruptionBudget>(
+        scope,
+        serde_json::json!({
+            "metadata": { "name": app },
+            "spec": { "minAvailable": min_available, "selector": { "matchLabels": { "app": app } } },
+        }),
+    )
+    .await;
+    let allowed = (healthy - min_available).max(0);
     let pdbs = scope.api::<PodDisruptionBudget>();
-    pdbs.create(&PostParams::default(), &pdb)
-        .await
-        .unwrap_or_else(|e| panic!("creating PodDisruptionBudget {app}: {e}"));
     eventually(
-        &format!("PodDisruptionBudget {app} to count {healthy} healthy pods"),
+        &format!("PodDisruptionBudget {app} to count {healthy} healthy pods and allow {allowed} disruptions"),
         Duration::from_secs(60),
-        || async { (pdbs.get(app).await.ok()?.status?.current_healthy == Some(healthy)).then_some(()) },
+        || async {
+            let pdb = pdbs.get(app).await.ok()?;
+            let status = pdb.status?;
+            (status.observed_generation == pdb.metadata.generation
+                && status.current_healthy == Some(healthy)
+                && status.disruptions_allowed == Some(allowed))
+            .then_some(())
+        },
     )
     .await;
 }
