@@ -8,23 +8,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use support::observer::{read_lock, upstream_entry, write_lock};
 use support::{Scope, SimulatedNode, eventually};
-
-const LOCK: &str = "weave.works/kured-node-lock";
-
-async fn lock_annotation(scope: &Scope) -> Option<String> {
-    let ds = scope
-        .api::<DaemonSet>()
-        .get("kured")
-        .await
-        .expect("reading the DaemonSet");
-    ds.annotations().get(LOCK).cloned()
-}
 
 /// Waits until node `name` has come back from its reboot number `reboots` (boot ID no longer
 /// `boot_before`, sentinel cleared, lock released); on time-out, fails with the agent's log.
@@ -39,7 +28,7 @@ async fn wait_for_reboot_cycle(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let node = nodes.get(name).await.ok();
-        let lock = lock_annotation(scope).await;
+        let lock = read_lock(scope).await;
         let boot = node.as_ref().map(support::boot_id).unwrap_or_default();
         let back = boot != boot_before && sim.reboots() == reboots && !sim.sentinel.exists();
         if let Some(node) = node.filter(|_| back && lock.is_none()) {
@@ -190,7 +179,7 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
             let scope = &scope;
             async move {
                 let node = nodes.get(&name).await.ok()?;
-                (!support::unschedulable(&node) && lock_annotation(scope).await.is_none()).then_some(())
+                (!support::unschedulable(&node) && read_lock(scope).await.is_none()).then_some(())
             }
         },
     )
@@ -243,7 +232,7 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
         "the block names the pod:\n{}",
         sim.log()
     );
-    assert_eq!(lock_annotation(&scope).await, None, "no lock while blocked");
+    assert_eq!(read_lock(&scope).await, None, "no lock while blocked");
     let blocked = format!(
         "kured_reboot_blocked_reason{{node=\"{}\",reason=\"blocker_pod\"}} ",
         names[0]
@@ -297,11 +286,7 @@ async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
         !blocked.log().contains("LongPending"),
         "pending alerts are ignored with --alert-firing-only"
     );
-    assert_eq!(
-        lock_annotation(&scope).await,
-        None,
-        "no lock while an alert fires"
-    );
+    assert_eq!(read_lock(&scope).await, None, "no lock while an alert fires");
     assert_eq!(blocked.reboots(), 0);
     drop(blocked);
 
@@ -317,20 +302,6 @@ async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
         ],
     );
     wait_for_reboot_cycle(&scope, &names[0], &filtered, 1, &first_boot).await;
-}
-
-/// Sets (or with `None` removes) the lock annotation, as an operator or another agent would.
-async fn set_lock_annotation(scope: &Scope, value: Option<&str>) {
-    let patch = json!({ "metadata": { "annotations": { LOCK: value } } });
-    scope
-        .api::<DaemonSet>()
-        .patch(
-            "kured",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-        .expect("writing the lock annotation");
 }
 
 /// The lock entry of the node that cordoned this one is gone (its TTL ran out while the node was
@@ -395,12 +366,12 @@ async fn a_slot_lost_by_ttl_before_the_reboot_is_given_back() {
     let nodes: Api<Node> = Api::all(scope.client.clone());
     let sim = agents.start(&scope, &names[0], &["--lock-ttl=3s", "--drain-delay=10s"]);
     eventually("the agent to take the lock", Duration::from_secs(60), || async {
-        lock_annotation(&scope).await.filter(|l| l.contains(&names[0]))
+        read_lock(&scope).await.filter(|l| l.contains(&names[0]))
     })
     .await;
     // Past the entry's TTL, another holder takes the slot, as a waiting agent would.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    set_lock_annotation(&scope, Some(r#"{"nodeID":"manual"}"#)).await;
+    write_lock(&scope, Some(r#"{"nodeID":"manual"}"#)).await;
     eventually(
         "the agent to give the node back",
         Duration::from_secs(60),
@@ -419,13 +390,13 @@ async fn a_slot_lost_by_ttl_before_the_reboot_is_given_back() {
         sim.log_tail(30)
     );
     assert_eq!(
-        lock_annotation(&scope).await.as_deref(),
+        read_lock(&scope).await.as_deref(),
         Some(r#"{"nodeID":"manual"}"#),
         "the new holder's lock is left alone"
     );
 
     let first_boot = support::first_boot_id(&scope, &names[0]).await;
-    set_lock_annotation(&scope, None).await;
+    write_lock(&scope, None).await;
     let node = wait_for_reboot_cycle(&scope, &names[0], &sim, 1, &first_boot).await;
     assert!(!support::unschedulable(&node));
 }
@@ -439,11 +410,8 @@ async fn a_waiting_agent_takes_the_lock_when_the_holder_expires() {
     let agents = support::Agents::new(&scope).await;
     // The holder is a real Node whose agent never comes back; its entry expires in 8 s.
     let created = jiff::Timestamp::now().to_string();
-    let held = format!(
-        r#"{{"nodeID":"{}","metadata":{{"unschedulable":false}},"created":"{created}","TTL":8000000000}}"#,
-        names[1]
-    );
-    set_lock_annotation(&scope, Some(&held)).await;
+    let held = upstream_entry(&names[1], &created, 8_000_000_000);
+    write_lock(&scope, Some(&held)).await;
     let sim = agents.start(&scope, &names[0], &["--period=1h", "--lock-ttl=30m"]);
     let first_boot = support::first_boot_id(&scope, &names[0]).await;
     eventually(

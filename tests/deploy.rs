@@ -22,12 +22,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
-use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use support::observer::{held_by, read_lock, write_lock};
 use support::{Scope, SimulatedNode, create, eventually, kubectl, running_on};
 
-const LOCK: &str = "weave.works/kured-node-lock";
 const REBOOT_IN_PROGRESS: &str = "weave.works/kured-reboot-in-progress";
 const MOST_RECENT_REBOOT_NEEDED: &str = "weave.works/kured-most-recent-reboot-needed";
 
@@ -617,42 +616,12 @@ impl Cluster {
         SimulatedNode::start_as(&self.scope, &self.nodes[0], &self.kubeconfig, &args)
     }
 
-    /// Sets (or, with `None`, removes) the lock annotation as the admin.
-    async fn set_lock(&self, value: Option<&str>) {
-        self.scope
-            .api::<DaemonSet>()
-            .patch(
-                "kured",
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "metadata": { "annotations": { LOCK: value } } })),
-            )
-            .await
-            .expect("setting the lock annotation");
-    }
-
-    async fn lock(&self) -> Option<String> {
-        let ds = self
-            .scope
-            .api::<DaemonSet>()
-            .get("kured")
-            .await
-            .expect("reading the DaemonSet");
-        ds.annotations().get(LOCK).cloned()
-    }
-
     async fn node(&self, i: usize) -> Node {
         Api::<Node>::all(self.scope.client.clone())
             .get(&self.nodes[i])
             .await
             .expect("reading the node")
     }
-}
-
-/// The lock as an upstream agent on `node` writes it when it takes the lock (concurrency 1, no TTL).
-fn held_by(node: &str) -> String {
-    format!(
-        r#"{{"nodeID":"{node}","metadata":{{"unschedulable":false}},"created":"2026-11-27T09:00:00.123456789Z","TTL":0}}"#
-    )
 }
 
 /// Every line of the agent's log that reports a refusal by RBAC.
@@ -668,7 +637,7 @@ async fn full_cycle_with_the_manifests_rbac(manifest: &Manifest, test: &str) {
     let setup = started.elapsed();
     // Node 1 holds the lock at first, so the agent waits for it: it taints its node and watches
     // the DaemonSet until the lock is free.
-    cluster.set_lock(Some(&held_by(&cluster.nodes[1]))).await;
+    write_lock(&cluster.scope, Some(&held_by(&cluster.nodes[1]))).await;
     let sim = cluster.start_agent(
         manifest,
         &[
@@ -689,7 +658,7 @@ async fn full_cycle_with_the_manifests_rbac(manifest: &Manifest, test: &str) {
         },
     )
     .await;
-    cluster.set_lock(None).await;
+    write_lock(&cluster.scope, None).await;
     eventually(
         "an eviction refused by web's budget",
         Duration::from_secs(60),
@@ -709,7 +678,7 @@ async fn full_cycle_with_the_manifests_rbac(manifest: &Manifest, test: &str) {
             let boots = sim.boot_ids();
             let rebooted = sim.reboots() == 1 && boots.len() == 2 && support::boot_id(&node) == boots[1];
             let back = rebooted && !sim.sentinel.exists() && !support::unschedulable(&node);
-            (back && cluster.lock().await.is_none()).then_some(node)
+            (back && read_lock(&cluster.scope).await.is_none()).then_some(node)
         },
     )
     .await;
@@ -800,7 +769,7 @@ async fn withholding_fails_the_drain(withheld: Withhold, resource: &str, test: &
         Duration::from_secs(30),
         || async {
             let node = cluster.node(0).await;
-            (!support::unschedulable(&node) && cluster.lock().await.is_none()).then_some(())
+            (!support::unschedulable(&node) && read_lock(&cluster.scope).await.is_none()).then_some(())
         },
     )
     .await;
@@ -833,7 +802,7 @@ async fn without_reading_daemonsets_the_drain_fails_with_403() {
 #[tokio::test]
 async fn without_watching_the_lock_a_waiting_agent_is_refused_and_polls() {
     let cluster = Cluster::new(&SIGNAL, "deploy-nowatch", Some(NO_LOCK_WATCH)).await;
-    cluster.set_lock(Some(&held_by(&cluster.nodes[1]))).await;
+    write_lock(&cluster.scope, Some(&held_by(&cluster.nodes[1]))).await;
     let sim = cluster.start_agent(&SIGNAL, &[]);
     let refused = eventually(
         "the watch of the lock to be refused",

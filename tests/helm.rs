@@ -31,12 +31,12 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
 use support::access::{may, request};
+use support::observer::{LOCK_ANNOTATION, held_by};
 use support::{Scope, running_on};
 
 const CHART: &str = "charts/kured";
 const REPRESENTATIVE: &str = "tests/helm/values-signal.yaml";
 const EVERY_FLAG: &str = "tests/helm/values-every-flag.yaml";
-const LOCK: &str = "weave.works/kured-node-lock";
 
 /// Flags the chart sets itself, from the release and the pod, rather than from a value.
 const SET_BY_THE_CHART: [&str; 3] = ["node-id", "ds-name", "ds-namespace"];
@@ -1087,13 +1087,6 @@ impl Drop for ClusterWide {
     }
 }
 
-/// The lock as an upstream agent on `node` writes it (concurrency 1, no TTL).
-fn held_by(node: &str) -> String {
-    format!(
-        r#"{{"nodeID":"{node}","metadata":{{"unschedulable":false}},"created":"2026-11-27T09:00:00.123456789Z","TTL":0}}"#
-    )
-}
-
 #[tokio::test]
 async fn applied_to_the_test_cluster_the_agents_run_on_the_scopes_nodes_with_the_access_they_need() {
     let helm = Helm::new();
@@ -1244,7 +1237,7 @@ async fn applied_to_the_test_cluster_the_agents_run_on_the_scopes_nodes_with_the
         ds.metadata
             .annotations
             .get_or_insert_default()
-            .insert(LOCK.to_owned(), held_by(node));
+            .insert(LOCK_ANNOTATION.to_owned(), held_by(node));
         let written = as_agent.replace(name, &PostParams::default(), &ds).await;
         match (may_write, written) {
             (true, Ok(_)) => {}

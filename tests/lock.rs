@@ -15,46 +15,24 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use kured::duration::GoDuration;
 use kured::lock::record::Change;
 use kured::lock::{Acquire, Claim, DaemonSetLock, LockRecord, LockSettings, RebootLock, Release, Seen};
 use serde_json::json;
-use support::{Scope, wait_for};
+use support::observer::{LOCK_ANNOTATION, read_lock, upstream_entry, write_lock};
+use support::{Scope, create_lock_daemonset, wait_for};
 
+/// The lock's DaemonSet, as [`create_lock_daemonset`] names it.
 const DS: &str = "kured";
-const ANNOTATION: &str = "weave.works/kured-node-lock";
 
 /// The fixed clock of the wire-format tests.
 const FIXED_NOW: &str = "2026-11-27T09:00:00.123456789Z";
 
 fn fixed_now() -> Timestamp {
     FIXED_NOW.parse().expect("a valid timestamp")
-}
-
-/// A DaemonSet like kured's, in the scope's namespace; its pods match no node.
-async fn create_daemonset(scope: &Scope) {
-    let ds: DaemonSet = serde_json::from_value(json!({
-        "metadata": { "name": DS },
-        "spec": {
-            "selector": { "matchLabels": { "app": DS } },
-            "template": {
-                "metadata": { "labels": { "app": DS } },
-                "spec": {
-                    "nodeSelector": { "kured.test/no-such-node": "true" },
-                    "containers": [{ "name": "kured", "image": "registry.invalid/kured:1" }],
-                },
-            },
-        },
-    }))
-    .expect("a valid DaemonSet");
-    scope
-        .api::<DaemonSet>()
-        .create(&PostParams::default(), &ds)
-        .await
-        .expect("creating the DaemonSet");
 }
 
 fn settings(node: &str, concurrency: u32) -> LockSettings {
@@ -67,7 +45,7 @@ fn settings(node: &str, concurrency: u32) -> LockSettings {
 }
 
 fn lock_with(client: Client, scope: &Scope, settings: LockSettings) -> DaemonSetLock {
-    DaemonSetLock::new(client, &scope.namespace, DS, ANNOTATION, settings)
+    DaemonSetLock::new(client, &scope.namespace, DS, LOCK_ANNOTATION, settings)
 }
 
 fn lock(scope: &Scope, node: &str, concurrency: u32) -> DaemonSetLock {
@@ -79,35 +57,8 @@ async fn own_client() -> Client {
     Client::try_from(support::admin_config().await).expect("a client for the test cluster")
 }
 
-/// Sets (or with `None` removes) the lock annotation by hand, as an operator or an upstream
-/// agent would.
-async fn set_annotation(scope: &Scope, value: Option<&str>) {
-    let patch = json!({ "metadata": { "annotations": { ANNOTATION: value } } });
-    scope
-        .api::<DaemonSet>()
-        .patch(DS, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("setting the annotation by hand");
-}
-
-async fn annotation(scope: &Scope) -> Option<String> {
-    let ds = scope
-        .api::<DaemonSet>()
-        .get(DS)
-        .await
-        .expect("reading the DaemonSet");
-    ds.metadata.annotations.and_then(|mut a| a.remove(ANNOTATION))
-}
-
 fn node_ids(holders: &[kured::lock::LockEntry]) -> Vec<&str> {
     holders.iter().map(|e| e.node_id.as_str()).collect()
-}
-
-/// An entry exactly as upstream's `json.Marshal` writes it.
-fn upstream_entry(node: &str, created: &str, ttl_nanos: i64) -> String {
-    format!(
-        r#"{{"nodeID":"{node}","metadata":{{"unschedulable":false}},"created":"{created}","TTL":{ttl_nanos}}}"#
-    )
 }
 
 /// How long until `t`; zero when it has passed.
@@ -165,7 +116,12 @@ async fn observe(
             Some(Err(e)) => panic!("observer: watch failed: {e}"),
             None => panic!("observer: watch ended"),
         };
-        let Some(text) = ds.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION)) else {
+        let Some(text) = ds
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LOCK_ANNOTATION))
+        else {
             continue;
         };
         let record = LockRecord::parse(text).unwrap_or_else(|e| panic!("observer: {text}: {e}"));
@@ -184,7 +140,7 @@ async fn observe(
 async fn contention(test: &str, concurrency: u32) {
     const AGENTS: usize = 20;
     let scope = Scope::new(test).await;
-    create_daemonset(&scope).await;
+    create_lock_daemonset(&scope).await;
 
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -279,7 +235,7 @@ async fn contention(test: &str, concurrency: u32) {
         observed.holders, all,
         "the observer saw every agent hold the lock"
     );
-    assert_eq!(annotation(&scope).await, None, "the lock is free at the end");
+    assert_eq!(read_lock(&scope).await, None, "the lock is free at the end");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -295,7 +251,7 @@ async fn twenty_agents_at_concurrency_3_hold_it_at_most_three_at_a_time() {
 #[tokio::test]
 async fn an_abandoned_lock_is_taken_over_after_its_ttl_and_not_before() {
     let scope = Scope::new("lock-ttl").await;
-    create_daemonset(&scope).await;
+    create_lock_daemonset(&scope).await;
     let ttl = Duration::from_secs(2);
     let gone = lock_with(
         scope.client.clone(),
@@ -354,7 +310,7 @@ async fn an_abandoned_lock_is_taken_over_after_its_ttl_and_not_before() {
 #[tokio::test]
 async fn the_release_delay_survives_an_agent_restart() {
     let scope = Scope::new("lock-delay").await;
-    create_daemonset(&scope).await;
+    create_lock_daemonset(&scope).await;
     let delay = Duration::from_secs(3);
     let first = lock_with(
         scope.client.clone(),
@@ -401,7 +357,7 @@ async fn the_release_delay_survives_an_agent_restart() {
     let other = lock(&scope, "other", 1);
     assert_eq!(expect_blocked(&other).await, (vec!["rebooted".to_owned()], 1));
 
-    let before = annotation(&scope).await;
+    let before = read_lock(&scope).await;
     assert!(
         Timestamp::now() < after,
         "the test got here too slowly to check an early release"
@@ -411,7 +367,7 @@ async fn the_release_delay_survives_an_agent_restart() {
         Release::NotBefore(after)
     );
     assert_eq!(
-        annotation(&scope).await,
+        read_lock(&scope).await,
         before,
         "an early release changes nothing"
     );
@@ -419,7 +375,7 @@ async fn the_release_delay_survives_an_agent_restart() {
 
     tokio::time::sleep(until(after)).await;
     assert_eq!(restarted.release().await.expect("releasing"), Release::Released);
-    assert_eq!(annotation(&scope).await, None);
+    assert_eq!(read_lock(&scope).await, None);
     assert!(matches!(
         other.acquire(&Claim::default()).await.expect("acquiring"),
         Acquire::Acquired(_)
@@ -429,9 +385,9 @@ async fn the_release_delay_survives_an_agent_restart() {
 #[tokio::test]
 async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires() {
     let scope = Scope::new("lock-up1").await;
-    create_daemonset(&scope).await;
+    create_lock_daemonset(&scope).await;
     let live = upstream_entry("upstream-1", &minute_ago(), 0);
-    set_annotation(&scope, Some(&live)).await;
+    write_lock(&scope, Some(&live)).await;
     for concurrency in [1, 3] {
         let ours = lock(&scope, "ours", concurrency);
         assert_eq!(
@@ -442,13 +398,13 @@ async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires() {
         assert_eq!(ours.release().await.expect("releasing"), Release::NotHeld);
     }
     assert_eq!(
-        annotation(&scope).await.as_deref(),
+        read_lock(&scope).await.as_deref(),
         Some(live.as_str()),
         "left as it was"
     );
 
     // Upstream's TestTtlExpired vector: created 2020-05-05T14:15:00Z with a TTL of one second.
-    set_annotation(
+    write_lock(
         &scope,
         Some(&upstream_entry(
             "upstream-1",
@@ -463,7 +419,7 @@ async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires() {
         Acquire::Acquired(_)
     ));
     assert_eq!(
-        annotation(&scope).await,
+        read_lock(&scope).await,
         Some(upstream_entry("ours", FIXED_NOW, 0))
     );
 }
@@ -471,12 +427,12 @@ async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires() {
 #[tokio::test]
 async fn upstream_multi_form_limits_every_concurrency() {
     let scope = Scope::new("lock-upm").await;
-    create_daemonset(&scope).await;
+    create_lock_daemonset(&scope).await;
     let now = kured::lock::record::format_time(fixed_now());
     let n1 = upstream_entry("n1", &now, 3_600_000_000_000);
     let n2 = upstream_entry("n2", &now, 3_600_000_000_000);
     let full = format!(r#"{{"maxOwners":2,"locks":[{n1},{n2}]}}"#);
-    set_annotation(&scope, Some(&full)).await;
+    write_lock(&scope, Some(&full)).await;
     for concurrency in [1, 2, 3] {
         let ours = lock(&scope, "ours", concurrency).with_clock(fixed_now);
         let want = (vec!["n1".to_owned(), "n2".to_owned()], concurrency.min(2));
@@ -485,7 +441,7 @@ async fn upstream_multi_form_limits_every_concurrency() {
 
     // Upstream's full_with_one_expired_lock: the expired entry makes room and is dropped.
     let expired = upstream_entry("n1", "2026-11-27T08:00:00Z", 60_000_000_000);
-    set_annotation(
+    write_lock(
         &scope,
         Some(&format!(r#"{{"maxOwners":2,"locks":[{expired},{n2}]}}"#)),
     )
@@ -497,7 +453,7 @@ async fn upstream_multi_form_limits_every_concurrency() {
     ));
     let ours_entry = upstream_entry("ours", FIXED_NOW, 0);
     assert_eq!(
-        annotation(&scope).await,
+        read_lock(&scope).await,
         Some(format!(r#"{{"maxOwners":2,"locks":[{n2},{ours_entry}]}}"#)),
         "their smaller maxOwners is kept while n2 holds"
     );
@@ -505,7 +461,7 @@ async fn upstream_multi_form_limits_every_concurrency() {
     // Releasing removes our entry only, and leaves upstream's bytes as they were.
     assert_eq!(ours.release().await.expect("releasing"), Release::Released);
     assert_eq!(
-        annotation(&scope).await,
+        read_lock(&scope).await,
         Some(format!(r#"{{"maxOwners":2,"locks":[{n2}]}}"#))
     );
 }
@@ -513,9 +469,9 @@ async fn upstream_multi_form_limits_every_concurrency() {
 #[tokio::test]
 async fn a_manual_lock_blocks_every_agent() {
     let scope = Scope::new("lock-manual").await;
-    create_daemonset(&scope).await;
+    create_lock_daemonset(&scope).await;
     let manual = r#"{"nodeID":"manual"}"#;
-    set_annotation(&scope, Some(manual)).await;
+    write_lock(&scope, Some(manual)).await;
     for concurrency in [1, 2, 5] {
         let ours = lock(&scope, "ours", concurrency);
         assert_eq!(
@@ -532,15 +488,11 @@ async fn a_manual_lock_blocks_every_agent() {
         .map(|e| e.node_id.as_str())
         .collect();
     assert_eq!(holders, ["manual"]);
-    assert_eq!(
-        annotation(&scope).await.as_deref(),
-        Some(manual),
-        "left as it was"
-    );
+    assert_eq!(read_lock(&scope).await.as_deref(), Some(manual), "left as it was");
 
     // A hand-written entry in the multi form takes one slot, as upstream counts it.
     let manual = r#"{"maxOwners":2,"locks":[{"nodeID":"manual"}]}"#;
-    set_annotation(&scope, Some(manual)).await;
+    write_lock(&scope, Some(manual)).await;
     assert_eq!(
         expect_blocked(&lock(&scope, "ours", 1)).await,
         (vec!["manual".to_owned()], 1)
@@ -551,7 +503,7 @@ async fn a_manual_lock_blocks_every_agent() {
         Acquire::Acquired(_)
     ));
     assert_eq!(
-        annotation(&scope).await.as_deref(),
+        read_lock(&scope).await.as_deref(),
         Some(concat!(
             r#"{"maxOwners":2,"locks":[{"nodeID":"manual","metadata":{"unschedulable":false},"TTL":0},"#,
             r#"{"nodeID":"ours","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0}]}"#
@@ -559,7 +511,7 @@ async fn a_manual_lock_blocks_every_agent() {
     );
     assert_eq!(ours.release().await.expect("releasing"), Release::Released);
     assert_eq!(
-        annotation(&scope).await.as_deref(),
+        read_lock(&scope).await.as_deref(),
         Some(r#"{"maxOwners":2,"locks":[{"nodeID":"manual","metadata":{"unschedulable":false},"TTL":0}]}"#),
         "the manual entry stays"
     );
@@ -568,7 +520,7 @@ async fn a_manual_lock_blocks_every_agent() {
 #[tokio::test]
 async fn what_we_write_is_byte_identical_to_upstream() {
     let scope = Scope::new("lock-bytes").await;
-    create_daemonset(&scope).await;
+    create_lock_daemonset(&scope).await;
 
     let plain = lock(&scope, "n1", 1).with_clock(fixed_now);
     assert!(matches!(
@@ -576,14 +528,14 @@ async fn what_we_write_is_byte_identical_to_upstream() {
         Acquire::Acquired(_)
     ));
     assert_eq!(
-        annotation(&scope).await.as_deref(),
+        read_lock(&scope).await.as_deref(),
         Some(
             r#"{"nodeID":"n1","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0}"#
         )
     );
     assert_eq!(plain.release().await.expect("releasing"), Release::Released);
     assert_eq!(
-        annotation(&scope).await,
+        read_lock(&scope).await,
         None,
         "upstream deletes the annotation on release"
     );
@@ -606,7 +558,7 @@ async fn what_we_write_is_byte_identical_to_upstream() {
         Acquire::Acquired(_)
     ));
     assert_eq!(
-        annotation(&scope).await.as_deref(),
+        read_lock(&scope).await.as_deref(),
         Some(
             r#"{"nodeID":"n1","metadata":{"unschedulable":true},"created":"2026-11-27T09:00:00.123456789Z","TTL":3600000000000}"#
         )
@@ -619,7 +571,7 @@ async fn what_we_write_is_byte_identical_to_upstream() {
         Acquire::Acquired(_)
     ));
     assert_eq!(
-        annotation(&scope).await.as_deref(),
+        read_lock(&scope).await.as_deref(),
         Some(
             r#"{"maxOwners":2,"locks":[{"nodeID":"n2","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0}]}"#
         )
@@ -636,7 +588,7 @@ async fn what_we_write_is_byte_identical_to_upstream() {
         Acquire::Acquired(_)
     ));
     assert_eq!(
-        annotation(&scope).await.as_deref(),
+        read_lock(&scope).await.as_deref(),
         Some(concat!(
             r#"{"maxOwners":2,"locks":["#,
             r#"{"nodeID":"n2","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0},"#,
@@ -649,8 +601,8 @@ async fn what_we_write_is_byte_identical_to_upstream() {
 #[tokio::test]
 async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
     let scope = Scope::new("lock-corrupt").await;
-    create_daemonset(&scope).await;
-    set_annotation(&scope, Some("not json")).await;
+    create_lock_daemonset(&scope).await;
+    write_lock(&scope, Some("not json")).await;
     let ours = lock(&scope, "ours", 1);
 
     let error = ours
@@ -660,13 +612,13 @@ async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
     assert!(error.is_corrupt(), "{error:?}");
     let message = kured::error_chain(&error);
     assert!(
-        message.contains(&format!("DaemonSet {}/{DS}", scope.namespace)) && message.contains(ANNOTATION),
+        message.contains(&format!("DaemonSet {}/{DS}", scope.namespace)) && message.contains(LOCK_ANNOTATION),
         "the error names the object and the annotation: {message}"
     );
     assert!(ours.release().await.expect_err("releasing").is_corrupt());
     assert!(ours.holding().await.expect_err("reading").is_corrupt());
     assert_eq!(
-        annotation(&scope).await.as_deref(),
+        read_lock(&scope).await.as_deref(),
         Some("not json"),
         "left untouched"
     );
@@ -677,7 +629,7 @@ async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
     let waiting = tokio::spawn(async move { ours.changed(&seen).await.map(|now| (ours, now)) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "nothing changed yet");
-    set_annotation(&scope, None).await;
+    write_lock(&scope, None).await;
     let (ours, now) = wait_for("the fix to be seen", Duration::from_secs(10), waiting)
         .await
         .expect("waiting for a change");
@@ -691,7 +643,7 @@ async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
 #[tokio::test]
 async fn of_two_writes_based_on_the_same_read_exactly_one_wins() {
     let scope = Scope::new("lock-409").await;
-    create_daemonset(&scope).await;
+    create_lock_daemonset(&scope).await;
     let (a, b) = (
         lock_with(own_client().await, &scope, settings("a", 1)),
         lock_with(own_client().await, &scope, settings("b", 1)),
@@ -711,11 +663,11 @@ async fn of_two_writes_based_on_the_same_read_exactly_one_wins() {
             (Err(e), Ok(())) if e.is_conflict() => format!("b{round}"),
             other => panic!("round {round}: exactly one write must win: {other:?}"),
         };
-        assert_eq!(annotation(&scope).await, Some(winner), "round {round}");
+        assert_eq!(read_lock(&scope).await, Some(winner), "round {round}");
     }
     // A write based on a stale read fails too, without a race.
     let stale = a.snapshot().await.expect("reading");
-    set_annotation(&scope, None).await;
+    write_lock(&scope, None).await;
     let error = a.write(&stale, &Change::Remove).await.expect_err("a stale write");
     assert!(error.is_conflict(), "{error:?}");
 }
@@ -723,7 +675,7 @@ async fn of_two_writes_based_on_the_same_read_exactly_one_wins() {
 #[tokio::test]
 async fn a_waiting_agent_sees_a_freed_lock_at_once() {
     let scope = Scope::new("lock-wake").await;
-    create_daemonset(&scope).await;
+    create_lock_daemonset(&scope).await;
     let holder = lock(&scope, "holder", 1);
     let waiter = lock_with(own_client().await, &scope, settings("waiter", 1));
     assert!(matches!(
@@ -754,7 +706,7 @@ async fn a_waiting_agent_sees_a_freed_lock_at_once() {
 #[tokio::test]
 async fn the_lock_works_with_upstreams_rbac() {
     let scope = Scope::new("lock-rbac").await;
-    create_daemonset(&scope).await;
+    create_lock_daemonset(&scope).await;
     let sa: ServiceAccount =
         serde_json::from_value(json!({ "metadata": { "name": "kured" } })).expect("a valid SA");
     scope

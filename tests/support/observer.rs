@@ -67,6 +67,20 @@ pub async fn write_lock(scope: &Scope, text: Option<&str>) {
         .expect("setting the lock annotation");
 }
 
+/// A lock entry exactly as upstream's `json.Marshal` writes it at concurrency 1: `node` holding
+/// the lock since `created`, for `ttl_nanos` (0: no TTL).
+pub fn upstream_entry(node: &str, created: &str, ttl_nanos: i64) -> String {
+    format!(
+        r#"{{"nodeID":"{node}","metadata":{{"unschedulable":false}},"created":"{created}","TTL":{ttl_nanos}}}"#
+    )
+}
+
+/// The lock as an upstream agent on `node` writes it when it takes the lock (concurrency 1, no
+/// TTL), at a fixed time.
+pub fn held_by(node: &str) -> String {
+    upstream_entry(node, "2026-11-27T09:00:00.123456789Z", 0)
+}
+
 /// A Node as the observer last saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeState {
