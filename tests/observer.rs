@@ -5,8 +5,14 @@ mod support;
 
 use std::time::Duration;
 
+use futures::FutureExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
 use support::Scope;
-use support::observer::{Observer, lock_holders, write_lock};
+use support::observer::{Observer, STATE_ANNOTATION, lock_holders, write_lock};
 
 #[test]
 fn lock_holders_reads_both_forms() {
@@ -98,4 +104,132 @@ async fn the_observer_records_too_many_cordons_and_holders() {
         violations[1]
     );
     assert_eq!((observer.max_cordoned_by_kured(), observer.max_holders()), (2, 2));
+    assert_eq!(
+        observer.holders_seen(),
+        ["a".to_owned(), "b".to_owned()].into(),
+        "every holder seen"
+    );
+}
+
+/// What a node-init and an agent write to a Node, written by hand: the observer keeps each
+/// node's boot IDs and published phases in order, an unchanged value once.
+#[tokio::test]
+async fn the_observer_keeps_each_nodes_boot_ids_and_phases() {
+    let scope = Scope::new("observer-history").await;
+    let name = scope.create_nodes(1).await.remove(0);
+    support::create_lock_daemonset(&scope).await;
+    let observer = Observer::start(&scope, 1, &[]).await;
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+    let steps = [
+        ("b1", "draining"),
+        ("b1", "rebooting"),
+        ("b2", "rebooting"),
+        ("b2", "idle"),
+    ];
+    for (boot_id, phase) in steps {
+        let status = json!({ "status": { "nodeInfo": { "bootID": boot_id } } });
+        nodes
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .expect("setting the boot ID");
+        let state = json!({ "phase": phase }).to_string();
+        let annotation = json!({ "metadata": { "annotations": { STATE_ANNOTATION: state } } });
+        nodes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(annotation))
+            .await
+            .expect("publishing a phase");
+        observer
+            .until(&format!("{boot_id}, {phase}"), Duration::from_secs(10), |s| {
+                s.nodes
+                    .get(&name)
+                    .is_some_and(|n| n.boot_id == boot_id && n.phase.as_deref() == Some(phase))
+            })
+            .await;
+    }
+    assert_eq!(observer.boot_ids(&name), ["b1", "b2"]);
+    assert_eq!(observer.phases(&name), ["draining", "rebooting", "idle"]);
+}
+
+/// A workload scaled below its budget by hand, as a drain that ignored the budget would leave
+/// it: the observer records the violation, and `assert_settled` fails on it at once.
+#[tokio::test]
+async fn the_observer_records_a_broken_budget() {
+    let scope = Scope::new("observer-budget").await;
+    scope.create_nodes(2).await;
+    support::create_lock_daemonset(&scope).await;
+    support::create_deployment(&scope, "web", 3, None).await;
+    let mut observer = Observer::start(&scope, 1, &[]).await;
+    observer.watch_budget(&scope, "web", 3).await;
+    observer
+        .until("the workload at full strength", Duration::from_secs(60), |_| {
+            observer.lowest_ready("web") == Some(3)
+        })
+        .await;
+    assert!(observer.violations().is_empty(), "{:?}", observer.violations());
+
+    scope
+        .api::<Deployment>()
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": 1 } })),
+        )
+        .await
+        .expect("scaling web down");
+    observer
+        .until("fewer ready pods", Duration::from_secs(60), |_| {
+            observer.lowest_ready("web").is_some_and(|l| l < 3)
+        })
+        .await;
+    let violations = observer.violations();
+    assert!(
+        !violations.is_empty()
+            && violations
+                .iter()
+                .all(|v| v.contains("ready pods of web, below its budget's 3")),
+        "{violations:?}"
+    );
+    let settled = std::panic::AssertUnwindSafe(observer.assert_settled(&[], Duration::from_secs(30)))
+        .catch_unwind()
+        .await;
+    let message = panic_message(settled.expect_err("a broken budget is never settled"));
+    assert!(message.contains("below its budget's 3"), "{message}");
+}
+
+/// A lock annotation left behind with no holder in it is not a free lock: `assert_settled`
+/// waits for it to go, and fails naming it when it does not.
+#[tokio::test]
+async fn a_lock_annotation_left_without_holders_is_not_settled() {
+    let scope = Scope::new("observer-leftover").await;
+    scope.create_nodes(1).await;
+    support::create_lock_daemonset(&scope).await;
+    let observer = Observer::start(&scope, 2, &[]).await;
+    let empty = r#"{"maxOwners":2,"locks":[]}"#;
+    write_lock(&scope, Some(empty)).await;
+    observer
+        .until("the empty lock", Duration::from_secs(10), |s| {
+            s.lock.as_deref() == Some(empty)
+        })
+        .await;
+    let settled = std::panic::AssertUnwindSafe(observer.assert_settled(&[], Duration::from_secs(8)))
+        .catch_unwind()
+        .await;
+    let message = panic_message(settled.expect_err("a lock annotation is left"));
+    assert!(
+        message.contains("not settled after") && message.contains("the lock annotation is left"),
+        "{message}"
+    );
+
+    // Once it is gone, everything is settled.
+    write_lock(&scope, None).await;
+    observer.assert_settled(&[], Duration::from_secs(30)).await;
+    assert!(observer.violations().is_empty(), "{:?}", observer.violations());
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
 }

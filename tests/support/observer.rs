@@ -1,8 +1,10 @@
 //! An independent observer of a scope's reboots: it watches the scope's Nodes and the lock (the
 //! annotation on DaemonSet `kured` in the scope's namespace) with the admin client, never the
 //! agents' logs, and records continuously what must never happen, whatever faults a test injects:
-//! more nodes cordoned by kured, or more lock holders, than the concurrency allows. At the end,
-//! [`Observer::assert_settled`] checks that everything came back.
+//! more nodes cordoned by kured, or more lock holders, than the concurrency allows; optionally
+//! ([`Observer::watch_budget`]) fewer ready pods of a workload than its budget keeps. It also keeps
+//! each node's history: the boot IDs its Node reported and the phases its agent published. At the
+//! end, [`Observer::assert_settled`] checks that everything came back.
 //!
 //! It sees what the API server tells its watches: a state that lasted shorter than a watch event
 //! takes to arrive, or that came and went while the API server was unreachable, can be missed.
@@ -13,7 +15,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
@@ -21,6 +24,9 @@ use super::{SCOPE_LABEL, Scope, SimulatedNode};
 
 /// The lock annotation upstream kured and ours write.
 pub const LOCK_ANNOTATION: &str = "weave.works/kured-node-lock";
+
+/// The Node annotation in which our agent publishes its phase for `kured status`.
+pub const STATE_ANNOTATION: &str = "kured.dev/agent-state";
 
 /// How long everything must stay settled before [`Observer::assert_settled`] accepts it: longer
 /// than the agents' `--period` in the tests (3 s), so that an agent about to act again is seen.
@@ -87,6 +93,23 @@ pub struct NodeState {
     pub unschedulable: bool,
     /// `status.nodeInfo.bootID`.
     pub boot_id: String,
+    /// The phase the node's agent published last ([`STATE_ANNOTATION`]); `None` before any.
+    pub phase: Option<String>,
+}
+
+impl NodeState {
+    fn of(node: &Node) -> NodeState {
+        let phase = node
+            .annotations()
+            .get(STATE_ANNOTATION)
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .and_then(|v| v["phase"].as_str().map(str::to_owned));
+        NodeState {
+            unschedulable: super::unschedulable(node),
+            boot_id: super::boot_id(node),
+            phase,
+        }
+    }
 }
 
 /// What the observer sees now.
@@ -121,12 +144,30 @@ impl Snapshot {
     }
 }
 
+/// A workload whose budget the observer checks.
+#[derive(Debug)]
+struct Budget {
+    /// The fewest ready pods the budget allows.
+    min: usize,
+    /// The fewest ready pods seen since `min` were first ready; `None` before.
+    lowest: Option<usize>,
+    synced: bool,
+}
+
 #[derive(Debug, Default)]
 struct Seen {
     now: Snapshot,
     pre_cordoned: BTreeSet<String>,
     max_cordoned_by_kured: usize,
     max_holders: usize,
+    /// node → every boot ID its Node reported, in order (an unchanged one counted once).
+    boot_ids: BTreeMap<String, Vec<String>>,
+    /// node → every phase its agent published, in order (likewise).
+    phases: BTreeMap<String, Vec<String>>,
+    /// Every node that held a slot of the lock.
+    holders_seen: BTreeSet<String>,
+    /// app → its budget.
+    budgets: BTreeMap<String, Budget>,
     /// Everything seen that must never happen, each with what was seen then.
     violations: Vec<String>,
     nodes_synced: bool,
@@ -163,6 +204,20 @@ impl Seen {
         }
     }
 
+    /// Takes `state` as node `name`'s now, adding to its history what is new.
+    fn set_node(&mut self, name: String, state: NodeState) {
+        let push = |history: &mut Vec<String>, value: &str| {
+            if !value.is_empty() && history.last().map(String::as_str) != Some(value) {
+                history.push(value.to_owned());
+            }
+        };
+        push(self.boot_ids.entry(name.clone()).or_default(), &state.boot_id);
+        if let Some(phase) = &state.phase {
+            push(self.phases.entry(name.clone()).or_default(), phase);
+        }
+        self.now.nodes.insert(name, state);
+    }
+
     /// Records a violation once, however many events show the same situation.
     fn record(&mut self, violation: String) {
         if !self.violations.contains(&violation) {
@@ -173,7 +228,10 @@ impl Seen {
     fn set_lock(&mut self, lock: Option<String>) {
         self.now.holders = match lock.as_deref().map(lock_holders) {
             None => Vec::new(),
-            Some(Ok(holders)) => holders,
+            Some(Ok(holders)) => {
+                self.holders_seen.extend(holders.iter().cloned());
+                holders
+            }
             Some(Err(e)) => {
                 let text = lock.as_deref().unwrap_or_default();
                 self.violations
@@ -190,6 +248,10 @@ pub struct Observer {
     seen: Arc<Mutex<Seen>>,
     limit: usize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// For a fresh read at the end: the scope's Nodes, and the lock's DaemonSets.
+    nodes: Api<Node>,
+    node_selector: String,
+    daemonsets: Api<DaemonSet>,
 }
 
 impl Drop for Observer {
@@ -204,7 +266,8 @@ impl Observer {
     /// Starts watching the scope's Nodes and lock, checking that at most `concurrency` nodes are
     /// cordoned by kured and at most `concurrency` hold the lock at any time; `pre_cordoned` are
     /// the nodes the test cordoned itself, which do not count. Returns once both watches have
-    /// listed what is there.
+    /// listed what is there. Start it before the nodes' agents: [`Observer::assert_settled`]
+    /// expects to have seen every boot ID the nodes reported.
     pub async fn start(scope: &Scope, concurrency: usize, pre_cordoned: &[&str]) -> Observer {
         let seen = Arc::new(Mutex::new(Seen {
             pre_cordoned: pre_cordoned.iter().map(|n| (*n).to_owned()).collect(),
@@ -217,6 +280,9 @@ impl Observer {
             ],
             seen,
             limit: concurrency,
+            nodes: Api::all(scope.client.clone()),
+            node_selector: format!("{SCOPE_LABEL}={}", scope.id),
+            daemonsets: scope.api(),
         };
         super::eventually(
             "the observer's watches of the Nodes and the lock to list them",
@@ -228,6 +294,27 @@ impl Observer {
         )
         .await;
         observer
+    }
+
+    /// Also watches the pods of app `app` in the scope, and records as a violation every time
+    /// fewer than `min` of them are ready, from the moment `min` are. Returns once the watch has
+    /// listed them.
+    pub async fn watch_budget(&mut self, scope: &Scope, app: &str, min: usize) {
+        self.seen().budgets.insert(
+            app.to_owned(),
+            Budget {
+                min,
+                lowest: None,
+                synced: false,
+            },
+        );
+        self.tasks.push(watch_pods(scope, app, self.seen.clone()));
+        super::eventually(
+            &format!("the observer's watch of the pods of {app} to list them"),
+            Duration::from_secs(30),
+            || async { self.seen().budgets[app].synced.then_some(()) },
+        )
+        .await;
     }
 
     fn seen(&self) -> MutexGuard<'_, Seen> {
@@ -249,6 +336,27 @@ impl Observer {
     /// The most lock holders at once so far.
     pub fn max_holders(&self) -> usize {
         self.seen().max_holders
+    }
+
+    /// Every boot ID node `name`'s Node has reported so far, in order.
+    pub fn boot_ids(&self, name: &str) -> Vec<String> {
+        self.seen().boot_ids.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Every phase node `name`'s agent has published so far, in order.
+    pub fn phases(&self, name: &str) -> Vec<String> {
+        self.seen().phases.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Every node that has held a slot of the lock so far.
+    pub fn holders_seen(&self) -> BTreeSet<String> {
+        self.seen().holders_seen.clone()
+    }
+
+    /// The fewest ready pods of `app` seen since its budget was first met ([`Observer::watch_budget`]);
+    /// `None` before, or when not watched.
+    pub fn lowest_ready(&self, app: &str) -> Option<usize> {
+        self.seen().budgets.get(app).and_then(|b| b.lowest)
     }
 
     /// Everything seen so far that must never happen.
@@ -273,17 +381,20 @@ impl Observer {
     }
 
     /// Waits, for at most `limit`, until everything has settled and stays so for a few seconds:
-    /// no node cordoned by kured and the test's pre-cordoned nodes still cordoned, the lock free,
-    /// each of `nodes` rebooted exactly as often as given and its Node reporting the boot ID its
-    /// last boot gave it, its agent running, and no agent that exited by itself or started more
-    /// often than the reboots and kills explain (a crash loop). Panics at once when the
-    /// concurrency was exceeded, a node rebooted too often or an agent crashed, otherwise at the
-    /// deadline, saying what was seen and with the tail of the agents' logs.
+    /// no node cordoned by kured and the test's pre-cordoned nodes still cordoned, the lock free
+    /// and its annotation gone; each of `nodes` rebooted exactly as often as given, no longer
+    /// needing a reboot (when it was to reboot at all), its Node reporting the boot ID its last
+    /// boot gave it and, seen by the watch, exactly the boot IDs node-init gave it, in order; its
+    /// agent running, and no agent that exited by itself or started more often than the reboots
+    /// and kills explain (a crash loop); and a fresh read of the Nodes and the lock agrees with
+    /// what the watches show. Panics at once when an invariant was broken (the concurrency, a
+    /// watched budget), a node rebooted too often or an agent crashed, otherwise at the deadline,
+    /// saying what was seen and with the tail of the agents' logs.
     pub async fn assert_settled(&self, nodes: &[(&SimulatedNode, usize)], limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         let mut quiet_since: Option<tokio::time::Instant> = None;
         loop {
-            let (violations, fatal, problems) = self.problems(nodes);
+            let (violations, fatal, mut problems) = self.problems(nodes);
             if !violations.is_empty() || !fatal.is_empty() {
                 self.fail("", &[violations, fatal].concat(), nodes);
             }
@@ -291,15 +402,16 @@ impl Observer {
             if problems.is_empty() {
                 let since = *quiet_since.get_or_insert(now);
                 if now.duration_since(since) >= QUIET {
-                    eprintln!(
-                        "observer: settled; at most {} nodes cordoned by kured and {} lock holders at once (limit {})",
-                        self.max_cordoned_by_kured(),
-                        self.max_holders(),
-                        self.limit
-                    );
-                    return;
+                    match self.disagreement().await {
+                        None => {
+                            eprintln!("observer: settled; {}", self.summary());
+                            return;
+                        }
+                        Some(disagreement) => problems.push(disagreement),
+                    }
                 }
-            } else {
+            }
+            if !problems.is_empty() {
                 quiet_since = None;
                 if now >= deadline {
                     self.fail(&format!("not settled after {limit:?}: "), &problems, nodes);
@@ -307,6 +419,45 @@ impl Observer {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The most seen at once, against the limits.
+    fn summary(&self) -> String {
+        let seen = self.seen();
+        let mut summary = format!(
+            "at most {} nodes cordoned by kured and {} lock holders at once (limit {})",
+            seen.max_cordoned_by_kured, seen.max_holders, self.limit
+        );
+        for (app, budget) in &seen.budgets {
+            summary.push_str(&format!(
+                "; at least {:?} ready pods of {app} (budget {})",
+                budget.lowest, budget.min
+            ));
+        }
+        summary
+    }
+
+    /// How a fresh read of the scope's Nodes and the lock differs from what the watches show, if
+    /// it does: a watch that stopped delivering would otherwise show a settled past.
+    async fn disagreement(&self) -> Option<String> {
+        let listed = self
+            .nodes
+            .list(&ListParams::default().labels(&self.node_selector))
+            .await;
+        let ds = self.daemonsets.get("kured").await;
+        let (listed, ds) = match (listed, ds) {
+            (Ok(listed), Ok(ds)) => (listed, ds),
+            (Err(e), _) | (_, Err(e)) => return Some(format!("a fresh read failed: {e}")),
+        };
+        let nodes: BTreeMap<String, NodeState> = listed
+            .items
+            .iter()
+            .map(|n| (n.name_any(), NodeState::of(n)))
+            .collect();
+        let lock = ds.annotations().get(LOCK_ANNOTATION).cloned();
+        let seen = self.snapshot();
+        (nodes != seen.nodes || lock != seen.lock)
+            .then(|| format!("a fresh read disagrees with the watches: Nodes {nodes:?}, lock {lock:?}"))
     }
 
     /// (violations of the invariants, problems that cannot go away, problems that may still).
@@ -321,11 +472,10 @@ impl Observer {
                 fatal.push(format!("{name}, cordoned before the test, is no longer cordoned"));
             }
         }
-        if !seen.now.holders.is_empty() {
-            pending.push(format!(
-                "the lock is held: {}",
-                seen.now.lock.as_deref().unwrap_or_default()
-            ));
+        match &seen.now.lock {
+            Some(text) if !seen.now.holders.is_empty() => pending.push(format!("the lock is held: {text}")),
+            Some(text) => pending.push(format!("the lock annotation is left, with no holder: {text}")),
+            None => {}
         }
         for (sim, expected) in nodes {
             let name = &sim.name;
@@ -344,6 +494,9 @@ impl Observer {
             }
             if requests > reboots {
                 pending.push(format!("{name} has a reboot requested and not done yet"));
+            }
+            if *expected > 0 && sim.sentinel.exists() {
+                pending.push(format!("{name} still needs a reboot: its sentinel is there"));
             }
             let exits = sim.agent_exits();
             if !exits.is_empty() {
@@ -368,6 +521,15 @@ impl Observer {
             if reported != last {
                 pending.push(format!(
                     "{name} reports boot ID {reported:?}, its last boot gave it {last:?}"
+                ));
+            }
+            let (history, given) = (
+                seen.boot_ids.get(name).cloned().unwrap_or_default(),
+                sim.boot_ids(),
+            );
+            if history != given {
+                pending.push(format!(
+                    "{name}: its Node reported the boot IDs {history:?}, node-init gave it {given:?}"
                 ));
             }
         }
@@ -401,10 +563,6 @@ fn watch_nodes(scope: &Scope, limit: usize, seen: Arc<Mutex<Seen>>) -> tokio::ta
     let nodes: Api<Node> = Api::all(scope.client.clone());
     let cfg = watcher::Config::default().labels(&format!("{SCOPE_LABEL}={}", scope.id));
     tokio::spawn(async move {
-        let state = |node: &Node| NodeState {
-            unschedulable: super::unschedulable(node),
-            boot_id: super::boot_id(node),
-        };
         // A relist (after a dropped watch) replaces what was known once it is complete.
         let mut relisted: BTreeMap<String, NodeState> = BTreeMap::new();
         let mut stream = std::pin::pin!(watcher(nodes, cfg).default_backoff());
@@ -414,21 +572,81 @@ fn watch_nodes(scope: &Scope, limit: usize, seen: Arc<Mutex<Seen>>) -> tokio::ta
             match event {
                 watcher::Event::Init => relisted.clear(),
                 watcher::Event::InitApply(node) => {
-                    relisted.insert(node.name_any(), state(&node));
+                    relisted.insert(node.name_any(), NodeState::of(&node));
                     continue;
                 }
                 watcher::Event::InitDone => {
-                    seen.now.nodes = std::mem::take(&mut relisted);
+                    seen.now.nodes.clear();
+                    for (name, state) in std::mem::take(&mut relisted) {
+                        seen.set_node(name, state);
+                    }
                     seen.nodes_synced = true;
                 }
-                watcher::Event::Apply(node) => {
-                    seen.now.nodes.insert(node.name_any(), state(&node));
-                }
+                watcher::Event::Apply(node) => seen.set_node(node.name_any(), NodeState::of(&node)),
                 watcher::Event::Delete(node) => {
                     seen.now.nodes.remove(&node.name_any());
                 }
             }
             seen.check(limit);
+        }
+    })
+}
+
+/// Whether the pod counts for its budget: Ready, and not on its way out.
+fn ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn watch_pods(scope: &Scope, app: &str, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
+    let pods: Api<Pod> = scope.api();
+    let cfg = watcher::Config::default().labels(&format!("app={app}"));
+    let app = app.to_owned();
+    tokio::spawn(async move {
+        // pod → ready; a relist replaces it once complete, as for the Nodes.
+        let (mut known, mut relisted) = (BTreeMap::new(), BTreeMap::new());
+        let mut stream = std::pin::pin!(watcher(pods, cfg).default_backoff());
+        while let Some(event) = stream.next().await {
+            let Ok(event) = event else { continue };
+            match event {
+                watcher::Event::Init => {
+                    relisted.clear();
+                    continue;
+                }
+                watcher::Event::InitApply(pod) => {
+                    relisted.insert(pod.name_any(), ready(&pod));
+                    continue;
+                }
+                watcher::Event::InitDone => known = std::mem::take(&mut relisted),
+                watcher::Event::Apply(pod) => {
+                    known.insert(pod.name_any(), ready(&pod));
+                }
+                watcher::Event::Delete(pod) => {
+                    known.remove(&pod.name_any());
+                }
+            }
+            let count = known.values().filter(|r| **r).count();
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(budget) = seen.budgets.get_mut(&app) else {
+                continue;
+            };
+            budget.synced = true;
+            if budget.lowest.is_none() && count < budget.min {
+                continue;
+            }
+            budget.lowest = Some(budget.lowest.map_or(count, |l| l.min(count)));
+            let min = budget.min;
+            if count < min {
+                let v = format!(
+                    "{count} ready pods of {app}, below its budget's {min}; {}",
+                    seen.now.describe()
+                );
+                seen.record(v);
+            }
         }
     })
 }
