@@ -5,14 +5,12 @@
 mod support;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use support::observer::{read_lock, upstream_entry, write_lock};
+use support::observer::{Observer, Snapshot, read_lock, upstream_entry, write_lock};
 use support::{Scope, SimulatedNode, eventually};
 
 /// Waits until node `name` has come back from its reboot number `reboots` (boot ID no longer
@@ -54,55 +52,32 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
     let names = scope.create_nodes(2).await;
     let agents = support::Agents::new(&scope).await;
     support::create_deployment(&scope, "web", 2, None).await;
-    let nodes: Api<Node> = Api::all(scope.client.clone());
-
-    // Record whether the node was ever cordoned while the agent worked, and each phase the agent
-    // published for `kured status` (kured.dev/agent-state), in order.
-    let seen: Arc<Mutex<(bool, Vec<String>)>> = Arc::default();
-    let watch = {
-        let (nodes, seen) = (nodes.clone(), seen.clone());
-        let name = names[0].clone();
-        tokio::spawn(async move {
-            use futures::StreamExt;
-            let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
-            let mut stream = std::pin::pin!(watcher(nodes, cfg).applied_objects());
-            while let Some(Ok(node)) = stream.next().await {
-                let phase = node
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get("kured.dev/agent-state"))
-                    .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-                    .and_then(|v| v["phase"].as_str().map(str::to_owned));
-                let mut seen = seen.lock().expect("not poisoned");
-                seen.0 |= support::unschedulable(&node);
-                if let Some(phase) = phase
-                    && seen.1.last() != Some(&phase)
-                {
-                    seen.1.push(phase);
-                }
-            }
-        })
-    };
+    // Sees, among the rest, each phase the agent publishes for `kured status`.
+    let observer = Observer::start(&scope, 1, &[]).await;
 
     let sim = agents.start(&scope, &names[0], &[]);
     let first_boot = support::first_boot_id(&scope, &names[0]).await;
     let node = wait_for_reboot_cycle(&scope, &names[0], &sim, 1, &first_boot).await;
     assert!(!support::unschedulable(&node), "uncordoned after the reboot");
     // The last phase, idle, is published right after the release.
-    eventually("the agent to publish idle", Duration::from_secs(10), || async {
-        (seen.lock().expect("not poisoned").1.last().map(String::as_str) == Some("idle")).then_some(())
-    })
-    .await;
-    watch.abort();
-    let (cordoned, phases) = seen.lock().expect("not poisoned").clone();
-    assert!(cordoned, "the node was cordoned during the drain");
+    let idle = |s: &Snapshot| s.nodes.get(&names[0]).and_then(|n| n.phase.as_deref()) == Some("idle");
+    observer
+        .until("the agent to publish idle", Duration::from_secs(10), idle)
+        .await;
+    // Node 1 runs no agent: the node cordoned by kured was node 0.
+    assert_eq!(
+        observer.max_cordoned_by_kured(),
+        1,
+        "the node was cordoned during the drain"
+    );
+    let phases = observer.phases(&names[0]);
     let expected = ["draining", "rebooting", "recovering", "idle"];
     let tail = &phases[phases.len().saturating_sub(expected.len())..];
     assert_eq!(tail, expected, "published phases, in order: {phases:?}");
     // The sentinel is gone, so the agent stays idle: one reboot, no more.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(sim.reboots(), 1, "agent log:\n{}", sim.log());
+    observer
+        .assert_settled(&[(&sim, 1)], Duration::from_secs(60))
+        .await;
     let log = sim.log();
     eprintln!("{log}");
     assert!(log.contains("\"message\":\"drained\""), "{log}");
@@ -206,18 +181,7 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
         }),
     )
     .await;
-    eventually("the blocking pod to run", Duration::from_secs(60), || async {
-        let pods = scope.api::<k8s_openapi::api::core::v1::Pod>();
-        let list = pods
-            .list(&kube::api::ListParams::default().labels("app=batch"))
-            .await
-            .ok()?;
-        list.items
-            .iter()
-            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .then_some(())
-    })
-    .await;
+    support::running_on(&scope, "app=batch", &[&names[0]]).await;
     let nodes: Api<Node> = Api::all(scope.client.clone());
 
     let sim = agents.start(&scope, &names[0], &["--blocking-pod-selector=app=batch"]);
