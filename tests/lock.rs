@@ -9,21 +9,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::PostParams;
-use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::Client;
 use kured::duration::GoDuration;
 use kured::lock::record::Change;
-use kured::lock::{Acquire, Claim, DaemonSetLock, LockRecord, LockSettings, RebootLock, Release, Seen};
+use kured::lock::{Acquire, Claim, DaemonSetLock, LockSettings, RebootLock, Release, Seen};
 use serde_json::json;
-use support::observer::{LOCK_ANNOTATION, read_lock, upstream_entry, write_lock};
-use support::{Scope, create_lock_daemonset, wait_for};
+use support::observer::{LOCK_ANNOTATION, Observer, read_lock, upstream_entry, write_lock};
+use support::{Scope, create, create_lock_daemonset, wait_for};
 
 /// The lock's DaemonSet, as [`create_lock_daemonset`] names it.
 const DS: &str = "kured";
@@ -80,72 +75,15 @@ async fn expect_blocked(lock: &DaemonSetLock) -> (Vec<String>, u32) {
     }
 }
 
-/// What the observer saw: the most live holders at once, every holder, and any record over the limit.
-#[derive(Default)]
-struct Observed {
-    max_holders: usize,
-    holders: BTreeSet<String>,
-    violations: Vec<String>,
-}
-
-/// Watches the DaemonSet until `stop` fires and checks every version of the annotation.
-async fn observe(
-    api: Api<DaemonSet>,
-    limit: usize,
-    ready: tokio::sync::oneshot::Sender<()>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) -> Observed {
-    let mut observed = Observed::default();
-    let mut ready = Some(ready);
-    let config = watcher::Config::default().fields(&format!("metadata.name={DS}"));
-    let mut events = std::pin::pin!(watcher(api, config));
-    loop {
-        let event = tokio::select! {
-            _ = &mut stop => return observed,
-            event = events.next() => event,
-        };
-        let ds = match event {
-            Some(Ok(watcher::Event::InitDone)) => {
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(());
-                }
-                continue;
-            }
-            Some(Ok(watcher::Event::Apply(ds) | watcher::Event::InitApply(ds))) => ds,
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("observer: watch failed: {e}"),
-            None => panic!("observer: watch ended"),
-        };
-        let Some(text) = ds
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(LOCK_ANNOTATION))
-        else {
-            continue;
-        };
-        let record = LockRecord::parse(text).unwrap_or_else(|e| panic!("observer: {text}: {e}"));
-        let holders = record.holders(Timestamp::now());
-        observed.max_holders = observed.max_holders.max(holders.len());
-        observed.holders.extend(holders.iter().map(|e| e.node_id.clone()));
-        if holders.len() > limit {
-            observed.violations.push(text.clone());
-        }
-    }
-}
-
 /// Twenty agents, each with a client of its own, try again and again to take the lock, hold it
-/// briefly and release it, until each has held it once. An observer checks every version of the
-/// annotation against the limit.
+/// briefly and release it, until each has held it once. The shared observer checks every version
+/// of the annotation it sees against the limit.
 async fn contention(test: &str, concurrency: u32) {
     const AGENTS: usize = 20;
     let scope = Scope::new(test).await;
     create_lock_daemonset(&scope).await;
 
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let observer = tokio::spawn(observe(scope.api(), concurrency as usize, ready_tx, stop_rx));
-    wait_for("the observer's watch", Duration::from_secs(10), ready_rx).await;
+    let observer = Observer::start(&scope, concurrency as usize, &[]).await;
 
     let started = Instant::now();
     let contended = Arc::new(AtomicUsize::new(0));
@@ -212,27 +150,30 @@ async fn contention(test: &str, concurrency: u32) {
         blocked_total += blocked;
     }
     let elapsed = started.elapsed();
-    let _ = stop_tx.send(());
-    let observed = wait_for("the observer to stop", Duration::from_secs(10), observer).await;
+    // Watch events come in order: once the observer sees the lock gone, it has seen every
+    // version before.
+    observer
+        .until("the lock to be free", Duration::from_secs(10), |s| {
+            s.lock.is_none()
+        })
+        .await;
 
     println!(
         "concurrency {concurrency}: {AGENTS} agents in {elapsed:?}; {conflicts} conflicts (409), \
          {} attempts gave up on conflicts, {blocked_total} blocked answers, at most {} holders at once",
         contended.load(Ordering::Relaxed),
-        observed.max_holders
+        observer.max_holders()
     );
-    assert!(
-        observed.violations.is_empty(),
-        "over the limit: {:#?}",
-        observed.violations
-    );
+    let violations = observer.violations();
+    assert!(violations.is_empty(), "over the limit: {violations:#?}");
     assert!(
         held.values().all(|&n| n == 1),
         "each agent acquired exactly once: {held:?}"
     );
     let all: BTreeSet<String> = held.keys().cloned().collect();
     assert_eq!(
-        observed.holders, all,
+        observer.holders_seen(),
+        all,
         "the observer saw every agent hold the lock"
     );
     assert_eq!(read_lock(&scope).await, None, "the lock is free at the end");
@@ -707,55 +648,30 @@ async fn a_waiting_agent_sees_a_freed_lock_at_once() {
 async fn the_lock_works_with_upstreams_rbac() {
     let scope = Scope::new("lock-rbac").await;
     create_lock_daemonset(&scope).await;
-    let sa: ServiceAccount =
-        serde_json::from_value(json!({ "metadata": { "name": "kured" } })).expect("a valid SA");
-    scope
-        .api::<ServiceAccount>()
-        .create(&PostParams::default(), &sa)
-        .await
-        .expect("creating the SA");
-    let role: Role = serde_json::from_value(json!({
-        "metadata": { "name": "kured" },
-        "rules": [
-            { "apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"] },
-            { "apiGroups": ["apps"], "resources": ["daemonsets"], "resourceNames": [DS], "verbs": ["update"] },
-        ],
-    }))
-    .expect("a valid Role");
-    scope
-        .api::<Role>()
-        .create(&PostParams::default(), &role)
-        .await
-        .expect("creating the Role");
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": "kured" },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kured" },
-        "subjects": [{ "kind": "ServiceAccount", "name": "kured", "namespace": scope.namespace }],
-    }))
-    .expect("a valid RoleBinding");
-    scope
-        .api::<RoleBinding>()
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("creating the RoleBinding");
-    let request: TokenRequest =
-        serde_json::from_value(json!({ "spec": { "audiences": [], "expirationSeconds": 600 } }))
-            .expect("a request");
-    let token: TokenRequest = scope
-        .api::<ServiceAccount>()
-        .create_subresource("token", "kured", &PostParams::default(), &request)
-        .await
-        .expect("issuing a token");
-    let token = token
-        .status
-        .and_then(|s| s.token)
-        .expect("a token in the response");
-    let mut config = support::admin_config().await;
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.into()),
-        ..Default::default()
-    };
-    let client = Client::try_from(config).expect("a client with the SA token");
+    create::<ServiceAccount>(&scope, json!({ "metadata": { "name": "kured" } })).await;
+    create::<Role>(
+        &scope,
+        json!({
+            "metadata": { "name": "kured" },
+            "rules": [
+                { "apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"] },
+                { "apiGroups": ["apps"], "resources": ["daemonsets"], "resourceNames": [DS], "verbs": ["update"] },
+            ],
+        }),
+    )
+    .await;
+    create::<RoleBinding>(
+        &scope,
+        json!({
+            "metadata": { "name": "kured" },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kured" },
+            "subjects": [{ "kind": "ServiceAccount", "name": "kured", "namespace": scope.namespace }],
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let kubeconfig = support::service_account_kubeconfig(&scope, "kured", dir.path()).await;
+    let client = support::client_from_kubeconfig(&kubeconfig).await;
 
     let agent = lock_with(client.clone(), &scope, settings("a", 1));
     // RoleBindings take effect through the RBAC informer: allow a moment.
