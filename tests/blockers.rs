@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use kube::{Api, Client};
 use kured::blockers::{BlockKind, BlockReason, Blocker, Blockers, PodBlocker, PrometheusBlocker};
 use kured::config::AlertFilter;
@@ -19,7 +19,7 @@ use kured::selector::LabelSelector;
 use regex::Regex;
 use serde_json::json;
 use support::prometheus::{Prometheus, free_port};
-use support::{Scope, eventually};
+use support::{Scope, create, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use url::Url;
@@ -37,19 +37,17 @@ fn pod_phase(pod: &Pod) -> Option<&str> {
 
 /// A bare pod labelled `labels`, bound to `node`.
 async fn create_pod(scope: &Scope, name: &str, node: &str, labels: serde_json::Value) {
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": { "name": name, "labels": labels },
-        "spec": {
-            "nodeName": node,
-            "containers": [{ "name": "main", "image": "registry.invalid/long:1" }],
-        },
-    }))
-    .expect("a valid Pod");
-    scope
-        .api::<Pod>()
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap_or_else(|e| panic!("creating pod {name}: {e}"));
+    create::<Pod>(
+        scope,
+        json!({
+            "metadata": { "name": name, "labels": labels },
+            "spec": {
+                "nodeName": node,
+                "containers": [{ "name": "main", "image": "registry.invalid/long:1" }],
+            },
+        }),
+    )
+    .await;
 }
 
 /// Waits until the pod `name` has phase `phase`.
@@ -110,26 +108,24 @@ async fn pods_matching_a_selector_block_only_their_node() {
     );
 
     // A finished pod that matches does not block: a Job's pod, which kwok completes.
-    let job: Job = serde_json::from_value(json!({
-        "metadata": { "name": "batch" },
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "metadata": { "labels": { "app": "long" } },
-                "spec": {
-                    "nodeName": b,
-                    "restartPolicy": "Never",
-                    "containers": [{ "name": "main", "image": "registry.invalid/batch:1" }],
+    create::<Job>(
+        &scope,
+        json!({
+            "metadata": { "name": "batch" },
+            "spec": {
+                "backoffLimit": 0,
+                "template": {
+                    "metadata": { "labels": { "app": "long" } },
+                    "spec": {
+                        "nodeName": b,
+                        "restartPolicy": "Never",
+                        "containers": [{ "name": "main", "image": "registry.invalid/batch:1" }],
+                    },
                 },
             },
-        },
-    }))
-    .expect("a valid Job");
-    scope
-        .api::<Job>()
-        .create(&PostParams::default(), &job)
-        .await
-        .expect("creating the Job");
+        }),
+    )
+    .await;
     let pods: Api<Pod> = scope.api();
     let job_pod = eventually("the Job's pod to succeed", Duration::from_secs(60), || {
         let pods = pods.clone();

@@ -7,15 +7,13 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::Api;
 use kube::api::{EvictParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
 use serde_json::json;
-use support::{Scope, eventually, wait_for};
+use support::{Scope, create, eventually, wait_for};
 
 fn is_running(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
@@ -39,30 +37,6 @@ async fn running_pods(scope: &Scope, app: &str, count: usize) -> Vec<Pod> {
         },
     )
     .await
-}
-
-/// A Deployment of `replicas` pods of app `app`, confined to this scope's nodes.
-async fn create_deployment(scope: &Scope, app: &str, replicas: i32) {
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": { "name": app },
-        "spec": {
-            "replicas": replicas,
-            "selector": { "matchLabels": { "app": app } },
-            "template": {
-                "metadata": { "labels": { "app": app } },
-                "spec": {
-                    "nodeSelector": { support::SCOPE_LABEL: scope.id },
-                    "containers": [{ "name": "app", "image": "registry.invalid/app:1" }],
-                },
-            },
-        },
-    }))
-    .expect("a valid Deployment");
-    scope
-        .api::<Deployment>()
-        .create(&PostParams::default(), &deployment)
-        .await
-        .expect("creating the Deployment");
 }
 
 #[tokio::test]
@@ -100,7 +74,7 @@ async fn kwok_node_becomes_ready_and_keeps_heartbeating() {
 async fn deployment_pods_run_on_kwok_nodes() {
     let scope = Scope::new("deploy").await;
     let nodes: BTreeSet<String> = scope.create_nodes(2).await.into_iter().collect();
-    create_deployment(&scope, "web", 2).await;
+    support::create_deployment(&scope, "web", 2, None).await;
     let pods = running_pods(&scope, "web", 2).await;
     for pod in &pods {
         let node = pod
@@ -136,7 +110,7 @@ fn is_ready(pod: &Pod) -> bool {
 async fn a_running_pod_marked_unready_becomes_ready_again() {
     let scope = Scope::new("pod-ready-again").await;
     scope.create_nodes(1).await;
-    create_deployment(&scope, "web", 1).await;
+    support::create_deployment(&scope, "web", 1, None).await;
     let pod = running_pods(&scope, "web", 1).await.remove(0);
     let name = pod.metadata.name.clone().expect("a named pod");
     assert!(is_ready(&pod), "pod {name} is Running but not Ready");
@@ -159,39 +133,11 @@ async fn a_running_pod_marked_unready_becomes_ready_again() {
 async fn pod_disruption_budget_refuses_eviction_until_relaxed() {
     let scope = Scope::new("pdb").await;
     scope.create_nodes(2).await;
-    create_deployment(&scope, "guarded", 2).await;
+    support::create_deployment(&scope, "guarded", 2, None).await;
     let pods = running_pods(&scope, "guarded", 2).await;
 
-    let pdbs: Api<PodDisruptionBudget> = scope.api();
-    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
-        "metadata": { "name": "guarded" },
-        "spec": { "minAvailable": 2, "selector": { "matchLabels": { "app": "guarded" } } },
-    }))
-    .expect("a valid PodDisruptionBudget");
-    pdbs.create(&PostParams::default(), &pdb)
-        .await
-        .expect("creating the PDB");
-    let pdb_settled = |allowed: i32| {
-        let pdbs = pdbs.clone();
-        move || {
-            let pdbs = pdbs.clone();
-            async move {
-                let pdb = pdbs.get("guarded").await.ok()?;
-                let status = pdb.status?;
-                (status.observed_generation == pdb.metadata.generation
-                    && status.current_healthy == Some(2)
-                    && status.disruptions_allowed == Some(allowed))
-                .then_some(())
-            }
-        }
-    };
     // The disruption controller must have computed the budget, so a refusal below is its decision.
-    eventually(
-        "the disruption controller to allow 0 disruptions",
-        Duration::from_secs(60),
-        pdb_settled(0),
-    )
-    .await;
+    support::create_pdb(&scope, "guarded", 2, 2).await;
 
     let victim = pods[0].metadata.name.clone().expect("a pod name");
     let pod_api: Api<Pod> = scope.api();
@@ -208,6 +154,7 @@ async fn pod_disruption_budget_refuses_eviction_until_relaxed() {
         }
     }
 
+    let pdbs: Api<PodDisruptionBudget> = scope.api();
     pdbs.patch(
         "guarded",
         &PatchParams::default(),
@@ -218,7 +165,14 @@ async fn pod_disruption_budget_refuses_eviction_until_relaxed() {
     eventually(
         "the disruption controller to allow 1 disruption",
         Duration::from_secs(60),
-        pdb_settled(1),
+        || async {
+            let pdb = pdbs.get("guarded").await.ok()?;
+            let status = pdb.status?;
+            (status.observed_generation == pdb.metadata.generation
+                && status.current_healthy == Some(2)
+                && status.disruptions_allowed == Some(1))
+            .then_some(())
+        },
     )
     .await;
     pod_api
@@ -249,54 +203,27 @@ async fn pod_disruption_budget_refuses_eviction_until_relaxed() {
 #[tokio::test]
 async fn rbac_is_enforced_for_a_service_account() {
     let scope = Scope::new("rbac").await;
-    let sa: ServiceAccount =
-        serde_json::from_value(json!({ "metadata": { "name": "narrow" } })).expect("a valid SA");
-    scope
-        .api::<ServiceAccount>()
-        .create(&PostParams::default(), &sa)
-        .await
-        .expect("creating the SA");
-    let role: Role = serde_json::from_value(json!({
-        "metadata": { "name": "read-pods" },
-        "rules": [{ "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"] }],
-    }))
-    .expect("a valid Role");
-    scope
-        .api::<Role>()
-        .create(&PostParams::default(), &role)
-        .await
-        .expect("creating the Role");
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": "narrow-read-pods" },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-pods" },
-        "subjects": [{ "kind": "ServiceAccount", "name": "narrow", "namespace": scope.namespace }],
-    }))
-    .expect("a valid RoleBinding");
-    scope
-        .api::<RoleBinding>()
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("creating the RoleBinding");
-
-    let request: TokenRequest =
-        serde_json::from_value(json!({ "spec": { "audiences": [], "expirationSeconds": 600 } }))
-            .expect("a request");
-    let token: TokenRequest = scope
-        .api::<ServiceAccount>()
-        .create_subresource("token", "narrow", &PostParams::default(), &request)
-        .await
-        .expect("issuing a token for the ServiceAccount");
-    let token = token
-        .status
-        .and_then(|s| s.token)
-        .expect("a token in the response");
-
-    let mut config = support::admin_config().await;
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.into()),
-        ..Default::default()
-    };
-    let narrow = Client::try_from(config).expect("a client with the SA token");
+    create::<ServiceAccount>(&scope, json!({ "metadata": { "name": "narrow" } })).await;
+    create::<Role>(
+        &scope,
+        json!({
+            "metadata": { "name": "read-pods" },
+            "rules": [{ "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"] }],
+        }),
+    )
+    .await;
+    create::<RoleBinding>(
+        &scope,
+        json!({
+            "metadata": { "name": "narrow-read-pods" },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-pods" },
+            "subjects": [{ "kind": "ServiceAccount", "name": "narrow", "namespace": scope.namespace }],
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let kubeconfig = support::service_account_kubeconfig(&scope, "narrow", dir.path()).await;
+    let narrow = support::client_from_kubeconfig(&kubeconfig).await;
 
     // Inside the Role: allowed. RoleBindings take effect through the RBAC informer, so allow a moment.
     let own_pods: Api<Pod> = Api::namespaced(narrow.clone(), &scope.namespace);
