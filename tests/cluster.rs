@@ -7,13 +7,12 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Api;
 use kube::api::{EvictParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{Scope, create, eventually, wait_for};
+use support::{Scope, eventually, wait_for};
 
 fn is_running(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
@@ -203,27 +202,14 @@ async fn pod_disruption_budget_refuses_eviction_until_relaxed() {
 #[tokio::test]
 async fn rbac_is_enforced_for_a_service_account() {
     let scope = Scope::new("rbac").await;
-    create::<ServiceAccount>(&scope, json!({ "metadata": { "name": "narrow" } })).await;
-    create::<Role>(
-        &scope,
-        json!({
-            "metadata": { "name": "read-pods" },
-            "rules": [{ "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"] }],
-        }),
-    )
-    .await;
-    create::<RoleBinding>(
-        &scope,
-        json!({
-            "metadata": { "name": "narrow-read-pods" },
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-pods" },
-            "subjects": [{ "kind": "ServiceAccount", "name": "narrow", "namespace": scope.namespace }],
-        }),
-    )
-    .await;
     let dir = tempfile::tempdir().expect("a temp dir");
-    let kubeconfig = support::service_account_kubeconfig(&scope, "narrow", dir.path()).await;
-    let narrow = support::client_from_kubeconfig(&kubeconfig).await;
+    let narrow = support::service_account_with_role(
+        &scope,
+        "narrow",
+        json!([{ "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"] }]),
+        dir.path(),
+    )
+    .await;
 
     // Inside the Role: allowed. RoleBindings take effect through the RBAC informer, so allow a moment.
     let own_pods: Api<Pod> = Api::namespaced(narrow.clone(), &scope.namespace);

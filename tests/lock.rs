@@ -10,15 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
 use kured::duration::GoDuration;
 use kured::lock::record::Change;
 use kured::lock::{Acquire, Claim, DaemonSetLock, LockSettings, RebootLock, Release, Seen};
 use serde_json::json;
 use support::observer::{LOCK_ANNOTATION, Observer, read_lock, upstream_entry, write_lock};
-use support::{Scope, create, create_lock_daemonset, wait_for};
+use support::{Scope, create_lock_daemonset, wait_for};
 
 /// The lock's DaemonSet, as [`create_lock_daemonset`] names it.
 const DS: &str = "kured";
@@ -648,30 +646,17 @@ async fn a_waiting_agent_sees_a_freed_lock_at_once() {
 async fn the_lock_works_with_upstreams_rbac() {
     let scope = Scope::new("lock-rbac").await;
     create_lock_daemonset(&scope).await;
-    create::<ServiceAccount>(&scope, json!({ "metadata": { "name": "kured" } })).await;
-    create::<Role>(
-        &scope,
-        json!({
-            "metadata": { "name": "kured" },
-            "rules": [
-                { "apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"] },
-                { "apiGroups": ["apps"], "resources": ["daemonsets"], "resourceNames": [DS], "verbs": ["update"] },
-            ],
-        }),
-    )
-    .await;
-    create::<RoleBinding>(
-        &scope,
-        json!({
-            "metadata": { "name": "kured" },
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kured" },
-            "subjects": [{ "kind": "ServiceAccount", "name": "kured", "namespace": scope.namespace }],
-        }),
-    )
-    .await;
     let dir = tempfile::tempdir().expect("a temp dir");
-    let kubeconfig = support::service_account_kubeconfig(&scope, "kured", dir.path()).await;
-    let client = support::client_from_kubeconfig(&kubeconfig).await;
+    let client = support::service_account_with_role(
+        &scope,
+        "kured",
+        json!([
+            { "apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"] },
+            { "apiGroups": ["apps"], "resources": ["daemonsets"], "resourceNames": [DS], "verbs": ["update"] },
+        ]),
+        dir.path(),
+    )
+    .await;
 
     let agent = lock_with(client.clone(), &scope, settings("a", 1));
     // RoleBindings take effect through the RBAC informer: allow a moment.

@@ -589,6 +589,36 @@ pub async fn service_account_kubeconfig(
     path
 }
 
+/// ServiceAccount `name` in the scope, bound to a Role of the same name that grants `rules` (JSON,
+/// as in a Role), and a client with nothing but a token of it (its kubeconfig written into `dir`).
+/// The binding takes effect through the API server's RBAC informer, a moment later: callers wait
+/// for what they need.
+pub async fn service_account_with_role(
+    scope: &Scope,
+    name: &str,
+    rules: serde_json::Value,
+    dir: &std::path::Path,
+) -> Client {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    create::<ServiceAccount>(scope, serde_json::json!({ "metadata": { "name": name } })).await;
+    create::<Role>(
+        scope,
+        serde_json::json!({ "metadata": { "name": name }, "rules": rules }),
+    )
+    .await;
+    create::<RoleBinding>(
+        scope,
+        serde_json::json!({
+            "metadata": { "name": name },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+            "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": scope.namespace }],
+        }),
+    )
+    .await;
+    client_from_kubeconfig(&service_account_kubeconfig(scope, name, dir).await).await
+}
+
 /// A kubeconfig (written into `dir`) and a client with nothing but a token of the scope's
 /// ServiceAccount `service_account`, once its bindings have reached the API server's authorizer
 /// (they take effect through an informer): it may read Nodes (its ClusterRoleBinding) and update
