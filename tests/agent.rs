@@ -138,11 +138,10 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
     support::create_pdb(&scope, "pinned", 1, 1).await;
 
     let sim = agents.start(&scope, &names[0], &["--drain-timeout=3s"]);
-    eventually("a failed drain", Duration::from_secs(60), || async {
-        sim.log()
-            .contains("drain failed; giving the node back and releasing the lock")
-            .then_some(())
-    })
+    sim.logged(
+        "drain failed; giving the node back and releasing the lock",
+        Duration::from_secs(60),
+    )
     .await;
     let nodes: Api<Node> = Api::all(scope.client.clone());
     eventually(
@@ -185,12 +184,8 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
     let nodes: Api<Node> = Api::all(scope.client.clone());
 
     let sim = agents.start(&scope, &names[0], &["--blocking-pod-selector=app=batch"]);
-    eventually(
-        "the agent to report the block",
-        Duration::from_secs(30),
-        || async { sim.log().contains("reboot required, but blocked").then_some(()) },
-    )
-    .await;
+    sim.logged("reboot required, but blocked", Duration::from_secs(30))
+        .await;
     assert!(
         sim.log().contains("/batch"),
         "the block names the pod:\n{}",
@@ -234,17 +229,9 @@ async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
             "--alert-firing-only",
         ],
     );
-    eventually(
-        "the agent to report the alert",
-        Duration::from_secs(30),
-        || async {
-            blocked
-                .log()
-                .contains("reboot required, but blocked")
-                .then_some(())
-        },
-    )
-    .await;
+    blocked
+        .logged("reboot required, but blocked", Duration::from_secs(30))
+        .await;
     assert!(blocked.log().contains("RebootRequired"), "{}", blocked.log());
     assert!(
         !blocked.log().contains("LongPending"),
@@ -304,10 +291,9 @@ async fn a_node_kured_cordoned_is_uncordoned_after_its_lock_entry_is_gone() {
     })
     .await;
     // The other agent has had as long, and more rounds (--period=3s): its node stays cordoned.
-    eventually("the other agent to go idle", Duration::from_secs(30), || async {
-        operators.log().contains("\"agent started\"").then_some(())
-    })
-    .await;
+    operators
+        .logged("\"agent started\"", Duration::from_secs(30))
+        .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let other = nodes.get(&names[1]).await.expect("the other node");
     assert!(
@@ -336,12 +322,7 @@ async fn a_slot_lost_by_ttl_before_the_reboot_is_given_back() {
     // Past the entry's TTL, another holder takes the slot, as a waiting agent would.
     tokio::time::sleep(Duration::from_secs(4)).await;
     write_lock(&scope, Some(r#"{"nodeID":"manual"}"#)).await;
-    eventually(
-        "the agent to give the node back",
-        Duration::from_secs(60),
-        || async { sim.log().contains("giving the node back").then_some(()) },
-    )
-    .await;
+    sim.logged("giving the node back", Duration::from_secs(60)).await;
     eventually("the node uncordoned", Duration::from_secs(30), || async {
         let node = nodes.get(&names[0]).await.ok()?;
         (!support::unschedulable(&node)).then_some(())
@@ -378,12 +359,7 @@ async fn a_waiting_agent_takes_the_lock_when_the_holder_expires() {
     write_lock(&scope, Some(&held)).await;
     let sim = agents.start(&scope, &names[0], &["--period=1h", "--lock-ttl=30m"]);
     let first_boot = support::first_boot_id(&scope, &names[0]).await;
-    eventually(
-        "the agent to wait for the lock",
-        Duration::from_secs(30),
-        || async { sim.log().contains("waiting for the lock").then_some(()) },
-    )
-    .await;
+    sim.logged("waiting for the lock", Duration::from_secs(30)).await;
     assert_eq!(sim.reboots(), 0, "not before the holder's TTL ran out");
     wait_for_reboot_cycle(&scope, &names[0], &sim, 1, &first_boot).await;
 }

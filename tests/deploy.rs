@@ -659,14 +659,10 @@ async fn full_cycle_with_the_manifests_rbac(manifest: &Manifest, test: &str) {
     )
     .await;
     write_lock(&cluster.scope, None).await;
-    eventually(
-        "an eviction refused by web's budget",
+    // Refused by web's budget.
+    sim.logged(
+        "\"message\":\"eviction refused for now; retrying\"",
         Duration::from_secs(60),
-        || async {
-            sim.log()
-                .contains("\"message\":\"eviction refused for now; retrying\"")
-                .then_some(())
-        },
     )
     .await;
     support::set_unschedulable(&cluster.scope, &cluster.nodes[1], false).await;
@@ -752,13 +748,12 @@ async fn with_the_signal_manifests_rbac_a_node_goes_through_a_whole_reboot_cycle
 async fn withholding_fails_the_drain(withheld: Withhold, resource: &str, test: &str) {
     let cluster = Cluster::new(&SIGNAL, test, Some(withheld)).await;
     let sim = cluster.start_agent(&SIGNAL, &[]);
-    let failure = eventually("the drain to fail", Duration::from_secs(60), || async {
-        sim.log()
-            .lines()
-            .find(|l| l.contains("drain failed; giving the node back and releasing the lock"))
-            .map(str::to_owned)
-    })
-    .await;
+    let failure = sim
+        .logged(
+            "drain failed; giving the node back and releasing the lock",
+            Duration::from_secs(60),
+        )
+        .await;
     eprintln!("{failure}");
     assert!(
         failure.contains("403") && failure.contains("forbidden") && failure.contains(resource),
@@ -804,17 +799,9 @@ async fn without_watching_the_lock_a_waiting_agent_is_refused_and_polls() {
     let cluster = Cluster::new(&SIGNAL, "deploy-nowatch", Some(NO_LOCK_WATCH)).await;
     write_lock(&cluster.scope, Some(&held_by(&cluster.nodes[1]))).await;
     let sim = cluster.start_agent(&SIGNAL, &[]);
-    let refused = eventually(
-        "the watch of the lock to be refused",
-        Duration::from_secs(60),
-        || async {
-            sim.log()
-                .lines()
-                .find(|l| l.contains("may not watch the lock object; polling"))
-                .map(str::to_owned)
-        },
-    )
-    .await;
+    let refused = sim
+        .logged("may not watch the lock object; polling", Duration::from_secs(60))
+        .await;
     eprintln!("{refused}");
     assert!(
         refused.contains("403")

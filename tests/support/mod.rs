@@ -530,6 +530,25 @@ impl SimulatedNode {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits, for at most `limit`, until the agents on this node have logged a line containing
+    /// `text`, and returns the first such line; panics with the log's last lines otherwise.
+    pub async fn logged(&self, text: &str, limit: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(text)) {
+                return line.to_owned();
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out after {limit:?} waiting for the agent on {} to log {text:?}; last log lines:\n{}",
+                    self.name,
+                    self.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The last `lines` lines of the agent's output, for a failure report.
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self.log();
