@@ -665,7 +665,8 @@ impl AgentArgs {
             })
             .transpose()?;
         let prometheus_url = non_empty(&self.prometheus_url)
-            .map(|u| parse_url("prometheus-url", u, false))
+            // Its user, password or query may hold credentials: an error shows it redacted.
+            .map(|u| parse_url("prometheus-url", u, true))
             .transpose()?;
 
         let blocking_pod_selectors = self
@@ -1104,7 +1105,7 @@ mod tests {
             ),
             (
                 &["--prometheus-url=prometheus:9090"],
-                "--prometheus-url \"prometheus:9090\"",
+                "--prometheus-url \"prometheus:<redacted>\"",
             ),
             (
                 &["--reboot-method=signal", "--reboot-signal=9"],
@@ -1150,6 +1151,28 @@ mod tests {
             assert!(e.contains(needle), "{args:?}: {e:?}");
         }
         assert!(err(&[]).contains("--node-id"));
+    }
+
+    #[test]
+    fn an_invalid_prometheus_url_is_shown_without_its_credentials() {
+        for (value, shown) in [
+            ("http://admin:hunter2@prom etheus:9090", "\"http://<redacted>\""),
+            ("admin:hunter2@prometheus:9090", "\"admin:<redacted>\""),
+            ("https://user:hunter2@prom:99999/", "\"https://<redacted>\""),
+        ] {
+            let e = err(&["--node-id=n1", &format!("--prometheus-url={value}")]);
+            assert!(
+                e.starts_with(&format!("invalid --prometheus-url {shown}")),
+                "{value}: {e}"
+            );
+            assert!(!e.contains("hunter2"), "{value}: {e}");
+        }
+        // A valid URL keeps its credentials for the requests, which send them as basic auth.
+        let c = ok(&[
+            "--node-id=n1",
+            "--prometheus-url=http://admin:hunter2@prometheus:9090",
+        ]);
+        assert_eq!(c.prometheus_url.unwrap().password(), Some("hunter2"));
     }
 
     #[test]
