@@ -400,6 +400,9 @@ impl<N: Notifier> Agent<N> {
                 Wait::For(BLOCKER_RECHECK.min(self.period()))
             }
             Step::WaitForLock { holders, add_taint } => {
+                if self.reclaim_gone_holders(&seen).await {
+                    return Wait::Now;
+                }
                 if add_taint && let Some(key) = &self.config.prefer_no_schedule_taint {
                     self.best_effort(
                         "adding the PreferNoSchedule taint",
@@ -694,6 +697,16 @@ impl<N: Notifier> Agent<N> {
                 warn!(node = %self.config.node_id, error = %crate::error_chain(&e), "publishing the agent state")
             }
         }
+    }
+
+    /// Removes the lock entries of holders whose Node no longer exists (see `lock::reclaim`), and
+    /// counts them; true when a slot was freed.
+    async fn reclaim_gone_holders(&self, seen: &Seen) -> bool {
+        let reclaimed = crate::lock::reclaim::reclaim_gone_holders(&self.lock, seen, Timestamp::now()).await;
+        for _ in &reclaimed {
+            self.metrics.count_lock_reclaimed();
+        }
+        !reclaimed.is_empty()
     }
 
     /// Runs a node update whose failure must not stop the agent; the failure is logged.

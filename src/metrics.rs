@@ -84,6 +84,7 @@ pub struct Metrics {
     sentinel_errors: Family<NodeLabel, Counter>,
     reboot_blocked: Family<BlockedLabels, Gauge>,
     notification_failures: NotificationFailures,
+    lock_reclaimed: Family<NodeLabel, Counter>,
 }
 
 impl Metrics {
@@ -115,11 +116,18 @@ impl Metrics {
             "Notifications that could not be delivered after their retries, by URL scheme",
             notification_failures.0.clone(),
         );
+        let lock_reclaimed = Family::<NodeLabel, Counter>::default();
+        registry.register(
+            "kured_lock_reclaimed",
+            "Lock entries of nodes that no longer exist, removed by this agent to free their slots",
+            lock_reclaimed.clone(),
+        );
         let node = NodeLabel {
             node: node.to_owned(),
         };
         // Present from the start, so a dashboard sees 0 rather than no data.
         drop(sentinel_errors.get_or_create(&node));
+        drop(lock_reclaimed.get_or_create(&node));
         Metrics {
             registry,
             node,
@@ -127,6 +135,7 @@ impl Metrics {
             sentinel_errors,
             reboot_blocked,
             notification_failures,
+            lock_reclaimed,
         }
     }
 
@@ -148,6 +157,11 @@ impl Metrics {
             reason: reason.to_owned(),
         };
         self.reboot_blocked.get_or_create(&labels).inc();
+    }
+
+    /// Counts one lock entry of a node that no longer exists, removed by this agent.
+    pub fn count_lock_reclaimed(&self) {
+        self.lock_reclaimed.get_or_create(&self.node).inc();
     }
 
     pub fn count_notification_failure(&self, scheme: &str) {
@@ -355,6 +369,22 @@ mod tests {
         own.register("smtp");
         own.count("slack");
         assert_eq!((own.get("smtp"), own.get("slack")), (0, 1));
+    }
+
+    #[test]
+    fn reclaimed_entries_are_counted_from_zero() {
+        let m = Metrics::new("node-a");
+        assert!(
+            m.encode()
+                .contains("kured_lock_reclaimed_total{node=\"node-a\"} 0"),
+            "{}",
+            m.encode()
+        );
+        m.count_lock_reclaimed();
+        assert!(
+            m.encode()
+                .contains("kured_lock_reclaimed_total{node=\"node-a\"} 1")
+        );
     }
 
     #[tokio::test(start_paused = true)]
