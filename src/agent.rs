@@ -41,6 +41,8 @@ pub enum AgentError {
     Metrics(#[from] MetricsError),
     #[error("setting up the blockers")]
     Blockers(#[from] BlockerError),
+    #[error("checking the reboot method")]
+    Rebooter(#[source] crate::reboot::RebootError),
 }
 
 /// Everything the agent acts through.
@@ -53,6 +55,7 @@ struct Agent<N> {
     blockers: Blockers,
     notifier: N,
     metrics: Arc<Metrics>,
+    liveness: Arc<metrics::Liveness>,
     jitter: Jitter,
     /// The state last written to our Node, so it is written only when it changes.
     published: std::sync::Mutex<Option<AgentState>>,
@@ -92,8 +95,11 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
+    if let Some(warning) = config.rebooter.check_target().map_err(AgentError::Rebooter)? {
+        warn!("{warning}");
+    }
     let metrics_addr = config.metrics_addr.clone();
-    let liveness = Arc::new(metrics::Liveness::default());
+    let liveness = Arc::new(metrics::Liveness::new(metrics::PhaseLimits::from_config(&config)));
     let server = {
         let mut shutdown = shutdown.clone();
         metrics::serve(&metrics_addr, metrics.clone(), liveness.clone(), async move {
@@ -113,6 +119,7 @@ pub async fn run(
         blockers: Blockers::from_config(client, &config)?,
         notifier,
         metrics: metrics.clone(),
+        liveness: liveness.clone(),
         jitter: Jitter::seeded(&config.node_id),
         published: std::sync::Mutex::new(None),
         config,
@@ -558,7 +565,7 @@ impl<N: Notifier> Agent<N> {
         let rebooter = self.config.rebooter.describe();
         self.publish(Some(true), Phase::Rebooting, rebooter.clone()).await;
         info!(node = %node_id, rebooter = %rebooter, "rebooting");
-        match self.config.rebooter.reboot().await {
+        match self.reboot().await {
             // The host goes down; until it does, look again only after a period (by then the
             // boot ID says whether the reboot happened).
             Ok(()) => Wait::For(self.period()),
@@ -671,6 +678,8 @@ impl<N: Notifier> Agent<N> {
 
     /// Publishes our state on our Node for `kured status`, when it changed.
     async fn publish(&self, reboot_required: Option<bool>, phase: Phase, detail: String) {
+        // The phases published are the ones /healthz bounds.
+        self.liveness.entering(phase);
         let next = {
             let Ok(published) = self.published.lock() else {
                 return;
@@ -707,6 +716,15 @@ impl<N: Notifier> Agent<N> {
             self.metrics.count_lock_reclaimed();
         }
         !reclaimed.is_empty()
+    }
+
+    /// Reboots through the configured rebooter; a failure is counted by its reason.
+    async fn reboot(&self) -> Result<(), crate::reboot::RebootError> {
+        let result = self.config.rebooter.reboot().await;
+        if let Err(e) = &result {
+            self.metrics.count_reboot_failure(e.metric_reason());
+        }
+        result
     }
 
     /// Runs a node update whose failure must not stop the agent; the failure is logged.

@@ -1046,6 +1046,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn liveness_bounds_follow_the_drain_and_reboot_flags() {
+        use crate::metrics::PhaseLimits;
+        use crate::reboot::{COMMAND_TIMEOUT, EFFECT_LIMIT};
+        let limits = PhaseLimits::from_config(&ok(&[
+            "--node-id=n1",
+            "--drain-timeout=30m",
+            "--drain-delay=1m",
+            "--reboot-delay=2m",
+        ]));
+        assert_eq!(limits.drain, Some(Duration::from_secs(33 * 60)));
+        assert!(limits.reboot > Some(COMMAND_TIMEOUT + EFFECT_LIMIT), "{limits:?}");
+        let limits = PhaseLimits::from_config(&ok(&["--node-id=n1", "--reboot-method=signal"]));
+        assert_eq!(limits.drain, None, "no --drain-timeout: no bound");
+        assert_eq!(limits.reboot, Some(EFFECT_LIMIT));
+    }
+
     /// Runs `f` with one environment variable set, holding the lock that `parse` takes.
     fn temp_env<T>(var: &str, value: &str, f: impl FnOnce() -> T) -> T {
         let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
