@@ -81,6 +81,13 @@ async fn a_hung_reboot_command_is_killed_and_reported_as_a_failed_reboot() {
         running(&hung)
     })
     .await;
+    // The round is within its bound (the command's time-out): /healthz says so meanwhile.
+    let (status, body) = get(sim.metrics_port, "/healthz").expect("/healthz during the hang");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ok\n"),
+        "not stuck while within the time-out"
+    );
     let failed = eventually(
         "the hung reboot command to be killed and the reboot reported as failed",
         Duration::from_secs(240),
