@@ -672,8 +672,8 @@ impl<N: Notifier> Agent<N> {
         self.publish(Some(true), Phase::Rebooting, rebooter.clone()).await;
         info!(node = %node_id, rebooter = %rebooter, "rebooting");
         match self.reboot().await {
-            // The host goes down; until it does, look again only after a period (by then the
-            // boot ID says whether the reboot happened).
+            // `reboot` returns only when the reboot did not happen (an error); were it ever to
+            // return otherwise, the boot ID says at the next round whether it happened.
             Ok(()) => Wait::For(self.period()),
             Err(e) => {
                 error!(node = %node_id, error = %crate::error_chain(&e), "reboot failed; the node stays drained and the lock held; trying again");
