@@ -47,6 +47,8 @@ pub enum AgentError {
     Metrics(#[from] MetricsError),
     #[error("setting up the blockers")]
     Blockers(#[from] BlockerError),
+    #[error("checking the reboot method")]
+    Rebooter(#[source] crate::reboot::RebootError),
     #[error("the HTTP server for /metrics and /healthz stopped")]
     Server(#[source] tokio::task::JoinError),
 }
@@ -61,6 +63,7 @@ struct Agent<N> {
     blockers: Blockers,
     notifier: N,
     metrics: Arc<Metrics>,
+    liveness: Arc<metrics::Liveness>,
     jitter: Jitter,
     /// The state last written to our Node, so it is written only when it changes.
     published: std::sync::Mutex<Option<AgentState>>,
@@ -104,7 +107,10 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    let liveness = Arc::new(metrics::Liveness::default());
+    if let Some(warning) = config.rebooter.check_target().map_err(AgentError::Rebooter)? {
+        warn!("{warning}");
+    }
+    let liveness = Arc::new(metrics::Liveness::new(metrics::PhaseLimits::from_config(&config)));
     // Its own task: /healthz and /metrics answer during a round (a drain may take many minutes)
     // as well as between rounds.
     let mut server = {
@@ -129,6 +135,7 @@ pub async fn run(
         blockers: Blockers::from_config(client, &config)?,
         notifier,
         metrics: metrics.clone(),
+        liveness: liveness.clone(),
         jitter: Jitter::seeded(&config.node_id),
         published: std::sync::Mutex::new(None),
         boot_id_warned: AtomicBool::new(false),
@@ -490,6 +497,9 @@ impl<N: Notifier> Agent<N> {
                 next_expiry,
                 add_taint,
             } => {
+                if self.reclaim_gone_holders(&seen).await {
+                    return Wait::Now;
+                }
                 if add_taint && let Some(key) = &self.config.prefer_no_schedule_taint {
                     self.best_effort(
                         "adding the PreferNoSchedule taint",
@@ -661,9 +671,9 @@ impl<N: Notifier> Agent<N> {
         let rebooter = self.config.rebooter.describe();
         self.publish(Some(true), Phase::Rebooting, rebooter.clone()).await;
         info!(node = %node_id, rebooter = %rebooter, "rebooting");
-        match self.config.rebooter.reboot().await {
-            // The host goes down; until it does, look again only after a period (by then the
-            // boot ID says whether the reboot happened).
+        match self.reboot().await {
+            // `reboot` returns only when the reboot did not happen (an error); were it ever to
+            // return otherwise, the boot ID says at the next round whether it happened.
             Ok(()) => Wait::For(self.period()),
             Err(e) => {
                 error!(node = %node_id, error = %crate::error_chain(&e), "reboot failed; the node stays drained and the lock held; trying again");
@@ -836,6 +846,8 @@ impl<N: Notifier> Agent<N> {
 
     /// Publishes our state on our Node for `kured status`, when it changed.
     async fn publish(&self, reboot_required: Option<bool>, phase: Phase, detail: String) {
+        // The phases published are the ones /healthz bounds.
+        self.liveness.entering(phase);
         let next = {
             let Ok(published) = self.published.lock() else {
                 return;
@@ -862,6 +874,25 @@ impl<N: Notifier> Agent<N> {
                 warn!(node = %self.config.node_id, error = %crate::error_chain(&e), "publishing the agent state")
             }
         }
+    }
+
+    /// Removes the lock entries of holders whose Node no longer exists (see `lock::reclaim`), and
+    /// counts them; true when a slot was freed.
+    async fn reclaim_gone_holders(&self, seen: &Seen) -> bool {
+        let reclaimed = crate::lock::reclaim::reclaim_gone_holders(&self.lock, seen, Timestamp::now()).await;
+        for _ in &reclaimed {
+            self.metrics.count_lock_reclaimed();
+        }
+        !reclaimed.is_empty()
+    }
+
+    /// Reboots through the configured rebooter; a failure is counted by its reason.
+    async fn reboot(&self) -> Result<(), crate::reboot::RebootError> {
+        let result = self.config.rebooter.reboot().await;
+        if let Err(e) = &result {
+            self.metrics.count_reboot_failure(e.metric_reason());
+        }
+        result
     }
 
     /// Runs a node update whose failure must not stop the agent; the failure is logged.

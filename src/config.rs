@@ -665,7 +665,8 @@ impl AgentArgs {
             })
             .transpose()?;
         let prometheus_url = non_empty(&self.prometheus_url)
-            .map(|u| parse_url("prometheus-url", u, false))
+            // Its user, password or query may hold credentials: an error shows it redacted.
+            .map(|u| parse_url("prometheus-url", u, true))
             .transpose()?;
 
         let blocking_pod_selectors = self
@@ -1088,6 +1089,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn liveness_bounds_follow_the_drain_and_reboot_flags() {
+        use crate::metrics::PhaseLimits;
+        use crate::reboot::{COMMAND_TIMEOUT, EFFECT_LIMIT};
+        let limits = PhaseLimits::from_config(&ok(&[
+            "--node-id=n1",
+            "--drain-timeout=30m",
+            "--drain-delay=1m",
+            "--reboot-delay=2m",
+        ]));
+        assert_eq!(limits.drain, Some(Duration::from_secs(33 * 60)));
+        assert!(limits.reboot > Some(COMMAND_TIMEOUT + EFFECT_LIMIT), "{limits:?}");
+        let limits = PhaseLimits::from_config(&ok(&["--node-id=n1", "--reboot-method=signal"]));
+        assert_eq!(limits.drain, None, "no --drain-timeout: no bound");
+        assert_eq!(limits.reboot, Some(EFFECT_LIMIT));
+    }
+
     /// Runs `f` with one environment variable set, holding the lock that `parse` takes.
     fn temp_env<T>(var: &str, value: &str, f: impl FnOnce() -> T) -> T {
         let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -1147,7 +1165,7 @@ mod tests {
             ),
             (
                 &["--prometheus-url=prometheus:9090"],
-                "--prometheus-url \"prometheus:9090\"",
+                "--prometheus-url \"prometheus:<redacted>\"",
             ),
             (
                 &["--reboot-method=signal", "--reboot-signal=9"],
@@ -1193,6 +1211,28 @@ mod tests {
             assert!(e.contains(needle), "{args:?}: {e:?}");
         }
         assert!(err(&[]).contains("--node-id"));
+    }
+
+    #[test]
+    fn an_invalid_prometheus_url_is_shown_without_its_credentials() {
+        for (value, shown) in [
+            ("http://admin:hunter2@prom etheus:9090", "\"http://<redacted>\""),
+            ("admin:hunter2@prometheus:9090", "\"admin:<redacted>\""),
+            ("https://user:hunter2@prom:99999/", "\"https://<redacted>\""),
+        ] {
+            let e = err(&["--node-id=n1", &format!("--prometheus-url={value}")]);
+            assert!(
+                e.starts_with(&format!("invalid --prometheus-url {shown}")),
+                "{value}: {e}"
+            );
+            assert!(!e.contains("hunter2"), "{value}: {e}");
+        }
+        // A valid URL keeps its credentials for the requests, which send them as basic auth.
+        let c = ok(&[
+            "--node-id=n1",
+            "--prometheus-url=http://admin:hunter2@prometheus:9090",
+        ]);
+        assert_eq!(c.prometheus_url.unwrap().password(), Some("hunter2"));
     }
 
     #[test]

@@ -497,3 +497,89 @@ async fn servers_that_are_not_prometheus_block() {
     let reason = only_reason(&reasons, BlockKind::PrometheusError);
     assert!(reason.message.ends_with("no answer within 300ms"), "{reason}");
 }
+
+/// Serves a 200 answer whose body is `total` bytes of a JSON-looking prefix and spaces, with a
+/// Content-Length if `declared`, then holds the connection open; returns its address and the count
+/// of body bytes written so far.
+async fn flooding_server(
+    total: usize,
+    declared: bool,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("binding");
+    let addr = listener.local_addr().expect("an address");
+    let sent = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let length = if declared {
+                    format!("Content-Length: {total}\r\n")
+                } else {
+                    String::new()
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}Connection: close\r\n\r\n"
+                );
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b' '; 64 << 10];
+                while counter.load(Ordering::Relaxed) < total {
+                    if stream.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(chunk.len(), Ordering::Relaxed);
+                }
+                // All sent; never close, as a server that streams on would.
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    (addr, sent)
+}
+
+#[tokio::test]
+async fn an_oversized_answer_is_refused_naming_the_url_and_the_limit() {
+    use kured::blockers::prometheus::MAX_ANSWER_BYTES;
+    use std::sync::atomic::Ordering;
+    for declared in [true, false] {
+        // Eight times the limit: far more than the agent may take in.
+        let (addr, sent) = flooding_server(8 * MAX_ANSWER_BYTES, declared).await;
+        let url: Url = format!("http://user:secret@{addr}/prom?token=t")
+            .parse()
+            .expect("a URL");
+        let reasons = PrometheusBlocker::new(url, filter(None, false, false))
+            .expect("a client")
+            .check()
+            .await;
+        let reason = only_reason(&reasons, BlockKind::PrometheusError);
+        assert_eq!(
+            reason.message,
+            format!(
+                "cannot query Prometheus at http://{addr}/prom: the answer is larger than 8 MiB, more \
+                 than an ALERTS query returns; not read further"
+            ),
+            "Content-Length sent: {declared}"
+        );
+        if !declared {
+            // The fault fired: the server did send more than the limit before the client gave up.
+            assert!(
+                sent.load(Ordering::Relaxed) > MAX_ANSWER_BYTES,
+                "only {} bytes sent",
+                sent.load(Ordering::Relaxed)
+            );
+        }
+    }
+}

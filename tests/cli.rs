@@ -229,3 +229,35 @@ fn a_taken_metrics_port_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// What an operator sees of an invalid `--prometheus-url` that carries a password: the agent's
+/// stderr and its termination message. The agent runs in a private mount namespace whose `/dev`
+/// is a fresh tmpfs holding an empty `/dev/termination-log`, as a container's does.
+#[test]
+fn an_invalid_prometheus_url_never_shows_its_password() {
+    let script = r#"mount -t tmpfs kured-test /dev && : > /dev/termination-log && "$0" "$@"; code=$?; echo "exit $code"; echo "termination-log: $(cat /dev/termination-log)""#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .arg(env!("CARGO_BIN_EXE_kured"))
+        .args([
+            "--node-id=n1",
+            "--prometheus-url=http://admin:hunter2@prom etheus:9090",
+        ])
+        .env_clear()
+        .output()
+        .expect("running unshare (needs root)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line =
+        "kured: invalid --prometheus-url \"http://<redacted>\": not a URL: invalid international domain name";
+    assert!(stdout.contains("exit 2\n"), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stderr.starts_with(line), "{stderr}");
+    assert!(
+        stdout.contains(&format!("termination-log: {line}")),
+        "the termination log holds the same line: {stdout}"
+    );
+    assert!(
+        !stdout.contains("hunter2") && !stderr.contains("hunter2"),
+        "{stdout}\n{stderr}"
+    );
+}

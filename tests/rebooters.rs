@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kured::reboot::{DEFAULT_SIGNAL, HostNamespace, RebootError, Rebooter};
+use kured::reboot::{DEFAULT_SIGNAL, HostCommandError, HostNamespace, RebootError, RebootLimits, Rebooter};
 use kured::sentinel::Sentinel;
 
 /// Long enough for `unshare` and a shell to start on a loaded machine.
@@ -154,7 +154,7 @@ async fn the_reboot_signal_reaches_the_init_of_a_pid_namespace() {
         rebooter.describe(),
         format!("signal 39 (SIGRTMIN+5) to PID {init}")
     );
-    rebooter.reboot().await.unwrap();
+    rebooter.request().await.unwrap();
 
     assert!(node.wait_exit(Duration::from_secs(10)).success());
     assert_eq!(std::fs::read_to_string(&mark).unwrap(), "got\n");
@@ -164,7 +164,7 @@ async fn the_reboot_signal_reaches_the_init_of_a_pid_namespace() {
 async fn a_signal_to_a_missing_process_is_an_error_naming_it() {
     let err = Rebooter::signal_to(DEFAULT_SIGNAL, NO_SUCH_PID)
         .unwrap()
-        .reboot()
+        .request()
         .await
         .unwrap_err();
     assert!(
@@ -215,7 +215,7 @@ async fn commands_run_in_the_mount_namespace_of_the_target_process() {
     // The file exists only there, so these succeed only if the command entered that namespace.
     Rebooter::command(&test_inside, host)
         .unwrap()
-        .reboot()
+        .request()
         .await
         .unwrap();
     let sentinel = Sentinel::command(&test_inside, host, Duration::from_secs(10)).unwrap();
@@ -223,14 +223,18 @@ async fn commands_run_in_the_mount_namespace_of_the_target_process() {
 
     // It starts in that namespace's root, and does not inherit the namespace descriptor.
     let at_root = shell(r#"test "$(pwd)" = / && ! ls -l /proc/$$/fd | grep -q mnt:"#);
-    Rebooter::command(&at_root, host).unwrap().reboot().await.unwrap();
+    Rebooter::command(&at_root, host)
+        .unwrap()
+        .request()
+        .await
+        .unwrap();
 
     // The same command in our own namespace sees no file.
     let sentinel = Sentinel::command(&test_inside, ours(), Duration::from_secs(10)).unwrap();
     assert!(!sentinel.check().await.unwrap());
     let err = Rebooter::command(&test_inside, ours())
         .unwrap()
-        .reboot()
+        .request()
         .await
         .unwrap_err();
     assert!(matches!(err, RebootError::Exit { code: 1, .. }), "{err:?}");
@@ -242,7 +246,7 @@ async fn in_our_own_namespace_commands_run_without_entering_it() {
     let done = dir.path().join("done");
     assert!(ours().is_ours().unwrap());
     let rebooter = Rebooter::command(&shell(&format!("echo rebooting > {}", quote(&done))), ours()).unwrap();
-    rebooter.reboot().await.unwrap();
+    rebooter.request().await.unwrap();
     assert_eq!(std::fs::read_to_string(&done).unwrap(), "rebooting\n");
 }
 
@@ -250,7 +254,7 @@ async fn in_our_own_namespace_commands_run_without_entering_it() {
 async fn an_unreadable_namespace_is_an_error_naming_its_path() {
     let err = Rebooter::command("true", HostNamespace::of_pid(NO_SUCH_PID))
         .unwrap()
-        .reboot()
+        .request()
         .await
         .unwrap_err();
     assert_eq!(
@@ -265,7 +269,7 @@ async fn a_failing_reboot_command_is_an_error_with_its_code_and_stderr() {
     let script = "echo asking systemd; echo 'Failed to reboot: Access denied' >&2; exit 3";
     let err = Rebooter::command(&shell(script), ours())
         .unwrap()
-        .reboot()
+        .request()
         .await
         .unwrap_err();
     let RebootError::Exit { code, stderr, .. } = &err else {
@@ -283,11 +287,125 @@ async fn a_failing_reboot_command_is_an_error_with_its_code_and_stderr() {
 async fn a_missing_reboot_program_is_an_error() {
     let err = Rebooter::command("/nonexistent/systemctl reboot", ours())
         .unwrap()
-        .reboot()
+        .request()
         .await
         .unwrap_err();
     assert!(
         chain(&err).ends_with("failed: cannot start it: No such file or directory (os error 2)"),
         "{err:?}"
     );
+}
+
+/// A reboot request that does nothing: this process goes on running, so after the wait for the
+/// effect the reboot is reported as failed, naming the request.
+#[tokio::test]
+async fn a_request_without_effect_is_a_failed_reboot() {
+    let limits = RebootLimits {
+        command: Duration::from_secs(10),
+        effect: Duration::from_millis(300),
+    };
+    let err = Rebooter::command("true", ours())
+        .unwrap()
+        .reboot_within(limits)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RebootError::NoEffect { .. }), "{err:?}");
+    assert_eq!(err.metric_reason(), "no_effect");
+    assert!(
+        err.to_string()
+            .starts_with("the reboot was requested (command `true` in the mount namespace"),
+        "{err}"
+    );
+}
+
+/// The init of a PID namespace without a handler for the signal (a pod without hostPID, whose
+/// PID 1 is the container's own process) drops it: the request succeeds, nothing happens, and
+/// the reboot is reported as failed.
+#[tokio::test]
+async fn a_signal_the_init_ignores_is_a_failed_reboot() {
+    let mut node = Spawned::start(&[
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 600",
+    ]);
+    node.wait_for_line("ready");
+    let init = node.inner_pid();
+    let limits = RebootLimits {
+        command: Duration::from_secs(10),
+        effect: Duration::from_secs(2),
+    };
+    let err = Rebooter::signal_to(DEFAULT_SIGNAL, init)
+        .unwrap()
+        .reboot_within(limits)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RebootError::NoEffect { .. }), "{err:?}");
+    // The signal was sent and dropped: the namespace's init still runs.
+    assert!(
+        node.child.try_wait().unwrap().is_none(),
+        "the init took the signal"
+    );
+    assert!(Path::new(&format!("/proc/{init}")).exists());
+}
+
+/// A reboot command that hangs is killed, with what it started, at the time-out, and the reboot
+/// fails without waiting for an effect.
+#[tokio::test]
+async fn a_hung_reboot_command_is_killed_at_its_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    // The shell and the sleep it leaves running in the background both record their PIDs.
+    let script = format!(
+        "echo $$ >> {pids}; sleep 100000 & echo $! >> {pids}; wait",
+        pids = quote(&pids)
+    );
+    let limits = RebootLimits {
+        command: Duration::from_secs(2),
+        effect: Duration::from_secs(3600),
+    };
+    let err = Rebooter::command(&shell(&script), ours())
+        .unwrap()
+        .reboot_within(limits)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RebootError::Run {
+                source: HostCommandError::Timeout { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.metric_reason(), "timeout");
+    assert!(
+        chain(&err).ends_with("failed: still running after 2s, killed"),
+        "{}",
+        chain(&err)
+    );
+    let recorded = std::fs::read_to_string(&pids).unwrap();
+    let recorded: Vec<&str> = recorded.lines().collect();
+    assert_eq!(recorded.len(), 2, "the command ran: {recorded:?}");
+    for pid in recorded {
+        // SIGKILL was sent to the whole group; a process may take a moment to act on it. Gone, or
+        // a zombie left for its new parent to reap, it no longer runs.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if state.is_empty() || state.contains(") Z ") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} of the hung command still runs 10 s after the kill: {state}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

@@ -40,6 +40,11 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// and `kured status`; the reason still gives the total.
 const MAX_NAMES: usize = 10;
 
+/// The largest answer read. `ALERTS` takes about 300 bytes per active alert, so 8 MiB holds
+/// tens of thousands of them; a larger body is not an answer to this query, and reading it whole
+/// would take the agent's memory from a couple of MiB to whatever the server sends.
+pub const MAX_ANSWER_BYTES: usize = 8 << 20;
+
 /// Bytes of an unexpected response body quoted in an error: enough to recognise an HTML error
 /// page or a proxy's message, short enough for one log line.
 const BODY_EXCERPT: usize = 200;
@@ -59,6 +64,8 @@ pub enum PrometheusError {
     Timeout(Duration),
     #[error("cannot read the response")]
     Read(#[source] reqwest::Error),
+    #[error("the answer is larger than {} MiB, more than an ALERTS query returns; not read further", .limit >> 20)]
+    TooLarge { limit: usize },
     #[error("HTTP status {status}, and the body is not a Prometheus error: {excerpt:?}")]
     Status {
         status: reqwest::StatusCode,
@@ -275,10 +282,7 @@ impl PrometheusBlocker {
                 .await
                 .map_err(|e| PrometheusError::Send(e.without_url()))?;
             let status = response.status();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| PrometheusError::Read(e.without_url()))?;
+            let body = read_bounded(response, MAX_ANSWER_BYTES).await?;
             Ok::<_, PrometheusError>((status, body))
         };
         let (status, body) = tokio::time::timeout(self.timeout, exchange)
@@ -340,6 +344,30 @@ impl Blocker for PrometheusBlocker {
             }
         }
     }
+}
+
+/// The body of `response`, or [`PrometheusError::TooLarge`] as soon as it is known to exceed
+/// `limit` bytes: from its Content-Length before reading, else while reading.
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, PrometheusError> {
+    let too_large = PrometheusError::TooLarge { limit };
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_large);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| PrometheusError::Read(e.without_url()))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// `<url>/api/v1/query?query=ALERTS`, keeping the URL's path as a prefix and its query pairs.

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use super::record::{self, Change, Decision, RecordError};
 use super::{
-    Acquire, Claim, LockEntry, LockError, LockSettings, LockState, RebootLock, Release, Result, Seen,
+    Acquire, Claim, LockEntry, LockError, LockSettings, LockState, RebootLock, Reclaim, Release, Result, Seen,
 };
 use crate::config::Config;
 
@@ -257,6 +257,18 @@ impl DaemonSetLock {
             .await?;
         info!(object = %self.object, node = %settings.node_id, ?outcome, "lock released without delay");
         Ok(outcome)
+    }
+
+    /// Removes `entry`, a holder whose Node no longer exists, if the lock still holds it as it
+    /// is (see [`record::decide_reclaim`]); read, decide, write as every change.
+    pub async fn reclaim(&self, entry: &LockEntry) -> Result<Reclaim> {
+        self.update(false, |current, _now| record::decide_reclaim(current, entry))
+            .await
+    }
+
+    /// The client this lock talks to the API server with.
+    pub fn client(&self) -> Client {
+        self.api.clone().into_client()
     }
 
     /// `fresh`: decide the first attempt on a read from the API server rather than the watched

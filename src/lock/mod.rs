@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::duration::GoDuration;
 
 pub mod daemonset;
+pub mod reclaim;
 pub mod record;
 
 pub use daemonset::DaemonSetLock;
@@ -112,6 +113,16 @@ pub enum Release {
     NotBefore(Timestamp),
     /// There was no entry of ours to remove.
     NotHeld,
+}
+
+/// The answer to [`DaemonSetLock::reclaim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reclaim {
+    /// The entry was removed: its slot is free.
+    Reclaimed,
+    /// The lock no longer holds that entry (another agent reclaimed it first, or its holder
+    /// rewrote it); nothing was written.
+    NotPresent,
 }
 
 /// The lock as read, for `kured status` and for waiting on changes.

@@ -52,7 +52,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{Acquire, Claim, LockSettings, Release, Seen};
+use super::{Acquire, Claim, LockSettings, Reclaim, Release, Seen};
 use crate::duration::GoDuration;
 
 /// Why an annotation is not a lock record, or a record cannot be written.
@@ -584,6 +584,53 @@ pub fn decide_release(
                 });
             }
             Decision::write(&LockRecord::Multi(multi), Release::Released)
+        }
+    }
+}
+
+/// The live entries of other nodes that may be reclaimed should their Node be gone: every holder
+/// but `own_node`, except entries without `created`. Agents always write `created`; an entry
+/// without it was written by hand (`{"nodeID":"manual"}` pauses every reboot) and names no node.
+pub fn reclaim_candidates(current: Option<&str>, own_node: &str, now: Timestamp) -> Result<Vec<LockEntry>> {
+    Ok(read(current)?.map_or_else(Vec::new, |record| {
+        record
+            .holders(now)
+            .into_iter()
+            .filter(|e| e.node_id != own_node && e.created.is_some())
+            .cloned()
+            .collect()
+    }))
+}
+
+/// Decides how to remove `entry`, a holder whose Node no longer exists, from the lock whose
+/// annotation is `current`.
+///
+/// Only an entry equal to `entry` in every field is removed: one the holder rewrote since it was
+/// judged (a `releaseAfter`, a fresh `created`) proves it alive and is kept, and so is an entry
+/// of the same node taken afresh. Nothing else changes: the single form loses the annotation, the
+/// multi form keeps every other entry, its `maxOwners` and unknown keys as they were, and the
+/// annotation goes when no entry is left (as [`decide_release`] does).
+pub fn decide_reclaim(current: Option<&str>, entry: &LockEntry) -> Result<Decision<Reclaim>> {
+    let Some(record) = read(current)? else {
+        return Ok(Decision::read_only(Reclaim::NotPresent));
+    };
+    if !record.entries().contains(entry) {
+        return Ok(Decision::read_only(Reclaim::NotPresent));
+    }
+    match record {
+        LockRecord::Single(_) => Ok(Decision {
+            change: Some(Change::Remove),
+            outcome: Reclaim::Reclaimed,
+        }),
+        LockRecord::Multi(mut multi) => {
+            multi.locks.retain(|e| e != entry);
+            if multi.locks.is_empty() {
+                return Ok(Decision {
+                    change: Some(Change::Remove),
+                    outcome: Reclaim::Reclaimed,
+                });
+            }
+            Decision::write(&LockRecord::Multi(multi), Reclaim::Reclaimed)
         }
     }
 }
@@ -1274,6 +1321,113 @@ mod tests {
         );
         assert_eq!(holding(Some(&current), "me", now).unwrap(), None, "expired");
         assert_eq!(holding(None, "me", now).unwrap(), None, "absent");
+    }
+
+    /// What reclaiming `gone` (an entry as text) did, in short: "reclaimed: <annotation>|removed",
+    /// "not present".
+    fn reclaim(current: Option<&str>, gone: &str) -> String {
+        let gone = LockRecord::parse(gone).unwrap().entries()[0].clone();
+        let decision = decide_reclaim(current, &gone).unwrap();
+        match (decision.outcome, decision.change) {
+            (Reclaim::Reclaimed, Some(Change::Remove)) => "reclaimed: removed".into(),
+            (Reclaim::Reclaimed, Some(Change::Set(text))) => format!("reclaimed: {text}"),
+            (Reclaim::NotPresent, None) => "not present".into(),
+            (outcome, change) => panic!("inconsistent decision: {outcome:?} with {change:?}"),
+        }
+    }
+
+    #[test]
+    fn reclaim_decisions() {
+        let live = "2026-11-27T08:59:00Z";
+        let gone = entry("gone", live, 0);
+        // One of ours, with both optional fields and a key this version does not know.
+        let ours = r#"{"nodeID":"b","metadata":{"unschedulable":true},"created":"2026-11-27T08:58:00.5Z","TTL":3600000000000,"releaseAfter":"2026-11-27T09:30:00Z","bootID":"b00t","future":1}"#;
+        let cases: Vec<(&str, Option<String>, String)> = vec![
+            ("absent", None, "not present".into()),
+            (
+                "single form: the annotation goes",
+                Some(gone.clone()),
+                "reclaimed: removed".into(),
+            ),
+            (
+                "single form held by another node",
+                Some(entry("a", live, 0)),
+                "not present".into(),
+            ),
+            (
+                "multi form: the others stay byte for byte, maxOwners and unknown keys too",
+                Some(format!(
+                    r#"{{"maxOwners":3,"locks":[{},{gone},{ours}],"x":"y"}}"#,
+                    entry("a", live, 0)
+                )),
+                format!(
+                    r#"reclaimed: {{"maxOwners":3,"locks":[{},{ours}],"x":"y"}}"#,
+                    entry("a", live, 0)
+                ),
+            ),
+            (
+                "multi form: the last entry takes the annotation with it",
+                Some(multi(2, std::slice::from_ref(&gone))),
+                "reclaimed: removed".into(),
+            ),
+            (
+                "multi form: an expired entry of another node stays",
+                Some(multi(
+                    2,
+                    &[entry("old", "2020-05-05T14:15:00Z", 60), gone.clone()],
+                )),
+                format!(
+                    "reclaimed: {}",
+                    multi(2, &[entry("old", "2020-05-05T14:15:00Z", 60)])
+                ),
+            ),
+            (
+                "the holder wrote its releaseAfter since: alive, kept",
+                Some(format!(
+                    r#"{{"nodeID":"gone","metadata":{{"unschedulable":false}},"created":"{live}","TTL":0,"releaseAfter":"2026-11-27T09:05:00Z"}}"#
+                )),
+                "not present".into(),
+            ),
+            (
+                "the same node took the lock afresh: kept",
+                Some(entry("gone", NOW, 0)),
+                "not present".into(),
+            ),
+        ];
+        for (name, current, want) in cases {
+            assert_eq!(reclaim(current.as_deref(), &gone), want, "{name}");
+        }
+        assert!(matches!(
+            decide_reclaim(
+                Some("not json"),
+                &LockEntry::new("gone", ts(NOW), GoDuration::ZERO)
+            ),
+            Err(RecordError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn reclaim_candidates_are_other_nodes_live_entries_written_by_agents() {
+        let now = ts(NOW);
+        let current = multi(
+            5,
+            &[
+                entry("a", NOW, 0),
+                entry("me", NOW, 0),
+                entry("expired", "2020-05-05T14:15:00Z", 60),
+                r#"{"nodeID":"manual"}"#.to_owned(),
+                entry("b", NOW, 3600),
+            ],
+        );
+        let found = reclaim_candidates(Some(&current), "me", now).unwrap();
+        assert_eq!(ids(&found), ["a", "b"]);
+        assert_eq!(
+            reclaim_candidates(Some(r#"{"nodeID":"manual","TTL":0}"#), "me", now).unwrap(),
+            [],
+            "an entry without created is an operator's pause"
+        );
+        assert_eq!(reclaim_candidates(None, "me", now).unwrap(), []);
+        assert!(reclaim_candidates(Some("{"), "me", now).is_err());
     }
 
     fn timestamp() -> impl Strategy<Value = Timestamp> {

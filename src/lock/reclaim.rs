@@ -1,0 +1,129 @@
+//! Freeing the slots of lock holders whose Node no longer exists.
+//!
+//! An entry stays until its holder releases it or its TTL runs out, and the default `--lock-ttl`
+//! is 0: never. A holder whose Node was deleted before it released — scaled away by an autoscaler,
+//! replaced while it rebooted — would block its slot for good (upstream kured#173, where fleets
+//! waited for months). So an agent that finds every slot taken asks the API server, with a fresh
+//! GET of each holder's Node (never a cached copy), whether it still exists. Only the API
+//! server's own answer that this Node is not found counts; any other answer or error leaves the
+//! entry alone. The entry is then removed by the lock's conditional write, only as it was judged
+//! ([`record::decide_reclaim`](super::record::decide_reclaim)): when several waiting agents find
+//! the same gone holder, one write wins and the others find nothing left to remove.
+//!
+//! Entries without `created` are never reclaimed: agents always write it, so such an entry was
+//! written by hand, such as the documented `{"nodeID":"manual"}` that pauses every reboot.
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::core::Status;
+use tracing::{debug, warn};
+
+use super::record::{self, LockRecord};
+use super::{DaemonSetLock, LockEntry, Reclaim, Seen};
+
+/// Whether `status`, the API server's answer to a GET of Node `node`, says that the Node does not
+/// exist: 404 with reason `NotFound` and details naming that node. A 404 without them came from
+/// something else on the way (a proxy, a wrong path) and proves nothing.
+pub fn says_node_is_gone(status: &Status, node: &str) -> bool {
+    status.code == 404
+        && status.reason == "NotFound"
+        && status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.name == node && d.kind == "nodes")
+}
+
+/// Looks up the Node of every other live holder in `seen` (the lock as the caller read it) and
+/// removes the entries of those that no longer exist. Returns the entries removed by this call.
+/// Never fails: whatever cannot be checked or written is logged and left for the next round.
+pub async fn reclaim_gone_holders(lock: &DaemonSetLock, seen: &Seen, now: Timestamp) -> Vec<LockEntry> {
+    let own = &lock.settings().node_id;
+    // An unreadable annotation is for the caller's round to report.
+    let Ok(candidates) = record::reclaim_candidates(seen.annotation(), own, now) else {
+        return Vec::new();
+    };
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let nodes: Api<Node> = Api::all(lock.client());
+    let mut reclaimed = Vec::new();
+    for entry in candidates {
+        let holder = &entry.node_id;
+        match nodes.get(holder).await {
+            Ok(_) => continue,
+            Err(kube::Error::Api(status)) if says_node_is_gone(&status, holder) => {}
+            Err(e) => {
+                warn!(node = %own, holder = %holder, error = %crate::error_chain(&e),
+                    "cannot tell whether the lock holder's node exists; leaving its entry");
+                continue;
+            }
+        }
+        let shown = LockRecord::Single(entry.clone()).to_json().unwrap_or_default();
+        match lock.reclaim(&entry).await {
+            Ok(Reclaim::Reclaimed) => {
+                warn!(node = %own, holder = %holder, entry = %shown, object = %lock.object(),
+                    "the lock holder's node no longer exists; its entry was removed to free its slot");
+                reclaimed.push(entry);
+            }
+            Ok(Reclaim::NotPresent) => {
+                debug!(node = %own, holder = %holder, "the gone holder's entry was already removed or rewritten")
+            }
+            Err(e) => {
+                warn!(node = %own, holder = %holder, entry = %shown, error = %crate::error_chain(&e),
+                    "the lock holder's node no longer exists, but its entry could not be removed; trying again later")
+            }
+        }
+    }
+    reclaimed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(value: serde_json::Value) -> Status {
+        serde_json::from_value(value).expect("a Status")
+    }
+
+    #[test]
+    fn only_the_api_servers_not_found_for_that_node_means_gone() {
+        let api_server = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "nodes \"n1\" not found", "reason": "NotFound",
+            "details": { "name": "n1", "kind": "nodes" }, "code": 404,
+        });
+        let mut other_node = api_server.clone();
+        other_node["details"]["name"] = "n2".into();
+        let mut other_kind = api_server.clone();
+        other_kind["details"]["kind"] = "pods".into();
+        let cases = [
+            ("the API server's answer", api_server.clone(), true),
+            ("about another node", other_node, false),
+            ("about another kind", other_kind, false),
+            (
+                "a 404 without details (a proxy's page)",
+                serde_json::json!({ "code": 404, "reason": "NotFound", "message": "404 page not found" }),
+                false,
+            ),
+            (
+                "an unparsable error body kube turned into a Status",
+                serde_json::json!({ "code": 404, "reason": "Failed to parse error data", "message": "<html>" }),
+                false,
+            ),
+            (
+                "forbidden",
+                serde_json::json!({ "code": 403, "reason": "Forbidden", "details": { "name": "n1", "kind": "nodes" } }),
+                false,
+            ),
+            (
+                "unavailable",
+                serde_json::json!({ "code": 503, "reason": "ServiceUnavailable" }),
+                false,
+            ),
+        ];
+        for (name, value, gone) in cases {
+            assert_eq!(says_node_is_gone(&status(value), "n1"), gone, "{name}");
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Lock entries of nodes that no longer exist, on the test cluster: real `kured` agents on
+//! simulated nodes, with the ServiceAccount and RBAC rules of the shipped manifest, find every
+//! slot taken by an entry written by hand. Needs `scripts/testcluster up` and root (for
+//! `unshare`).
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use support::{Scope, SimulatedNode, eventually};
+
+const LOCK: &str = "weave.works/kured-node-lock";
+
+async fn lock_annotation(scope: &Scope) -> Option<String> {
+    let ds = scope
+        .api::<DaemonSet>()
+        .get("kured")
+        .await
+        .expect("reading the DaemonSet");
+    ds.annotations().get(LOCK).cloned()
+}
+
+/// Sets the lock annotation by hand, as an operator with `kubectl annotate` would.
+async fn write_lock(scope: &Scope, value: &str) {
+    let patch = serde_json::json!({ "metadata": { "annotations": { LOCK: value } } });
+    scope
+        .api::<DaemonSet>()
+        .patch("kured", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("writing the lock annotation");
+}
+
+/// An entry as an agent at concurrency 1 writes it: created a minute ago, TTL 0 (never expires).
+fn entry(node: &str) -> String {
+    let created = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
+    format!(
+        r#"{{"nodeID":"{node}","metadata":{{"unschedulable":false}},"created":"{}","TTL":0}}"#,
+        kured::lock::record::format_time(created)
+    )
+}
+
+/// Deletes Node `name` and waits until the API server answers 404 for it.
+async fn delete_node(scope: &Scope, name: &str) {
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+    nodes
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("deleting node {name}: {e}"));
+    eventually(
+        &format!("node {name} to be gone"),
+        Duration::from_secs(30),
+        || {
+            let nodes = nodes.clone();
+            async move {
+                match nodes.get(name).await {
+                    Err(kube::Error::Api(s)) if s.code == 404 => Some(()),
+                    _ => None,
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// The lines of the agent's JSON log whose message is `message`.
+fn log_lines(sim: &SimulatedNode, message: &str) -> Vec<serde_json::Value> {
+    sim.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == message)
+        .collect()
+}
+
+const RECLAIMED: &str = "the lock holder's node no longer exists; its entry was removed to free its slot";
+
+/// kubereboot/kured#173: the node holding the lock was deleted before it released it. Its entry
+/// never expires (TTL 0), so without reclaiming no other node would ever reboot.
+#[tokio::test]
+async fn the_entry_of_a_deleted_node_is_reclaimed_and_the_waiting_node_reboots() {
+    let scope = Scope::new("reclaim-gone").await;
+    let names = scope.create_nodes(2).await;
+    let agents = support::Agents::new(&scope).await;
+    let gone = names[1].clone();
+    let held = entry(&gone);
+    write_lock(&scope, &held).await;
+    delete_node(&scope, &gone).await;
+
+    let sim = agents.start(&scope, &names[0], &[]);
+    let first_boot = support::first_boot_id(&scope, &names[0]).await;
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+    eventually(
+        "the waiting node to reboot and release the lock",
+        Duration::from_secs(120),
+        || async {
+            let node = nodes.get(&names[0]).await.ok()?;
+            let back = support::boot_id(&node) != first_boot && sim.reboots() == 1;
+            (back && lock_annotation(&scope).await.is_none()).then_some(())
+        },
+    )
+    .await;
+
+    let reclaimed = log_lines(&sim, RECLAIMED);
+    assert_eq!(reclaimed.len(), 1, "one reclaim, logged once:\n{}", sim.log());
+    assert_eq!(reclaimed[0]["level"], "WARN");
+    assert_eq!(reclaimed[0]["holder"], gone.as_str());
+    assert_eq!(reclaimed[0]["entry"], held.as_str(), "the entry, as it was");
+    assert_eq!(reclaimed[0]["node"], names[0].as_str());
+    let node = nodes.get(&names[0]).await.expect("the node");
+    assert!(!support::unschedulable(&node), "uncordoned after its reboot");
+    // One reboot, no more: the sentinel is gone.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(sim.reboots(), 1, "agent log:\n{}", sim.log());
+}
+
+/// Of two entries that fill the only slot, the deleted node's goes; the entry of a node that
+/// still exists (its agent silent, as when it is down for a long reboot) is never taken away,
+/// however often the waiting agent looks, and the waiting node does not reboot.
+#[tokio::test]
+async fn the_entry_of_an_existing_node_is_never_reclaimed() {
+    let scope = Scope::new("reclaim-alive").await;
+    let names = scope.create_nodes(3).await;
+    let agents = support::Agents::new(&scope).await;
+    let (alive, gone) = (names[1].clone(), names[2].clone());
+    let alive_entry = entry(&alive);
+    write_lock(
+        &scope,
+        &format!(r#"{{"maxOwners":1,"locks":[{alive_entry},{}]}}"#, entry(&gone)),
+    )
+    .await;
+    delete_node(&scope, &gone).await;
+
+    let sim = agents.start(&scope, &names[0], &[]);
+    let want = format!(r#"{{"maxOwners":1,"locks":[{alive_entry}]}}"#);
+    eventually(
+        "the deleted node's entry to be removed",
+        Duration::from_secs(60),
+        || async { (lock_annotation(&scope).await.as_deref() == Some(want.as_str())).then_some(()) },
+    )
+    .await;
+    let reclaimed = format!("kured_lock_reclaimed_total{{node=\"{}\"}} 1", names[0]);
+    eventually("the reclaim to be counted", Duration::from_secs(30), || async {
+        sim.metrics().ok().filter(|m| m.contains(&reclaimed)).map(|_| ())
+    })
+    .await;
+
+    // The agent looks again every --period (3 s): give it several rounds against the live entry.
+    eventually(
+        "the agent to wait for the lock over three more rounds",
+        Duration::from_secs(60),
+        || async { (log_lines(&sim, "reboot required; waiting for the lock").len() >= 4).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        lock_annotation(&scope).await.as_deref(),
+        Some(want.as_str()),
+        "the existing node's entry stays, byte for byte"
+    );
+    let lines = log_lines(&sim, RECLAIMED);
+    assert_eq!(lines.len(), 1, "only the deleted node's entry:\n{}", sim.log());
+    assert_eq!(lines[0]["holder"], gone.as_str());
+    assert_eq!(sim.reboots(), 0, "the slot is still taken");
+    let metrics = sim.metrics().expect("the agent's /metrics");
+    assert!(metrics.contains(&reclaimed), "{reclaimed} in:\n{metrics}");
+}
