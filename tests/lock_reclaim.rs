@@ -7,40 +7,16 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::{Api, ResourceExt};
+use kube::Api;
+use kube::api::DeleteParams;
+use support::observer::{read_lock, upstream_entry, write_lock};
 use support::{Scope, SimulatedNode, eventually};
-
-const LOCK: &str = "weave.works/kured-node-lock";
-
-async fn lock_annotation(scope: &Scope) -> Option<String> {
-    let ds = scope
-        .api::<DaemonSet>()
-        .get("kured")
-        .await
-        .expect("reading the DaemonSet");
-    ds.annotations().get(LOCK).cloned()
-}
-
-/// Sets the lock annotation by hand, as an operator with `kubectl annotate` would.
-async fn write_lock(scope: &Scope, value: &str) {
-    let patch = serde_json::json!({ "metadata": { "annotations": { LOCK: value } } });
-    scope
-        .api::<DaemonSet>()
-        .patch("kured", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("writing the lock annotation");
-}
 
 /// An entry as an agent at concurrency 1 writes it: created a minute ago, TTL 0 (never expires).
 fn entry(node: &str) -> String {
     let created = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
-    format!(
-        r#"{{"nodeID":"{node}","metadata":{{"unschedulable":false}},"created":"{}","TTL":0}}"#,
-        kured::lock::record::format_time(created)
-    )
+    upstream_entry(node, &kured::lock::record::format_time(created), 0)
 }
 
 /// Deletes Node `name` and waits until the API server answers 404 for it.
@@ -86,7 +62,7 @@ async fn the_entry_of_a_deleted_node_is_reclaimed_and_the_waiting_node_reboots()
     let agents = support::Agents::new(&scope).await;
     let gone = names[1].clone();
     let held = entry(&gone);
-    write_lock(&scope, &held).await;
+    write_lock(&scope, Some(&held)).await;
     delete_node(&scope, &gone).await;
 
     let sim = agents.start(&scope, &names[0], &[]);
@@ -98,7 +74,7 @@ async fn the_entry_of_a_deleted_node_is_reclaimed_and_the_waiting_node_reboots()
         || async {
             let node = nodes.get(&names[0]).await.ok()?;
             let back = support::boot_id(&node) != first_boot && sim.reboots() == 1;
-            (back && lock_annotation(&scope).await.is_none()).then_some(())
+            (back && read_lock(&scope).await.is_none()).then_some(())
         },
     )
     .await;
@@ -128,7 +104,10 @@ async fn the_entry_of_an_existing_node_is_never_reclaimed() {
     let alive_entry = entry(&alive);
     write_lock(
         &scope,
-        &format!(r#"{{"maxOwners":1,"locks":[{alive_entry},{}]}}"#, entry(&gone)),
+        Some(&format!(
+            r#"{{"maxOwners":1,"locks":[{alive_entry},{}]}}"#,
+            entry(&gone)
+        )),
     )
     .await;
     delete_node(&scope, &gone).await;
@@ -138,7 +117,7 @@ async fn the_entry_of_an_existing_node_is_never_reclaimed() {
     eventually(
         "the deleted node's entry to be removed",
         Duration::from_secs(60),
-        || async { (lock_annotation(&scope).await.as_deref() == Some(want.as_str())).then_some(()) },
+        || async { (read_lock(&scope).await.as_deref() == Some(want.as_str())).then_some(()) },
     )
     .await;
     let reclaimed = format!("kured_lock_reclaimed_total{{node=\"{}\"}} 1", names[0]);
@@ -155,7 +134,7 @@ async fn the_entry_of_an_existing_node_is_never_reclaimed() {
     )
     .await;
     assert_eq!(
-        lock_annotation(&scope).await.as_deref(),
+        read_lock(&scope).await.as_deref(),
         Some(want.as_str()),
         "the existing node's entry stays, byte for byte"
     );

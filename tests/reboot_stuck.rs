@@ -10,11 +10,8 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::DaemonSet;
-use kube::ResourceExt;
+use support::observer::read_lock;
 use support::{Scope, SimulatedNode, eventually};
-
-const LOCK: &str = "weave.works/kured-node-lock";
 
 /// `GET path` on the agent's metrics port: status code and body.
 fn get(port: u16, path: &str) -> Result<(u16, String), String> {
@@ -134,12 +131,7 @@ async fn a_hung_reboot_command_is_killed_and_reported_as_a_failed_reboot() {
     let (status, body) = get(sim.metrics_port, "/healthz").expect("/healthz");
     assert_eq!((status, body.as_str()), (200, "ok\n"), "the loop goes on");
     assert_eq!(sim.reboots(), 0, "nothing rebooted");
-    let ds = scope
-        .api::<DaemonSet>()
-        .get("kured")
-        .await
-        .expect("the DaemonSet");
-    let lock = ds.annotations().get(LOCK).cloned().unwrap_or_default();
+    let lock = read_lock(&scope).await.unwrap_or_default();
     assert!(
         lock.contains(&format!("\"nodeID\":\"{}\"", names[0])),
         "the node keeps the lock to try again: {lock}"
