@@ -47,6 +47,25 @@ impl OneNode {
         self.agents.start_with(&self.scope, &self.name, options, args)
     }
 
+    /// A pod on the node whose budget refuses its eviction: it holds the drain until
+    /// [`OneNode::relax_the_budget`].
+    async fn pin_a_pod(&self) {
+        support::create_deployment(&self.scope, "pinned", 1, Some(&self.name)).await;
+        support::create_pdb(&self.scope, "pinned", 1, 1).await;
+    }
+
+    async fn relax_the_budget(&self) {
+        self.scope
+            .api::<PodDisruptionBudget>()
+            .patch(
+                "pinned",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "minAvailable": 0 } })),
+            )
+            .await
+            .expect("relaxing the budget");
+    }
+
     /// The node's cordon, its boot ID and the lock, read fresh from the API server.
     async fn fresh(&self) -> Fresh {
         let node = Api::<Node>::all(self.scope.client.clone())
@@ -114,23 +133,14 @@ async fn killed_after_taking_the_lock_before_the_cordon() {
 async fn killed_mid_drain() {
     let case = OneNode::new("kill-draining").await;
     // A pod on the node whose budget refuses its eviction holds the drain.
-    support::create_deployment(&case.scope, "pinned", 1, Some(&case.name)).await;
-    support::create_pdb(&case.scope, "pinned", 1, 1).await;
+    case.pin_a_pod().await;
     let sim = case.start(&NodeOptions::default(), &[]);
     let refused = |_: &Snapshot| sim.log().contains("eviction refused for now; retrying");
     case.kill_at(&sim, "mid-drain", refused, true, 0).await;
     support::running_on(&case.scope, "app=pinned", &[&case.name]).await;
 
     // Now the budget allows the eviction.
-    case.scope
-        .api::<PodDisruptionBudget>()
-        .patch(
-            "pinned",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "minAvailable": 0 } })),
-        )
-        .await
-        .expect("relaxing the budget");
+    case.relax_the_budget().await;
     case.observer.assert_settled(&[(&sim, 1)], SETTLE).await;
 }
 
@@ -293,23 +303,15 @@ async fn a_rolling_reboot_with_agents_killed_every_few_seconds() {
 #[tokio::test]
 async fn terminated_mid_drain_exits_at_once_and_the_next_agent_resumes() {
     let case = OneNode::new("term-draining").await;
-    support::create_deployment(&case.scope, "pinned", 1, Some(&case.name)).await;
-    support::create_pdb(&case.scope, "pinned", 1, 1).await;
+    case.pin_a_pod().await;
     let options = NodeOptions {
         termination_grace: Duration::from_secs(20),
         ..NodeOptions::default()
     };
     let sim = case.start(&options, &[]);
-    eventually(
-        "the drain to be held by the budget",
-        Duration::from_secs(60),
-        || async {
-            sim.log()
-                .contains("eviction refused for now; retrying")
-                .then_some(())
-        },
-    )
-    .await;
+    // The drain is held by the budget.
+    sim.logged("eviction refused for now; retrying", Duration::from_secs(60))
+        .await;
     let stopped = sim.terminate_agent().await;
     assert_eq!(
         stopped,
@@ -323,14 +325,6 @@ async fn terminated_mid_drain_exits_at_once_and_the_next_agent_resumes() {
         sim.log_tail(20)
     );
 
-    case.scope
-        .api::<PodDisruptionBudget>()
-        .patch(
-            "pinned",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "minAvailable": 0 } })),
-        )
-        .await
-        .expect("relaxing the budget");
+    case.relax_the_budget().await;
     case.observer.assert_settled(&[(&sim, 1)], SETTLE).await;
 }
