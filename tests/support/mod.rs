@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod access;
+pub mod faultproxy;
 pub mod prometheus;
 
 use std::path::PathBuf;
@@ -512,8 +513,34 @@ impl Agents {
     /// Starts the agent for `node` with the ServiceAccount's token, the lock on DaemonSet `kured`
     /// in the scope's namespace, and `--reboot-method=signal`, plus `extra_args`.
     pub fn start(&self, scope: &Scope, node: &str, extra_args: &[&str]) -> SimulatedNode {
+        self.start_with(scope, node, &self.kubeconfig, extra_args)
+    }
+
+    /// Like [`Agents::start`], but the agent reaches the API server through `proxy`, with the
+    /// same token.
+    pub fn start_through(
+        &self,
+        scope: &Scope,
+        node: &str,
+        proxy: &faultproxy::FaultProxy,
+        extra_args: &[&str],
+    ) -> SimulatedNode {
+        let kubeconfig = self
+            .kubeconfig
+            .with_file_name(format!("kured-via-{}.kubeconfig", proxy.port));
+        proxy.kubeconfig(&self.kubeconfig, &kubeconfig);
+        self.start_with(scope, node, &kubeconfig, extra_args)
+    }
+
+    fn start_with(
+        &self,
+        scope: &Scope,
+        node: &str,
+        kubeconfig: &std::path::Path,
+        extra_args: &[&str],
+    ) -> SimulatedNode {
         let args = [&["--reboot-method=signal"], extra_args].concat();
-        SimulatedNode::start_as(scope, node, &self.kubeconfig, &args)
+        SimulatedNode::start_as(scope, node, kubeconfig, &args)
     }
 }
 
