@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod faultproxy;
+pub mod observer;
 pub mod prometheus;
 
 use std::path::PathBuf;
@@ -265,13 +266,42 @@ where
     }
 }
 
+/// How a simulated node behaves around its agent (node-init's `NODE_INIT_*` settings). node-init
+/// counts in whole seconds.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// How long the node stays NotReady during a reboot.
+    pub downtime: Duration,
+    /// From a reboot request to the reboot, the agent still running (a host shutting down).
+    pub reboot_delay: Duration,
+    /// After a reboot, until the new boot ID reaches the Node's status (a kubelet that has not
+    /// reported yet); the node's boot ID file and the new agent do not wait.
+    pub boot_id_delay: Duration,
+    /// Before an agent that exited or was killed is started again.
+    pub restart_delay: Duration,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            downtime: Duration::from_secs(1),
+            reboot_delay: Duration::ZERO,
+            boot_id_delay: Duration::ZERO,
+            restart_delay: Duration::from_secs(1),
+        }
+    }
+}
+
 /// A simulated node: `testenv/node-init` as PID 1 of a PID namespace of its own, running the real
 /// `kured` agent for a kwok Node and turning the agent's reboot into a simulated one (see
 /// DESIGN.md §5). Needs root, for `unshare`. Killed, with everything in it, on drop.
 pub struct SimulatedNode {
+    /// The kwok Node's name.
+    pub name: String,
     child: std::process::Child,
     events: PathBuf,
     log: PathBuf,
+    boot_id_file: PathBuf,
     /// The agent's sentinel file; it exists from the start, and a reboot removes it.
     pub sentinel: PathBuf,
     /// The loopback port the agent serves `/metrics` on.
@@ -292,11 +322,23 @@ impl SimulatedNode {
     /// `kured` in the scope's namespace, plus `args` (the reboot method among them). node-init
     /// itself, which plays the node's kubelet, keeps using the admin kubeconfig.
     pub fn start_as(scope: &Scope, node: &str, kubeconfig: &std::path::Path, args: &[&str]) -> SimulatedNode {
+        SimulatedNode::start_with(scope, node, kubeconfig, args, &NodeOptions::default())
+    }
+
+    /// [`SimulatedNode::start_as`], on a node that behaves as `options` say.
+    pub fn start_with(
+        scope: &Scope,
+        node: &str,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+        options: &NodeOptions,
+    ) -> SimulatedNode {
         use std::process::{Command, Stdio};
         let dir = tempfile::tempdir().expect("a temp dir");
         let sentinel = dir.path().join("reboot-required");
         let events = dir.path().join("events");
         let log = dir.path().join("agent.log");
+        let boot_id_file = dir.path().join("boot_id");
         std::fs::write(&sentinel, "").expect("creating the sentinel");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("a port")
@@ -305,6 +347,7 @@ impl SimulatedNode {
             .port();
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let admin = kubeconfig_path();
+        let seconds = |d: Duration| d.as_secs().to_string();
         let child = Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
             .arg(repo.join("testenv/node-init"))
@@ -323,26 +366,115 @@ impl SimulatedNode {
             .env("NODE_INIT_KUBECONFIG", &admin)
             .env("NODE_INIT_LOG", &log)
             .env("NODE_INIT_EVENTS", &events)
+            .env("NODE_INIT_BOOT_ID_FILE", &boot_id_file)
+            .env("NODE_INIT_DOWNTIME", seconds(options.downtime))
+            .env("NODE_INIT_REBOOT_DELAY", seconds(options.reboot_delay))
+            .env("NODE_INIT_BOOT_ID_DELAY", seconds(options.boot_id_delay))
+            .env("NODE_INIT_RESTART_DELAY", seconds(options.restart_delay))
             .stdin(Stdio::null())
             .spawn()
             .expect("starting unshare (needs root)");
         SimulatedNode {
+            name: node.to_owned(),
             child,
             events,
             log,
+            boot_id_file,
             sentinel,
             metrics_port: port,
             _dir: dir,
         }
     }
 
-    /// How many reboots node-init has simulated.
-    pub fn reboots(&self) -> usize {
+    /// The lines node-init has written to its events file so far.
+    fn events(&self) -> Vec<String> {
         std::fs::read_to_string(&self.events)
             .unwrap_or_default()
             .lines()
-            .filter(|l| *l == "reboot")
-            .count()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn count(&self, event: &str) -> usize {
+        self.events().iter().filter(|l| *l == event).count()
+    }
+
+    /// How many reboots node-init has simulated.
+    pub fn reboots(&self) -> usize {
+        self.count("reboot")
+    }
+
+    /// How many reboots were asked for: the first request of each reboot counts, further ones
+    /// while it is pending (`reboot_delay`) do not.
+    pub fn reboot_requests(&self) -> usize {
+        self.count("reboot-requested")
+    }
+
+    /// How many agents node-init has started: the first, one after each reboot, and one after
+    /// each agent that was killed or exited.
+    pub fn agent_starts(&self) -> usize {
+        self.count("agent-start")
+    }
+
+    /// How many agents [`SimulatedNode::kill_agent`] has killed.
+    pub fn kills(&self) -> usize {
+        self.count("kill")
+    }
+
+    /// The node's boot ID as the node itself has it (what its agent reads from
+    /// /proc/sys/kernel/random/boot_id); the Node's status may not show it yet.
+    pub fn local_boot_id(&self) -> String {
+        std::fs::read_to_string(&self.boot_id_file)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// The host PID of node-init (PID 1 of the node's namespace): the one child of `unshare`.
+    fn node_init_pid(&self) -> u32 {
+        let unshare = self.child.id();
+        let tasks = std::fs::read_dir(format!("/proc/{unshare}/task"))
+            .unwrap_or_else(|e| panic!("listing the tasks of unshare (PID {unshare}): {e}"));
+        let children: Vec<u32> = tasks
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+            .flat_map(|list| {
+                list.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        match children[..] {
+            [pid] => pid,
+            _ => panic!(
+                "node {}: expected node-init as the one child of unshare (PID {unshare}), found {children:?}",
+                self.name
+            ),
+        }
+    }
+
+    /// SIGKILLs the node's agent, which is not a reboot: node-init kills it on SIGUSR1 and starts
+    /// it again after `restart_delay`, as a kubelet would. When no agent runs (a reboot or a
+    /// restart in progress), the next one is killed the moment it starts. Returns once node-init
+    /// has recorded the kill.
+    pub async fn kill_agent(&self) {
+        let before = self.kills();
+        let pid = self.node_init_pid();
+        let status = std::process::Command::new("kill")
+            .args(["-s", "USR1", &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(
+            status.success(),
+            "kill -s USR1 {pid} (node-init of {}) failed",
+            self.name
+        );
+        eventually(
+            &format!("node-init of {} to kill the agent", self.name),
+            Duration::from_secs(60),
+            move || async move { (self.kills() > before).then_some(()) },
+        )
+        .await;
     }
 
     /// The agent's `/metrics`, or why they could not be read.
@@ -385,9 +517,8 @@ impl SimulatedNode {
 impl SimulatedNode {
     /// The boot IDs node-init gave the Node, first boot first.
     pub fn boot_ids(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
+        self.events()
+            .iter()
             .filter_map(|l| l.strip_prefix("boot "))
             .map(str::to_owned)
             .collect()
@@ -513,7 +644,18 @@ impl Agents {
     /// Starts the agent for `node` with the ServiceAccount's token, the lock on DaemonSet `kured`
     /// in the scope's namespace, and `--reboot-method=signal`, plus `extra_args`.
     pub fn start(&self, scope: &Scope, node: &str, extra_args: &[&str]) -> SimulatedNode {
-        self.start_with(scope, node, &self.kubeconfig, extra_args)
+        self.start_with(scope, node, &NodeOptions::default(), extra_args)
+    }
+
+    /// [`Agents::start`], on a node that behaves as `options` say.
+    pub fn start_with(
+        &self,
+        scope: &Scope,
+        node: &str,
+        options: &NodeOptions,
+        extra_args: &[&str],
+    ) -> SimulatedNode {
+        self.launch(scope, node, &self.kubeconfig, options, extra_args)
     }
 
     /// Like [`Agents::start`], but the agent reaches the API server through `proxy`, with the
@@ -529,18 +671,19 @@ impl Agents {
             .kubeconfig
             .with_file_name(format!("kured-via-{}.kubeconfig", proxy.port));
         proxy.kubeconfig(&self.kubeconfig, &kubeconfig);
-        self.start_with(scope, node, &kubeconfig, extra_args)
+        self.launch(scope, node, &kubeconfig, &NodeOptions::default(), extra_args)
     }
 
-    fn start_with(
+    fn launch(
         &self,
         scope: &Scope,
         node: &str,
         kubeconfig: &std::path::Path,
+        options: &NodeOptions,
         extra_args: &[&str],
     ) -> SimulatedNode {
         let args = [&["--reboot-method=signal"], extra_args].concat();
-        SimulatedNode::start_as(scope, node, kubeconfig, &args)
+        SimulatedNode::start_with(scope, node, kubeconfig, &args, options)
     }
 }
 

@@ -1,0 +1,116 @@
+//! The fault tests' observer itself: it must see what it is there to see, or the tests that rely
+//! on it prove nothing. Needs `scripts/testcluster up`.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use support::Scope;
+use support::observer::{LOCK_ANNOTATION, Observer, lock_holders};
+
+#[test]
+fn lock_holders_reads_both_forms() {
+    let cases: [(&str, Result<Vec<&str>, ()>); 7] = [
+        (
+            r#"{"nodeID":"n1","metadata":{"unschedulable":false},"created":"2026-01-01T00:00:00.1Z","TTL":0}"#,
+            Ok(vec!["n1"]),
+        ),
+        (
+            r#"{"nodeID":"","created":"2026-01-01T00:00:00Z","TTL":0}"#,
+            Ok(vec![]),
+        ),
+        (
+            r#"{"maxOwners":2,"locks":[{"nodeID":"a","TTL":0},{"nodeID":"b","TTL":0}]}"#,
+            Ok(vec!["a", "b"]),
+        ),
+        (r#"{"maxOwners":2,"locks":[]}"#, Ok(vec![])),
+        ("not json", Err(())),
+        (r#"{"locks":{}}"#, Err(())),
+        (r#"{"nodeID":7}"#, Err(())),
+    ];
+    for (text, expected) in cases {
+        let got = lock_holders(text).map_err(|_| ());
+        let expected = expected.map(|v| v.into_iter().map(str::to_owned).collect::<Vec<_>>());
+        assert_eq!(got, expected, "{text}");
+    }
+}
+
+async fn set_lock(scope: &Scope, text: Option<&str>) {
+    scope
+        .api::<DaemonSet>()
+        .patch(
+            "kured",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": { LOCK_ANNOTATION: text } } })),
+        )
+        .await
+        .expect("setting the lock annotation");
+}
+
+/// Nodes and a lock changed by hand, as a misbehaving agent would: the observer counts the
+/// cordons (but not a pre-cordoned node's) and the holders, and records each excess.
+#[tokio::test]
+async fn the_observer_records_too_many_cordons_and_holders() {
+    let scope = Scope::new("observer").await;
+    let names = scope.create_nodes(3).await;
+    support::create_lock_daemonset(&scope).await;
+    support::set_unschedulable(&scope, &names[2], true).await;
+    let observer = Observer::start(&scope, 1, &[&names[2]]).await;
+    assert_eq!(
+        observer.max_cordoned_by_kured(),
+        0,
+        "the pre-cordoned node does not count"
+    );
+
+    support::set_unschedulable(&scope, &names[0], true).await;
+    observer
+        .until("one node cordoned by kured", Duration::from_secs(10), |s| {
+            s.cordoned_by_kured == [names[0].clone()]
+        })
+        .await;
+    assert!(observer.violations().is_empty(), "{:?}", observer.violations());
+    support::set_unschedulable(&scope, &names[1], true).await;
+    observer
+        .until("two nodes cordoned by kured", Duration::from_secs(10), |s| {
+            s.cordoned_by_kured.len() == 2
+        })
+        .await;
+    let violations = observer.violations();
+    assert!(
+        violations.len() == 1 && violations[0].starts_with("2 nodes cordoned by kured at once (limit 1)"),
+        "{violations:?}"
+    );
+
+    for name in &names[..2] {
+        support::set_unschedulable(&scope, name, false).await;
+    }
+    observer
+        .until("no node cordoned by kured", Duration::from_secs(10), |s| {
+            s.cordoned_by_kured.is_empty()
+        })
+        .await;
+
+    let two = r#"{"maxOwners":2,"locks":[{"nodeID":"a","TTL":0},{"nodeID":"b","TTL":0}]}"#;
+    set_lock(&scope, Some(two)).await;
+    observer
+        .until("two holders", Duration::from_secs(10), |s| s.holders.len() == 2)
+        .await;
+    set_lock(&scope, None).await;
+    observer
+        .until("the lock gone", Duration::from_secs(10), |s| s.lock.is_none())
+        .await;
+    let violations = observer.violations();
+    assert!(
+        violations.len() == 2 && violations[1].starts_with("2 lock holders at once (limit 1)"),
+        "{violations:?}"
+    );
+    assert!(
+        violations[1].contains(two),
+        "the lock text is in: {}",
+        violations[1]
+    );
+    assert_eq!((observer.max_cordoned_by_kured(), observer.max_holders()), (2, 2));
+}

@@ -1,0 +1,415 @@
+//! An independent observer of a scope's reboots: it watches the scope's Nodes and the lock (the
+//! annotation on DaemonSet `kured` in the scope's namespace) with the admin client, never the
+//! agents' logs, and records continuously what must never happen, whatever faults a test injects:
+//! more nodes cordoned by kured, or more lock holders, than the concurrency allows. At the end,
+//! [`Observer::assert_settled`] checks that everything came back.
+//!
+//! It sees what the API server tells its watches: a state that lasted shorter than a watch event
+//! takes to arrive, or that came and went while the API server was unreachable, can be missed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+
+use super::{SCOPE_LABEL, Scope, SimulatedNode};
+
+/// The lock annotation upstream kured and ours write.
+pub const LOCK_ANNOTATION: &str = "weave.works/kured-node-lock";
+
+/// How long everything must stay settled before [`Observer::assert_settled`] accepts it: longer
+/// than the agents' `--period` in the tests (3 s), so that an agent about to act again is seen.
+const QUIET: Duration = Duration::from_secs(5);
+
+/// The holders named by a lock annotation: the single form `{"nodeID":…,"created":…,"TTL":…}`
+/// (no holder when `nodeID` is empty) or the multi form `{"maxOwners":N,"locks":[…]}`. Every
+/// entry counts, expired or not: an agent replaces an expired entry, it does not add beside it.
+pub fn lock_holders(text: &str) -> Result<Vec<String>, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let node_id = |entry: &serde_json::Value| match entry.get("nodeID") {
+        Some(serde_json::Value::String(id)) => Ok(id.clone()),
+        other => Err(format!("nodeID is {other:?}, not a string")),
+    };
+    let entries = match value.get("locks") {
+        Some(serde_json::Value::Array(locks)) => locks.iter().map(node_id).collect::<Result<Vec<_>, _>>()?,
+        Some(other) => return Err(format!("locks is {other}, not an array")),
+        None => vec![node_id(&value)?],
+    };
+    Ok(entries.into_iter().filter(|id| !id.is_empty()).collect())
+}
+
+/// A Node as the observer last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeState {
+    pub unschedulable: bool,
+    /// `status.nodeInfo.bootID`.
+    pub boot_id: String,
+}
+
+/// What the observer sees now.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub nodes: BTreeMap<String, NodeState>,
+    /// The lock annotation's text; `None` when absent.
+    pub lock: Option<String>,
+    /// The lock's holders (empty when it is absent or unreadable).
+    pub holders: Vec<String>,
+    /// Nodes cordoned now and not cordoned before the test began.
+    pub cordoned_by_kured: Vec<String>,
+}
+
+impl Snapshot {
+    /// Whether `node` is cordoned now (false for a node not seen).
+    pub fn cordoned(&self, node: &str) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.unschedulable)
+    }
+
+    /// Whether `node` holds a slot of the lock now.
+    pub fn holds(&self, node: &str) -> bool {
+        self.holders.iter().any(|h| h == node)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "cordoned by kured: {:?}; lock: {}",
+            self.cordoned_by_kured,
+            self.lock.as_deref().unwrap_or("(absent)")
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    now: Snapshot,
+    pre_cordoned: BTreeSet<String>,
+    max_cordoned_by_kured: usize,
+    max_holders: usize,
+    /// Everything seen that must never happen, each with what was seen then.
+    violations: Vec<String>,
+    nodes_synced: bool,
+    lock_synced: bool,
+}
+
+impl Seen {
+    /// Checks the invariants against the state just seen.
+    fn check(&mut self, limit: usize) {
+        let cordoned: Vec<String> = self
+            .now
+            .nodes
+            .iter()
+            .filter(|(name, n)| n.unschedulable && !self.pre_cordoned.contains(*name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.now.cordoned_by_kured = cordoned;
+        let (cordoned, holders) = (self.now.cordoned_by_kured.len(), self.now.holders.len());
+        self.max_cordoned_by_kured = self.max_cordoned_by_kured.max(cordoned);
+        self.max_holders = self.max_holders.max(holders);
+        if cordoned > limit {
+            let v = format!(
+                "{cordoned} nodes cordoned by kured at once (limit {limit}); {}",
+                self.now.describe()
+            );
+            self.record(v);
+        }
+        if holders > limit {
+            let v = format!(
+                "{holders} lock holders at once (limit {limit}); {}",
+                self.now.describe()
+            );
+            self.record(v);
+        }
+    }
+
+    /// Records a violation once, however many events show the same situation.
+    fn record(&mut self, violation: String) {
+        if !self.violations.contains(&violation) {
+            self.violations.push(violation);
+        }
+    }
+
+    fn set_lock(&mut self, lock: Option<String>) {
+        self.now.holders = match lock.as_deref().map(lock_holders) {
+            None => Vec::new(),
+            Some(Ok(holders)) => holders,
+            Some(Err(e)) => {
+                let text = lock.as_deref().unwrap_or_default();
+                self.violations
+                    .push(format!("unreadable lock annotation ({e}): {text}"));
+                Vec::new()
+            }
+        };
+        self.now.lock = lock;
+    }
+}
+
+/// Watches a scope's Nodes and lock until dropped.
+pub struct Observer {
+    seen: Arc<Mutex<Seen>>,
+    limit: usize,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Observer {
+    /// Starts watching the scope's Nodes and lock, checking that at most `concurrency` nodes are
+    /// cordoned by kured and at most `concurrency` hold the lock at any time; `pre_cordoned` are
+    /// the nodes the test cordoned itself, which do not count. Returns once both watches have
+    /// listed what is there.
+    pub async fn start(scope: &Scope, concurrency: usize, pre_cordoned: &[&str]) -> Observer {
+        let seen = Arc::new(Mutex::new(Seen {
+            pre_cordoned: pre_cordoned.iter().map(|n| (*n).to_owned()).collect(),
+            ..Seen::default()
+        }));
+        let observer = Observer {
+            tasks: vec![
+                watch_nodes(scope, concurrency, seen.clone()),
+                watch_lock(scope, concurrency, seen.clone()),
+            ],
+            seen,
+            limit: concurrency,
+        };
+        super::eventually(
+            "the observer's watches of the Nodes and the lock to list them",
+            Duration::from_secs(30),
+            || async {
+                let seen = observer.seen();
+                (seen.nodes_synced && seen.lock_synced).then_some(())
+            },
+        )
+        .await;
+        observer
+    }
+
+    fn seen(&self) -> MutexGuard<'_, Seen> {
+        // A panic while holding the lock can only come from a bug here; the record is still
+        // the best there is.
+        self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What the observer sees now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.seen().now.clone()
+    }
+
+    /// The most nodes cordoned by kured at once so far.
+    pub fn max_cordoned_by_kured(&self) -> usize {
+        self.seen().max_cordoned_by_kured
+    }
+
+    /// The most lock holders at once so far.
+    pub fn max_holders(&self) -> usize {
+        self.seen().max_holders
+    }
+
+    /// Everything seen so far that must never happen.
+    pub fn violations(&self) -> Vec<String> {
+        self.seen().violations.clone()
+    }
+
+    /// Waits until `done` holds for what the observer sees, for at most `limit`; panics naming
+    /// `what` and what was seen last.
+    pub async fn until(&self, what: &str, limit: Duration, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let now = self.snapshot();
+            if done(&now) {
+                return now;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("timed out after {limit:?} waiting for {what}; seen last: {now:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits, for at most `limit`, until everything has settled and stays so for a few seconds:
+    /// no node cordoned by kured and the test's pre-cordoned nodes still cordoned, the lock free,
+    /// each of `nodes` rebooted exactly as often as given and its Node reporting the boot ID its
+    /// last boot gave it, and no agent started more often than its reboots and kills explain (a
+    /// crash loop). Panics at once when the concurrency was exceeded or a node rebooted too often,
+    /// otherwise at the deadline, saying what was seen and with the tail of the agents' logs.
+    pub async fn assert_settled(&self, nodes: &[(&SimulatedNode, usize)], limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut quiet_since: Option<tokio::time::Instant> = None;
+        loop {
+            let (violations, fatal, problems) = self.problems(nodes);
+            if !violations.is_empty() || !fatal.is_empty() {
+                self.fail("", &[violations, fatal].concat(), nodes);
+            }
+            let now = tokio::time::Instant::now();
+            if problems.is_empty() {
+                let since = *quiet_since.get_or_insert(now);
+                if now.duration_since(since) >= QUIET {
+                    eprintln!(
+                        "observer: settled; at most {} nodes cordoned by kured and {} lock holders at once (limit {})",
+                        self.max_cordoned_by_kured(),
+                        self.max_holders(),
+                        self.limit
+                    );
+                    return;
+                }
+            } else {
+                quiet_since = None;
+                if now >= deadline {
+                    self.fail(&format!("not settled after {limit:?}: "), &problems, nodes);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// (violations of the invariants, problems that cannot go away, problems that may still).
+    fn problems(&self, nodes: &[(&SimulatedNode, usize)]) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let seen = self.seen();
+        let (mut fatal, mut pending) = (Vec::new(), Vec::new());
+        for name in &seen.now.cordoned_by_kured {
+            pending.push(format!("{name} is cordoned by kured"));
+        }
+        for name in &seen.pre_cordoned {
+            if !seen.now.cordoned(name) {
+                fatal.push(format!("{name}, cordoned before the test, is no longer cordoned"));
+            }
+        }
+        if !seen.now.holders.is_empty() {
+            pending.push(format!(
+                "the lock is held: {}",
+                seen.now.lock.as_deref().unwrap_or_default()
+            ));
+        }
+        for (sim, expected) in nodes {
+            let name = &sim.name;
+            let (reboots, requests, kills, starts) = (
+                sim.reboots(),
+                sim.reboot_requests(),
+                sim.kills(),
+                sim.agent_starts(),
+            );
+            if reboots > *expected {
+                fatal.push(format!("{name} rebooted {reboots} times, expected {expected}"));
+            } else if reboots < *expected {
+                pending.push(format!(
+                    "{name} rebooted {reboots} times so far, expected {expected}"
+                ));
+            }
+            if requests > reboots {
+                pending.push(format!("{name} has a reboot requested and not done yet"));
+            }
+            if starts < 1 + reboots + kills {
+                pending.push(format!("{name}: its agent has not started again yet"));
+            } else if starts > 1 + reboots + kills {
+                fatal.push(format!(
+                    "{name}: {starts} agent starts for {reboots} reboots and {kills} kills: an agent exited by itself"
+                ));
+            }
+            let reported = seen
+                .now
+                .nodes
+                .get(name)
+                .map(|n| n.boot_id.clone())
+                .unwrap_or_default();
+            let last = sim.local_boot_id();
+            if reported != last {
+                pending.push(format!(
+                    "{name} reports boot ID {reported:?}, its last boot gave it {last:?}"
+                ));
+            }
+        }
+        (seen.violations.clone(), fatal, pending)
+    }
+
+    fn fail(&self, prefix: &str, problems: &[String], nodes: &[(&SimulatedNode, usize)]) -> ! {
+        let snapshot = self.snapshot();
+        let mut report = format!(
+            "{prefix}{}\nseen now: {}",
+            problems.join("\n"),
+            snapshot.describe()
+        );
+        for (sim, _) in nodes {
+            if problems.iter().any(|p| p.contains(&sim.name)) {
+                report.push_str(&format!(
+                    "\n--- {}: events {:?}; last agent log lines:\n{}",
+                    sim.name,
+                    (sim.reboots(), sim.kills(), sim.agent_starts()),
+                    sim.log_tail(20)
+                ));
+            }
+        }
+        panic!("{report}");
+    }
+}
+
+fn watch_nodes(scope: &Scope, limit: usize, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+    let cfg = watcher::Config::default().labels(&format!("{SCOPE_LABEL}={}", scope.id));
+    tokio::spawn(async move {
+        let state = |node: &Node| NodeState {
+            unschedulable: super::unschedulable(node),
+            boot_id: super::boot_id(node),
+        };
+        // A relist (after a dropped watch) replaces what was known once it is complete.
+        let mut relisted: BTreeMap<String, NodeState> = BTreeMap::new();
+        let mut stream = std::pin::pin!(watcher(nodes, cfg).default_backoff());
+        while let Some(event) = stream.next().await {
+            let Ok(event) = event else { continue };
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            match event {
+                watcher::Event::Init => relisted.clear(),
+                watcher::Event::InitApply(node) => {
+                    relisted.insert(node.name_any(), state(&node));
+                    continue;
+                }
+                watcher::Event::InitDone => {
+                    seen.now.nodes = std::mem::take(&mut relisted);
+                    seen.nodes_synced = true;
+                }
+                watcher::Event::Apply(node) => {
+                    seen.now.nodes.insert(node.name_any(), state(&node));
+                }
+                watcher::Event::Delete(node) => {
+                    seen.now.nodes.remove(&node.name_any());
+                }
+            }
+            seen.check(limit);
+        }
+    })
+}
+
+fn watch_lock(scope: &Scope, limit: usize, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
+    let daemonsets: Api<DaemonSet> = scope.api();
+    let cfg = watcher::Config::default().fields("metadata.name=kured");
+    tokio::spawn(async move {
+        let lock = |ds: &DaemonSet| ds.annotations().get(LOCK_ANNOTATION).cloned();
+        let mut relisted: Option<String> = None;
+        let mut stream = std::pin::pin!(watcher(daemonsets, cfg).default_backoff());
+        while let Some(event) = stream.next().await {
+            let Ok(event) = event else { continue };
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            match event {
+                watcher::Event::Init => relisted = None,
+                watcher::Event::InitApply(ds) => {
+                    relisted = lock(&ds);
+                    continue;
+                }
+                watcher::Event::InitDone => {
+                    seen.set_lock(relisted.take());
+                    seen.lock_synced = true;
+                }
+                watcher::Event::Apply(ds) => seen.set_lock(lock(&ds)),
+                watcher::Event::Delete(_) => seen.set_lock(None),
+            }
+            seen.check(limit);
+        }
+    })
+}
