@@ -7,6 +7,7 @@ pub mod access;
 pub mod faultproxy;
 pub mod observer;
 pub mod prometheus;
+pub mod rig;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -318,9 +319,10 @@ impl Drop for SimulatedNode {
 }
 
 impl SimulatedNode {
-    /// Starts the agent for `node` with the credentials of `kubeconfig` and the lock on DaemonSet
-    /// `kured` in the scope's namespace, plus `args` (the reboot method among them). node-init
-    /// itself, which plays the node's kubelet, keeps using the admin kubeconfig.
+    /// Starts the agent for `node` with the credentials of `kubeconfig`, the lock on DaemonSet
+    /// `kured` in the scope's namespace and `--period=3s` (unless `args` set a period), plus
+    /// `args` (the reboot method among them). node-init itself, which plays the node's kubelet,
+    /// keeps using the admin kubeconfig.
     pub fn start_as(scope: &Scope, node: &str, kubeconfig: &std::path::Path, args: &[&str]) -> SimulatedNode {
         SimulatedNode::start_with(scope, node, kubeconfig, args, &NodeOptions::default())
     }
@@ -354,7 +356,8 @@ impl SimulatedNode {
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg(format!("--ds-namespace={}", scope.namespace))
             .arg("--ds-name=kured")
-            .arg("--period=3s")
+            // A test may choose its own period.
+            .args((!args.iter().any(|a| a.starts_with("--period"))).then_some("--period=3s"))
             .arg(format!("--reboot-sentinel={}", sentinel.display()))
             .arg("--metrics-host=127.0.0.1")
             .arg(format!("--metrics-port={port}"))
@@ -475,6 +478,36 @@ impl SimulatedNode {
             move || async move { (self.kills() > before).then_some(()) },
         )
         .await;
+    }
+
+    /// The status code of the agent's HTTP server's answer to `GET path` (`/healthz`,
+    /// `/metrics`), read in full; or why it did not arrive within `limit`.
+    pub async fn probe(&self, path: &str, limit: Duration) -> Result<u16, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+                .await
+                .map_err(|e| format!("connecting to port {}: {e}", self.metrics_port))?;
+            let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .map_err(|e| format!("sending the request: {e}"))?;
+            let mut response = Vec::new();
+            stream
+                .read_to_end(&mut response)
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?;
+            let response = String::from_utf8_lossy(&response);
+            response
+                .split(' ')
+                .nth(1)
+                .and_then(|code| code.parse().ok())
+                .ok_or_else(|| format!("not an HTTP answer: {response:?}"))
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
     }
 
     /// The agent's `/metrics`, or why they could not be read.
@@ -757,6 +790,31 @@ pub async fn create_deployment(scope: &Scope, name: &str, replicas: i32, node: O
         .create(&kube::api::PostParams::default(), &d)
         .await
         .expect("creating the Deployment");
+}
+
+/// A PodDisruptionBudget `name` in the scope that keeps at least `min_available` of the pods
+/// labelled `app=<app>`; returns once the disruption controller has counted them healthy, so
+/// that the budget is in force.
+pub async fn create_pdb(scope: &Scope, name: &str, app: &str, min_available: i32) {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name },
+        "spec": { "minAvailable": min_available, "selector": { "matchLabels": { "app": app } } },
+    }))
+    .expect("a valid PodDisruptionBudget");
+    let pdbs: Api<PodDisruptionBudget> = scope.api();
+    pdbs.create(&PostParams::default(), &pdb)
+        .await
+        .unwrap_or_else(|e| panic!("creating PodDisruptionBudget {name}: {e}"));
+    eventually(
+        &format!("PodDisruptionBudget {name} to count {min_available} healthy pods"),
+        Duration::from_secs(60),
+        || async {
+            let status = pdbs.get(name).await.ok()?.status?;
+            (status.current_healthy? >= min_available).then_some(())
+        },
+    )
+    .await;
 }
 
 /// The node's boot ID as its kubelet (here: node-init) reports it.
