@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -16,8 +17,9 @@ use crate::blockers::{Blocker, BlockerError, Blockers};
 use crate::config::Config;
 use crate::decide::{self, AfterDrainFailure, LockView, Observation, OurEntry, Policy, SentinelView, Step};
 use crate::drain::{DrainSettings, Drainer};
+use crate::kube_error;
 use crate::lock::record::decide_acquire;
-use crate::lock::{Acquire, Claim, DaemonSetLock, RebootLock, Release, Seen};
+use crate::lock::{Acquire, Claim, DaemonSetLock, LockState, RebootLock, Release, Seen};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::node::{self, Cordon, OwnNode};
 use crate::notify::{self, Event, Notifier};
@@ -31,6 +33,10 @@ const METRIC_REFRESH: Duration = Duration::from_secs(60);
 const BLOCKER_RECHECK: Duration = Duration::from_secs(60);
 /// After a failed API call, try again after this long (or the period, if shorter).
 const ERROR_RETRY: Duration = Duration::from_secs(10);
+/// How long a write that must happen (a cordon without `--drain-timeout`, an uncordon) retries
+/// transient API errors within one round: an API server outage of a few minutes costs no
+/// round; a longer one ends the round, and the next one starts over from what it observes.
+const API_RETRY_LIMIT: Duration = Duration::from_secs(180);
 /// Up to this much random delay before taking a freed lock or acting on a window that just
 /// opened, so that many waiting nodes do not all write at the same instant.
 const JITTER: Duration = Duration::from_millis(500);
@@ -41,6 +47,8 @@ pub enum AgentError {
     Metrics(#[from] MetricsError),
     #[error("setting up the blockers")]
     Blockers(#[from] BlockerError),
+    #[error("the HTTP server for /metrics and /healthz stopped")]
+    Server(#[source] tokio::task::JoinError),
 }
 
 /// Everything the agent acts through.
@@ -56,6 +64,10 @@ struct Agent<N> {
     jitter: Jitter,
     /// The state last written to our Node, so it is written only when it changes.
     published: std::sync::Mutex<Option<AgentState>>,
+    /// A failed boot ID read has been logged.
+    boot_id_warned: AtomicBool,
+    /// This agent gave up a cycle (its drain failed) and has not finished giving the node back.
+    drain_failed: AtomicBool,
 }
 
 /// What the agent waits for before it looks again.
@@ -92,15 +104,19 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    let metrics_addr = config.metrics_addr.clone();
     let liveness = Arc::new(metrics::Liveness::default());
-    let server = {
+    // Its own task: /healthz and /metrics answer during a round (a drain may take many minutes)
+    // as well as between rounds.
+    let mut server = {
         let mut shutdown = shutdown.clone();
-        metrics::serve(&metrics_addr, metrics.clone(), liveness.clone(), async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
+        let (addr, metrics, liveness) = (config.metrics_addr.clone(), metrics.clone(), liveness.clone());
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            };
+            metrics::serve(&addr, metrics, liveness, stop).await
         })
     };
-    tokio::pin!(server);
 
     let agent = Agent {
         policy: Policy {
@@ -115,6 +131,8 @@ pub async fn run(
         metrics: metrics.clone(),
         jitter: Jitter::seeded(&config.node_id),
         published: std::sync::Mutex::new(None),
+        boot_id_warned: AtomicBool::new(false),
+        drain_failed: AtomicBool::new(false),
         config,
     };
     info!(
@@ -138,7 +156,7 @@ pub async fn run(
             agent.refresh_metric().await;
         });
         tokio::select! {
-            result = &mut server => return result.map_err(AgentError::from),
+            served = &mut server => return server_ended(served),
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = sentinel_events.changed() => {
                 info!(node = %agent.config.node_id, "sentinel file changed");
@@ -146,11 +164,34 @@ pub async fn run(
             () = pause => {}
         }
         liveness.working();
-        wait = agent.step().await;
+        // A termination request ends a round where it stands. Every step is a sequence of single
+        // API writes, each complete or not made, and the next agent resumes from the lock and
+        // the Node — as it must after a SIGKILL at any point anyway.
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => {
+                info!(node = %agent.config.node_id, "termination requested during a round; stopping it here, the next agent resumes it");
+                break;
+            }
+            served = &mut server => return server_ended(served),
+            next = agent.step() => wait = next,
+        }
     }
-    server.await?;
+    match server.await {
+        Ok(served) => served?,
+        Err(e) => return Err(AgentError::Server(e)),
+    }
     info!("agent stopped");
     Ok(())
+}
+
+/// The HTTP server stopped before the agent: an error, since only a shutdown stops it.
+fn server_ended(served: Result<Result<(), MetricsError>, tokio::task::JoinError>) -> Result<(), AgentError> {
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(AgentError::Metrics(e)),
+        Err(e) => Err(AgentError::Server(e)),
+    }
 }
 
 /// Waits for `pause` to end, running `on_tick` at every tick of `ticks` meanwhile. The pause
@@ -268,44 +309,19 @@ impl<N: Notifier> Agent<N> {
     async fn observe(&self, now: Timestamp) -> Result<(Observation, Seen), String> {
         let node = self.node.get().await.map_err(|e| crate::error_chain(&e))?;
         self.adopt_published(&node);
-        let boot_id = node::boot_id(&node).unwrap_or_default().to_owned();
+        let boot_id = self.boot_id_of(&node).unwrap_or_default();
         let taint_present = self
             .config
             .prefer_no_schedule_taint
             .as_deref()
             .is_some_and(|key| node::prefer_no_schedule_taint(&node, key).is_some());
         let (lock, seen) = match self.lock.read().await {
-            Ok(state) => {
-                let claim = Claim {
-                    unschedulable: node::is_unschedulable(&node),
-                    boot_id: Some(boot_id.clone()),
-                };
-                let view = match decide_acquire(state.seen.annotation(), self.lock.settings(), &claim, now) {
-                    Ok(d) => match d.outcome {
-                        Acquire::Acquired(_) => LockView::Available,
-                        Acquire::AlreadyHeld(entry) => LockView::Ours(OurEntry {
-                            boot_id: entry.boot_id.clone(),
-                            was_unschedulable: entry.metadata.unschedulable,
-                            release_after: entry.release_after,
-                        }),
-                        Acquire::Blocked { holders, .. } => {
-                            LockView::HeldByOthers(holders.iter().map(|h| h.node_id.clone()).collect())
-                        }
-                    },
-                    Err(e) => LockView::Unreadable(format!(
-                        "{}/{} annotation {}: {}",
-                        self.config.ds_namespace,
-                        self.config.ds_name,
-                        self.config.lock_annotation,
-                        crate::error_chain(&e)
-                    )),
-                };
-                (view, state.seen)
-            }
-            Err(e) => {
+            Ok(state) => (self.lock_view(&state, now), state.seen),
+            Err(e) if e.is_corrupt() => {
                 let seen = e.seen().unwrap_or_else(|| Seen::new(None));
                 (LockView::Unreadable(crate::error_chain(&e)), seen)
             }
+            Err(e) => (LockView::ReadFailed(crate::error_chain(&e)), Seen::new(None)),
         };
         let (window_open, window_opens) = if self.config.window.contains(now) {
             (true, None)
@@ -327,11 +343,78 @@ impl<N: Notifier> Agent<N> {
             lock,
             boot_id,
             taint_present,
+            kured_cordon: node::cordoned_by_kured(&node),
+            drain_failed: self.drain_failed.load(Ordering::Relaxed),
         };
         Ok((observation, seen))
     }
 
-    /// One round: observe, decide, act. Returns what to wait for before the next round.
+    /// The lock as this node sees it. Our own entry counts as ours also once its TTL has run out:
+    /// the node it put out of service must be brought back either way.
+    fn lock_view(&self, state: &LockState, now: Timestamp) -> LockView {
+        let node_id = &self.config.node_id;
+        let own = state.record.as_ref().and_then(|record| {
+            record
+                .held_by(node_id, now)
+                .or_else(|| record.entries().iter().find(|e| &e.node_id == node_id))
+        });
+        if let Some(entry) = own {
+            return LockView::Ours(OurEntry {
+                boot_id: entry.boot_id.clone(),
+                was_unschedulable: entry.metadata.unschedulable,
+                release_after: entry.release_after,
+                expired: entry.is_expired(now),
+            });
+        }
+        match decide_acquire(
+            state.seen.annotation(),
+            self.lock.settings(),
+            &Claim::default(),
+            now,
+        ) {
+            Ok(decision) => match decision.outcome {
+                Acquire::Blocked {
+                    holders, next_expiry, ..
+                } => LockView::HeldByOthers {
+                    holders: holders.iter().map(|h| h.node_id.clone()).collect(),
+                    next_expiry,
+                },
+                Acquire::Acquired(_) | Acquire::AlreadyHeld(_) => LockView::Available,
+            },
+            Err(e) => LockView::Unreadable(format!(
+                "{}/{} annotation {}: {}",
+                self.config.ds_namespace,
+                self.config.ds_name,
+                self.config.lock_annotation,
+                crate::error_chain(&e)
+            )),
+        }
+    }
+
+    /// The boot ID of the running kernel; the Node's reported one only when the kernel's cannot
+    /// be read. The kubelet reports a new boot ID only some time after the boot, and an agent
+    /// that judged by a stale one would take its finished reboot for one still to do.
+    fn boot_id_of(&self, node: &k8s_openapi::api::core::v1::Node) -> Option<String> {
+        match node::local_boot_id() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                if !self.boot_id_warned.swap(true, Ordering::Relaxed) {
+                    warn!(node = %self.config.node_id, path = node::BOOT_ID_PATH, error = %e,
+                        "cannot read the kernel's boot ID; using the one the kubelet reports");
+                }
+                node::boot_id(node).map(str::to_owned)
+            }
+        }
+    }
+
+    /// [`Agent::boot_id_of`] our Node, read now.
+    async fn current_boot_id(&self) -> Result<Option<String>, node::NodeError> {
+        if let Ok(id) = node::local_boot_id() {
+            return Ok(Some(id));
+        }
+        Ok(self.boot_id_of(&self.node.get().await?))
+    }
+
     async fn step(&self) -> Wait {
         let now = Timestamp::now();
         let (mut obs, seen) = match self.observe(now).await {
@@ -341,6 +424,9 @@ impl<N: Notifier> Agent<N> {
                 return Wait::For(ERROR_RETRY.min(self.period()));
             }
         };
+        if !matches!(obs.lock, LockView::Ours(_)) {
+            self.drain_failed.store(false, Ordering::Relaxed);
+        }
         let mut step = decide::decide(&obs, &self.policy, now);
         if step == Step::CheckBlockers {
             if self.config.annotate_nodes {
@@ -399,7 +485,11 @@ impl<N: Notifier> Agent<N> {
                 info!(node = %node, blockers = %reasons.join("; "), "reboot required, but blocked");
                 Wait::For(BLOCKER_RECHECK.min(self.period()))
             }
-            Step::WaitForLock { holders, add_taint } => {
+            Step::WaitForLock {
+                holders,
+                next_expiry,
+                add_taint,
+            } => {
                 if add_taint && let Some(key) = &self.config.prefer_no_schedule_taint {
                     self.best_effort(
                         "adding the PreferNoSchedule taint",
@@ -410,7 +500,10 @@ impl<N: Notifier> Agent<N> {
                 info!(node = %node, holders = %holders.join(","), "reboot required; waiting for the lock");
                 Wait::LockChange {
                     seen,
-                    limit: self.until_window_closes().min(self.period()),
+                    limit: self
+                        .until_window_closes()
+                        .min(self.period())
+                        .min(self.until_expiry(next_expiry)),
                 }
             }
             Step::LockUnreadable(e) => {
@@ -420,19 +513,16 @@ impl<N: Notifier> Agent<N> {
                     limit: self.period(),
                 }
             }
-            Step::AcquireLock => self.acquire_and_reboot(seen).await,
+            Step::LockReadFailed(e) => {
+                error!(node = %node, error = %e, "reading the lock failed; trying again");
+                Wait::For(ERROR_RETRY.min(self.period()))
+            }
+            Step::AcquireLock => self.acquire_and_reboot().await,
             Step::ResumeReboot => {
                 info!(node = %node, "holding the lock from before a restart; the node has not rebooted yet");
-                let was_unschedulable = match self.lock.holding().await {
-                    Ok(Some(entry)) => entry.metadata.unschedulable,
-                    Ok(None) => return Wait::Now,
-                    Err(e) => {
-                        error!(node = %node, error = %crate::error_chain(&e), "reading the lock");
-                        return Wait::For(ERROR_RETRY.min(self.period()));
-                    }
-                };
-                self.drain_and_reboot(was_unschedulable).await
+                self.drain_and_reboot().await
             }
+            Step::GiveBack { uncordon, release } => self.give_back(uncordon, release).await,
             Step::FinishReboot { uncordon } => self.finish_reboot(uncordon).await,
             Step::ReleaseLockAt(at) => {
                 info!(node = %node, at = %at, "node is back; keeping the lock for the release delay");
@@ -442,7 +532,15 @@ impl<N: Notifier> Agent<N> {
         }
     }
 
-    async fn acquire_and_reboot(&self, seen: Seen) -> Wait {
+    /// How long until a holder's entry expires by its TTL, freeing a slot without any write to
+    /// wake us; plus jitter, so that the waiting agents do not all write at that instant.
+    fn until_expiry(&self, next_expiry: Option<Timestamp>) -> Duration {
+        next_expiry.map_or(Duration::MAX, |at| {
+            until(at).saturating_add(self.jitter.next(JITTER))
+        })
+    }
+
+    async fn acquire_and_reboot(&self) -> Wait {
         let node_id = &self.config.node_id;
         let node = match self.node.get().await {
             Ok(n) => n,
@@ -451,22 +549,24 @@ impl<N: Notifier> Agent<N> {
                 return Wait::For(ERROR_RETRY.min(self.period()));
             }
         };
-        let was_unschedulable = node::is_unschedulable(&node);
         let claim = Claim {
-            unschedulable: was_unschedulable,
-            boot_id: node::boot_id(&node).map(str::to_owned),
+            unschedulable: node::is_unschedulable(&node) && !node::cordoned_by_kured(&node),
+            boot_id: self.boot_id_of(&node),
         };
         match self.lock.acquire(&claim).await {
             // The lock logs the acquisition itself.
-            Ok(Acquire::Acquired(_)) | Ok(Acquire::AlreadyHeld(_)) => {
-                self.drain_and_reboot(was_unschedulable).await
-            }
-            Ok(Acquire::Blocked { holders, seen, .. }) => {
+            Ok(Acquire::Acquired(_)) | Ok(Acquire::AlreadyHeld(_)) => self.drain_and_reboot().await,
+            Ok(Acquire::Blocked {
+                holders,
+                seen,
+                next_expiry,
+                ..
+            }) => {
                 let holders: Vec<String> = holders.iter().map(|h| h.node_id.clone()).collect();
                 info!(node = %node_id, holders = %holders.join(","), "lock taken by others first; waiting");
                 Wait::LockChange {
                     seen,
-                    limit: self.period(),
+                    limit: self.period().min(self.until_expiry(next_expiry)),
                 }
             }
             Err(e) => {
@@ -476,18 +576,15 @@ impl<N: Notifier> Agent<N> {
                         seen,
                         limit: self.period(),
                     },
-                    None => Wait::LockChange {
-                        seen,
-                        limit: ERROR_RETRY.min(self.period()),
-                    },
+                    None => Wait::For(ERROR_RETRY.min(self.period())),
                 }
             }
         }
     }
 
     /// Cordon, drain and reboot, holding the lock. A drain that fails without `--force-reboot`
-    /// gives the node back and releases the lock.
-    async fn drain_and_reboot(&self, was_unschedulable: bool) -> Wait {
+    /// gives the node back and releases the lock; a node whose cordon failed is never rebooted.
+    async fn drain_and_reboot(&self) -> Wait {
         let node_id = &self.config.node_id;
         self.publish(Some(true), Phase::Draining, String::new()).await;
         if let Err(e) = self.node.set_labels(&self.config.pre_reboot_node_labels).await {
@@ -510,41 +607,50 @@ impl<N: Notifier> Agent<N> {
             info!(node = %node_id, delay = ?self.config.drain_delay, "waiting before the drain");
             tokio::time::sleep(self.config.drain_delay).await;
         }
-        let drained = match self.node.cordon().await {
-            Ok(Cordon::Cordoned | Cordon::AlreadyCordoned) => self
-                .drainer
-                .drain(node_id)
-                .await
-                .map_err(|e| crate::error_chain(&e)),
-            Err(e) => Err(format!("cordoning: {}", crate::error_chain(&e))),
+        // Transient API errors are retried until the drain's deadline; without one, for a bounded
+        // time, after which the cycle is given up and tried again later.
+        let started = tokio::time::Instant::now();
+        let drain_deadline = self.config.drain_timeout.map(|t| started + t);
+        let cordon = kube_error::retry_transient(
+            "cordoning",
+            drain_deadline.unwrap_or(started + API_RETRY_LIMIT),
+            node::NodeError::is_retryable,
+            || self.node.cordon(),
+        )
+        .await;
+        let (cordoned, by_kured, drained) = match cordon {
+            Ok(c) => (
+                true,
+                c == Cordon::Cordoned,
+                self.drainer
+                    .drain_by(node_id, drain_deadline)
+                    .await
+                    .map(drop)
+                    .map_err(|e| crate::error_chain(&e)),
+            ),
+            Err(e) => (false, false, Err(crate::error_chain(&e))),
         };
-        match drained {
-            // The drainer logs its summary.
-            Ok(_) => {}
-            Err(e) => match decide::after_drain_failure(&self.policy, was_unschedulable) {
+        if let Err(e) = drained {
+            match decide::after_drain_failure(&self.policy, cordoned, by_kured) {
                 AfterDrainFailure::RebootAnyway => {
                     warn!(node = %node_id, error = %e, "drain failed; rebooting anyway (--force-reboot)");
                 }
                 AfterDrainFailure::Abort { uncordon } => {
-                    error!(node = %node_id, error = %e, "drain failed; giving the node back and releasing the lock");
-                    if uncordon {
-                        self.best_effort("uncordoning after a failed drain", self.node.uncordon())
-                            .await;
-                    }
-                    if self.config.annotate_nodes {
-                        self.best_effort(
-                            "removing the reboot-in-progress annotation",
-                            self.node.annotate_reboot_finished(),
-                        )
-                        .await;
-                    }
-                    return self.release_now().await;
+                    error!(node = %node_id, error = %e, cordoned, "drain failed; giving the node back and releasing the lock");
+                    self.drain_failed.store(true, Ordering::Relaxed);
+                    return self.give_back(uncordon, true).await;
                 }
-            },
+            }
         }
         if !self.config.reboot_delay.is_zero() {
             info!(node = %node_id, delay = ?self.config.reboot_delay, "waiting before the reboot");
             tokio::time::sleep(self.config.reboot_delay).await;
+        }
+        // The slot may have expired by its TTL during a long drain and been taken by another node:
+        // make sure, from a fresh read, that it is still ours before the one step that cannot be
+        // undone.
+        if let Some(wait) = self.confirm_slot(cordoned && !by_kured, by_kured).await {
+            return wait;
         }
         self.notifier
             .notify(
@@ -563,6 +669,83 @@ impl<N: Notifier> Agent<N> {
                 error!(node = %node_id, error = %crate::error_chain(&e), "reboot failed; the node stays drained and the lock held; trying again");
                 Wait::For(ERROR_RETRY.max(self.period().min(Duration::from_secs(300))))
             }
+        }
+    }
+
+    /// Whether the lock slot is still ours, read fresh; `None` when it is (or was renewed), else
+    /// what to wait for after giving the node back (lost) or failing to read (the next round
+    /// decides again).
+    async fn confirm_slot(&self, was_unschedulable: bool, by_kured: bool) -> Option<Wait> {
+        let node_id = &self.config.node_id;
+        let boot_id = match self.current_boot_id().await {
+            Ok(id) => id,
+            Err(e) => {
+                error!(node = %node_id, error = %crate::error_chain(&e), "reading the boot ID before the reboot");
+                return Some(Wait::For(ERROR_RETRY.min(self.period())));
+            }
+        };
+        let claim = Claim {
+            unschedulable: was_unschedulable,
+            boot_id,
+        };
+        match self.lock.confirm(&claim).await {
+            Ok(Acquire::AlreadyHeld(_)) => None,
+            Ok(Acquire::Acquired(_)) => {
+                warn!(node = %node_id, "our lock entry had expired by its TTL before the reboot; a slot was free and it is ours again");
+                None
+            }
+            Ok(Acquire::Blocked { holders, .. }) => {
+                warn!(node = %node_id, holders = %holders.iter().map(|h| h.node_id.as_str()).collect::<Vec<_>>().join(","),
+                    "our lock entry expired by its TTL before the reboot and the slot is taken; giving the node back and waiting again");
+                Some(self.give_back(by_kured, true).await)
+            }
+            Err(e) => {
+                error!(node = %node_id, error = %crate::error_chain(&e), "reading the lock before the reboot; not rebooting until it is read");
+                Some(Wait::For(ERROR_RETRY.min(self.period())))
+            }
+        }
+    }
+
+    /// Returns the node to service without a reboot: uncordon (if `uncordon`), then drop our lock
+    /// entry (if `release`), without the release delay — the node never went down. The lock is
+    /// kept until the uncordon has succeeded, so the node is never left cordoned without it.
+    async fn give_back(&self, uncordon: bool, release: bool) -> Wait {
+        let node_id = &self.config.node_id;
+        let retry = || Wait::For(ERROR_RETRY.min(self.period()));
+        if uncordon {
+            let uncordoned = kube_error::retry_transient(
+                "uncordoning",
+                tokio::time::Instant::now() + API_RETRY_LIMIT,
+                node::NodeError::is_retryable,
+                || self.node.uncordon(),
+            )
+            .await;
+            if let Err(e) = uncordoned {
+                error!(node = %node_id, error = %crate::error_chain(&e), "cannot uncordon; keeping the lock until it is done");
+                return retry();
+            }
+        }
+        if self.config.annotate_nodes {
+            self.best_effort(
+                "removing the reboot-in-progress annotation",
+                self.node.annotate_reboot_finished(),
+            )
+            .await;
+        }
+        if release {
+            if let Err(e) = self.lock.release_now().await {
+                error!(node = %node_id, error = %crate::error_chain(&e), "releasing the lock");
+                return retry();
+            }
+            info!(node = %node_id, "node given back and lock released");
+        } else {
+            info!(node = %node_id, "node given back: kured's cordon outlived its lock entry");
+        }
+        if self.drain_failed.swap(false, Ordering::Relaxed) {
+            // The drain failed: try again after a period, as upstream does.
+            Wait::For(self.period())
+        } else {
+            Wait::Now
         }
     }
 
@@ -615,21 +798,6 @@ impl<N: Notifier> Agent<N> {
             Ok(Release::Released) => Wait::Now,
             Ok(Release::NotHeld) => Wait::For(self.period()),
             Ok(Release::NotBefore(at)) => Wait::Until(at),
-            Err(e) => {
-                error!(node = %node_id, error = %crate::error_chain(&e), "releasing the lock");
-                Wait::For(ERROR_RETRY.min(self.period()))
-            }
-        }
-    }
-
-    /// Releases the lock after a failed drain, without the release delay: the node never left.
-    async fn release_now(&self) -> Wait {
-        let node_id = &self.config.node_id;
-        match self.lock.release_now().await {
-            Ok(_) => {
-                info!(node = %node_id, "lock released after the failed drain; trying again later");
-                Wait::For(self.period())
-            }
             Err(e) => {
                 error!(node = %node_id, error = %crate::error_chain(&e), "releasing the lock");
                 Wait::For(ERROR_RETRY.min(self.period()))
@@ -818,10 +986,14 @@ fn phase_of(step: &Step) -> Option<(Phase, String)> {
         // Not the holders: they change at every hand-off, and waiting agents do not look at each
         // one (see `Agent::lock_may_admit`); `kured status` names them from the lock itself.
         Step::WaitForLock { .. } => (Phase::WaitingForLock, String::new()),
-        Step::LockUnreadable(e) => (Phase::LockUnreadable, e.clone()),
+        Step::LockUnreadable(e) | Step::LockReadFailed(e) => (Phase::LockUnreadable, e.clone()),
         Step::FinishReboot { .. } => (Phase::Recovering, String::new()),
         Step::ReleaseLockAt(at) => (Phase::Releasing, format!("until {at}")),
-        Step::CheckBlockers | Step::AcquireLock | Step::ResumeReboot | Step::ReleaseLock => return None,
+        Step::CheckBlockers
+        | Step::AcquireLock
+        | Step::ResumeReboot
+        | Step::GiveBack { .. }
+        | Step::ReleaseLock => return None,
     })
 }
 

@@ -691,6 +691,15 @@ impl AgentArgs {
         }
 
         let notify_targets = self.notify.targets(&mut warnings)?;
+        let drain_delay = non_negative("drain-delay", self.drain_delay)?;
+        let drain_timeout = zero_is_none("drain-timeout", self.drain_timeout)?;
+        let reboot_delay = non_negative("reboot-delay", self.reboot_delay)?;
+        let lock_ttl = zero_is_none("lock-ttl", self.lock_ttl)?;
+        warnings.extend(lock_ttl_warning(
+            lock_ttl,
+            drain_delay + reboot_delay,
+            drain_timeout,
+        ));
 
         let metrics_host = strip_quotes(&self.metrics_host);
         let metrics_addr = if metrics_host.is_empty() {
@@ -717,10 +726,10 @@ impl AgentArgs {
             period,
             sentinel,
             rebooter,
-            reboot_delay: non_negative("reboot-delay", self.reboot_delay)?,
+            reboot_delay,
             force_reboot: self.force_reboot,
-            drain_delay: non_negative("drain-delay", self.drain_delay)?,
-            drain_timeout: zero_is_none("drain-timeout", self.drain_timeout)?,
+            drain_delay,
+            drain_timeout,
             drain_grace_period: u64::try_from(self.drain_grace_period)
                 .ok()
                 .map(Duration::from_secs),
@@ -730,7 +739,7 @@ impl AgentArgs {
             ds_namespace: strip_quotes(&self.lock.ds_namespace).to_owned(),
             ds_name: strip_quotes(&self.lock.ds_name).to_owned(),
             lock_annotation: lock_annotation.to_owned(),
-            lock_ttl: zero_is_none("lock-ttl", self.lock_ttl)?,
+            lock_ttl,
             lock_release_delay: non_negative("lock-release-delay", self.lock_release_delay)?,
             concurrency: self.concurrency,
             prometheus_url,
@@ -755,6 +764,40 @@ impl AgentArgs {
             metrics_addr,
             warnings,
         })
+    }
+}
+
+/// What a reboot takes once requested, for judging `--lock-ttl`: the host's shutdown, firmware
+/// and boot, and the kubelet starting the agent again. Ten minutes covers slow bare-metal hosts.
+pub const REBOOT_ALLOWANCE: Duration = Duration::from_secs(600);
+
+/// A warning when `--lock-ttl` may run out while the node is still out of service, so that the
+/// slot could pass to another node with this one down (`delays`: `--drain-delay` plus
+/// `--reboot-delay`). The agent re-checks its slot before rebooting, so this costs a drain, not
+/// the concurrency limit; but a node whose TTL runs out while it reboots lets another node go
+/// down with it.
+fn lock_ttl_warning(
+    ttl: Option<Duration>,
+    delays: Duration,
+    drain_timeout: Option<Duration>,
+) -> Option<String> {
+    let ttl = ttl?;
+    let shown = |d: Duration| {
+        crate::duration::GoDuration::from_std(d).map_or_else(|_| format!("{d:?}"), |g| g.to_string())
+    };
+    match drain_timeout {
+        None => Some(format!(
+            "--lock-ttl={} with no --drain-timeout: a long drain can outlast the TTL; set --drain-timeout so that drain and reboot ({} allowed) fit in the TTL",
+            shown(ttl),
+            shown(REBOOT_ALLOWANCE)
+        )),
+        Some(drain) if ttl < delays + drain + REBOOT_ALLOWANCE => Some(format!(
+            "--lock-ttl={} is shorter than the delays, --drain-timeout={} and a reboot ({} allowed): the lock may expire while the node is out of service",
+            shown(ttl),
+            shown(drain),
+            shown(REBOOT_ALLOWANCE)
+        )),
+        Some(_) => None,
     }
 }
 
@@ -1298,5 +1341,27 @@ mod tests {
             .render_long_help()
             .to_string();
         insta::assert_snapshot!("notify_help", notify);
+    }
+
+    #[test]
+    fn a_lock_ttl_that_can_run_out_while_the_node_is_out_is_warned_about() {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        assert_eq!(
+            lock_ttl_warning(None, Duration::ZERO, None),
+            None,
+            "no TTL: never expires"
+        );
+        assert_eq!(
+            lock_ttl_warning(Some(min(30)), Duration::ZERO, Some(min(15))),
+            None,
+            "15m drain and a 10m reboot fit in 30m"
+        );
+        let short = lock_ttl_warning(Some(min(20)), min(1), Some(min(15))).expect("a warning");
+        assert!(
+            short.contains("--lock-ttl=20m0s") && short.contains("--drain-timeout=15m0s"),
+            "{short}"
+        );
+        let unbounded = lock_ttl_warning(Some(min(60)), Duration::ZERO, None).expect("a warning");
+        assert!(unbounded.contains("no --drain-timeout"), "{unbounded}");
     }
 }

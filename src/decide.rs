@@ -17,12 +17,18 @@ pub enum SentinelView {
 pub enum LockView {
     /// A slot is free (or every other entry has expired).
     Available,
-    /// All slots are taken by these holders.
-    HeldByOthers(Vec<String>),
-    /// This node holds a slot.
+    /// All slots are taken by these holders; the first of them expires by its TTL at
+    /// `next_expiry`, which frees a slot without any write.
+    HeldByOthers {
+        holders: Vec<String>,
+        next_expiry: Option<Timestamp>,
+    },
+    /// This node has an entry, live or expired.
     Ours(OurEntry),
-    /// The annotation cannot be read (corrupt JSON, API error): never overwritten, checked again.
+    /// The annotation is not a lock record: never overwritten, checked again when it changes.
     Unreadable(String),
+    /// The lock object could not be read (API error): read again soon.
+    ReadFailed(String),
 }
 
 /// What our lock entry recorded when we took it.
@@ -35,6 +41,8 @@ pub struct OurEntry {
     pub was_unschedulable: bool,
     /// Set once the node is back in service: the lock is released at this time.
     pub release_after: Option<Timestamp>,
+    /// The entry's TTL has run out: others may take its slot at any moment.
+    pub expired: bool,
 }
 
 /// Everything `decide` looks at.
@@ -52,6 +60,11 @@ pub struct Observation {
     pub boot_id: String,
     /// Whether our PreferNoSchedule taint is on the node.
     pub taint_present: bool,
+    /// Whether the node carries kured's record of its own cordon (`kured.dev/cordoned`).
+    pub kured_cordon: bool,
+    /// This agent's drain failed and it has not yet given the node back (an uncordon or the
+    /// release failed): finish that rather than drain again.
+    pub drain_failed: bool,
 }
 
 /// Settings that shape the decision.
@@ -77,6 +90,10 @@ pub enum Step {
     /// We hold the lock but the node has not rebooted yet (the agent restarted during a drain or
     /// before the reboot took effect): cordon, drain and reboot again.
     ResumeReboot,
+    /// The node is not (or no longer) entitled to be out of service: our entry expired before
+    /// the reboot, or kured's cordon outlived the lock entry. Uncordon if `uncordon`, then drop
+    /// our entry if `release`; the reboot, if still needed, starts again from the lock.
+    GiveBack { uncordon: bool, release: bool },
     /// No reboot needed. Remove our taint if it is there.
     Idle { remove_taint: bool },
     /// The sentinel could not be checked; nothing changes until it can.
@@ -92,10 +109,17 @@ pub enum Step {
     Blocked(Vec<String>),
     /// Take a slot of the lock, then cordon, drain and reboot.
     AcquireLock,
-    /// Every slot is taken; add our taint while waiting, if configured and not there yet.
-    WaitForLock { holders: Vec<String>, add_taint: bool },
-    /// The lock cannot be read; it is left alone and read again.
+    /// Every slot is taken; add our taint while waiting, if configured and not there yet. A
+    /// slot frees up at the latest at `next_expiry`.
+    WaitForLock {
+        holders: Vec<String>,
+        next_expiry: Option<Timestamp>,
+        add_taint: bool,
+    },
+    /// The annotation is not a lock record; it is left alone and read again when it changes.
     LockUnreadable(String),
+    /// Reading the lock failed; read it again soon.
+    LockReadFailed(String),
 }
 
 /// Decides the next step.
@@ -103,11 +127,22 @@ pub fn decide(obs: &Observation, policy: &Policy, now: Timestamp) -> Step {
     // A lock we hold comes first: it means a reboot is in progress or just happened, whatever
     // the window, the blockers or the sentinel say now.
     let taken_by_others = match &obs.lock {
-        LockView::Ours(entry) => return continue_holding(entry, &obs.boot_id, now),
+        LockView::Ours(entry) => return continue_holding(entry, obs, now),
         LockView::Available => None,
-        LockView::HeldByOthers(holders) => Some(Ok(holders)),
-        LockView::Unreadable(e) => Some(Err(e)),
+        LockView::HeldByOthers { holders, next_expiry } => Some(Ok((holders, *next_expiry))),
+        LockView::Unreadable(e) => Some(Err(Step::LockUnreadable(e.clone()))),
+        // Whether this node holds the lock is unknown: change nothing until it is known.
+        LockView::ReadFailed(e) => return Step::LockReadFailed(e.clone()),
     };
+    // kured cordoned this node, and the node holds no entry (its TTL ran out and someone took the
+    // slot, the annotation was removed, the DaemonSet re-created): it must not stay cordoned. An
+    // unreadable lock may still hold our entry: then nothing is touched.
+    if obs.kured_cordon && !matches!(taken_by_others, Some(Err(_))) {
+        return Step::GiveBack {
+            uncordon: true,
+            release: false,
+        };
+    }
     match &obs.sentinel {
         SentinelView::NotRequired => {
             return Step::Idle {
@@ -130,23 +165,34 @@ pub fn decide(obs: &Observation, policy: &Policy, now: Timestamp) -> Step {
     }
     match taken_by_others {
         None => Step::AcquireLock,
-        Some(Ok(holders)) => Step::WaitForLock {
+        Some(Ok((holders, next_expiry))) => Step::WaitForLock {
             holders: holders.clone(),
+            next_expiry,
             add_taint: policy.taint_while_waiting && !obs.taint_present,
         },
-        Some(Err(e)) => Step::LockUnreadable(e.clone()),
+        Some(Err(step)) => step,
     }
 }
 
-fn continue_holding(entry: &OurEntry, boot_id: &str, now: Timestamp) -> Step {
+fn continue_holding(entry: &OurEntry, obs: &Observation, now: Timestamp) -> Step {
+    // Uncordon what kured cordoned: the node's own record says so; an entry written without that
+    // record (by upstream, or before it existed) says whether the node was schedulable before.
+    let uncordon = obs.kured_cordon || !entry.was_unschedulable;
     match (&entry.release_after, &entry.boot_id) {
-        (Some(at), _) if now >= *at => Step::ReleaseLock,
+        (Some(at), _) if now >= *at || entry.expired => Step::ReleaseLock,
         (Some(at), _) => Step::ReleaseLockAt(*at),
-        (None, Some(recorded)) if recorded == boot_id => Step::ResumeReboot,
-        // A different boot ID, or an entry that does not record one: the node rebooted.
-        (None, _) => Step::FinishReboot {
-            uncordon: !entry.was_unschedulable,
-        },
+        // Not rebooted, and the slot may be someone else's by now: the node goes back into
+        // service and takes its turn again.
+        (None, Some(recorded)) if recorded == &obs.boot_id && (entry.expired || obs.drain_failed) => {
+            Step::GiveBack {
+                uncordon,
+                release: true,
+            }
+        }
+        (None, Some(recorded)) if recorded == &obs.boot_id => Step::ResumeReboot,
+        // A different boot ID, or an entry that does not record one: the node rebooted. An
+        // expired entry still is ours to finish: the node must come back into service.
+        (None, _) => Step::FinishReboot { uncordon },
     }
 }
 
@@ -154,19 +200,20 @@ fn continue_holding(entry: &OurEntry, boot_id: &str, now: Timestamp) -> Step {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterDrainFailure {
     RebootAnyway,
-    /// Uncordon (unless the node was unschedulable before), release the lock, try again later.
+    /// Uncordon (if kured cordoned it), then release the lock, and try again later.
     Abort {
         uncordon: bool,
     },
 }
 
-pub fn after_drain_failure(policy: &Policy, was_unschedulable: bool) -> AfterDrainFailure {
-    if policy.force_reboot {
+/// `cordoned`: whether the node is cordoned now; `by_kured`: whether kured cordoned it. A node
+/// that is not cordoned is never rebooted, whatever `--force-reboot` says: it would go down with
+/// its pods still being scheduled onto it.
+pub fn after_drain_failure(policy: &Policy, cordoned: bool, by_kured: bool) -> AfterDrainFailure {
+    if policy.force_reboot && cordoned {
         AfterDrainFailure::RebootAnyway
     } else {
-        AfterDrainFailure::Abort {
-            uncordon: !was_unschedulable,
-        }
+        AfterDrainFailure::Abort { uncordon: by_kured }
     }
 }
 
@@ -189,6 +236,8 @@ mod tests {
             lock: LockView::Available,
             boot_id: "boot-2".into(),
             taint_present: false,
+            kured_cordon: false,
+            drain_failed: false,
         }
     }
 
@@ -197,7 +246,25 @@ mod tests {
             boot_id: boot_id.map(Into::into),
             was_unschedulable,
             release_after: release_after.map(t),
+            expired: false,
         })
+    }
+
+    fn expired(view: LockView) -> LockView {
+        match view {
+            LockView::Ours(entry) => LockView::Ours(OurEntry {
+                expired: true,
+                ..entry
+            }),
+            other => other,
+        }
+    }
+
+    fn others(holders: &[&str], next_expiry: Option<&str>) -> LockView {
+        LockView::HeldByOthers {
+            holders: holders.iter().map(|h| (*h).to_owned()).collect(),
+            next_expiry: next_expiry.map(t),
+        }
     }
 
     #[test]
@@ -232,17 +299,29 @@ mod tests {
              Observation { blockers: Some(vec!["pod db/x".into(), "alert Y".into()]), ..base() }, &plain,
              Step::Blocked(vec!["pod db/x".into(), "alert Y".into()])),
             ("lock held by others: wait, adding the taint when configured",
-             Observation { lock: LockView::HeldByOthers(vec!["n1".into()]), ..base() }, &taint,
-             Step::WaitForLock { holders: vec!["n1".into()], add_taint: true }),
-            ("lock held by others, taint already there: wait",
-             Observation { lock: LockView::HeldByOthers(vec!["n1".into()]), taint_present: true, ..base() }, &taint,
-             Step::WaitForLock { holders: vec!["n1".into()], add_taint: false }),
+             Observation { lock: others(&["n1"], None), ..base() }, &taint,
+             Step::WaitForLock { holders: vec!["n1".into()], next_expiry: None, add_taint: true }),
+            ("lock held by others, taint already there: wait until the holder expires at the latest",
+             Observation { lock: others(&["n1"], Some("2026-11-27T10:30:00Z")), taint_present: true, ..base() }, &taint,
+             Step::WaitForLock { holders: vec!["n1".into()], next_expiry: Some(t("2026-11-27T10:30:00Z")), add_taint: false }),
             ("lock held by others, no taint configured",
-             Observation { lock: LockView::HeldByOthers(vec!["manual".into()]), ..base() }, &plain,
-             Step::WaitForLock { holders: vec!["manual".into()], add_taint: false }),
+             Observation { lock: others(&["manual"], None), ..base() }, &plain,
+             Step::WaitForLock { holders: vec!["manual".into()], next_expiry: None, add_taint: false }),
             ("lock unreadable: leave it alone",
              Observation { lock: LockView::Unreadable("not JSON".into()), ..base() }, &plain,
              Step::LockUnreadable("not JSON".into())),
+            ("lock read failed: read again, whatever else holds",
+             Observation { lock: LockView::ReadFailed("503".into()), kured_cordon: true, ..base() }, &plain,
+             Step::LockReadFailed("503".into())),
+            ("kured's cordon without an entry, lock free: give the node back first",
+             Observation { kured_cordon: true, ..base() }, &plain,
+             Step::GiveBack { uncordon: true, release: false }),
+            ("kured's cordon without an entry, lock taken by others: give the node back",
+             Observation { kured_cordon: true, lock: others(&["n1"], None), sentinel: SentinelView::NotRequired, ..base() }, &plain,
+             Step::GiveBack { uncordon: true, release: false }),
+            ("kured's cordon, lock unreadable: leave both alone",
+             Observation { kured_cordon: true, lock: LockView::Unreadable("x".into()), ..base() }, &plain,
+             Step::LockUnreadable("x".into())),
             ("ours, booted since: finish the reboot and uncordon",
              Observation { lock: ours(Some("boot-1"), false, None), ..base() }, &plain,
              Step::FinishReboot { uncordon: true }),
@@ -264,6 +343,24 @@ mod tests {
             ("ours, release time is exactly now: release",
              Observation { lock: ours(Some("boot-1"), false, Some(NOW)), ..base() }, &plain,
              Step::ReleaseLock),
+            ("ours, booted since, node carries kured's cordon though the entry says unschedulable: uncordon",
+             Observation { lock: ours(Some("boot-1"), true, None), kured_cordon: true, ..base() }, &plain,
+             Step::FinishReboot { uncordon: true }),
+            ("ours but expired, booted since: still ours to finish",
+             Observation { lock: expired(ours(Some("boot-1"), false, None)), kured_cordon: true, ..base() }, &plain,
+             Step::FinishReboot { uncordon: true }),
+            ("ours but expired, same boot: give the node back and the entry up",
+             Observation { lock: expired(ours(Some("boot-2"), false, None)), kured_cordon: true, ..base() }, &plain,
+             Step::GiveBack { uncordon: true, release: true }),
+            ("ours, same boot, our drain failed and the node is not given back yet: finish that",
+             Observation { lock: ours(Some("boot-2"), false, None), kured_cordon: true, drain_failed: true, ..base() }, &plain,
+             Step::GiveBack { uncordon: true, release: true }),
+            ("ours but expired, same boot, cordoned by someone else before: keep their cordon",
+             Observation { lock: expired(ours(Some("boot-2"), true, None)), ..base() }, &plain,
+             Step::GiveBack { uncordon: false, release: true }),
+            ("ours but expired during the release delay: release now",
+             Observation { lock: expired(ours(Some("boot-1"), false, Some("2026-11-27T10:05:00Z"))), ..base() }, &plain,
+             Step::ReleaseLock),
             ("ours wins over a closed window and a failing sentinel",
              Observation { lock: ours(Some("boot-1"), false, None), window_open: false, sentinel: SentinelView::Failed("x".into()), ..base() }, &plain,
              Step::FinishReboot { uncordon: true }),
@@ -279,17 +376,18 @@ mod tests {
             force_reboot: true,
             ..Policy::default()
         };
-        assert_eq!(
-            after_drain_failure(&force, false),
-            AfterDrainFailure::RebootAnyway
-        );
-        assert_eq!(
-            after_drain_failure(&Policy::default(), false),
-            AfterDrainFailure::Abort { uncordon: true }
-        );
-        assert_eq!(
-            after_drain_failure(&Policy::default(), true),
-            AfterDrainFailure::Abort { uncordon: false }
-        );
+        let plain = Policy::default();
+        #[rustfmt::skip]
+        let cases = [
+            ("forced, cordoned by kured", &force, true, true, AfterDrainFailure::RebootAnyway),
+            ("forced, cordoned by someone else", &force, true, false, AfterDrainFailure::RebootAnyway),
+            ("forced, but the cordon failed: never reboot", &force, false, false, AfterDrainFailure::Abort { uncordon: false }),
+            ("not forced, cordoned by kured", &plain, true, true, AfterDrainFailure::Abort { uncordon: true }),
+            ("not forced, cordoned by someone else", &plain, true, false, AfterDrainFailure::Abort { uncordon: false }),
+            ("not forced, the cordon failed", &plain, false, false, AfterDrainFailure::Abort { uncordon: false }),
+        ];
+        for (name, policy, cordoned, by_kured, want) in cases {
+            assert_eq!(after_drain_failure(policy, cordoned, by_kured), want, "{name}");
+        }
     }
 }

@@ -53,7 +53,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::node::is_transient;
+use crate::kube_error::{is_transient, retry_pause};
 use crate::selector::LabelSelector;
 
 /// Evictions in flight at once. Each one makes the API server check and update the pod's
@@ -352,8 +352,14 @@ impl Drainer {
     /// Evicts the pods on `node` and waits until they are gone. The node should be cordoned
     /// first, or evicted pods may be scheduled right back onto it.
     pub async fn drain(&self, node: &str) -> Result<DrainSummary> {
+        self.drain_by(node, self.settings.timeout.map(|t| Instant::now() + t))
+            .await
+    }
+
+    /// [`Drainer::drain`], with the `--drain-timeout` deadline counted from an earlier moment
+    /// (the cordon's first attempt), so that retrying the cordon does not extend it.
+    pub async fn drain_by(&self, node: &str, deadline: Option<Instant>) -> Result<DrainSummary> {
         let started = Instant::now();
-        let deadline = self.settings.timeout.map(|t| started + t);
         let timed_out = |remaining: Vec<PodRef>| DrainError::Timeout {
             node: node.to_owned(),
             timeout: self.settings.timeout.unwrap_or_default(),
@@ -361,7 +367,7 @@ impl Drainer {
         };
         info!(node = %node, selector = %self.settings.pod_selector, "draining");
 
-        let Some(planned) = until(deadline, self.plan(node)).await else {
+        let Some(planned) = until(deadline, self.plan_retrying(node)).await else {
             return Err(timed_out(Vec::new()));
         };
         let Plan { to_evict, skipped } = planned?;
@@ -406,6 +412,21 @@ impl Drainer {
             "drained"
         );
         Ok(summary)
+    }
+
+    /// [`Drainer::plan`], again after transient API errors (the caller bounds it by the deadline).
+    async fn plan_retrying(&self, node: &str) -> Result<Plan> {
+        let mut attempt = 1;
+        loop {
+            match self.plan(node).await {
+                Err(e) if e.is_retryable() => {
+                    warn!(node = %node, error = %crate::error_chain(&e), attempt, "listing the node's pods failed; retrying");
+                    tokio::time::sleep(retry_pause(attempt)).await;
+                    attempt += 1;
+                }
+                planned => return planned,
+            }
+        }
     }
 
     /// Lists the node's pods and sorts them into those to evict and those to leave.
@@ -650,30 +671,38 @@ async fn evict(
             }
             Some(Err(e)) => e,
         };
-        let kube::Error::Api(status) = &error else {
-            return Err(failed(error));
-        };
-        match status.code {
-            404 => {
-                debug!(node = %node, pod = %pod, "already gone");
-                return Ok(Evicted::AlreadyGone);
-            }
-            // The UID precondition failed (the pod was replaced), or the API server lost a race
-            // updating the budget: find out which.
-            409 => match still_there(api, pod, uid, deadline).await.map_err(failed)? {
-                Some(false) => return Ok(Evicted::AlreadyGone),
-                Some(true) => {
-                    info!(node = %node, pod = %pod, reason = %status.message, "eviction conflicted; retrying");
+        match &error {
+            kube::Error::Api(status) => match status.code {
+                404 => {
+                    debug!(node = %node, pod = %pod, "already gone");
+                    return Ok(Evicted::AlreadyGone);
                 }
-                None => return Ok(Evicted::OutOfTime),
+                // The UID precondition failed (the pod was replaced), or the API server lost a
+                // race updating the budget: find out which.
+                409 => match still_there(api, pod, uid, deadline).await {
+                    Some(false) => return Ok(Evicted::AlreadyGone),
+                    Some(true) => {
+                        info!(node = %node, pod = %pod, reason = %status.message, "eviction conflicted; retrying");
+                    }
+                    None => return Ok(Evicted::OutOfTime),
+                },
+                429 => {
+                    info!(node = %node, pod = %pod, reason = %status.message, "eviction refused for now; retrying");
+                }
+                403 if is_namespace_terminating(status) => {
+                    // Evictions are refused in a namespace being deleted; the namespace's deletion
+                    // takes the pod anyway.
+                    debug!(node = %node, pod = %pod, "namespace terminating; retrying");
+                }
+                _ if is_transient(&error) => {
+                    warn!(node = %node, pod = %pod, error = %crate::error_chain(&error), "eviction failed for now; retrying");
+                }
+                _ => return Err(failed(error)),
             },
-            429 => {
-                info!(node = %node, pod = %pod, reason = %status.message, "eviction refused for now; retrying");
-            }
-            403 if is_namespace_terminating(status) => {
-                // Evictions are refused in a namespace being deleted; the namespace's deletion
-                // takes the pod anyway.
-                debug!(node = %node, pod = %pod, "namespace terminating; retrying");
+            // The request never got an answer (reset, refused, timed out): it may or may not
+            // have been carried out, and asking again is safe either way.
+            e if is_transient(e) => {
+                warn!(node = %node, pod = %pod, error = %crate::error_chain(e), "eviction request failed; retrying");
             }
             _ => return Err(failed(error)),
         }
@@ -683,7 +712,7 @@ async fn evict(
             return Ok(Evicted::OutOfTime);
         }
         tokio::time::sleep_until(retry_at).await;
-        match still_there(api, pod, uid, deadline).await.map_err(failed)? {
+        match still_there(api, pod, uid, deadline).await {
             Some(true) => {}
             Some(false) => return Ok(Evicted::AlreadyGone),
             None => return Ok(Evicted::OutOfTime),
@@ -691,19 +720,26 @@ async fn evict(
     }
 }
 
-/// Whether the pod with this UID still exists; `None` if the deadline passed first.
-async fn still_there(
-    api: &Api<Pod>,
-    pod: &PodRef,
-    uid: &str,
-    deadline: Option<Instant>,
-) -> Result<Option<bool>, kube::Error> {
-    match until(deadline, api.get_opt(&pod.name)).await {
-        None => Ok(None),
-        Some(Ok(current)) => Ok(Some(
-            current.is_some_and(|p| p.metadata.uid.as_deref() == Some(uid)),
-        )),
-        Some(Err(e)) => Err(e),
+/// Whether the pod with this UID still exists; `None` if the deadline passed first. Transient
+/// API errors are retried; any other error reads as "still there", which the eviction that
+/// follows settles.
+async fn still_there(api: &Api<Pod>, pod: &PodRef, uid: &str, deadline: Option<Instant>) -> Option<bool> {
+    let mut attempt = 1;
+    loop {
+        match until(deadline, api.get_opt(&pod.name)).await? {
+            Ok(current) => {
+                return Some(current.is_some_and(|p| p.metadata.uid.as_deref() == Some(uid)));
+            }
+            Err(e) if is_transient(&e) => {
+                debug!(pod = %pod, error = %crate::error_chain(&e), attempt, "reading the pod failed; retrying");
+                until(deadline, tokio::time::sleep(retry_pause(attempt))).await?;
+                attempt += 1;
+            }
+            Err(e) => {
+                debug!(pod = %pod, error = %crate::error_chain(&e), "reading the pod failed; evicting it again");
+                return Some(true);
+            }
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod decide;
 pub mod drain;
 pub mod duration;
 pub mod http;
+pub mod kube_error;
 pub mod lock;
 pub mod metrics;
 pub mod node;

@@ -32,11 +32,20 @@ use serde_json::{Value, json};
 use tracing::{debug, info};
 
 use crate::config::NodeLabel;
+use crate::kube_error::is_transient;
 
 /// Set, with the time the reboot was decided, while a reboot of the node is under way.
 pub const REBOOT_IN_PROGRESS: &str = "weave.works/kured-reboot-in-progress";
 /// The time a reboot of the node was last decided; stays after the reboot.
 pub const MOST_RECENT_REBOOT_NEEDED: &str = "weave.works/kured-most-recent-reboot-needed";
+/// Set by kured in the same write that cordons the node, with the time, and removed in the same
+/// write that uncordons it: the durable record that the cordon is kured's own. It outlives the
+/// lock entry (an expired TTL, a re-created DaemonSet), so a node kured cordoned is always
+/// returned to service, and a node someone else cordoned never is.
+pub const CORDONED_BY_KURED: &str = "kured.dev/cordoned";
+/// Where the kernel gives the ID of the current boot; the kubelet reports the same value as the
+/// Node's `status.nodeInfo.bootID`, but only once it has started and posted its status.
+pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 /// The effect of the `--prefer-no-schedule-taint` taint.
 pub const PREFER_NO_SCHEDULE: &str = "PreferNoSchedule";
 
@@ -126,16 +135,6 @@ impl NodeError {
 
 pub type Result<T, E = NodeError> = std::result::Result<T, E>;
 
-/// An API error that says nothing about the request itself: the server or the connection failed,
-/// or the server asked to come back later.
-pub(crate) fn is_transient(error: &kube::Error) -> bool {
-    match error {
-        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
-        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
-        _ => false,
-    }
-}
-
 /// The write lost a race: 409 for a stale resourceVersion, or 422 for a JSON Patch `test` that no
 /// longer holds. The API server reports a failed test as a bare 422 Invalid, without the field
 /// causes that a real validation error (also 422) lists.
@@ -150,7 +149,8 @@ fn is_contention(error: &kube::Error) -> bool {
 /// What [`OwnNode::cordon`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cordon {
-    /// The node was schedulable and is now cordoned.
+    /// The node is cordoned by kured: it was schedulable and is now cordoned, or kured had
+    /// cordoned it before (it carries [`CORDONED_BY_KURED`]).
     Cordoned,
     /// The node was already unschedulable, cordoned by someone else; nothing was written.
     AlreadyCordoned,
@@ -162,6 +162,28 @@ impl Cordon {
     pub fn was_unschedulable(self) -> bool {
         self == Cordon::AlreadyCordoned
     }
+}
+
+/// Whether the node carries kured's record of its own cordon ([`CORDONED_BY_KURED`]).
+pub fn cordoned_by_kured(node: &Node) -> bool {
+    has_annotation(node, CORDONED_BY_KURED)
+}
+
+/// The boot ID the kernel reports ([`BOOT_ID_PATH`]), the same value the kubelet reports once it
+/// has posted the Node's status after a boot.
+pub fn local_boot_id() -> std::io::Result<String> {
+    boot_id_from(std::path::Path::new(BOOT_ID_PATH))
+}
+
+fn boot_id_from(path: &std::path::Path) -> std::io::Result<String> {
+    let id = std::fs::read_to_string(path)?.trim().to_owned();
+    if id.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(id)
 }
 
 /// Whether the node is cordoned.
@@ -223,61 +245,92 @@ impl OwnNode {
         Ok(boot_id(&self.get().await?).map(str::to_owned))
     }
 
-    /// Marks the node unschedulable, and says whether it already was.
+    /// Cordons the node and records, in the same write, that kured did ([`CORDONED_BY_KURED`]),
+    /// unless someone else had cordoned it already.
     pub async fn cordon(&self) -> Result<Cordon> {
-        let changed = self
-            .set_unschedulable(true)
+        let failed = |source| NodeError::Cordon {
+            node: self.name.clone(),
+            source,
+        };
+        let at = annotation_time(Timestamp::now());
+        let written = self
+            .set_unschedulable(|node| {
+                if is_unschedulable(node) {
+                    return None;
+                }
+                Some(json!({
+                    "metadata": { "annotations": { CORDONED_BY_KURED: at } },
+                    "spec": { "unschedulable": true },
+                }))
+            })
             .await
-            .map_err(|source| NodeError::Cordon {
-                node: self.name.clone(),
-                source,
-            })?;
-        if changed {
-            info!(node = %self.name, "cordoned");
-            Ok(Cordon::Cordoned)
-        } else {
-            info!(node = %self.name, "already cordoned");
-            Ok(Cordon::AlreadyCordoned)
+            .map_err(failed)?;
+        match written {
+            Written::Patched => {
+                info!(node = %self.name, "cordoned");
+                Ok(Cordon::Cordoned)
+            }
+            Written::Unchanged(node) if cordoned_by_kured(&node) => {
+                info!(node = %self.name, "already cordoned by kured");
+                Ok(Cordon::Cordoned)
+            }
+            Written::Unchanged(_) => {
+                info!(node = %self.name, "already cordoned by someone else; it stays cordoned after the reboot");
+                Ok(Cordon::AlreadyCordoned)
+            }
         }
     }
 
-    /// Marks the node schedulable; returns false if it already was.
+    /// Marks the node schedulable and removes kured's record of its cordon, in one write; returns
+    /// false if it was schedulable without the record already.
     pub async fn uncordon(&self) -> Result<bool> {
-        let changed = self
-            .set_unschedulable(false)
+        let written = self
+            .set_unschedulable(|node| {
+                if !is_unschedulable(node) && !cordoned_by_kured(node) {
+                    return None;
+                }
+                Some(json!({
+                    "metadata": { "annotations": { CORDONED_BY_KURED: null } },
+                    "spec": { "unschedulable": false },
+                }))
+            })
             .await
             .map_err(|source| NodeError::Uncordon {
                 node: self.name.clone(),
                 source,
             })?;
-        if changed {
-            info!(node = %self.name, "uncordoned");
-        } else {
-            debug!(node = %self.name, "already schedulable");
+        match written {
+            Written::Patched => {
+                info!(node = %self.name, "uncordoned");
+                Ok(true)
+            }
+            Written::Unchanged(_) => {
+                debug!(node = %self.name, "already schedulable");
+                Ok(false)
+            }
         }
-        Ok(changed)
     }
 
-    /// Sets `spec.unschedulable` if it differs; true if it was changed. The patch carries the
-    /// resourceVersion the decision was made on, so a concurrent change makes it fail and the
-    /// decision is made again.
-    async fn set_unschedulable(&self, unschedulable: bool) -> Result<bool, kube::Error> {
+    /// Applies the merge patch `change` builds from the current Node, if it builds one. The patch
+    /// carries the resourceVersion it was built on, so a concurrent change makes it fail and it is
+    /// built again from a fresh read.
+    async fn set_unschedulable(
+        &self,
+        change: impl Fn(&Node) -> Option<Value>,
+    ) -> Result<Written, kube::Error> {
         let mut attempt = 1;
         loop {
             let node = self.api.get(&self.name).await?;
-            if is_unschedulable(&node) == unschedulable {
-                return Ok(false);
-            }
-            let patch = json!({
-                "metadata": { "resourceVersion": node.metadata.resource_version },
-                "spec": { "unschedulable": unschedulable },
-            });
+            let Some(mut patch) = change(&node) else {
+                return Ok(Written::Unchanged(Box::new(node)));
+            };
+            patch["metadata"]["resourceVersion"] = json!(node.metadata.resource_version);
             match self
                 .api
                 .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok(Written::Patched),
                 Err(e) if is_contention(&e) && attempt < MAX_ATTEMPTS => {
                     debug!(node = %self.name, attempt, "node changed while setting unschedulable; re-reading");
                     tokio::time::sleep(RETRY_PAUSE * attempt).await;
@@ -417,6 +470,14 @@ impl OwnNode {
     }
 }
 
+/// What a conditional write of the Node did.
+enum Written {
+    /// Nothing needed writing; the Node as read.
+    Unchanged(Box<Node>),
+    /// The patch was applied.
+    Patched,
+}
+
 fn has_annotation(node: &Node, key: &str) -> bool {
     node.metadata
         .annotations
@@ -459,6 +520,23 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::NodeSpec;
     use kube::api::ObjectMeta;
+
+    #[test]
+    fn the_kernel_boot_id_is_read_trimmed_and_never_empty() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("boot_id");
+        std::fs::write(&path, "3f1c0d6e-4b1a-4c55-9c0e-0d5f2a1b7e11\n").expect("writing");
+        assert_eq!(
+            boot_id_from(&path).expect("a boot ID"),
+            "3f1c0d6e-4b1a-4c55-9c0e-0d5f2a1b7e11"
+        );
+        std::fs::write(&path, "\n").expect("writing");
+        let empty = boot_id_from(&path).expect_err("an empty file is no boot ID");
+        assert!(empty.to_string().contains("is empty"), "{empty}");
+        assert!(boot_id_from(&dir.path().join("missing")).is_err());
+        // On Linux the kernel always has one.
+        assert!(!local_boot_id().expect("the kernel's boot ID").is_empty());
+    }
 
     fn node(taints: &[(&str, &str)]) -> Node {
         Node {

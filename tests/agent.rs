@@ -336,3 +336,140 @@ async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
     );
     wait_for_reboot_cycle(&scope, &names[0], &filtered, 1, &first_boot).await;
 }
+
+/// Sets (or with `None` removes) the lock annotation, as an operator or another agent would.
+async fn set_lock_annotation(scope: &Scope, value: Option<&str>) {
+    let patch = json!({ "metadata": { "annotations": { LOCK: value } } });
+    scope
+        .api::<DaemonSet>()
+        .patch(
+            "kured",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("writing the lock annotation");
+}
+
+/// The lock entry of the node that cordoned this one is gone (its TTL ran out while the node was
+/// down, the annotation was removed by hand, the DaemonSet was re-created): kured's record of its
+/// cordon on the Node is enough for the node's agent to return it to service. A cordon without
+/// that record is someone else's and stays.
+#[tokio::test]
+async fn a_node_kured_cordoned_is_uncordoned_after_its_lock_entry_is_gone() {
+    let scope = Scope::new("agent-stranded").await;
+    let names = scope.create_nodes(2).await;
+    let agents = support::Agents::new(&scope).await;
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+    // Both cordoned; only the first with kured's record, as a cordon by kured leaves it.
+    for name in &names {
+        support::set_unschedulable(&scope, name, true).await;
+    }
+    let record = json!({ "metadata": { "annotations": { "kured.dev/cordoned": "2026-12-01T03:00:00Z" } } });
+    nodes
+        .patch(
+            &names[0],
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&record),
+        )
+        .await
+        .expect("recording kured's cordon");
+
+    let stranded = agents.start(&scope, &names[0], &[]);
+    let operators = agents.start(&scope, &names[1], &[]);
+    // Neither node needs a reboot: this is only about the cordon.
+    std::fs::remove_file(&stranded.sentinel).expect("removing the sentinel");
+    std::fs::remove_file(&operators.sentinel).expect("removing the sentinel");
+    eventually("kured's cordon to be lifted", Duration::from_secs(60), || async {
+        let node = nodes.get(&names[0]).await.ok()?;
+        let record = node.annotations().contains_key("kured.dev/cordoned");
+        (!support::unschedulable(&node) && !record).then_some(())
+    })
+    .await;
+    // The other agent has had as long, and more rounds (--period=3s): its node stays cordoned.
+    eventually("the other agent to go idle", Duration::from_secs(30), || async {
+        operators.log().contains("\"agent started\"").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let other = nodes.get(&names[1]).await.expect("the other node");
+    assert!(
+        support::unschedulable(&other),
+        "a cordon without kured's record is not kured's; log:\n{}",
+        operators.log()
+    );
+    assert_eq!(stranded.reboots() + operators.reboots(), 0);
+}
+
+/// The slot of a node that drained past its lock TTL may have gone to another node meanwhile; it
+/// must not reboot on a slot it no longer holds. Here the TTL runs out during `--drain-delay` and
+/// a manual hold takes the lock: the agent gives its node back instead of rebooting, and reboots
+/// once the lock is free again.
+#[tokio::test]
+async fn a_slot_lost_by_ttl_before_the_reboot_is_given_back() {
+    let scope = Scope::new("agent-ttl-lost").await;
+    let names = scope.create_nodes(1).await;
+    let agents = support::Agents::new(&scope).await;
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+    let sim = agents.start(&scope, &names[0], &["--lock-ttl=3s", "--drain-delay=10s"]);
+    eventually("the agent to take the lock", Duration::from_secs(60), || async {
+        lock_annotation(&scope).await.filter(|l| l.contains(&names[0]))
+    })
+    .await;
+    // Past the entry's TTL, another holder takes the slot, as a waiting agent would.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    set_lock_annotation(&scope, Some(r#"{"nodeID":"manual"}"#)).await;
+    eventually(
+        "the agent to give the node back",
+        Duration::from_secs(60),
+        || async { sim.log().contains("giving the node back").then_some(()) },
+    )
+    .await;
+    eventually("the node uncordoned", Duration::from_secs(30), || async {
+        let node = nodes.get(&names[0]).await.ok()?;
+        (!support::unschedulable(&node)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sim.reboots(),
+        0,
+        "no reboot on a lost slot; log:\n{}",
+        sim.log_tail(30)
+    );
+    assert_eq!(
+        lock_annotation(&scope).await.as_deref(),
+        Some(r#"{"nodeID":"manual"}"#),
+        "the new holder's lock is left alone"
+    );
+
+    let first_boot = support::first_boot_id(&scope, &names[0]).await;
+    set_lock_annotation(&scope, None).await;
+    let node = wait_for_reboot_cycle(&scope, &names[0], &sim, 1, &first_boot).await;
+    assert!(!support::unschedulable(&node));
+}
+
+/// A holder's TTL running out frees its slot without a write anyone could watch: a waiting agent
+/// must look again then, not a `--period` (here an hour) later.
+#[tokio::test]
+async fn a_waiting_agent_takes_the_lock_when_the_holder_expires() {
+    let scope = Scope::new("agent-ttl-wait").await;
+    let names = scope.create_nodes(2).await;
+    let agents = support::Agents::new(&scope).await;
+    // The holder is a real Node whose agent never comes back; its entry expires in 8 s.
+    let created = jiff::Timestamp::now().to_string();
+    let held = format!(
+        r#"{{"nodeID":"{}","metadata":{{"unschedulable":false}},"created":"{created}","TTL":8000000000}}"#,
+        names[1]
+    );
+    set_lock_annotation(&scope, Some(&held)).await;
+    let sim = agents.start(&scope, &names[0], &["--period=1h", "--lock-ttl=30m"]);
+    let first_boot = support::first_boot_id(&scope, &names[0]).await;
+    eventually(
+        "the agent to wait for the lock",
+        Duration::from_secs(30),
+        || async { sim.log().contains("waiting for the lock").then_some(()) },
+    )
+    .await;
+    assert_eq!(sim.reboots(), 0, "not before the holder's TTL ran out");
+    wait_for_reboot_cycle(&scope, &names[0], &sim, 1, &first_boot).await;
+}

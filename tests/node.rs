@@ -54,14 +54,40 @@ async fn cordon_and_uncordon_report_what_they_changed() {
     let own = OwnNode::new(scope.client.clone(), &name);
 
     assert_eq!(own.cordon().await.expect("cordoning"), Cordon::Cordoned);
-    assert!(node::is_unschedulable(&read(&nodes, &name).await));
-    assert_eq!(
-        own.cordon().await.expect("cordoning again"),
-        Cordon::AlreadyCordoned
+    let cordoned = read(&nodes, &name).await;
+    assert!(node::is_unschedulable(&cordoned));
+    assert!(
+        node::cordoned_by_kured(&cordoned),
+        "the cordon is recorded as kured's own"
     );
+    // A second cordon (an agent restarted mid-drain) finds kured's own cordon.
+    assert_eq!(own.cordon().await.expect("cordoning again"), Cordon::Cordoned);
     assert!(own.uncordon().await.expect("uncordoning"));
-    assert!(!node::is_unschedulable(&read(&nodes, &name).await));
+    let uncordoned = read(&nodes, &name).await;
+    assert!(!node::is_unschedulable(&uncordoned));
+    assert!(
+        !node::cordoned_by_kured(&uncordoned),
+        "the record goes with the cordon"
+    );
     assert!(!own.uncordon().await.expect("uncordoning again"));
+}
+
+/// The record outlives an operator's uncordon: the next uncordon removes it, and nothing else.
+#[tokio::test]
+async fn a_stale_cordon_record_is_removed_by_the_next_uncordon() {
+    let scope = Scope::new("node-stale-cordon").await;
+    let name = scope.create_nodes(1).await.remove(0);
+    let nodes: Api<Node> = Api::all(scope.client.clone());
+    let own = OwnNode::new(scope.client.clone(), &name);
+    own.cordon().await.expect("cordoning");
+    support::set_unschedulable(&scope, &name, false).await;
+    assert!(node::cordoned_by_kured(&read(&nodes, &name).await));
+    assert!(
+        own.uncordon().await.expect("uncordoning"),
+        "the record was removed"
+    );
+    let node = read(&nodes, &name).await;
+    assert!(!node::cordoned_by_kured(&node) && !node::is_unschedulable(&node));
 }
 
 #[tokio::test]
@@ -78,7 +104,12 @@ async fn cordoning_a_node_cordoned_by_someone_else_says_so() {
         .expect("cordoning");
     assert_eq!(cordon, Cordon::AlreadyCordoned);
     assert!(cordon.was_unschedulable());
-    assert!(node::is_unschedulable(&read(&nodes, &name).await));
+    let node = read(&nodes, &name).await;
+    assert!(node::is_unschedulable(&node));
+    assert!(
+        !node::cordoned_by_kured(&node),
+        "someone else's cordon is not recorded as kured's"
+    );
 }
 
 #[tokio::test]

@@ -5,13 +5,12 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::Scope;
-use support::observer::{LOCK_ANNOTATION, Observer, REBOOTING_LABEL, lock_holders};
+use support::observer::{Observer, REBOOTING_LABEL, lock_holders, write_lock};
 
 #[test]
 fn lock_holders_reads_both_forms() {
@@ -38,18 +37,6 @@ fn lock_holders_reads_both_forms() {
         let expected = expected.map(|v| v.into_iter().map(str::to_owned).collect::<Vec<_>>());
         assert_eq!(got, expected, "{text}");
     }
-}
-
-async fn set_lock(scope: &Scope, text: Option<&str>) {
-    scope
-        .api::<DaemonSet>()
-        .patch(
-            "kured",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "annotations": { LOCK_ANNOTATION: text } } })),
-        )
-        .await
-        .expect("setting the lock annotation");
 }
 
 /// Nodes and a lock changed by hand, as a misbehaving agent would: the observer counts the
@@ -96,11 +83,11 @@ async fn the_observer_records_too_many_cordons_and_holders() {
         .await;
 
     let two = r#"{"maxOwners":2,"locks":[{"nodeID":"a","TTL":0},{"nodeID":"b","TTL":0}]}"#;
-    set_lock(&scope, Some(two)).await;
+    write_lock(&scope, Some(two)).await;
     observer
         .until("two holders", Duration::from_secs(10), |s| s.holders.len() == 2)
         .await;
-    set_lock(&scope, None).await;
+    write_lock(&scope, None).await;
     observer
         .until("the lock gone", Duration::from_secs(10), |s| s.lock.is_none())
         .await;

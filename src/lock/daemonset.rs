@@ -251,20 +251,25 @@ impl DaemonSetLock {
             ..self.settings.clone()
         };
         let outcome = self
-            .update(|current, now| record::decide_release(current, &settings, now))
+            .update(false, |current, now| {
+                record::decide_release(current, &settings, now)
+            })
             .await?;
         info!(object = %self.object, node = %settings.node_id, ?outcome, "lock released without delay");
         Ok(outcome)
     }
 
+    /// `fresh`: decide the first attempt on a read from the API server rather than the watched
+    /// copy, for a decision nothing stale may enter.
     async fn update<T>(
         &self,
+        fresh: bool,
         mut decide: impl FnMut(Option<&str>, Timestamp) -> record::Result<Decision<T>> + Send,
     ) -> Result<T> {
         let mut attempt = 1;
         loop {
             // After a conflict the cache may still lag the write that won: read afresh.
-            let snapshot = if attempt == 1 {
+            let snapshot = if attempt == 1 && !fresh {
                 self.snapshot().await?
             } else {
                 self.fresh_snapshot().await?
@@ -289,6 +294,18 @@ impl DaemonSetLock {
                 }
                 Err(error) => return Err(error),
             }
+        }
+    }
+
+    fn log_acquire(&self, outcome: &Acquire) {
+        let node = &self.settings.node_id;
+        match outcome {
+            Acquire::Acquired(entry) => info!(object = %self.object, node = %node,
+                created = ?entry.created, "lock acquired"),
+            Acquire::AlreadyHeld(entry) => debug!(object = %self.object, node = %node,
+                created = ?entry.created, "lock already held"),
+            Acquire::Blocked { holders, limit, .. } => debug!(object = %self.object, node = %node,
+                holders = %node_ids(holders), limit, "lock held by other nodes"),
         }
     }
 
@@ -385,17 +402,22 @@ impl RebootLock for DaemonSetLock {
     async fn acquire(&self, claim: &Claim) -> Result<Acquire> {
         let settings = &self.settings;
         let outcome = self
-            .update(|current, now| record::decide_acquire(current, settings, claim, now))
+            .update(false, |current, now| {
+                record::decide_acquire(current, settings, claim, now)
+            })
             .await?;
-        let node = &settings.node_id;
-        match &outcome {
-            Acquire::Acquired(entry) => info!(object = %self.object, node = %node,
-                created = ?entry.created, "lock acquired"),
-            Acquire::AlreadyHeld(entry) => debug!(object = %self.object, node = %node,
-                created = ?entry.created, "lock already held"),
-            Acquire::Blocked { holders, limit, .. } => debug!(object = %self.object, node = %node,
-                holders = %node_ids(holders), limit, "lock held by other nodes"),
-        }
+        self.log_acquire(&outcome);
+        Ok(outcome)
+    }
+
+    async fn confirm(&self, claim: &Claim) -> Result<Acquire> {
+        let settings = &self.settings;
+        let outcome = self
+            .update(true, |current, now| {
+                record::decide_acquire(current, settings, claim, now)
+            })
+            .await?;
+        self.log_acquire(&outcome);
         Ok(outcome)
     }
 
@@ -418,7 +440,9 @@ impl RebootLock for DaemonSetLock {
     async fn release(&self) -> Result<Release> {
         let settings = &self.settings;
         let outcome = self
-            .update(|current, now| record::decide_release(current, settings, now))
+            .update(false, |current, now| {
+                record::decide_release(current, settings, now)
+            })
             .await?;
         let node = &settings.node_id;
         match outcome {

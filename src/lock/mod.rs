@@ -237,6 +237,11 @@ pub trait RebootLock {
     /// Takes a slot for our node, recording `claim`, unless our node already holds one.
     fn acquire(&self, claim: &Claim) -> impl Future<Output = Result<Acquire>> + Send;
 
+    /// [`RebootLock::acquire`] decided on a fresh read of the lock object (never a watched copy):
+    /// right before an irreversible step, to make sure the slot is still ours. Our live entry
+    /// answers [`Acquire::AlreadyHeld`]; an expired one of ours is renewed if a slot is free.
+    fn confirm(&self, claim: &Claim) -> impl Future<Output = Result<Acquire>> + Send;
+
     /// Our live entry, if our node holds the lock.
     fn holding(&self) -> impl Future<Output = Result<Option<LockEntry>>> + Send;
 

@@ -356,6 +356,9 @@ impl Drop for FaultProxy {
 
 impl Shared {
     fn drop_connections(&self) {
+        // Each open connection holds a receiver.
+        let open = u32::try_from(self.drops.receiver_count()).unwrap_or(u32::MAX);
+        self.dropped.fetch_add(open, Ordering::SeqCst);
         self.drops.send_modify(|n| *n += 1);
     }
 
@@ -450,11 +453,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream) {
     let serve = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     tokio::select! {
-        // First: at the end of a black hole its swallowed requests end their connections too.
-        biased;
-        _ = drops.changed() => {
-            shared.dropped.fetch_add(1, Ordering::SeqCst);
-        }
+        _ = drops.changed() => {}
         ending = end_rx.recv() => {
             if let Some(Ending::Reset) = ending {
                 let _ = twin.set_zero_linger();

@@ -356,8 +356,8 @@ impl SimulatedNode {
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg(format!("--ds-namespace={}", scope.namespace))
             .arg("--ds-name=kured")
-            // A test may choose its own period.
-            .args((!args.iter().any(|a| a.starts_with("--period"))).then_some("--period=3s"))
+            // A short period unless the test sets its own.
+            .args((!args.iter().any(|a| a.starts_with("--period="))).then_some("--period=3s"))
             .arg(format!("--reboot-sentinel={}", sentinel.display()))
             .arg("--metrics-host=127.0.0.1")
             .arg(format!("--metrics-port={port}"))
@@ -414,7 +414,7 @@ impl SimulatedNode {
     }
 
     /// How many agents node-init has started: the first, one after each reboot, and one after
-    /// each agent that was killed or exited.
+    /// each agent that was killed or exited (unless a reboot started one first).
     pub fn agent_starts(&self) -> usize {
         self.count("agent-start")
     }
@@ -422,6 +422,30 @@ impl SimulatedNode {
     /// How many agents [`SimulatedNode::kill_agent`] has killed.
     pub fn kills(&self) -> usize {
         self.count("kill")
+    }
+
+    /// What follows `tag` in each event line that starts with it.
+    fn tagged(&self, tag: &str) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter_map(|l| l.strip_prefix(tag))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The exit status of each agent that exited by itself (not killed, not rebooted).
+    pub fn agent_exits(&self) -> Vec<String> {
+        self.tagged("agent-exit ")
+    }
+
+    /// Whether an agent runs now: none does from a reboot, a kill or an exit until node-init
+    /// starts the next.
+    pub fn agent_running(&self) -> bool {
+        self.events()
+            .iter()
+            .rev()
+            .find(|l| *l == "agent-start" || *l == "reboot" || *l == "kill" || l.starts_with("agent-exit "))
+            .is_some_and(|l| l == "agent-start")
     }
 
     /// The node's boot ID as the node itself has it (what its agent reads from
@@ -550,11 +574,7 @@ impl SimulatedNode {
 impl SimulatedNode {
     /// The boot IDs node-init gave the Node, first boot first.
     pub fn boot_ids(&self) -> Vec<String> {
-        self.events()
-            .iter()
-            .filter_map(|l| l.strip_prefix("boot "))
-            .map(str::to_owned)
-            .collect()
+        self.tagged("boot ")
     }
 }
 
@@ -792,27 +812,23 @@ pub async fn create_deployment(scope: &Scope, name: &str, replicas: i32, node: O
         .expect("creating the Deployment");
 }
 
-/// A PodDisruptionBudget `name` in the scope that keeps at least `min_available` of the pods
-/// labelled `app=<app>`; returns once the disruption controller has counted them healthy, so
-/// that the budget is in force.
-pub async fn create_pdb(scope: &Scope, name: &str, app: &str, min_available: i32) {
+/// A PodDisruptionBudget `app` that keeps `min_available` pods of app `app`, once its status
+/// counts `healthy` of them.
+pub async fn create_pdb(scope: &Scope, app: &str, min_available: i32, healthy: i32) {
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": name },
+        "metadata": { "name": app },
         "spec": { "minAvailable": min_available, "selector": { "matchLabels": { "app": app } } },
     }))
     .expect("a valid PodDisruptionBudget");
-    let pdbs: Api<PodDisruptionBudget> = scope.api();
+    let pdbs = scope.api::<PodDisruptionBudget>();
     pdbs.create(&PostParams::default(), &pdb)
         .await
-        .unwrap_or_else(|e| panic!("creating PodDisruptionBudget {name}: {e}"));
+        .unwrap_or_else(|e| panic!("creating PodDisruptionBudget {app}: {e}"));
     eventually(
-        &format!("PodDisruptionBudget {name} to count {min_available} healthy pods"),
+        &format!("PodDisruptionBudget {app} to count {healthy} healthy pods"),
         Duration::from_secs(60),
-        || async {
-            let status = pdbs.get(name).await.ok()?.status?;
-            (status.current_healthy? >= min_available).then_some(())
-        },
+        || async { (pdbs.get(app).await.ok()?.status?.current_healthy == Some(healthy)).then_some(()) },
     )
     .await;
 }

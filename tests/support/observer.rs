@@ -48,6 +48,30 @@ pub fn lock_holders(text: &str) -> Result<Vec<String>, String> {
 /// set after the node's agent is gone.
 pub const REBOOTING_LABEL: &str = "kured.test/not-ready";
 
+/// The lock annotation as the API server has it now; `None` when absent.
+pub async fn read_lock(scope: &Scope) -> Option<String> {
+    let ds = scope
+        .api::<DaemonSet>()
+        .get("kured")
+        .await
+        .expect("reading the lock's DaemonSet");
+    ds.annotations().get(LOCK_ANNOTATION).cloned()
+}
+
+/// Sets the lock annotation to `text` (`None` removes it), as the admin.
+pub async fn write_lock(scope: &Scope, text: Option<&str>) {
+    let patch = serde_json::json!({ "metadata": { "annotations": { LOCK_ANNOTATION: text } } });
+    scope
+        .api::<DaemonSet>()
+        .patch(
+            "kured",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .expect("setting the lock annotation");
+}
+
 /// A Node as the observer last saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeState {
@@ -269,9 +293,10 @@ impl Observer {
     /// Waits, for at most `limit`, until everything has settled and stays so for a few seconds:
     /// no node cordoned by kured and the test's pre-cordoned nodes still cordoned, the lock free,
     /// each of `nodes` rebooted exactly as often as given and its Node reporting the boot ID its
-    /// last boot gave it, and no agent started more often than its reboots and kills explain (a
-    /// crash loop). Panics at once when the concurrency was exceeded or a node rebooted too often,
-    /// otherwise at the deadline, saying what was seen and with the tail of the agents' logs.
+    /// last boot gave it, its agent running, and no agent that exited by itself or started more
+    /// often than the reboots and kills explain (a crash loop). Panics at once when the
+    /// concurrency was exceeded, a node rebooted too often or an agent crashed, otherwise at the
+    /// deadline, saying what was seen and with the tail of the agents' logs.
     pub async fn assert_settled(&self, nodes: &[(&SimulatedNode, usize)], limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         let mut quiet_since: Option<tokio::time::Instant> = None;
@@ -338,12 +363,18 @@ impl Observer {
             if requests > reboots {
                 pending.push(format!("{name} has a reboot requested and not done yet"));
             }
-            if starts < 1 + reboots + kills {
-                pending.push(format!("{name}: its agent has not started again yet"));
+            let exits = sim.agent_exits();
+            if !exits.is_empty() {
+                fatal.push(format!(
+                    "{name}: agents exited by themselves, with status {exits:?}"
+                ));
             } else if starts > 1 + reboots + kills {
                 fatal.push(format!(
-                    "{name}: {starts} agent starts for {reboots} reboots and {kills} kills: an agent exited by itself"
+                    "{name}: {starts} agent starts for {reboots} reboots and {kills} kills"
                 ));
+            }
+            if !sim.agent_running() {
+                pending.push(format!("{name}: no agent runs now"));
             }
             let reported = seen
                 .now
@@ -371,9 +402,11 @@ impl Observer {
         for (sim, _) in nodes {
             if problems.iter().any(|p| p.contains(&sim.name)) {
                 report.push_str(&format!(
-                    "\n--- {}: events {:?}; last agent log lines:\n{}",
+                    "\n--- {}: {} reboots, {} kills, {} agent starts; last agent log lines:\n{}",
                     sim.name,
-                    (sim.reboots(), sim.kills(), sim.agent_starts()),
+                    sim.reboots(),
+                    sim.kills(),
+                    sim.agent_starts(),
                     sim.log_tail(20)
                 ));
             }

@@ -51,7 +51,7 @@ impl Rig {
 
     /// A PodDisruptionBudget that refuses every eviction of the pods, holding the drain back.
     pub async fn hold_the_drain(&self) {
-        super::create_pdb(&self.scope, "web", "web", 2).await;
+        super::create_pdb(&self.scope, "web", 2, 2).await;
     }
 
     /// Deletes the budget. Retried: the API server may still be recovering from a fault.
