@@ -287,3 +287,50 @@ async fn a_rolling_reboot_with_agents_killed_every_few_seconds() {
         observer.max_cordoned_by_kured()
     );
 }
+
+/// A kubelet stopping the pod mid-drain (a DaemonSet update) sends SIGTERM: the agent ends the
+/// round where it stands and exits well within the grace period, and the next agent resumes.
+#[tokio::test]
+async fn terminated_mid_drain_exits_at_once_and_the_next_agent_resumes() {
+    let case = OneNode::new("term-draining").await;
+    support::create_deployment(&case.scope, "pinned", 1, Some(&case.name)).await;
+    support::create_pdb(&case.scope, "pinned", 1, 1).await;
+    let options = NodeOptions {
+        termination_grace: Duration::from_secs(20),
+        ..NodeOptions::default()
+    };
+    let sim = case.start(&options, &[]);
+    eventually(
+        "the drain to be held by the budget",
+        Duration::from_secs(60),
+        || async {
+            sim.log()
+                .contains("eviction refused for now; retrying")
+                .then_some(())
+        },
+    )
+    .await;
+    let stopped = sim.terminate_agent().await;
+    assert_eq!(
+        stopped,
+        "terminated 0",
+        "the agent exits by itself on SIGTERM mid-drain; log:\n{}",
+        sim.log_tail(20)
+    );
+    assert!(
+        sim.log().contains("termination requested during a round"),
+        "{}",
+        sim.log_tail(20)
+    );
+
+    case.scope
+        .api::<PodDisruptionBudget>()
+        .patch(
+            "pinned",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "minAvailable": 0 } })),
+        )
+        .await
+        .expect("relaxing the budget");
+    case.observer.assert_settled(&[(&sim, 1)], SETTLE).await;
+}

@@ -280,6 +280,9 @@ pub struct NodeOptions {
     pub boot_id_delay: Duration,
     /// Before an agent that exited or was killed is started again.
     pub restart_delay: Duration,
+    /// How long an agent stopped by [`SimulatedNode::terminate_agent`] has to exit on SIGTERM
+    /// before it is killed.
+    pub termination_grace: Duration,
 }
 
 impl Default for NodeOptions {
@@ -289,6 +292,7 @@ impl Default for NodeOptions {
             reboot_delay: Duration::ZERO,
             boot_id_delay: Duration::ZERO,
             restart_delay: Duration::from_secs(1),
+            termination_grace: Duration::from_secs(30),
         }
     }
 }
@@ -374,6 +378,7 @@ impl SimulatedNode {
             .env("NODE_INIT_REBOOT_DELAY", seconds(options.reboot_delay))
             .env("NODE_INIT_BOOT_ID_DELAY", seconds(options.boot_id_delay))
             .env("NODE_INIT_RESTART_DELAY", seconds(options.restart_delay))
+            .env("NODE_INIT_TERMINATION_GRACE", seconds(options.termination_grace))
             .stdin(Stdio::null())
             .spawn()
             .expect("starting unshare (needs root)");
@@ -422,6 +427,12 @@ impl SimulatedNode {
     /// How many agents [`SimulatedNode::kill_agent`] has killed.
     pub fn kills(&self) -> usize {
         self.count("kill")
+    }
+
+    /// How many agents [`SimulatedNode::terminate_agent`] has stopped, on SIGTERM or killed after
+    /// the grace period.
+    pub fn terminations(&self) -> usize {
+        self.tagged("terminated ").len() + self.count("terminate-timeout")
     }
 
     /// What follows `tag` in each event line that starts with it.
@@ -502,6 +513,33 @@ impl SimulatedNode {
             move || async move { (self.kills() > before).then_some(()) },
         )
         .await;
+    }
+
+    /// Stops the node's agent as a kubelet stops a pod (a DaemonSet update, a pod deleted):
+    /// SIGTERM, then SIGKILL once the grace period has passed. Returns node-init's event for it:
+    /// `terminated <exit status>` when the agent exited by itself, or `terminate-timeout`.
+    pub async fn terminate_agent(&self) -> String {
+        let before = self.terminations();
+        let pid = self.node_init_pid();
+        let status = std::process::Command::new("kill")
+            .args(["-s", "USR2", &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(
+            status.success(),
+            "kill -s USR2 {pid} (node-init of {}) failed",
+            self.name
+        );
+        eventually(
+            &format!("node-init of {} to stop the agent", self.name),
+            Duration::from_secs(120),
+            move || async move { (self.terminations() > before).then_some(()) },
+        )
+        .await;
+        self.events()
+            .into_iter()
+            .rfind(|l| l.starts_with("terminate"))
+            .unwrap_or_default()
     }
 
     /// The status code of the agent's HTTP server's answer to `GET path` (`/healthz`,

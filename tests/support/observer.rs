@@ -368,9 +368,10 @@ impl Observer {
                 fatal.push(format!(
                     "{name}: agents exited by themselves, with status {exits:?}"
                 ));
-            } else if starts > 1 + reboots + kills {
+            } else if starts > 1 + reboots + kills + sim.terminations() {
                 fatal.push(format!(
-                    "{name}: {starts} agent starts for {reboots} reboots and {kills} kills"
+                    "{name}: {starts} agent starts for {reboots} reboots, {kills} kills and {} terminations",
+                    sim.terminations()
                 ));
             }
             if !sim.agent_running() {
