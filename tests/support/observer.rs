@@ -1,7 +1,8 @@
 //! An independent observer of a scope's reboots: it watches the scope's Nodes and the lock (the
 //! annotation on DaemonSet `kured` in the scope's namespace) with the admin client, never the
 //! agents' logs, and records continuously what must never happen, whatever faults a test injects:
-//! more nodes cordoned by kured, or more lock holders, than the concurrency allows. At the end,
+//! more nodes cordoned by kured, or more lock holders, than the concurrency allows; a node going
+//! down for its reboot while not cordoned. It also counts each node's cordons. At the end,
 //! [`Observer::assert_settled`] checks that everything came back.
 //!
 //! It sees what the API server tells its watches: a state that lasted shorter than a watch event
@@ -43,6 +44,10 @@ pub fn lock_holders(text: &str) -> Result<Vec<String>, String> {
     Ok(entries.into_iter().filter(|id| !id.is_empty()).collect())
 }
 
+/// The label node-init puts on a Node for as long as its simulated reboot keeps it down; it is
+/// set after the node's agent is gone.
+pub const REBOOTING_LABEL: &str = "kured.test/not-ready";
+
 /// The lock annotation as the API server has it now; `None` when absent.
 pub async fn read_lock(scope: &Scope) -> Option<String> {
     let ds = scope
@@ -73,6 +78,8 @@ pub struct NodeState {
     pub unschedulable: bool,
     /// `status.nodeInfo.bootID`.
     pub boot_id: String,
+    /// Down for a simulated reboot ([`REBOOTING_LABEL`]).
+    pub rebooting: bool,
 }
 
 /// What the observer sees now.
@@ -113,6 +120,8 @@ struct Seen {
     pre_cordoned: BTreeSet<String>,
     max_cordoned_by_kured: usize,
     max_holders: usize,
+    /// How often each node was seen going from schedulable to cordoned by kured.
+    cordons: BTreeMap<String, usize>,
     /// Everything seen that must never happen, each with what was seen then.
     violations: Vec<String>,
     nodes_synced: bool,
@@ -120,6 +129,23 @@ struct Seen {
 }
 
 impl Seen {
+    /// Takes in a node's new state: counts a cordon by kured, and records a node going down for
+    /// its reboot while not cordoned (kured reboots only a cordoned node: the agent is gone by
+    /// then, so nothing can have uncordoned it in between).
+    fn set_node(&mut self, name: String, state: NodeState) {
+        let before = self.now.nodes.get(&name);
+        let was_cordoned = before.is_some_and(|b| b.unschedulable);
+        let was_rebooting = before.is_some_and(|b| b.rebooting);
+        if state.unschedulable && !was_cordoned && !self.pre_cordoned.contains(&name) {
+            *self.cordons.entry(name.clone()).or_default() += 1;
+        }
+        if state.rebooting && !was_rebooting && !state.unschedulable {
+            let v = format!("{name} went down for a reboot while not cordoned");
+            self.violations.push(v);
+        }
+        self.now.nodes.insert(name, state);
+    }
+
     /// Checks the invariants against the state just seen.
     fn check(&mut self, limit: usize) {
         let cordoned: Vec<String> = self
@@ -235,6 +261,12 @@ impl Observer {
     /// The most lock holders at once so far.
     pub fn max_holders(&self) -> usize {
         self.seen().max_holders
+    }
+
+    /// How often `node` was seen going from schedulable to cordoned by kured so far: once per
+    /// reboot when nothing made the agent give the node back midway.
+    pub fn cordons(&self, node: &str) -> usize {
+        self.seen().cordons.get(node).copied().unwrap_or(0)
     }
 
     /// Everything seen so far that must never happen.
@@ -391,6 +423,7 @@ fn watch_nodes(scope: &Scope, limit: usize, seen: Arc<Mutex<Seen>>) -> tokio::ta
         let state = |node: &Node| NodeState {
             unschedulable: super::unschedulable(node),
             boot_id: super::boot_id(node),
+            rebooting: node.labels().contains_key(REBOOTING_LABEL),
         };
         // A relist (after a dropped watch) replaces what was known once it is complete.
         let mut relisted: BTreeMap<String, NodeState> = BTreeMap::new();
@@ -405,12 +438,14 @@ fn watch_nodes(scope: &Scope, limit: usize, seen: Arc<Mutex<Seen>>) -> tokio::ta
                     continue;
                 }
                 watcher::Event::InitDone => {
-                    seen.now.nodes = std::mem::take(&mut relisted);
+                    let listed = std::mem::take(&mut relisted);
+                    seen.now.nodes.retain(|name, _| listed.contains_key(name));
+                    for (name, node) in listed {
+                        seen.set_node(name, node);
+                    }
                     seen.nodes_synced = true;
                 }
-                watcher::Event::Apply(node) => {
-                    seen.now.nodes.insert(node.name_any(), state(&node));
-                }
+                watcher::Event::Apply(node) => seen.set_node(node.name_any(), state(&node)),
                 watcher::Event::Delete(node) => {
                     seen.now.nodes.remove(&node.name_any());
                 }
