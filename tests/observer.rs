@@ -12,7 +12,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::Scope;
-use support::observer::{Observer, STATE_ANNOTATION, lock_holders, write_lock};
+use support::observer::{Observer, REBOOTING_LABEL, STATE_ANNOTATION, lock_holders, write_lock};
 
 #[test]
 fn lock_holders_reads_both_forms() {
@@ -232,4 +232,47 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
         .unwrap_or_default()
+}
+
+/// A node cordoned, given back and cordoned again is two cordons; a node that goes down for a
+/// reboot (node-init's label) while schedulable is a violation, one that is cordoned is not.
+#[tokio::test]
+async fn the_observer_counts_cordons_and_records_a_reboot_while_schedulable() {
+    let scope = Scope::new("observer-reboot").await;
+    let names = scope.create_nodes(2).await;
+    support::create_lock_daemonset(&scope).await;
+    let observer = Observer::start(&scope, 2, &[]).await;
+    let set_rebooting = |name: String, on: bool| {
+        let nodes: Api<Node> = Api::all(scope.client.clone());
+        async move {
+            let value = on.then_some("true");
+            let patch = json!({ "metadata": { "labels": { REBOOTING_LABEL: value } } });
+            nodes
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .expect("labelling the node");
+        }
+    };
+
+    for cordoned in [true, false, true] {
+        support::set_unschedulable(&scope, &names[0], cordoned).await;
+        observer
+            .until("the cordon seen", Duration::from_secs(10), |s| {
+                s.cordoned(&names[0]) == cordoned
+            })
+            .await;
+    }
+    set_rebooting(names[0].clone(), true).await;
+    set_rebooting(names[1].clone(), true).await;
+    observer
+        .until("both nodes down", Duration::from_secs(10), |s| {
+            names.iter().all(|n| s.nodes.get(n).is_some_and(|n| n.rebooting))
+        })
+        .await;
+    assert_eq!((observer.cordons(&names[0]), observer.cordons(&names[1])), (2, 0));
+    let violations = observer.violations();
+    assert_eq!(
+        violations,
+        [format!("{} went down for a reboot while not cordoned", names[1])]
+    );
 }

@@ -4,8 +4,10 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod access;
+pub mod faultproxy;
 pub mod observer;
 pub mod prometheus;
+pub mod rig;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -321,9 +323,10 @@ impl Drop for SimulatedNode {
 }
 
 impl SimulatedNode {
-    /// Starts the agent for `node` with the credentials of `kubeconfig` and the lock on DaemonSet
-    /// `kured` in the scope's namespace, plus `args` (the reboot method among them). node-init
-    /// itself, which plays the node's kubelet, keeps using the admin kubeconfig.
+    /// Starts the agent for `node` with the credentials of `kubeconfig`, the lock on DaemonSet
+    /// `kured` in the scope's namespace and `--period=3s` (unless `args` set a period), plus
+    /// `args` (the reboot method among them). node-init itself, which plays the node's kubelet,
+    /// keeps using the admin kubeconfig.
     pub fn start_as(scope: &Scope, node: &str, kubeconfig: &std::path::Path, args: &[&str]) -> SimulatedNode {
         SimulatedNode::start_with(scope, node, kubeconfig, args, &NodeOptions::default())
     }
@@ -537,6 +540,36 @@ impl SimulatedNode {
             .into_iter()
             .rfind(|l| l.starts_with("terminate"))
             .unwrap_or_default()
+    }
+
+    /// The status code of the agent's HTTP server's answer to `GET path` (`/healthz`,
+    /// `/metrics`), read in full; or why it did not arrive within `limit`.
+    pub async fn probe(&self, path: &str, limit: Duration) -> Result<u16, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+                .await
+                .map_err(|e| format!("connecting to port {}: {e}", self.metrics_port))?;
+            let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .map_err(|e| format!("sending the request: {e}"))?;
+            let mut response = Vec::new();
+            stream
+                .read_to_end(&mut response)
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?;
+            let response = String::from_utf8_lossy(&response);
+            response
+                .split(' ')
+                .nth(1)
+                .and_then(|code| code.parse().ok())
+                .ok_or_else(|| format!("not an HTTP answer: {response:?}"))
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
     }
 
     /// The agent's `/metrics`, or why they could not be read.
@@ -762,8 +795,35 @@ impl Agents {
         options: &NodeOptions,
         extra_args: &[&str],
     ) -> SimulatedNode {
+        self.launch(scope, node, &self.kubeconfig, options, extra_args)
+    }
+
+    /// Like [`Agents::start`], but the agent reaches the API server through `proxy`, with the
+    /// same token.
+    pub fn start_through(
+        &self,
+        scope: &Scope,
+        node: &str,
+        proxy: &faultproxy::FaultProxy,
+        extra_args: &[&str],
+    ) -> SimulatedNode {
+        let kubeconfig = self
+            .kubeconfig
+            .with_file_name(format!("kured-via-{}.kubeconfig", proxy.port));
+        proxy.kubeconfig(&self.kubeconfig, &kubeconfig);
+        self.launch(scope, node, &kubeconfig, &NodeOptions::default(), extra_args)
+    }
+
+    fn launch(
+        &self,
+        scope: &Scope,
+        node: &str,
+        kubeconfig: &std::path::Path,
+        options: &NodeOptions,
+        extra_args: &[&str],
+    ) -> SimulatedNode {
         let args = [&["--reboot-method=signal"], extra_args].concat();
-        SimulatedNode::start_with(scope, node, &self.kubeconfig, &args, options)
+        SimulatedNode::start_with(scope, node, kubeconfig, &args, options)
     }
 }
 

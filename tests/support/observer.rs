@@ -1,10 +1,11 @@
 //! An independent observer of a scope's reboots: it watches the scope's Nodes and the lock (the
 //! annotation on DaemonSet `kured` in the scope's namespace) with the admin client, never the
 //! agents' logs, and records continuously what must never happen, whatever faults a test injects:
-//! more nodes cordoned by kured, or more lock holders, than the concurrency allows; optionally
-//! ([`Observer::watch_budget`]) fewer ready pods of a workload than its budget keeps. It also keeps
-//! each node's history: the boot IDs its Node reported and the phases its agent published. At the
-//! end, [`Observer::assert_settled`] checks that everything came back.
+//! more nodes cordoned by kured, or more lock holders, than the concurrency allows; a node going
+//! down for its reboot while not cordoned; optionally ([`Observer::watch_budget`]) fewer ready
+//! pods of a workload than its budget keeps. It also keeps each node's history: how often it was
+//! cordoned, the boot IDs its Node reported and the phases its agent published. At the end,
+//! [`Observer::assert_settled`] checks that everything came back.
 //!
 //! It sees what the API server tells its watches: a state that lasted shorter than a watch event
 //! takes to arrive, or that came and went while the API server was unreachable, can be missed.
@@ -48,6 +49,10 @@ pub fn lock_holders(text: &str) -> Result<Vec<String>, String> {
     };
     Ok(entries.into_iter().filter(|id| !id.is_empty()).collect())
 }
+
+/// The label node-init puts on a Node for as long as its simulated reboot keeps it down; it is
+/// set after the node's agent is gone.
+pub const REBOOTING_LABEL: &str = "kured.test/not-ready";
 
 /// The lock annotation as the API server has it now; `None` when absent.
 pub async fn read_lock(scope: &Scope) -> Option<String> {
@@ -93,6 +98,8 @@ pub struct NodeState {
     pub unschedulable: bool,
     /// `status.nodeInfo.bootID`.
     pub boot_id: String,
+    /// Down for a simulated reboot ([`REBOOTING_LABEL`]).
+    pub rebooting: bool,
     /// The phase the node's agent published last ([`STATE_ANNOTATION`]); `None` before any.
     pub phase: Option<String>,
 }
@@ -107,6 +114,7 @@ impl NodeState {
         NodeState {
             unschedulable: super::unschedulable(node),
             boot_id: super::boot_id(node),
+            rebooting: node.labels().contains_key(REBOOTING_LABEL),
             phase,
         }
     }
@@ -160,6 +168,8 @@ struct Seen {
     pre_cordoned: BTreeSet<String>,
     max_cordoned_by_kured: usize,
     max_holders: usize,
+    /// How often each node was seen going from schedulable to cordoned by kured.
+    cordons: BTreeMap<String, usize>,
     /// node → every boot ID its Node reported, in order (an unchanged one counted once).
     boot_ids: BTreeMap<String, Vec<String>>,
     /// node → every phase its agent published, in order (likewise).
@@ -204,8 +214,20 @@ impl Seen {
         }
     }
 
-    /// Takes `state` as node `name`'s now, adding to its history what is new.
+    /// Takes in a node's new state: counts a cordon by kured, records a node going down for its
+    /// reboot while not cordoned (kured reboots only a cordoned node: the agent is gone by then,
+    /// so nothing can have uncordoned it in between), and adds to the node's history what is new.
     fn set_node(&mut self, name: String, state: NodeState) {
+        let before = self.now.nodes.get(&name);
+        let was_cordoned = before.is_some_and(|b| b.unschedulable);
+        let was_rebooting = before.is_some_and(|b| b.rebooting);
+        if state.unschedulable && !was_cordoned && !self.pre_cordoned.contains(&name) {
+            *self.cordons.entry(name.clone()).or_default() += 1;
+        }
+        if state.rebooting && !was_rebooting && !state.unschedulable {
+            let v = format!("{name} went down for a reboot while not cordoned");
+            self.violations.push(v);
+        }
         let push = |history: &mut Vec<String>, value: &str| {
             if !value.is_empty() && history.last().map(String::as_str) != Some(value) {
                 history.push(value.to_owned());
@@ -357,6 +379,12 @@ impl Observer {
     /// `None` before, or when not watched.
     pub fn lowest_ready(&self, app: &str) -> Option<usize> {
         self.seen().budgets.get(app).and_then(|b| b.lowest)
+    }
+
+    /// How often `node` was seen going from schedulable to cordoned by kured so far: once per
+    /// reboot when nothing made the agent give the node back midway.
+    pub fn cordons(&self, node: &str) -> usize {
+        self.seen().cordons.get(node).copied().unwrap_or(0)
     }
 
     /// Everything seen so far that must never happen.
@@ -577,9 +605,10 @@ fn watch_nodes(scope: &Scope, limit: usize, seen: Arc<Mutex<Seen>>) -> tokio::ta
                     continue;
                 }
                 watcher::Event::InitDone => {
-                    seen.now.nodes.clear();
-                    for (name, state) in std::mem::take(&mut relisted) {
-                        seen.set_node(name, state);
+                    let listed = std::mem::take(&mut relisted);
+                    seen.now.nodes.retain(|name, _| listed.contains_key(name));
+                    for (name, node) in listed {
+                        seen.set_node(name, node);
                     }
                     seen.nodes_synced = true;
                 }

@@ -1,0 +1,50 @@
+//! The agent across a restart of the test cluster's etcd, mid-drain: the API server stays up but
+//! fails or stalls requests until etcd is back, and every watch starts over. Its own test binary,
+//! since the restart disturbs every client of the cluster: cargo runs test binaries one after
+//! another, so no other test runs meanwhile (run it only on a test cluster nobody else is using at
+//! the time). Needs `scripts/testcluster up` and root (for `unshare`).
+
+mod support;
+
+use std::path::PathBuf;
+
+use support::rig::Rig;
+
+/// The pid of the etcd the test cluster runs, from the pid file `scripts/testcluster` keeps.
+fn etcd_pid(run_dir: &std::path::Path) -> String {
+    let file = run_dir.join("pids/etcd.pid");
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()))
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_agent_finishes_its_cycle_across_an_etcd_restart_mid_drain() {
+    let rig = Rig::new("etcd-restart").await;
+    rig.hold_the_drain().await;
+    let sim = rig.start(&[]);
+    rig.draining(&sim).await;
+
+    let run_dir = support::kubeconfig_path()
+        .parent()
+        .map(PathBuf::from)
+        .expect("the test cluster's run directory");
+    let before = etcd_pid(&run_dir);
+    let restart =
+        tokio::process::Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/testcluster"))
+            .args(["restart", "etcd"])
+            .env("KURED_TESTCLUSTER_DIR", &run_dir)
+            .output()
+            .await
+            .expect("running scripts/testcluster restart etcd");
+    assert!(
+        restart.status.success(),
+        "scripts/testcluster restart etcd: {}",
+        String::from_utf8_lossy(&restart.stderr)
+    );
+    assert_ne!(etcd_pid(&run_dir), before, "etcd runs as a new process");
+
+    rig.let_the_drain_go().await;
+    rig.settled_after_one_drain(&sim).await;
+}
