@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use http::{Method, Uri};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{EvictParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{EvictParams, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use support::faultproxy::{Call, Fault, FaultProxy, Rule};
@@ -282,20 +282,17 @@ async fn status_faults_reach_the_client_as_api_errors_on_the_chosen_requests_onl
     assert_eq!(broken_watch.fired(), 1);
 
     // A subresource: evictions fail, the pod stays.
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": { "name": "victim" },
-        "spec": {
-            "nodeName": setup.node,
-            "containers": [{ "name": "c", "image": "registry.invalid/c:1" }],
-        },
-    }))
-    .expect("a valid Pod");
-    setup
-        .scope
-        .api::<Pod>()
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("creating the pod");
+    support::create::<Pod>(
+        &setup.scope,
+        json!({
+            "metadata": { "name": "victim" },
+            "spec": {
+                "nodeName": setup.node,
+                "containers": [{ "name": "c", "image": "registry.invalid/c:1" }],
+            },
+        }),
+    )
+    .await;
     let evictions = setup
         .proxy
         .inject(Rule::new("create", "pods/eviction", Fault::Status(503)));
