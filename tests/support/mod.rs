@@ -864,7 +864,9 @@ where
 }
 
 /// The DaemonSet `kured` in the scope's namespace, which carries the lock of the scope's agents.
-/// Its pods never run: the agents run under node-init instead.
+/// Its pods never run: the agents run under node-init instead. Returns once the DaemonSet
+/// controller has written the status of this generation, so that no write of its own changes
+/// the object's resourceVersion under a test afterwards.
 pub async fn create_lock_daemonset(scope: &Scope) {
     create::<k8s_openapi::api::apps::v1::DaemonSet>(
         scope,
@@ -882,6 +884,17 @@ pub async fn create_lock_daemonset(scope: &Scope) {
                 },
             },
         }),
+    )
+    .await;
+    let api = scope.api::<k8s_openapi::api::apps::v1::DaemonSet>();
+    eventually(
+        "the DaemonSet controller to observe the lock DaemonSet",
+        Duration::from_secs(60),
+        || async {
+            let ds = api.get("kured").await.ok()?;
+            let observed = ds.status.as_ref()?.observed_generation?;
+            (Some(observed) >= ds.metadata.generation).then_some(())
+        },
     )
     .await;
 }
