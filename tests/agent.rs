@@ -80,8 +80,8 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
         .await;
     let log = sim.log();
     eprintln!("{log}");
-    assert!(log.contains("\"message\":\"drained\""), "{log}");
-    assert!(log.contains("\"message\":\"lock released\""), "{log}");
+    assert!(log.contains("\"msg\":\"drained\""), "{log}");
+    assert!(log.contains("\"msg\":\"lock released\""), "{log}");
 }
 
 /// A sentinel command has no file to watch: the agent must look again every period, also while
