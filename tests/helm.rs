@@ -716,7 +716,13 @@ fn the_service_accounts_annotations_come_from_upstreams_key_and_ours() {
     };
     let identity = "iam.gke.io/gcp-service-account";
     assert_eq!(
-        annotations(&["--set", &format!("serviceAccount.extraAnnotations.{}=kured@p.iam", identity.replace('.', "\\."))]),
+        annotations(&[
+            "--set",
+            &format!(
+                "serviceAccount.extraAnnotations.{}=kured@p.iam",
+                identity.replace('.', "\\.")
+            )
+        ]),
         json!({ identity: "kured@p.iam" })
     );
     assert_eq!(
