@@ -607,16 +607,17 @@ impl<N: Notifier> Agent<N> {
             )
             .await;
         }
+        // As upstream: the delay first, then the drain's notification, sent as the drain starts.
+        if !self.config.drain_delay.is_zero() {
+            info!(node = %node_id, delay = ?self.config.drain_delay, "waiting before the drain");
+            tokio::time::sleep(self.config.drain_delay).await;
+        }
         self.notifier
             .notify(
                 Event::Drain,
                 &notify::render(&self.config.message_template_drain, node_id),
             )
             .await;
-        if !self.config.drain_delay.is_zero() {
-            info!(node = %node_id, delay = ?self.config.drain_delay, "waiting before the drain");
-            tokio::time::sleep(self.config.drain_delay).await;
-        }
         // Transient API errors are retried until the drain's deadline; without one, for a bounded
         // time, after which the cycle is given up and tried again later.
         let started = tokio::time::Instant::now();
@@ -716,9 +717,11 @@ impl<N: Notifier> Agent<N> {
         }
     }
 
-    /// Returns the node to service without a reboot: uncordon (if `uncordon`), then drop our lock
-    /// entry (if `release`), without the release delay — the node never went down. The lock is
-    /// kept until the uncordon has succeeded, so the node is never left cordoned without it.
+    /// Returns the node to service without a reboot: uncordon (if `uncordon`), put on the
+    /// post-reboot labels in place of the pre-reboot ones (as upstream does after a failed drain),
+    /// then drop our lock entry (if `release`), without the release delay — the node never went
+    /// down. The lock is kept until the uncordon has succeeded, so the node is never left cordoned
+    /// without it.
     async fn give_back(&self, uncordon: bool, release: bool) -> Wait {
         let node_id = &self.config.node_id;
         let retry = || Wait::For(ERROR_RETRY.min(self.period()));
@@ -734,6 +737,9 @@ impl<N: Notifier> Agent<N> {
                 error!(node = %node_id, error = %crate::error_chain(&e), "cannot uncordon; keeping the lock until it is done");
                 return retry();
             }
+        }
+        if let Err(e) = self.node.set_labels(&self.config.post_reboot_node_labels).await {
+            error!(node = %node_id, error = %crate::error_chain(&e), "setting post-reboot labels");
         }
         if self.config.annotate_nodes {
             self.best_effort(

@@ -137,7 +137,15 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
     support::create_deployment(&scope, "pinned", 1, Some(&names[0])).await;
     support::create_pdb(&scope, "pinned", 1, 1).await;
 
-    let sim = agents.start(&scope, &names[0], &["--drain-timeout=3s"]);
+    let sim = agents.start(
+        &scope,
+        &names[0],
+        &[
+            "--drain-timeout=3s",
+            "--pre-reboot-node-labels=kured=rebooting",
+            "--post-reboot-node-labels=kured=done",
+        ],
+    );
     sim.logged(
         "drain failed; giving the node back and releasing the lock",
         Duration::from_secs(60),
@@ -158,6 +166,15 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
         },
     )
     .await;
+    // As upstream: the node back in service carries the post-reboot labels, not the pre-reboot ones.
+    let node = nodes.get(&names[0]).await.expect("the node");
+    let label = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kured"))
+        .cloned();
+    assert_eq!(label.as_deref(), Some("done"), "{:?}", node.metadata.labels);
     assert_eq!(sim.reboots(), 0, "no reboot without --force-reboot");
     assert!(Path::new(&sim.sentinel).exists(), "the reboot is still needed");
 }

@@ -10,6 +10,7 @@
 mod deliver;
 mod request;
 pub mod target;
+mod template;
 
 use std::fmt;
 use std::future::Future;
@@ -22,6 +23,7 @@ use url::Url;
 
 pub use deliver::SendError;
 pub use target::{Target, TargetError};
+pub use template::render;
 
 use crate::config::Config;
 use crate::http::{self, HttpError};
@@ -66,12 +68,6 @@ impl Event {
 /// and report failures in logs and metrics, not to the caller.
 pub trait Notifier: Send + Sync {
     fn notify(&self, event: Event, message: &str) -> impl Future<Output = ()> + Send;
-}
-
-/// Upstream's `%s` substitution: the first `%s` becomes the node name (Go's `fmt.Sprintf` with
-/// one argument). A template without `%s` is sent as it is.
-pub fn render(template: &str, node: &str) -> String {
-    template.replacen("%s", node, 1)
 }
 
 /// A notifier that only logs each message.
@@ -409,17 +405,6 @@ fn rebase(url: &Url, base: &Url) -> Url {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn templates_substitute_the_node_name_like_upstream() {
-        assert_eq!(render("Draining node %s", "n1"), "Draining node n1");
-        assert_eq!(
-            render("Node %s rebooted & uncordoned successfully!", "n1"),
-            "Node n1 rebooted & uncordoned successfully!"
-        );
-        assert_eq!(render("no placeholder", "n1"), "no placeholder");
-        assert_eq!(render("%s and %s", "n1"), "n1 and %s");
-    }
 
     #[test]
     fn rebase_keeps_path_and_query() {
