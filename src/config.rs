@@ -41,10 +41,9 @@ impl Cli {
             .mut_subcommands(|sub| sub.mut_args(|a| a.hide_env_values(true)))
     }
 
-    /// Parses arguments and `KURED_*` environment variables, read now. As in upstream kured, which
-    /// reads the variables after the flags, a variable that is set (and not empty) wins over its
-    /// flag given on the command line (for repeatable flags: the variable's values replace the
-    /// flag's).
+    /// Parses arguments and `KURED_*` environment variables, read now. A variable that is set
+    /// (and not empty) and its flag given on the command line meet as in upstream kured, which
+    /// reads the variables after the flags (see [`Meeting`]).
     pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
     where
         I: IntoIterator<Item = T>,
@@ -53,15 +52,31 @@ impl Cli {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         let command = Self::command();
         let mut matches = command.clone().try_get_matches_from(&args)?;
-        let overridden = env_overrides(&command, &matches, |name| std::env::var_os(name));
-        if !overridden.is_empty() {
-            // Parsed again without those flags, so that clap takes their variables.
-            matches = command.try_get_matches_from(without_flags(&args, &overridden))?;
+        let met = env_overrides(&command, &matches, |name| std::env::var_os(name));
+        if met.iter().any(|o| o.meeting != Meeting::FlagWins) {
+            // Parsed again with the variables' part applied to the command line.
+            matches = command.try_get_matches_from(with_variables(&args, &met))?;
         }
         let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
-        cli.env_overrides = overridden.iter().filter_map(Override::warning).collect();
+        cli.env_overrides = met.iter().filter_map(Override::warning).collect();
         Ok(cli)
     }
+}
+
+/// What becomes of a flag given on the command line when its `KURED_*` variable is set too,
+/// following upstream, which sets each flag again from its variable after parsing the command
+/// line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Meeting {
+    /// A single-valued flag: the variable's value replaces the flag's.
+    VariableWins,
+    /// A comma-separated list (`--reboot-days`, the node-label flags): the variable's values
+    /// are added after the flag's, as setting a list flag again does in upstream.
+    Appended,
+    /// A repeatable flag whose values may contain commas (`--notify-url`,
+    /// `--blocking-pod-selector`): upstream never reads these variables, so the flag's values
+    /// stand; the variable counts only when the flag is not given.
+    FlagWins,
 }
 
 /// A flag given on the command line whose `KURED_*` variable is set too.
@@ -69,6 +84,7 @@ impl Cli {
 struct Override {
     long: String,
     variable: String,
+    meeting: Meeting,
     /// Whether `--long VALUE` takes the next argument as its value (flags with an optional
     /// value take it only as `--long=VALUE`).
     takes_next: bool,
@@ -97,16 +113,19 @@ impl Override {
             return None;
         }
         let (variable, long) = (&self.variable, &self.long);
+        let outcome = match self.meeting {
+            Meeting::VariableWins => "the variable's value is used, as in upstream kured",
+            Meeting::Appended => "the variable's values are added to the flag's, as in upstream kured",
+            Meeting::FlagWins => "the flag's values are used: upstream kured never reads this variable",
+        };
         Some(if SECRET_FLAGS.contains(&long.as_str()) {
             format!(
-                "{variable} overrides --{long}, whose value differs (neither shown: they may hold \
-                 credentials); a KURED_* variable wins over its flag, as in upstream kured"
+                "both {variable} and --{long} are set, to different values (not shown: they may hold credentials); {outcome}"
             )
         } else {
             let given: Vec<String> = given.iter().map(|v| format!("--{long}={v:?}")).collect();
             format!(
-                "{variable}={from_variable:?} overrides {}; a KURED_* variable wins over its flag, as in \
-                 upstream kured",
+                "both {variable}={from_variable:?} and {} are set; {outcome}",
                 given.join(" ")
             )
         })
@@ -144,39 +163,49 @@ fn env_overrides(
             let optional_value = arg.get_num_args().is_some_and(|n| n.min_values() == 0);
             let takes_next =
                 arg.get_action().takes_values() && !optional_value && !arg.is_require_equals_set();
+            let delimiter = arg.get_value_delimiter();
+            let meeting = match (arg.get_action(), delimiter) {
+                (clap::ArgAction::Append, Some(_)) => Meeting::Appended,
+                (clap::ArgAction::Append, None) => Meeting::FlagWins,
+                _ => Meeting::VariableWins,
+            };
             Some(Override {
                 long: long.to_owned(),
                 variable: variable.to_owned(),
+                meeting,
                 takes_next,
                 flag_values,
                 variable_value,
-                delimiter: arg.get_value_delimiter(),
+                delimiter,
             })
         })
         .collect()
 }
 
-/// `args` without every occurrence of the overridden flags (`--long=VALUE`, or `--long` and, for
-/// a flag that takes one, the value after it). Nothing after `--` is touched.
-fn without_flags(args: &[OsString], overridden: &[Override]) -> Vec<OsString> {
+/// `args` with the variables of `met` applied: the flags a variable wins over removed (each
+/// `--long=VALUE`, or `--long` and, for a flag that takes one, the value after it, so that clap
+/// takes the variable), and `--long=VALUE` added for the lists a variable adds to. Nothing after
+/// `--` is touched.
+fn with_variables(args: &[OsString], met: &[Override]) -> Vec<OsString> {
     let mut kept = Vec::with_capacity(args.len());
     let mut rest = args.iter();
+    let mut after_separator = Vec::new();
     while let Some(arg) = rest.next() {
         if arg == "--" {
-            kept.push(arg.clone());
-            kept.extend(rest.by_ref().cloned());
+            after_separator.push(arg.clone());
+            after_separator.extend(rest.by_ref().cloned());
             break;
         }
         let text = arg.to_string_lossy();
         let named = text
             .strip_prefix("--")
             .map(|s| s.split_once('=').map_or((s, false), |(n, _)| (n, true)));
-        match named.and_then(|(name, with_value)| {
-            overridden
-                .iter()
-                .find(|o| o.long == name)
+        let replaced = named.and_then(|(name, with_value)| {
+            met.iter()
+                .find(|o| o.long == name && o.meeting == Meeting::VariableWins)
                 .map(|o| (o, with_value))
-        }) {
+        });
+        match replaced {
             Some((o, false)) if o.takes_next => {
                 rest.next();
             }
@@ -184,6 +213,12 @@ fn without_flags(args: &[OsString], overridden: &[Override]) -> Vec<OsString> {
             None => kept.push(arg.clone()),
         }
     }
+    for o in met.iter().filter(|o| o.meeting == Meeting::Appended) {
+        let mut added = OsString::from(format!("--{}=", o.long));
+        added.push(&o.variable_value);
+        kept.push(added);
+    }
+    kept.extend(after_separator);
     kept
 }
 
@@ -1266,7 +1301,7 @@ mod tests {
     }
 
     #[test]
-    fn a_variable_set_beside_its_flag_is_found_with_the_flag_values() {
+    fn a_variable_set_beside_its_flag_meets_it_as_upstream_has_them_meet() {
         let found = overrides(
             &[
                 "kured",
@@ -1274,31 +1309,59 @@ mod tests {
                 "--reboot-days",
                 "mo",
                 "--reboot-days=tu",
+                "--blocking-pod-selector=app=batch,tier=db",
+                "--post-reboot-node-labels=kured=done",
                 "--ds-name=kured",
             ],
             &[
                 ("KURED_PERIOD", "5m"),
                 ("KURED_REBOOT_DAYS", "mo,tu"),
+                ("KURED_BLOCKING_POD_SELECTOR", "app=other"),
+                ("KURED_POST_REBOOT_NODE_LABELS", "zone=a"),
                 ("KURED_DRAIN_DELAY", "1m"),
                 ("KURED_DS_NAME", ""),
             ],
         );
-        let found: Vec<_> = found.iter().map(|o| (o.long.as_str(), o.warning())).collect();
+        let found: Vec<_> = found
+            .iter()
+            .map(|o| (o.long.as_str(), o.meeting, o.warning()))
+            .collect();
         assert_eq!(
             found,
             [
                 (
                     "period",
+                    Meeting::VariableWins,
                     Some(
-                        "KURED_PERIOD=\"5m\" overrides --period=\"10m\"; a KURED_* variable wins over its flag, \
+                        "both KURED_PERIOD=\"5m\" and --period=\"10m\" are set; the variable's value is used, \
                          as in upstream kured"
                             .to_owned()
                     )
                 ),
+                (
+                    "blocking-pod-selector",
+                    Meeting::FlagWins,
+                    Some(
+                        "both KURED_BLOCKING_POD_SELECTOR=\"app=other\" and \
+                         --blocking-pod-selector=\"app=batch,tier=db\" are set; the flag's values are used: \
+                         upstream kured never reads this variable"
+                            .to_owned()
+                    )
+                ),
                 // The same days, written once as a list: nothing to warn about.
-                ("reboot-days", None),
+                ("reboot-days", Meeting::Appended, None),
+                (
+                    "post-reboot-node-labels",
+                    Meeting::Appended,
+                    Some(
+                        "both KURED_POST_REBOOT_NODE_LABELS=\"zone=a\" and \
+                         --post-reboot-node-labels=\"kured=done\" are set; the variable's values are added \
+                         to the flag's, as in upstream kured"
+                            .to_owned()
+                    )
+                ),
             ],
-            "a variable without its flag (drain delay) or empty (ds name) overrides nothing"
+            "a variable without its flag (drain delay) or empty (ds name) meets nothing"
         );
         let subcommand = overrides(
             &["kured", "status", "--ds-namespace=a"],
@@ -1312,24 +1375,36 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_flag_overridden_is_named_without_its_values() {
+    fn a_secret_flag_met_by_its_variable_is_named_without_its_values() {
         let found = overrides(
-            &["kured", "--notify-url=slack://t0ken@chan"],
-            &[("KURED_NOTIFY_URL", "slack://other-t0ken@chan")],
+            &["kured", "--prometheus-url=http://u:pa55@prom:9090"],
+            &[("KURED_PROMETHEUS_URL", "http://u:other-pa55@prom:9090")],
         );
         let warning = found.first().and_then(Override::warning).expect("a warning");
-        assert!(!warning.contains("t0ken"), "{warning}");
+        assert!(!warning.contains("pa55"), "{warning}");
         assert!(
-            warning.starts_with("KURED_NOTIFY_URL overrides --notify-url"),
+            warning.starts_with("both KURED_PROMETHEUS_URL and --prometheus-url are set"),
             "{warning}"
         );
     }
 
     #[test]
-    fn overridden_flags_are_removed_in_each_form_and_nothing_else() {
+    fn the_variables_are_applied_to_the_command_line_in_each_form() {
         let found = overrides(
-            &["kured", "--period", "10m", "--force-reboot"],
-            &[("KURED_PERIOD", "5m"), ("KURED_FORCE_REBOOT", "false")],
+            &[
+                "kured",
+                "--period",
+                "10m",
+                "--force-reboot",
+                "--reboot-days=mo",
+                "--notify-url=generic://a",
+            ],
+            &[
+                ("KURED_PERIOD", "5m"),
+                ("KURED_FORCE_REBOOT", "false"),
+                ("KURED_REBOOT_DAYS", "tu,we"),
+                ("KURED_NOTIFY_URL", "generic://b"),
+            ],
         );
         // Flags with an optional value take it only after `=`: the argument after one stays.
         let args = os(&[
@@ -1338,14 +1413,23 @@ mod tests {
             "10m",
             "--force-reboot",
             "n2",
-            "--node-id=n1",
+            "--reboot-days=mo",
+            "--notify-url=generic://a",
             "--period=1m",
             "--",
             "--period=1s",
         ]);
         assert_eq!(
-            without_flags(&args, &found),
-            os(&["kured", "n2", "--node-id=n1", "--", "--period=1s"])
+            with_variables(&args, &found),
+            os(&[
+                "kured",
+                "n2",
+                "--reboot-days=mo",
+                "--notify-url=generic://a",
+                "--reboot-days=tu,we",
+                "--",
+                "--period=1s"
+            ])
         );
     }
 
