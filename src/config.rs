@@ -481,10 +481,10 @@ pub struct AgentArgs {
     )]
     pub message_template_uncordon: String,
 
-    /// Log format
+    /// Log format: text, or json keyed time, level, msg as upstream
     #[arg(long, env = "KURED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Address to serve /metrics and /healthz on (default: all interfaces)
+    /// Address to serve /metrics and /healthz on (default: every IPv6 and IPv4 address)
     #[arg(long, env = "KURED_METRICS_HOST", default_value = "")]
     pub metrics_host: String,
     /// Port to serve /metrics and /healthz on
