@@ -805,7 +805,7 @@ fn lock_ttl_warning(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::target::SlackDest;
+    use crate::notify::services::slack::{Slack, SlackDest};
 
     /// Serialises the tests that build the command line: clap reads `KURED_*` variables when it
     /// builds the command, and one test sets them.
@@ -1024,9 +1024,10 @@ mod tests {
         assert!(c.prefer_no_schedule_taint.is_none());
         assert!(c.rebooter.describe().contains("/bin/systemctl reboot"));
         // `--notify-url=""` is no URL, so the deprecated hook URL is used, as given.
-        let [Target::Slack(slack)] = c.notify_targets.as_slice() else {
-            panic!("one Slack target: {:?}", c.notify_targets)
+        let [target] = c.notify_targets.as_slice() else {
+            panic!("one target: {:?}", c.notify_targets)
         };
+        let slack = target.service::<Slack>().expect("a Slack target");
         assert_eq!(
             slack.dest,
             SlackDest::Webhook(url::Url::parse("https://hooks.slack.com/...").expect("a URL"))
@@ -1275,9 +1276,9 @@ mod tests {
         ]);
         let schemes: Vec<&str> = c.notify_targets.iter().map(Target::scheme).collect();
         assert_eq!(schemes, ["slack", "discord"]);
-        let Target::Slack(slack) = &c.notify_targets[0] else {
-            panic!("not slack: {:?}", c.notify_targets[0])
-        };
+        let slack = c.notify_targets[0]
+            .service::<Slack>()
+            .unwrap_or_else(|| panic!("not slack: {:?}", c.notify_targets[0]));
         assert_eq!(
             (slack.username.as_deref(), slack.channel.as_deref()),
             (Some("kured"), Some("#ops"))
