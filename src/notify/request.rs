@@ -44,6 +44,12 @@ impl HttpRequest {
         HttpRequest::json(Method::POST, url, body)
     }
 
+    /// Adds a header.
+    pub(crate) fn header(mut self, name: &str, value: impl Into<String>) -> HttpRequest {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
     /// The body as JSON, for tests and error messages.
     #[cfg(test)]
     pub fn json_body(&self) -> Value {
