@@ -560,24 +560,93 @@ fn kured_notify_reports_each_url_and_exits_0_only_if_all_got_it() {
 }
 
 #[test]
-fn bad_notify_urls_exit_2_naming_the_scheme_and_not_the_secret() {
-    for args in [
-        vec!["notify", "--notify-url=pushover://shoutrrr:S3CRET@user"],
-        vec!["--node-id=n1", "--notify-url=pushover://shoutrrr:S3CRET@user"],
-    ] {
-        let out = kured().args(&args).output().expect("runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(
-            stderr.contains("unknown notification scheme \"pushover\""),
-            "{stderr}"
-        );
-        assert!(!stderr.contains("S3CRET"), "{stderr}");
-    }
+fn kured_notify_refuses_a_bad_url_naming_the_scheme_and_not_the_secret() {
+    let out = kured()
+        .args(["notify", "--notify-url=nosuch://shoutrrr:S3CRET@user"])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("unknown notification scheme \"nosuch\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("S3CRET"), "{stderr}");
     let out = kured().arg("notify").output().expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--notify-url"));
+}
+
+/// A notification URL that cannot be used never stops the agent: it starts (and gets as far as
+/// its kubeconfig), logging the URL redacted with the reason.
+#[test]
+fn the_agent_starts_with_a_bad_notify_url_and_logs_it() {
+    let out = kured()
+        .args([
+            "--node-id=n1",
+            "--notify-url=nosuch://shoutrrr:S3CRET@user",
+            "--notify-url=gotify://gotify.example.com/S3CRETTOOSHORT",
+            "--kubeconfig=/nonexistent/kubeconfig",
+        ])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--kubeconfig /nonexistent/kubeconfig"),
+        "{stderr}"
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.iter().any(
+            |l| l.contains("invalid --notify-url \"nosuch://user/<redacted>\"")
+                && l.contains("unknown notification scheme \"nosuch\"")
+        ),
+        "{stderr}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("gotify") && l.contains("application token")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("S3CRET"), "{stderr}");
+}
+
+/// The agent's notifier with a URL that cannot be used: every message to it is counted as
+/// failed under its scheme (`unknown` for an unknown one), the other URLs get theirs.
+#[tokio::test]
+async fn each_message_to_an_unusable_url_is_counted_as_failed() {
+    let server = HttpReceiver::start();
+    let port = server.addr.port();
+    let cli = kured::config::Cli::parse_from([
+        "kured",
+        "--node-id=n1",
+        "--notify-url=nosuch://shoutrrr:S3CRET@user",
+        "--notify-url=gotify://gotify.example.com/tooshort",
+        &format!("--notify-url=generic+http://127.0.0.1:{port}/hook"),
+    ])
+    .expect("parses");
+    let config = cli
+        .agent
+        .validate()
+        .expect("a bad notification URL does not stop the agent");
+    assert_eq!(config.errors.len(), 2, "{:?}", config.errors);
+    let failures = NotificationFailures::default();
+    let n = Notifications::from_config(&config, failures.clone()).expect("a notifier");
+    assert_eq!((failures.get("unknown"), failures.get("gotify")), (0, 0));
+    for event in [Event::Drain, Event::Reboot] {
+        n.notify(event, MESSAGE).await;
+    }
+    assert_eq!((failures.get("unknown"), failures.get("gotify")), (2, 2));
+    assert_eq!((failures.get("generic")), 0);
+    assert_eq!(server.requests_to("/hook").len(), 2, "the good URL got both");
+    let d = n.send(TITLE, MESSAGE).await;
+    let failure = d[0].result.clone().expect_err("unusable");
+    assert!(failure.error.contains("cannot be used"), "{failure}");
+    assert!(failure.error.contains("unknown notification scheme"), "{failure}");
+    assert!(!format!("{} {failure}", d[0].target).contains("S3CRET"));
 }
 
 /// Sends one message to `url` through a loopback receiver and checks it got through once.
