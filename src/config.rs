@@ -1,6 +1,8 @@
 //! Command line and environment: every upstream kured flag with its upstream default, each also
-//! settable as `KURED_<FLAG_IN_UPPER_SNAKE>`, parsed once and validated once into [`Config`].
+//! settable as `KURED_<FLAG_IN_UPPER_SNAKE>` (which wins over the flag, as upstream's does),
+//! parsed once and validated once into [`Config`].
 
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,6 +26,10 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub agent: AgentArgs,
+    /// Warnings about `KURED_*` variables that replaced a different value given to their flag on
+    /// the command line; shown once logging is set up.
+    #[arg(skip)]
+    pub env_overrides: Vec<String>,
 }
 
 impl Cli {
@@ -35,15 +41,150 @@ impl Cli {
             .mut_subcommands(|sub| sub.mut_args(|a| a.hide_env_values(true)))
     }
 
-    /// Parses arguments (and `KURED_*` environment variables, read now).
+    /// Parses arguments and `KURED_*` environment variables, read now. As in upstream kured, which
+    /// reads the variables after the flags, a variable that is set (and not empty) wins over its
+    /// flag given on the command line (for repeatable flags: the variable's values replace the
+    /// flag's).
     pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
     where
         I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
+        T: Into<OsString> + Clone,
     {
-        let matches = Self::command().try_get_matches_from(args)?;
-        <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let command = Self::command();
+        let mut matches = command.clone().try_get_matches_from(&args)?;
+        let overridden = env_overrides(&command, &matches, |name| std::env::var_os(name));
+        if !overridden.is_empty() {
+            // Parsed again without those flags, so that clap takes their variables.
+            matches = command.try_get_matches_from(without_flags(&args, &overridden))?;
+        }
+        let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
+        cli.env_overrides = overridden.iter().filter_map(Override::warning).collect();
+        Ok(cli)
     }
+}
+
+/// A flag given on the command line whose `KURED_*` variable is set too.
+#[derive(Debug)]
+struct Override {
+    long: String,
+    variable: String,
+    /// Whether `--long VALUE` takes the next argument as its value (flags with an optional
+    /// value take it only as `--long=VALUE`).
+    takes_next: bool,
+    flag_values: Vec<OsString>,
+    variable_value: OsString,
+    delimiter: Option<char>,
+}
+
+/// Flags whose values may carry credentials: their values are never shown in a warning.
+const SECRET_FLAGS: [&str; 3] = ["notify-url", "slack-hook-url", "prometheus-url"];
+
+impl Override {
+    /// The warning for a variable whose value differs from the flag's; none when they agree.
+    fn warning(&self) -> Option<String> {
+        let given: Vec<String> = self
+            .flag_values
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        let from_variable = self.variable_value.to_string_lossy();
+        let same = match self.delimiter {
+            Some(d) => given.join(&d.to_string()) == from_variable,
+            None => given.len() == 1 && given[0] == from_variable,
+        };
+        if same {
+            return None;
+        }
+        let (variable, long) = (&self.variable, &self.long);
+        Some(if SECRET_FLAGS.contains(&long.as_str()) {
+            format!(
+                "{variable} overrides --{long}, whose value differs (neither shown: they may hold \
+                 credentials); a KURED_* variable wins over its flag, as in upstream kured"
+            )
+        } else {
+            let given: Vec<String> = given.iter().map(|v| format!("--{long}={v:?}")).collect();
+            format!(
+                "{variable}={from_variable:?} overrides {}; a KURED_* variable wins over its flag, as in \
+                 upstream kured",
+                given.join(" ")
+            )
+        })
+    }
+}
+
+/// The flags of the command `matches` ran (the agent's or a subcommand's) that were given on the
+/// command line while their variable is set.
+fn env_overrides(
+    command: &clap::Command,
+    matches: &clap::ArgMatches,
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Vec<Override> {
+    let (command, matches) = match matches.subcommand() {
+        Some((name, sub)) => match command.find_subcommand(name) {
+            Some(found) => (found, sub),
+            None => return Vec::new(),
+        },
+        None => (command, matches),
+    };
+    command
+        .get_arguments()
+        .filter_map(|arg| {
+            let variable = arg.get_env()?.to_str()?;
+            let long = arg.get_long()?;
+            if matches.value_source(arg.get_id().as_str()) != Some(clap::parser::ValueSource::CommandLine) {
+                return None;
+            }
+            // An empty variable counts as unset, as clap reads it.
+            let variable_value = env(variable).filter(|v| !v.is_empty())?;
+            let flag_values = matches
+                .get_raw(arg.get_id().as_str())
+                .map(|values| values.map(OsStr::to_owned).collect())
+                .unwrap_or_default();
+            let optional_value = arg.get_num_args().is_some_and(|n| n.min_values() == 0);
+            let takes_next =
+                arg.get_action().takes_values() && !optional_value && !arg.is_require_equals_set();
+            Some(Override {
+                long: long.to_owned(),
+                variable: variable.to_owned(),
+                takes_next,
+                flag_values,
+                variable_value,
+                delimiter: arg.get_value_delimiter(),
+            })
+        })
+        .collect()
+}
+
+/// `args` without every occurrence of the overridden flags (`--long=VALUE`, or `--long` and, for
+/// a flag that takes one, the value after it). Nothing after `--` is touched.
+fn without_flags(args: &[OsString], overridden: &[Override]) -> Vec<OsString> {
+    let mut kept = Vec::with_capacity(args.len());
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--" {
+            kept.push(arg.clone());
+            kept.extend(rest.by_ref().cloned());
+            break;
+        }
+        let text = arg.to_string_lossy();
+        let named = text
+            .strip_prefix("--")
+            .map(|s| s.split_once('=').map_or((s, false), |(n, _)| (n, true)));
+        match named.and_then(|(name, with_value)| {
+            overridden
+                .iter()
+                .find(|o| o.long == name)
+                .map(|o| (o, with_value))
+        }) {
+            Some((o, false)) if o.takes_next => {
+                rest.next();
+            }
+            Some(_) => {}
+            None => kept.push(arg.clone()),
+        }
+    }
+    kept
 }
 
 #[derive(Debug, Subcommand)]
@@ -749,7 +890,7 @@ impl AgentArgs {
 
         let metrics_host = strip_quotes(&self.metrics_host);
         let metrics_addr = if metrics_host.is_empty() {
-            format!("0.0.0.0:{}", self.metrics_port)
+            format!("[::]:{}", self.metrics_port)
         } else if metrics_host.contains(':') {
             format!("[{metrics_host}]:{}", self.metrics_port)
         } else {
@@ -996,7 +1137,7 @@ mod tests {
             "Node %s rebooted & uncordoned successfully!"
         );
         assert_eq!(c.log_format, LogFormat::Text);
-        assert_eq!(c.metrics_addr, "0.0.0.0:8080");
+        assert_eq!(c.metrics_addr, "[::]:8080");
         assert!(c.warnings.is_empty());
     }
 
@@ -1090,7 +1231,7 @@ mod tests {
         assert_eq!(selectors, ["runtime=long,cost=expensive", "name=temperamental"]);
         assert_eq!(c.reboot_delay, Duration::from_secs(90));
         assert_eq!(c.lock_release_delay, Duration::from_secs(30 * 60));
-        assert_eq!(c.metrics_addr, "0.0.0.0:8080");
+        assert_eq!(c.metrics_addr, "[::]:8080");
         assert_eq!(c.concurrency, 1);
         assert_eq!(c.warnings, ["--slack-hook-url is deprecated; use --notify-url"]);
 
@@ -1151,6 +1292,108 @@ mod tests {
         let limits = PhaseLimits::from_config(&ok(&["--node-id=n1", "--reboot-method=signal"]));
         assert_eq!(limits.drain, None, "no --drain-timeout: no bound");
         assert_eq!(limits.reboot, Some(EFFECT_LIMIT));
+    }
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    /// The overrides `args` meets with the variables `vars` set, found as `Cli::parse_from` does.
+    fn overrides(args: &[&str], vars: &[(&str, &str)]) -> Vec<Override> {
+        let command = Cli::command();
+        let matches = command
+            .clone()
+            .try_get_matches_from(os(args))
+            .expect("valid arguments");
+        env_overrides(&command, &matches, |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| OsString::from(v))
+        })
+    }
+
+    #[test]
+    fn a_variable_set_beside_its_flag_is_found_with_the_flag_values() {
+        let found = overrides(
+            &[
+                "kured",
+                "--period=10m",
+                "--reboot-days",
+                "mo",
+                "--reboot-days=tu",
+                "--ds-name=kured",
+            ],
+            &[
+                ("KURED_PERIOD", "5m"),
+                ("KURED_REBOOT_DAYS", "mo,tu"),
+                ("KURED_DRAIN_DELAY", "1m"),
+                ("KURED_DS_NAME", ""),
+            ],
+        );
+        let found: Vec<_> = found.iter().map(|o| (o.long.as_str(), o.warning())).collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "period",
+                    Some(
+                        "KURED_PERIOD=\"5m\" overrides --period=\"10m\"; a KURED_* variable wins over its flag, \
+                         as in upstream kured"
+                            .to_owned()
+                    )
+                ),
+                // The same days, written once as a list: nothing to warn about.
+                ("reboot-days", None),
+            ],
+            "a variable without its flag (drain delay) or empty (ds name) overrides nothing"
+        );
+        let subcommand = overrides(
+            &["kured", "status", "--ds-namespace=a"],
+            &[("KURED_DS_NAMESPACE", "b")],
+        );
+        assert_eq!(
+            subcommand.len(),
+            1,
+            "a subcommand's flags are found too: {subcommand:?}"
+        );
+    }
+
+    #[test]
+    fn a_secret_flag_overridden_is_named_without_its_values() {
+        let found = overrides(
+            &["kured", "--notify-url=slack://t0ken@chan"],
+            &[("KURED_NOTIFY_URL", "slack://other-t0ken@chan")],
+        );
+        let warning = found.first().and_then(Override::warning).expect("a warning");
+        assert!(!warning.contains("t0ken"), "{warning}");
+        assert!(
+            warning.starts_with("KURED_NOTIFY_URL overrides --notify-url"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn overridden_flags_are_removed_in_each_form_and_nothing_else() {
+        let found = overrides(
+            &["kured", "--period", "10m", "--force-reboot"],
+            &[("KURED_PERIOD", "5m"), ("KURED_FORCE_REBOOT", "false")],
+        );
+        // Flags with an optional value take it only after `=`: the argument after one stays.
+        let args = os(&[
+            "kured",
+            "--period",
+            "10m",
+            "--force-reboot",
+            "n2",
+            "--node-id=n1",
+            "--period=1m",
+            "--",
+            "--period=1s",
+        ]);
+        assert_eq!(
+            without_flags(&args, &found),
+            os(&["kured", "n2", "--node-id=n1", "--", "--period=1s"])
+        );
     }
 
     /// Runs `f` with one environment variable set, holding the lock that `parse` takes.
