@@ -44,6 +44,12 @@ impl HttpRequest {
         HttpRequest::json(Method::POST, url, body)
     }
 
+    /// Adds a header.
+    pub(crate) fn header(mut self, name: &str, value: impl Into<String>) -> HttpRequest {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
     /// The body as JSON, for tests and error messages.
     #[cfg(test)]
     pub fn json_body(&self) -> Value {
@@ -57,6 +63,30 @@ impl HttpRequest {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// A POST of `fields` as an HTML form (`application/x-www-form-urlencoded`), in order.
+    pub(crate) fn post_form(url: Url, fields: &[(&str, &str)]) -> HttpRequest {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        HttpRequest {
+            method: Method::POST,
+            url,
+            headers: vec![(
+                "Content-Type".to_owned(),
+                "application/x-www-form-urlencoded".to_owned(),
+            )],
+            basic_auth: None,
+            body: body.into_bytes(),
+            expect: Expect::Success,
+        }
+    }
+
+    /// The fields of a form body, in order, for tests.
+    #[cfg(test)]
+    pub fn form_body(&self) -> Vec<(String, String)> {
+        url::form_urlencoded::parse(&self.body).into_owned().collect()
     }
 }
 

@@ -204,7 +204,9 @@ mod tests {
 
     #[test]
     fn unknown_schemes_and_parameters_are_named() {
-        assert!(err("pushover://shoutrrr:token@user").contains("unknown notification scheme \"pushover\""));
+        assert!(
+            err("carrierpigeon://coop:token@loft").contains("unknown notification scheme \"carrierpigeon\"")
+        );
         assert!(err("no scheme here").contains("scheme://"));
         assert!(
             err("slack://hook:T00000000-B00000000-XXXXXXXXXXXXXXXXXXXXXXXX@webhook?colour=red")

@@ -43,6 +43,21 @@ impl Params {
         parse_bool(self.scheme, key, self.take(&keys), default)
     }
 
+    /// A parameter that must parse as `T` (a number), `expected` saying what it must be.
+    pub(crate) fn parsed<T: std::str::FromStr>(
+        &mut self,
+        key: &str,
+        expected: &'static str,
+    ) -> Result<Option<T>, TargetError> {
+        self.take(&[key])
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| parameter(self.scheme, key, expected))
+            })
+            .transpose()
+    }
+
     /// Drops parameters that are accepted but have no effect here.
     pub(crate) fn ignore(&mut self, keys: &[&str]) {
         for key in keys {
@@ -212,6 +227,26 @@ pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+}
+
+/// A comma-separated list, blanks dropped.
+pub(crate) fn list(value: Option<String>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The host of a self-hosted service's URL with its port, as the base of its API URLs:
+/// `scheme://host[:port]`.
+pub(crate) fn origin(scheme: &'static str, url: &Url, web: &str) -> Result<String, TargetError> {
+    match url.host_str() {
+        Some(host) if !host.is_empty() => Ok(format!("{web}://{host}{}", port_suffix(url))),
+        _ => Err(form(scheme, "the URL names no host")),
+    }
 }
 
 /// `http` with `disabletls=yes`, else `https`: the self-hosted services' convention.
