@@ -398,6 +398,8 @@ pub struct Config {
     pub metrics_addr: String,
     /// Things worth a warning at start-up that do not stop the agent.
     pub warnings: Vec<String>,
+    /// Errors at start-up that do not stop the agent (a notification URL that cannot be used).
+    pub errors: Vec<String>,
 }
 
 /// Removes one pair of matching surrounding quotes. A manifest's `command:` list is not run by
@@ -485,43 +487,85 @@ fn parse_url(flag: &'static str, value: &str, secret: bool) -> Result<url::Url, 
     Ok(parsed)
 }
 
-/// A notification URL in shoutrrr syntax (`slack://hook:T…-B…-X…@webhook`, `smtp://…`), with
-/// the value redacted in the error, which names the scheme and what is wrong.
-fn parse_notify_url(value: &str) -> Result<Target, ConfigError> {
-    Target::parse(value).map_err(|e| invalid("notify-url", &redact_url(value), e))
-}
-
 impl NotifyUrlArgs {
     /// The notification targets: each `--notify-url`, or else the deprecated `--slack-hook-url`
-    /// (with upstream's warnings).
+    /// (with upstream's warnings). A URL that cannot be used is an error (`kured notify`).
     pub fn targets(&self, warnings: &mut Vec<String>) -> Result<Vec<Target>, ConfigError> {
+        self.collect(warnings, None)
+    }
+
+    /// The agent's targets: as [`NotifyUrlArgs::targets`], except that a URL that cannot be used
+    /// does not stop the agent. It becomes a [`Target::unusable`], whose every notification
+    /// fails and is counted, and its error (the URL redacted) goes to `errors` to be logged at
+    /// start.
+    pub fn agent_targets(&self, warnings: &mut Vec<String>, errors: &mut Vec<String>) -> Vec<Target> {
+        match self.collect(warnings, Some(errors)) {
+            Ok(targets) => targets,
+            // `collect` with a place for errors returns none.
+            Err(e) => {
+                errors.push(e.to_string());
+                Vec::new()
+            }
+        }
+    }
+
+    fn collect(
+        &self,
+        warnings: &mut Vec<String>,
+        mut errors: Option<&mut Vec<String>>,
+    ) -> Result<Vec<Target>, ConfigError> {
         let username = strip_quotes(&self.slack_username);
         let channel = non_empty(&self.slack_channel);
-        let targets = self
-            .notify_url
-            .iter()
-            .filter_map(|u| non_empty(u))
-            .map(|u| parse_notify_url(u).map(|t| t.with_slack_defaults(username, channel)))
-            .collect::<Result<Vec<_>, _>>()?;
+        // A URL that cannot be used: an error, or with `errors`, a target that fails.
+        let mut unusable =
+            |labelled_as: &str, shown: String, error: ConfigError, reason: String| match &mut errors {
+                Some(errors) => {
+                    errors.push(error.to_string());
+                    Ok(Target::unusable(labelled_as, shown, reason))
+                }
+                None => Err(error),
+            };
+        let mut targets = Vec::new();
+        for url in self.notify_url.iter().filter_map(|u| non_empty(u)) {
+            let target = match Target::parse(url) {
+                Ok(target) => target.with_slack_defaults(username, channel),
+                Err(e) => {
+                    let shown = redact_url(url);
+                    let reason = e.to_string();
+                    unusable(url, shown.clone(), invalid("notify-url", &shown, e), reason)?
+                }
+            };
+            targets.push(target);
+        }
         let Some(hook) = non_empty(&self.slack_hook_url) else {
             return Ok(targets);
         };
-        let url = parse_url("slack-hook-url", hook, true)?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(invalid(
-                "slack-hook-url",
-                &redact_url(hook),
-                "expected an https:// webhook URL",
-            ));
-        }
-        if targets.is_empty() {
-            warnings.push("--slack-hook-url is deprecated; use --notify-url".to_owned());
-            Ok(vec![Target::slack_hook(url, username, channel)])
-        } else {
+        if !targets.is_empty() {
             warnings
                 .push("both --notify-url and --slack-hook-url are set; only --notify-url is used".to_owned());
-            Ok(targets)
+            return Ok(targets);
         }
+        warnings.push("--slack-hook-url is deprecated; use --notify-url".to_owned());
+        let url = parse_url("slack-hook-url", hook, true).and_then(|url| {
+            if matches!(url.scheme(), "http" | "https") {
+                Ok(url)
+            } else {
+                Err(invalid(
+                    "slack-hook-url",
+                    &redact_url(hook),
+                    "expected an https:// webhook URL",
+                ))
+            }
+        });
+        let target = match url {
+            Ok(url) => Target::slack_hook(url, username, channel),
+            // Counted under `slack`, the service the flag is for.
+            Err(e) => {
+                let reason = e.to_string();
+                unusable("slack://", redact_url(hook), e, reason)?
+            }
+        };
+        Ok(vec![target])
     }
 }
 
@@ -695,7 +739,8 @@ impl AgentArgs {
             );
         }
 
-        let notify_targets = self.notify.targets(&mut warnings)?;
+        let mut errors = Vec::new();
+        let notify_targets = self.notify.agent_targets(&mut warnings, &mut errors);
         let drain_delay = non_negative("drain-delay", self.drain_delay)?;
         let drain_timeout = zero_is_none("drain-timeout", self.drain_timeout)?;
         let reboot_delay = non_negative("reboot-delay", self.reboot_delay)?;
@@ -768,6 +813,7 @@ impl AgentArgs {
             log_format: self.log_format,
             metrics_addr,
             warnings,
+            errors,
         })
     }
 }
@@ -1192,10 +1238,6 @@ mod tests {
                 "--prefer-no-schedule-taint \"Bad Taint\"",
             ),
             (&["--lock-annotation=a/b/c"], "--lock-annotation \"a/b/c\""),
-            (
-                &["--notify-url=slack://tok en@chan nel"],
-                "--notify-url \"slack://<redacted>\"",
-            ),
         ] {
             let mut full = vec!["--node-id=n1"];
             full.extend(args);
@@ -1312,32 +1354,73 @@ mod tests {
 
     #[test]
     fn bad_notify_urls_name_the_scheme_and_never_the_secret() {
-        for (url, needle) in [
+        let cases = [
             (
-                "carrierpigeon://coop:SECRET@loft",
-                "unknown notification scheme \"carrierpigeon\"",
+                "nosuch://shoutrrr:SECRET@user",
+                "unknown notification scheme \"nosuch\"",
+                "unknown",
             ),
             (
                 "slack://hook:SECRET@webhook",
                 "slack: the token is not a Slack token",
+                "slack",
             ),
             (
                 "smtp://u:SECRET@mail.example.com/?to=a@b.c",
                 "smtp: no from=… address given",
+                "smtp",
             ),
-            ("teams://SECRET@tenant/a/b", "teams: "),
+            ("teams://SECRET@tenant/a/b", "teams: ", "teams"),
+            (
+                "slack://tok en@chan nel",
+                "--notify-url \"slack://<redacted>\"",
+                "slack",
+            ),
             (
                 "generic://host/x?template=SECRETTPL",
                 "generic: parameter \"template\"",
+                "generic",
             ),
-        ] {
-            let e = err(&["--node-id=n1", &format!("--notify-url={url}")]);
+        ];
+        for (url, needle, scheme) in cases {
+            // The agent starts: the URL is logged as an error and kept as a target whose
+            // notifications fail, counted under its scheme; the good URL is kept as it is.
+            let c = ok(&[
+                "--node-id=n1",
+                &format!("--notify-url={url}"),
+                "--notify-url=discord://tok@123",
+            ]);
+            let [e] = c.errors.as_slice() else {
+                panic!("{url}: one error expected, got {:?}", c.errors)
+            };
             assert!(e.contains(needle), "{url}: {e}");
             assert!(e.starts_with("invalid --notify-url"), "{url}: {e}");
-            assert!(!e.contains("SECRET"), "{url}: {e}");
+            assert!(!e.contains("SECRET") && !e.contains('\n'), "{url}: {e}");
+            let schemes: Vec<&str> = c.notify_targets.iter().map(Target::scheme).collect();
+            assert_eq!(schemes, [scheme, "discord"], "{url}");
+            assert!(c.notify_targets[0].is_unusable() && !c.notify_targets[1].is_unusable());
+            assert!(!c.notify_targets[0].shown().contains("SECRET"), "{url}");
+
+            // `kured notify` refuses it.
+            let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            let cli = Cli::parse_from(["kured", "notify", &format!("--notify-url={url}")]).expect("parses");
+            let Some(Command::Notify(args)) = cli.command else {
+                panic!("not notify")
+            };
+            let e = args.targets().expect_err("a bad URL").to_string();
+            assert!(e.contains(needle) && !e.contains("SECRET"), "{url}: {e}");
         }
-        let e = err(&["--node-id=n1", "--slack-hook-url=ftp://hooks.example.com/SECRET"]);
-        assert!(e.contains("--slack-hook-url") && !e.contains("SECRET"), "{e}");
+        let c = ok(&["--node-id=n1", "--slack-hook-url=ftp://hooks.example.com/SECRET"]);
+        assert_eq!(c.errors.len(), 1, "{:?}", c.errors);
+        assert!(
+            c.errors[0].contains("--slack-hook-url") && !c.errors[0].contains("SECRET"),
+            "{:?}",
+            c.errors
+        );
+        let schemes: Vec<&str> = c.notify_targets.iter().map(Target::scheme).collect();
+        assert_eq!(schemes, ["slack"]);
+        assert!(c.notify_targets[0].is_unusable());
+        assert!(ok(&["--node-id=n1"]).errors.is_empty());
     }
 
     #[test]

@@ -198,6 +198,9 @@ fn agent(args: &AgentArgs) -> Result<(), Failure> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    for error in &config.errors {
+        tracing::error!("{error}; the agent runs on, and each notification to this URL is counted as failed");
+    }
     let rt = async_runtime()?;
     rt.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -49,6 +49,8 @@ pub enum SendError {
     Deadline(Duration),
     #[error("unexpected answer: {0}")]
     Answer(String),
+    #[error("the notification URL cannot be used: {0}")]
+    Unusable(String),
 }
 
 impl SendError {
@@ -71,7 +73,8 @@ impl SendError {
             | SendError::SmtpTls(_)
             | SendError::Mail(_)
             | SendError::Deadline(_)
-            | SendError::Answer(_) => false,
+            | SendError::Answer(_)
+            | SendError::Unusable(_) => false,
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use url::Url;
 
-use super::deliver::{Attempted, Link};
+use super::deliver::{Attempted, Link, SendError};
 use super::request::HttpRequest;
 use super::services;
 
@@ -110,6 +110,33 @@ impl Target {
         (service.parse)(&lower, value)
     }
 
+    /// A `--notify-url` that cannot be used (`reason` says why), kept so that the agent runs on
+    /// without it: each message it would have carried fails with `reason` and is counted under
+    /// its scheme — the service's if the scheme is known, else `unknown`. `shown` is the URL as
+    /// logs may show it.
+    pub fn unusable(value: &str, shown: String, reason: String) -> Target {
+        let scheme = value
+            .split_once("://")
+            .and_then(|(scheme, _)| {
+                let lower = scheme.to_ascii_lowercase();
+                services::REGISTRY
+                    .iter()
+                    .find(|s| s.schemes.contains(&lower.as_str()))
+                    .map(|s| s.schemes[0])
+            })
+            .unwrap_or(UNKNOWN_SCHEME);
+        Target::new(Unusable {
+            scheme,
+            shown,
+            reason,
+        })
+    }
+
+    /// Whether this is a URL that cannot be used ([`Target::unusable`]).
+    pub fn is_unusable(&self) -> bool {
+        self.service::<Unusable>().is_some()
+    }
+
     /// The deprecated `--slack-hook-url`: a Slack-style JSON payload posted to the URL as given
     /// (Slack's own, or any Slack-compatible webhook), with `--slack-username` and
     /// `--slack-channel`.
@@ -154,6 +181,41 @@ impl Target {
     pub(crate) fn service<S: Service>(&self) -> Option<&S> {
         let any: &dyn Any = self.0.as_ref();
         any.downcast_ref()
+    }
+}
+
+/// The metrics label of an unusable URL whose scheme is no service's.
+pub const UNKNOWN_SCHEME: &str = "unknown";
+
+/// A URL that cannot be used: every message to it fails with the reason.
+struct Unusable {
+    scheme: &'static str,
+    shown: String,
+    reason: String,
+}
+
+impl Service for Unusable {
+    fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    fn shown(&self) -> String {
+        self.shown.clone()
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn uses_tls(&self, _api_base: Option<&Url>) -> bool {
+        false
+    }
+
+    fn deliver<'a>(&'a self, _link: &'a Link<'a>, _title: &'a str, _message: &'a str) -> Attempted<'a> {
+        Box::pin(std::future::ready(Err((
+            0,
+            SendError::Unusable(self.reason.clone()),
+        ))))
     }
 }
 
@@ -213,5 +275,23 @@ mod tests {
                 .contains("unknown parameter \"colour\"")
         );
         assert!(err("S3CRET:x@y://z").contains("unknown notification scheme \"<redacted>\""));
+    }
+
+    #[test]
+    fn unusable_urls_are_labelled_by_their_scheme_or_unknown() {
+        use super::Target;
+        let cases = [
+            ("nosuch://shoutrrr:t@user", "unknown"),
+            ("no scheme", "unknown"),
+            ("GOTIFY://example.com/short", "gotify"),
+            ("teams+https://", "teams"),
+            ("hangouts://", "googlechat"),
+        ];
+        for (value, scheme) in cases {
+            let t = Target::unusable(value, "shown".to_owned(), "why".to_owned());
+            assert_eq!((t.scheme(), t.shown().as_str()), (scheme, "shown"), "{value}");
+            assert!(t.is_unusable());
+        }
+        assert!(!crate::notify::services::testing::parse("discord://t@1").is_unusable());
     }
 }

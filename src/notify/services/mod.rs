@@ -59,6 +59,12 @@ registry! {
     telegram,
     googlechat,
     mattermost,
+    bark,
+    gotify,
+    ifttt,
+    join,
+    matrix,
+    ntfy,
     pushover,
     pushbullet,
     rocketchat,
@@ -247,6 +253,12 @@ mod tests {
             "smtp://user:SECRET@/?from=a@b.c",
             "teams://SECRET@x/y/z",
             "mattermost://SECRET@/",
+            "gotify://example.com/SECRETTOKEN",
+            "bark://:SECRET@/",
+            "ifttt://SECRET/",
+            "join://x:SECRET@join/",
+            "matrix://u:SECRET@/",
+            "ntfy://u:SECRET@ntfy.sh",
         ] {
             let e = err(bad);
             assert!(!e.contains("SECRET"), "{bad}: {e}");
