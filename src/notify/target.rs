@@ -28,6 +28,15 @@ pub fn schemes() -> Vec<&'static str> {
         .collect()
 }
 
+/// The scheme each service is counted under in `kured_notifications_failed_total` (the first of
+/// its schemes), in the registry's order.
+pub fn metric_schemes() -> Vec<&'static str> {
+    services::REGISTRY
+        .iter()
+        .filter_map(|s| s.schemes.first().copied())
+        .collect()
+}
+
 /// A notification URL that cannot be used. Messages never include a secret from the URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
