@@ -17,6 +17,7 @@ mod deliver;
 mod request;
 pub(crate) mod services;
 pub mod target;
+mod template;
 mod url_syntax;
 
 use std::fmt;
@@ -30,6 +31,7 @@ use url::Url;
 
 pub use deliver::SendError;
 pub use target::{Target, TargetError};
+pub use template::render;
 
 use crate::config::Config;
 use crate::http::{self, HttpError};
@@ -73,12 +75,6 @@ impl Event {
 /// and report failures in logs and metrics, not to the caller.
 pub trait Notifier: Send + Sync {
     fn notify(&self, event: Event, message: &str) -> impl Future<Output = ()> + Send;
-}
-
-/// Upstream's `%s` substitution: the first `%s` becomes the node name (Go's `fmt.Sprintf` with
-/// one argument). A template without `%s` is sent as it is.
-pub fn render(template: &str, node: &str) -> String {
-    template.replacen("%s", node, 1)
 }
 
 /// A notifier that only logs each message.
@@ -337,17 +333,6 @@ fn base_for<'a>(target: &Target, api_base: Option<&'a Url>) -> Option<&'a Url> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn templates_substitute_the_node_name_like_upstream() {
-        assert_eq!(render("Draining node %s", "n1"), "Draining node n1");
-        assert_eq!(
-            render("Node %s rebooted & uncordoned successfully!", "n1"),
-            "Node n1 rebooted & uncordoned successfully!"
-        );
-        assert_eq!(render("no placeholder", "n1"), "no placeholder");
-        assert_eq!(render("%s and %s", "n1"), "n1 and %s");
-    }
 
     #[test]
     fn cause_chains_leave_out_repeated_causes() {
