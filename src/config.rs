@@ -762,10 +762,14 @@ impl NotifyArgs {
 }
 
 /// A URL fit for a log line: scheme and host only. Notification URLs carry their secrets in the
-/// user-info, the path or the query (Slack webhooks, Teams workflow signatures, SMTP passwords).
+/// user-info, the path or the query (Slack webhooks, Teams workflow signatures, SMTP passwords),
+/// and for some services in the host, which is then left out too.
 pub fn redact_url(value: &str) -> String {
     match url::Url::parse(value) {
         Ok(u) => match u.host_str() {
+            Some(_) if crate::notify::services::host_is_secret(u.scheme()) => {
+                format!("{}://<redacted>", u.scheme())
+            }
             Some(host) if !u.cannot_be_a_base() => format!("{}://{host}/<redacted>", u.scheme()),
             _ => format!("{}:<redacted>", u.scheme()),
         },
@@ -1631,6 +1635,15 @@ mod tests {
         );
         assert!(!redact_url("slack://xoxb-SECRET@channel").contains("SECRET"));
         assert!(!redact_url("teams://not a url SECRET").contains("SECRET"));
+        // Pushbullet's token and Pushover's user key are the URL's host.
+        assert_eq!(
+            redact_url("pushbullet://o.SECRETSECRETSECRETSECRETSECRET12/#ops"),
+            "pushbullet://<redacted>"
+        );
+        assert_eq!(
+            redact_url("Pushover://shoutrrr:SECRET@SECRETUSER/?devices=a"),
+            "pushover://<redacted>"
+        );
     }
 
     #[test]
@@ -1670,8 +1683,8 @@ mod tests {
     fn bad_notify_urls_name_the_scheme_and_never_the_secret() {
         let cases = [
             (
-                "pushover://shoutrrr:SECRET@user",
-                "unknown notification scheme \"pushover\"",
+                "nosuch://shoutrrr:SECRET@user",
+                "unknown notification scheme \"nosuch\"",
                 "unknown",
             ),
             (

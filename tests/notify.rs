@@ -917,3 +917,270 @@ fn kured_notify_sends_to_a_gotify_server() {
         json!({ "message": "Hello from the test", "title": "kured test notification", "priority": 2 })
     );
 }
+
+/// The body of a form-encoded request, its fields in order.
+fn form_fields(r: &receivers::Recorded) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(&r.body).into_owned().collect()
+}
+
+fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Pushover, Pushbullet, Rocket.Chat, Zulip and Opsgenie, each answered the way the real service
+/// answers, each request checked against the service's API documentation: method, path, where
+/// the credentials travel, and the body.
+#[tokio::test]
+async fn push_chat_and_alerting_services_get_their_documented_requests() {
+    let server = HttpReceiver::start();
+    server.respond(
+        "/1/messages.json",
+        Reply::status(
+            200,
+            r#"{"status":1,"request":"647d2300-702c-4b38-8b2f-d56326ae460b"}"#,
+        ),
+    );
+    server.respond(
+        "/v2/pushes",
+        Reply::status(
+            200,
+            r#"{"active":true,"iden":"ujpah72o0sjAoRtnM0jc","type":"note"}"#,
+        ),
+    );
+    server.respond("/hooks/", Reply::status(200, r#"{"success":true}"#));
+    server.respond(
+        "/api/v1/messages",
+        Reply::status(200, r#"{"id":42,"msg":"","result":"success"}"#),
+    );
+    server.respond(
+        "/v2/alerts",
+        Reply::status(
+            202,
+            r#"{"result":"Request will be processed","took":0.302,"requestId":"43a29c5c-3dbf-4fa4-9c26-f4f71023e120"}"#,
+        ),
+    );
+    let pushbullet_token = "o.AbCdEfGhIjKlMnOpQrStUvWxYz012345";
+    let targets = vec![
+        target(
+            "pushover://shoutrrr:azGDORePK8gMaC0QOYAMyEEuzJnyUi@uQiRzpo4DXghDmr9QzzfQu27cmVRsG/?devices=phone,tablet&priority=1",
+        ),
+        target(&format!(
+            "pushbullet://{pushbullet_token}/ujpah72o0sjAoRtnM0jc/#reboots?title=kured"
+        )),
+        target(
+            "rocketchat://kured@chat.example.com/8eGdRzc9r4YYNyvge/2XYQcX9NBwJBKfQnphpebPcnXZcPEi32Nt4NKJfrnbhsbRfX/ops",
+        ),
+        target(
+            "zulip://kured-bot%40example.com:c0rrecthorse@example.zulipchat.com/?stream=ops&topic=Reboots",
+        ),
+        target(
+            "opsgenie://api.opsgenie.com/eb243592-faa2-4ba2-a551q-1afdf565c889?priority=P3&tags=kured,reboot&responders=team:NOC",
+        ),
+    ];
+    let failures = NotificationFailures::default();
+    let deliveries = notifier(targets, &server, &failures).send(TITLE, MESSAGE).await;
+    assert_eq!(deliveries.len(), 5);
+    assert_all_sent(&deliveries);
+
+    // Pushover: a form POST to /1/messages.json; token and user key in the body.
+    let r = only(&server, "/1/messages.json");
+    assert_eq!(r.method, "POST");
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(r.header("authorization"), None);
+    assert_eq!(
+        form_fields(&r),
+        fields(&[
+            ("token", "azGDORePK8gMaC0QOYAMyEEuzJnyUi"),
+            ("user", "uQiRzpo4DXghDmr9QzzfQu27cmVRsG"),
+            ("message", MESSAGE),
+            ("device", "phone,tablet"),
+            ("title", TITLE),
+            ("priority", "1"),
+        ])
+    );
+
+    // Pushbullet: a JSON `note` push per target, the token in the Access-Token header.
+    let pushes = server.requests_to("/v2/pushes");
+    assert_eq!(pushes.len(), 2);
+    for r in &pushes {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.header("access-token"), Some(pushbullet_token));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+    let mut bodies: Vec<serde_json::Value> = pushes.iter().map(receivers::Recorded::json).collect();
+    bodies.sort_by_key(|b| b.to_string());
+    assert_eq!(
+        bodies,
+        [
+            json!({ "type": "note", "title": "kured", "body": MESSAGE, "channel_tag": "reboots" }),
+            json!({ "type": "note", "title": "kured", "body": MESSAGE, "device_iden": "ujpah72o0sjAoRtnM0jc" }),
+        ]
+    );
+
+    // Rocket.Chat: the incoming webhook /hooks/{tokenA}/{tokenB}, the sender and #channel in JSON.
+    let r = only(&server, "/hooks/");
+    assert_eq!(
+        (r.method.as_str(), r.path()),
+        (
+            "POST",
+            "/hooks/8eGdRzc9r4YYNyvge/2XYQcX9NBwJBKfQnphpebPcnXZcPEi32Nt4NKJfrnbhsbRfX"
+        )
+    );
+    assert_eq!(
+        r.json(),
+        json!({ "text": MESSAGE, "username": "kured", "channel": "#ops" })
+    );
+
+    // Zulip: POST /api/v1/messages as the bot (basic auth email:key), a form for a stream message.
+    let r = only(&server, "/api/v1/messages");
+    assert_eq!(r.method, "POST");
+    // base64("kured-bot@example.com:c0rrecthorse")
+    assert_eq!(
+        r.header("authorization"),
+        Some("Basic a3VyZWQtYm90QGV4YW1wbGUuY29tOmMwcnJlY3Rob3JzZQ==")
+    );
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(
+        form_fields(&r),
+        fields(&[
+            ("type", "stream"),
+            ("to", "ops"),
+            ("content", MESSAGE),
+            ("topic", "Reboots"),
+        ])
+    );
+
+    // Opsgenie: Create Alert, POST /v2/alerts with `Authorization: GenieKey …`; the title is the
+    // alert's message, the message its description.
+    let r = only(&server, "/v2/alerts");
+    assert_eq!(r.method, "POST");
+    assert_eq!(
+        r.header("authorization"),
+        Some("GenieKey eb243592-faa2-4ba2-a551q-1afdf565c889")
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        json!({
+            "message": TITLE,
+            "description": MESSAGE,
+            "priority": "P3",
+            "tags": ["kured", "reboot"],
+            "responders": [{ "type": "team", "name": "NOC" }],
+        })
+    );
+
+    assert_eq!(server.requests().len(), 6, "nothing else was sent");
+    for scheme in ["pushover", "pushbullet", "rocketchat", "zulip", "opsgenie"] {
+        assert_eq!(failures.get(scheme), 0, "{scheme}");
+    }
+}
+
+/// A refusal by the service (a revoked key) fails at once, is counted under the service's scheme,
+/// and no report shows the credentials.
+#[tokio::test]
+async fn refused_credentials_fail_once_and_stay_hidden() {
+    let server = HttpReceiver::start();
+    server.respond(
+        "/v2/alerts",
+        Reply::status(422, r#"{"message":"Key format is not valid!","took":0.001}"#),
+    );
+    server.respond(
+        "/1/messages.json",
+        Reply::status(
+            400,
+            r#"{"token":"invalid","errors":["application token is invalid"],"status":0}"#,
+        ),
+    );
+    server.respond(
+        "/api/v1/messages",
+        Reply::status(
+            401,
+            r#"{"result":"error","msg":"Invalid API key","code":"INVALID_API_KEY"}"#,
+        ),
+    );
+    let failures = NotificationFailures::default();
+    let n = notifier(
+        vec![
+            target("opsgenie://api.opsgenie.com/S3CRETKEY-0000"),
+            target("pushover://shoutrrr:S3CRETTOKEN@S3CRETUSER"),
+            target("zulip://bot%40example.com:S3CRETBOTKEY@chat.example.com?stream=ops"),
+        ],
+        &server,
+        &failures,
+    );
+    let deliveries = n.send(TITLE, MESSAGE).await;
+    for (d, status) in deliveries.iter().zip(["422", "400", "401"]) {
+        let failure = d.result.clone().expect_err("refused");
+        assert_eq!(failure.attempts, 1, "{}: {failure}", d.target);
+        assert!(
+            failure.error.contains(&format!("HTTP status {status}")),
+            "{}: {failure}",
+            d.target
+        );
+        let text = format!("{} {failure}", d.target);
+        assert!(!text.contains("S3CRET"), "a secret in {text}");
+    }
+    assert_eq!(server.requests().len(), 3, "one attempt each");
+    for scheme in ["opsgenie", "pushover", "zulip"] {
+        assert_eq!(failures.get(scheme), 1, "{scheme}");
+    }
+}
+
+/// `kured notify` takes a Zulip URL (upstream's agent would, so ours must not stop at it), sends
+/// over TLS to the host and port the URL names, and reports the outcome without the bot's key.
+/// The receiver here speaks no TLS, so the send fails after it saw the TLS handshake begin.
+#[test]
+fn kured_notify_sends_to_the_zulip_host_over_tls_and_hides_the_key() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    // Waits a generous minute for kured's connection, then gives up (the test fails below).
+    listener.set_nonblocking(true).expect("a non-blocking listener");
+    let first_bytes = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok((mut stream, _)) = listener.accept() {
+                stream.set_nonblocking(false).ok()?;
+                stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+                let mut head = [0u8; 3];
+                stream.read_exact(&mut head).ok()?;
+                return Some(head);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    });
+    let url = format!("zulip://kured%40example.com:S3CRETBOTKEY@127.0.0.1:{port}/?stream=ops");
+    let out = kured()
+        .args(["notify", &format!("--notify-url={url}")])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with(&format!(
+            "FAILED  zulip://kured%40example.com:<redacted>@127.0.0.1:{port}/?stream=ops: "
+        )),
+        "{stdout}"
+    );
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains("S3CRET"), "a secret in the output: {text}");
+    }
+    // A TLS record of type handshake (22), protocol version 3.x: a ClientHello.
+    let head = first_bytes
+        .join()
+        .expect("the listener thread")
+        .expect("kured connected to the URL's host and port and wrote");
+    assert_eq!((head[0], head[1]), (0x16, 0x03), "{head:?}");
+}

@@ -64,6 +64,30 @@ impl HttpRequest {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// A POST of `fields` as an HTML form (`application/x-www-form-urlencoded`), in order.
+    pub(crate) fn post_form(url: Url, fields: &[(&str, &str)]) -> HttpRequest {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        HttpRequest {
+            method: Method::POST,
+            url,
+            headers: vec![(
+                "Content-Type".to_owned(),
+                "application/x-www-form-urlencoded".to_owned(),
+            )],
+            basic_auth: None,
+            body: body.into_bytes(),
+            expect: Expect::Success,
+        }
+    }
+
+    /// The fields of a form body, in order, for tests.
+    #[cfg(test)]
+    pub fn form_body(&self) -> Vec<(String, String)> {
+        url::form_urlencoded::parse(&self.body).into_owned().collect()
+    }
 }
 
 /// A URL built from a service's fixed API address; `None` only if the parts make no URL.

@@ -28,6 +28,15 @@ pub fn schemes() -> Vec<&'static str> {
         .collect()
 }
 
+/// The scheme each service is counted under in `kured_notifications_failed_total` (the first of
+/// its schemes), in the registry's order.
+pub fn metric_schemes() -> Vec<&'static str> {
+    services::REGISTRY
+        .iter()
+        .filter_map(|s| s.schemes.first().copied())
+        .collect()
+}
+
 /// A notification URL that cannot be used. Messages never include a secret from the URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
@@ -266,7 +275,9 @@ mod tests {
 
     #[test]
     fn unknown_schemes_and_parameters_are_named() {
-        assert!(err("pushover://shoutrrr:token@user").contains("unknown notification scheme \"pushover\""));
+        assert!(
+            err("carrierpigeon://coop:token@loft").contains("unknown notification scheme \"carrierpigeon\"")
+        );
         assert!(err("no scheme here").contains("scheme://"));
         assert!(
             err("slack://hook:T00000000-B00000000-XXXXXXXXXXXXXXXXXXXXXXXX@webhook?colour=red")
@@ -279,7 +290,7 @@ mod tests {
     fn unusable_urls_are_labelled_by_their_scheme_or_unknown() {
         use super::Target;
         let cases = [
-            ("pushover://shoutrrr:t@user", "unknown"),
+            ("nosuch://shoutrrr:t@user", "unknown"),
             ("no scheme", "unknown"),
             ("GOTIFY://example.com/short", "gotify"),
             ("teams+https://", "teams"),

@@ -29,6 +29,15 @@ pub(crate) struct Registered {
     pub(crate) parse: fn(scheme: &str, value: &str) -> Result<Target, TargetError>,
 }
 
+/// Whether URLs of `scheme` carry a credential as their host (Pushbullet's access token,
+/// Pushover's user key), so that an error must not show even the host.
+pub(crate) fn host_is_secret(scheme: &str) -> bool {
+    let scheme = scheme.to_ascii_lowercase();
+    [pushbullet::SCHEMES, pushover::SCHEMES]
+        .iter()
+        .any(|schemes| schemes.contains(&scheme.as_str()))
+}
+
 /// Declares each service's module and lists it in [`REGISTRY`].
 macro_rules! registry {
     ($($service:ident),* $(,)?) => {
@@ -56,6 +65,11 @@ registry! {
     join,
     matrix,
     ntfy,
+    pushover,
+    pushbullet,
+    rocketchat,
+    zulip,
+    opsgenie,
 }
 
 #[cfg(test)]
