@@ -1136,51 +1136,99 @@ async fn refused_credentials_fail_once_and_stay_hidden() {
     }
 }
 
-/// `kured notify` takes a Zulip URL (upstream's agent would, so ours must not stop at it), sends
-/// over TLS to the host and port the URL names, and reports the outcome without the bot's key.
-/// The receiver here speaks no TLS, so the send fails after it saw the TLS handshake begin.
+/// `kured notify`, the real binary, to self-hosted services over TLS: Zulip, Rocket.Chat, ntfy
+/// and Opsgenie at the host and port their URLs name, a server whose certificate a private CA
+/// signed, trusted through `SSL_CERT_FILE` (as Go programs such as upstream kured trust it). Each
+/// request arrives as the service documents it, and the report hides every credential. Without
+/// the variable, the same sends fail on the unknown certificate authority.
 #[test]
-fn kured_notify_sends_to_the_zulip_host_over_tls_and_hides_the_key() {
-    use std::io::Read;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    let port = listener.local_addr().expect("its address").port();
-    // Waits a generous minute for kured's connection, then gives up (the test fails below).
-    listener.set_nonblocking(true).expect("a non-blocking listener");
-    let first_bytes = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok((mut stream, _)) = listener.accept() {
-                stream.set_nonblocking(false).ok()?;
-                stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-                let mut head = [0u8; 3];
-                stream.read_exact(&mut head).ok()?;
-                return Some(head);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    });
-    let url = format!("zulip://kured%40example.com:S3CRETBOTKEY@127.0.0.1:{port}/?stream=ops");
-    let out = kured()
-        .args(["notify", &format!("--notify-url={url}")])
-        .output()
-        .expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-    assert!(
-        stdout.starts_with(&format!(
-            "FAILED  zulip://kured%40example.com:<redacted>@127.0.0.1:{port}/?stream=ops: "
-        )),
-        "{stdout}"
+fn kured_notify_reaches_self_hosted_services_over_tls_with_a_private_ca() {
+    let ca = TestCa::create();
+    let server = HttpReceiver::start_tls(&ca);
+    server.respond(
+        "/api/v1/messages",
+        Reply::status(200, r#"{"result":"success","msg":"","id":42}"#),
     );
-    for text in [&stdout, &stderr] {
+    server.respond(
+        "/v2/alerts",
+        Reply::status(202, r#"{"result":"Request will be processed"}"#),
+    );
+    let port = server.addr.port();
+    let urls = [
+        format!("zulip://kured%40example.com:S3CRETBOTKEY@127.0.0.1:{port}/?stream=ops&topic=reboots"),
+        format!("rocketchat://127.0.0.1:{port}/S3CRETA/S3CRETB/ops"),
+        format!("ntfy://127.0.0.1:{port}/reboots"),
+        format!("opsgenie://127.0.0.1:{port}/S3CRETGENIEKEY"),
+    ];
+    let notify = |bundle: Option<&std::path::Path>| {
+        let mut command = kured();
+        command.arg("notify").arg("--message=Hello over TLS");
+        for url in &urls {
+            command.arg(format!("--notify-url={url}"));
+        }
+        match bundle {
+            Some(path) => command.env("SSL_CERT_FILE", path),
+            None => command.env_remove("SSL_CERT_FILE"),
+        };
+        let out = command.output().expect("runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!text.contains("S3CRET"), "a secret in the output: {text}");
-    }
-    // A TLS record of type handshake (22), protocol version 3.x: a ClientHello.
-    let head = first_bytes
-        .join()
-        .expect("the listener thread")
-        .expect("kured connected to the URL's host and port and wrote");
-    assert_eq!((head[0], head[1]), (0x16, 0x03), "{head:?}");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+
+    let (code, report) = notify(Some(&ca.ca_pem));
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("ok ")).count(),
+        4,
+        "{report}"
+    );
+
+    let zulip = only(&server, "/api/v1/messages");
+    assert_eq!(zulip.method, "POST");
+    assert_eq!(
+        zulip.header("authorization"),
+        Some("Basic a3VyZWRAZXhhbXBsZS5jb206UzNDUkVUQk9US0VZ")
+    );
+    assert_eq!(
+        form_fields(&zulip),
+        fields(&[
+            ("type", "stream"),
+            ("to", "ops"),
+            ("content", "Hello over TLS"),
+            ("topic", "reboots")
+        ])
+    );
+    let rocket = only(&server, "/hooks/S3CRETA/S3CRETB");
+    assert_eq!(rocket.json()["text"], "Hello over TLS");
+    assert_eq!(rocket.json()["channel"], "#ops");
+    let ntfy = only(&server, "/reboots");
+    assert_eq!(
+        (ntfy.method.as_str(), ntfy.text().as_str()),
+        ("POST", "Hello over TLS")
+    );
+    let genie = only(&server, "/v2/alerts");
+    assert_eq!(genie.header("authorization"), Some("GenieKey S3CRETGENIEKEY"));
+    assert_eq!(genie.json()["description"], "Hello over TLS");
+
+    let before = server.requests().len();
+    let (code, report) = notify(None);
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("FAILED ")).count(),
+        4,
+        "{report}"
+    );
+    assert_eq!(
+        server.requests().len(),
+        before,
+        "no request passed an unverified TLS handshake"
+    );
 }
