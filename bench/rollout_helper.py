@@ -136,7 +136,7 @@ def agent_events(path):
                 j = json.loads(line)
             except ValueError:
                 continue
-            msg = j.get("message") or (j.get("fields") or {}).get("message") or ""
+            msg = j.get("msg") or j.get("message") or (j.get("fields") or {}).get("message") or ""
             t = j.get("timestamp") or j.get("time") or j.get("ts")
             if t:
                 out.append((ts(t), msg))

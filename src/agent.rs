@@ -71,6 +71,10 @@ struct Agent<N> {
     boot_id_warned: AtomicBool,
     /// This agent gave up a cycle (its drain failed) and has not finished giving the node back.
     drain_failed: AtomicBool,
+    /// The last full round found the node idle with nothing of its own anywhere: no lock entry,
+    /// no cordon of kured's, no taint. Only this node's agent writes those, so while the sentinel
+    /// keeps saying "not needed", a round asks the API server nothing (see [`Agent::step`]).
+    settled: AtomicBool,
 }
 
 /// What the agent waits for before it looks again.
@@ -140,6 +144,7 @@ pub async fn run(
         published: std::sync::Mutex::new(None),
         boot_id_warned: AtomicBool::new(false),
         drain_failed: AtomicBool::new(false),
+        settled: AtomicBool::new(false),
         config,
     };
     info!(
@@ -313,7 +318,7 @@ impl<N: Notifier> Agent<N> {
 
     /// Gathers what `decide` needs. The lock is read in full and evaluated with the lock's own
     /// rules, so "available" means exactly what `acquire` would conclude.
-    async fn observe(&self, now: Timestamp) -> Result<(Observation, Seen), String> {
+    async fn observe(&self, now: Timestamp, sentinel: SentinelView) -> Result<(Observation, Seen), String> {
         let node = self.node.get().await.map_err(|e| crate::error_chain(&e))?;
         self.adopt_published(&node);
         let boot_id = self.boot_id_of(&node).unwrap_or_default();
@@ -343,7 +348,7 @@ impl<N: Notifier> Agent<N> {
             )
         };
         let observation = Observation {
-            sentinel: self.check_sentinel().await,
+            sentinel,
             window_open,
             window_opens,
             blockers: None,
@@ -423,8 +428,17 @@ impl<N: Notifier> Agent<N> {
     }
 
     async fn step(&self) -> Wait {
+        let sentinel = self.check_sentinel().await;
+        if sentinel == SentinelView::NotRequired && self.settled.load(Ordering::Relaxed) {
+            // Idle, as the last full round left it: what it found (no lock entry, cordon or taint
+            // of this node's) only this agent could have changed, and the state it published
+            // still holds (published again only if publishing it failed). No request: an idle
+            // fleet costs the API server nothing.
+            self.publish(Some(false), Phase::Idle, String::new()).await;
+            return Wait::For(self.period());
+        }
         let now = Timestamp::now();
-        let (mut obs, seen) = match self.observe(now).await {
+        let (mut obs, seen) = match self.observe(now, sentinel).await {
             Ok(o) => o,
             Err(e) => {
                 error!(node = %self.config.node_id, error = %e, "reading the node");
@@ -435,6 +449,14 @@ impl<N: Notifier> Agent<N> {
             self.drain_failed.store(false, Ordering::Relaxed);
         }
         let mut step = decide::decide(&obs, &self.policy, now);
+        self.settled.store(
+            step == Step::Idle { remove_taint: false }
+                && !matches!(obs.lock, LockView::Ours(_))
+                && !obs.kured_cordon
+                && !obs.taint_present
+                && !self.drain_failed.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         if step == Step::CheckBlockers {
             if self.config.annotate_nodes {
                 self.best_effort(
@@ -607,16 +629,17 @@ impl<N: Notifier> Agent<N> {
             )
             .await;
         }
+        // As upstream: the delay first, then the drain's notification, sent as the drain starts.
+        if !self.config.drain_delay.is_zero() {
+            info!(node = %node_id, delay = ?self.config.drain_delay, "waiting before the drain");
+            tokio::time::sleep(self.config.drain_delay).await;
+        }
         self.notifier
             .notify(
                 Event::Drain,
                 &notify::render(&self.config.message_template_drain, node_id),
             )
             .await;
-        if !self.config.drain_delay.is_zero() {
-            info!(node = %node_id, delay = ?self.config.drain_delay, "waiting before the drain");
-            tokio::time::sleep(self.config.drain_delay).await;
-        }
         // Transient API errors are retried until the drain's deadline; without one, for a bounded
         // time, after which the cycle is given up and tried again later.
         let started = tokio::time::Instant::now();
@@ -716,9 +739,11 @@ impl<N: Notifier> Agent<N> {
         }
     }
 
-    /// Returns the node to service without a reboot: uncordon (if `uncordon`), then drop our lock
-    /// entry (if `release`), without the release delay — the node never went down. The lock is
-    /// kept until the uncordon has succeeded, so the node is never left cordoned without it.
+    /// Returns the node to service without a reboot: uncordon (if `uncordon`), put on the
+    /// post-reboot labels in place of the pre-reboot ones (as upstream does after a failed drain),
+    /// then drop our lock entry (if `release`), without the release delay — the node never went
+    /// down. The lock is kept until the uncordon has succeeded, so the node is never left cordoned
+    /// without it.
     async fn give_back(&self, uncordon: bool, release: bool) -> Wait {
         let node_id = &self.config.node_id;
         let retry = || Wait::For(ERROR_RETRY.min(self.period()));
@@ -734,6 +759,9 @@ impl<N: Notifier> Agent<N> {
                 error!(node = %node_id, error = %crate::error_chain(&e), "cannot uncordon; keeping the lock until it is done");
                 return retry();
             }
+        }
+        if let Err(e) = self.node.set_labels(&self.config.post_reboot_node_labels).await {
+            error!(node = %node_id, error = %crate::error_chain(&e), "setting post-reboot labels");
         }
         if self.config.annotate_nodes {
             self.best_effort(

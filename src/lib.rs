@@ -16,6 +16,7 @@ pub mod duration;
 pub mod http;
 pub mod kube_error;
 pub mod lock;
+pub mod logformat;
 pub mod metrics;
 pub mod node;
 pub mod notify;

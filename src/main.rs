@@ -30,11 +30,18 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
         }
     };
-    let result = match cli.command {
-        Some(Command::Schedule(args)) => schedule(&args),
-        Some(Command::Notify(args)) => notify(&args),
-        Some(Command::Status(args)) => status(&args),
-        None => agent(&cli.agent),
+    let overrides = &cli.env_overrides;
+    let result = match &cli.command {
+        Some(Command::Schedule(args)) => {
+            warn_plainly(overrides);
+            schedule(args)
+        }
+        Some(Command::Notify(args)) => notify(args, overrides),
+        Some(Command::Status(args)) => {
+            warn_plainly(overrides);
+            status(args)
+        }
+        None => agent(&cli.agent, overrides),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,10 +168,17 @@ fn status(args: &StatusArgs) -> Result<(), Failure> {
 const TEST_TITLE: &str = "kured test notification";
 
 /// `kured notify`: one message to each URL, a line per URL on stdout, exit 0 only if all got it.
-fn notify(args: &NotifyArgs) -> Result<(), Failure> {
+/// Warnings of the commands that print their result on stdout: one line each on stderr.
+fn warn_plainly(warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("kured: warning: {warning}");
+    }
+}
+
+fn notify(args: &NotifyArgs, overrides: &[String]) -> Result<(), Failure> {
     let (targets, warnings) = args.targets().map_err(usage)?;
     init_logging(LogFormat::Text);
-    for warning in &warnings {
+    for warning in overrides.iter().chain(&warnings) {
         tracing::warn!("{warning}");
     }
     let rt = async_runtime()?;
@@ -199,11 +213,14 @@ fn report_line(d: &Delivery) -> String {
     }
 }
 
-fn agent(args: &AgentArgs) -> Result<(), Failure> {
+fn agent(args: &AgentArgs, overrides: &[String]) -> Result<(), Failure> {
     let config = args.validate().map_err(usage)?;
     init_logging(config.log_format);
-    for warning in &config.warnings {
+    for warning in overrides.iter().chain(&config.warnings) {
         tracing::warn!("{warning}");
+    }
+    for error in &config.errors {
+        tracing::error!("{error}; the agent runs on, and each notification to this URL is counted as failed");
     }
     let rt = async_runtime()?;
     rt.block_on(async {
@@ -275,6 +292,6 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder.event_format(kured::logformat::SlogJson).init(),
     }
 }

@@ -428,6 +428,38 @@ fn whole_seconds(d: Duration) -> crate::duration::GoDuration {
     crate::duration::GoDuration::from_secs(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// A listener on `addr`. The unspecified IPv6 address (`[::]:PORT`, what an empty
+/// `--metrics-host` means) listens on every address of both families, whatever the host's
+/// `net.ipv6.bindv6only`; on a host without IPv6 it falls back to every IPv4 address.
+async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let Ok(parsed) = addr.parse::<SocketAddr>() else {
+        // A host name: resolved and bound as given.
+        return tokio::net::TcpListener::bind(addr).await;
+    };
+    if parsed.ip() != std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+        return tokio::net::TcpListener::bind(parsed).await;
+    }
+    match dual_stack(parsed) {
+        Err(e)
+            if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+                || e.raw_os_error() == Some(libc::EADDRNOTAVAIL) =>
+        {
+            tracing::debug!(error = %e, "no IPv6 on this host: listening on IPv4 only");
+            tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, parsed.port())).await
+        }
+        other => other,
+    }
+}
+
+/// An IPv6 socket that also accepts IPv4 connections (as IPv4-mapped addresses).
+fn dual_stack(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v6()?;
+    crate::sys::set_ipv6_only(&socket, false)?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Serves `/metrics` and `/healthz` on `addr` until `shutdown` completes.
 pub async fn serve(
     addr: &str,
@@ -435,12 +467,10 @@ pub async fn serve(
     liveness: Arc<Liveness>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), MetricsError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| MetricsError::Bind {
-            addr: addr.to_owned(),
-            source,
-        })?;
+    let listener = listen(addr).await.map_err(|source| MetricsError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
     let local = listener.local_addr().map_err(|source| MetricsError::Bind {
         addr: addr.to_owned(),
         source,
@@ -478,6 +508,42 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Connects to `addr` and reads what the listener's accepted side writes.
+    async fn round_trip(listener: &tokio::net::TcpListener, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        client?;
+        Ok(accepted?.1)
+    }
+
+    #[tokio::test]
+    async fn an_empty_metrics_host_listens_on_ipv6_and_ipv4_alike() {
+        let listener = listen("[::]:0").await.expect("a listener");
+        let port = listener.local_addr().expect("its address").port();
+        let v6 = round_trip(&listener, (std::net::Ipv6Addr::LOCALHOST, port).into()).await;
+        let v4 = round_trip(&listener, (std::net::Ipv4Addr::LOCALHOST, port).into()).await;
+        assert_eq!(v6.expect("::1 connects").ip().to_string(), "::1");
+        assert_eq!(
+            v4.expect("127.0.0.1 connects").ip().to_string(),
+            "::ffff:127.0.0.1"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_given_metrics_host_is_the_only_address_listened_on() {
+        let listener = listen("127.0.0.1:0").await.expect("a listener");
+        let port = listener.local_addr().expect("its address").port();
+        let v6 = tokio::net::TcpStream::connect((std::net::Ipv6Addr::LOCALHOST, port)).await;
+        assert!(v6.is_err(), "::1 must not reach a listener on 127.0.0.1");
+        round_trip(&listener, (std::net::Ipv4Addr::LOCALHOST, port).into())
+            .await
+            .expect("127.0.0.1 connects");
+        let listener = listen("[::1]:0").await.expect("a listener on ::1");
+        let port = listener.local_addr().expect("its address").port();
+        round_trip(&listener, (std::net::Ipv6Addr::LOCALHOST, port).into())
+            .await
+            .expect("::1 connects");
+    }
 
     #[test]
     fn reboot_required_is_exposed_per_node_as_upstream_names_it() {

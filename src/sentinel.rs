@@ -2,8 +2,9 @@
 //!
 //! Either a file whose existence means "reboot needed" (`--reboot-sentinel`, Debian's
 //! `/var/run/reboot-required`), or a command run in the host mount namespace
-//! (`--reboot-sentinel-command`, e.g. RHEL's `needs-restarting -r`): exit code 0 means needed, 1 means
-//! not needed, and anything else is a failed check, never a reason to reboot.
+//! (`--reboot-sentinel-command`): exit code 0 means needed, 1 means not needed, and anything else is
+//! a failed check, never a reason to reboot. (RHEL's `needs-restarting -r` exits the other way
+//! round; the README gives the translation.)
 
 use std::fmt;
 use std::io;

@@ -1,5 +1,6 @@
-//! Raw system calls: entering a mount namespace and signalling a process (the rebooters), and an
-//! access-pattern hint for this program's own file (start-up).
+//! Raw system calls: entering a mount namespace and signalling a process (the rebooters), a
+//! socket option the standard library does not set (the metrics listener), and access-pattern
+//! hints for this program's own file (start-up).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -120,6 +121,27 @@ fn single_process(pid: u32) -> io::Result<libc::pid_t> {
             format!("{pid} is not a process id"),
         )),
     }
+}
+
+/// Sets `IPV6_V6ONLY` on an IPv6 socket: off, it also accepts IPv4 connections as IPv4-mapped
+/// addresses, whatever the host's `net.ipv6.bindv6only` default. Must be set before `bind`.
+pub(crate) fn set_ipv6_only(socket: &impl AsRawFd, only: bool) -> io::Result<()> {
+    let value = libc::c_int::from(only);
+    // SAFETY: the descriptor is open for the borrow of `socket`; the option value points to a
+    // c_int that lives across the call, and the length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -80,8 +80,8 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
         .await;
     let log = sim.log();
     eprintln!("{log}");
-    assert!(log.contains("\"message\":\"drained\""), "{log}");
-    assert!(log.contains("\"message\":\"lock released\""), "{log}");
+    assert!(log.contains("\"msg\":\"drained\""), "{log}");
+    assert!(log.contains("\"msg\":\"lock released\""), "{log}");
 }
 
 /// A sentinel command has no file to watch: the agent must look again every period, also while
@@ -137,7 +137,15 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
     support::create_deployment(&scope, "pinned", 1, Some(&names[0])).await;
     support::create_pdb(&scope, "pinned", 1, 1).await;
 
-    let sim = agents.start(&scope, &names[0], &["--drain-timeout=3s"]);
+    let sim = agents.start(
+        &scope,
+        &names[0],
+        &[
+            "--drain-timeout=3s",
+            "--pre-reboot-node-labels=kured=rebooting",
+            "--post-reboot-node-labels=kured=done",
+        ],
+    );
     sim.logged(
         "drain failed; giving the node back and releasing the lock",
         Duration::from_secs(60),
@@ -158,6 +166,15 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
         },
     )
     .await;
+    // As upstream: the node back in service carries the post-reboot labels, not the pre-reboot ones.
+    let node = nodes.get(&names[0]).await.expect("the node");
+    let label = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kured"))
+        .cloned();
+    assert_eq!(label.as_deref(), Some("done"), "{:?}", node.metadata.labels);
     assert_eq!(sim.reboots(), 0, "no reboot without --force-reboot");
     assert!(Path::new(&sim.sentinel).exists(), "the reboot is still needed");
 }
@@ -362,4 +379,32 @@ async fn a_waiting_agent_takes_the_lock_when_the_holder_expires() {
     sim.logged("waiting for the lock", Duration::from_secs(30)).await;
     assert_eq!(sim.reboots(), 0, "not before the holder's TTL ran out");
     wait_for_reboot_cycle(&scope, &names[0], &sim, 1, &first_boot).await;
+}
+
+/// An idle agent asks nothing of the API server: what it must know of its own (a lock entry, a
+/// cordon of kured's, the taint) only it writes, so it learns that in one full round, and its
+/// sentinel is local. A sentinel that appears again still starts a cycle at once.
+#[tokio::test]
+async fn an_idle_agent_makes_no_api_request_until_its_node_needs_a_reboot() {
+    let rig = support::rig::Rig::new("agent-idle").await;
+    let sim = rig.start(&["--period=1s"]);
+    rig.settled_after_one_drain(&sim).await;
+    // The agent after the reboot returned the node and released the lock; a few rounds later it
+    // has had its one full look as an idle agent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = rig.proxy.forwarded_all();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = rig.proxy.forwarded_all();
+    assert_eq!(
+        before,
+        after,
+        "requests made by an idle agent over eight periods; log:\n{}",
+        sim.log_tail(20)
+    );
+
+    std::fs::write(&sim.sentinel, "").expect("creating the sentinel");
+    eventually("a second cycle to start", Duration::from_secs(60), || async {
+        (rig.observer.cordons(&rig.node) >= 2).then_some(())
+    })
+    .await;
 }

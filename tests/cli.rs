@@ -39,6 +39,86 @@ fn bad_flags_exit_2_with_one_line_naming_flag_and_value() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
 }
 
+/// As in upstream kured, which reads its variables after its flags, a `KURED_*` variable wins
+/// over its flag (a list's adds to it), and the agent says so when their values differ.
+#[test]
+fn a_variable_and_its_flag_meet_as_in_upstream_with_a_warning_naming_both() {
+    let schedule = |vars: &[(&str, &str)]| {
+        let out = kured()
+            .envs(vars.iter().copied())
+            .args([
+                "schedule",
+                "--time-zone=UTC",
+                "--start-time=2:00",
+                "--end-time=4:00",
+            ])
+            .args(["--at=2026-12-02T00:00:00Z", "--count=1"])
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (stdout, stderr) = schedule(&[("KURED_TIME_ZONE", "Europe/Berlin")]);
+    assert!(
+        stdout.contains("between 02:00 and 04:00 Europe/Berlin"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stderr,
+        "kured: warning: both KURED_TIME_ZONE=\"Europe/Berlin\" and --time-zone=\"UTC\" are set; the \
+         variable's value is used, as in upstream kured\n"
+    );
+    let (stdout, stderr) = schedule(&[("KURED_TIME_ZONE", "UTC")]);
+    assert!(stdout.contains("between 02:00 and 04:00 UTC"), "{stdout}");
+    assert_eq!(stderr, "", "the same value in both: nothing to warn about");
+    let (stdout, _) = schedule(&[("KURED_TIME_ZONE", "")]);
+    assert!(
+        stdout.contains("between 02:00 and 04:00 UTC"),
+        "an empty variable is unset: {stdout}"
+    );
+
+    // A list variable adds to its flag's values.
+    let out = kured()
+        .env("KURED_REBOOT_DAYS", "tu")
+        .args([
+            "schedule",
+            "--reboot-days=mo",
+            "--at=2026-12-02T00:00:00Z",
+            "--count=1",
+        ])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Window  ---MonTue------------ between"),
+        "{stdout}"
+    );
+
+    // The agent logs the warning at start, the notification URL's values not shown.
+    let out = kured()
+        .env("KURED_NOTIFY_URL", "slack://hook:T000/B000/FROMVARIABLE@webhook")
+        .args([
+            "--node-id=n1",
+            "--notify-url=slack://hook:T000/B000/FROMFLAG@webhook",
+        ])
+        .arg("--kubeconfig=/nonexistent/kubeconfig")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("both KURED_NOTIFY_URL and --notify-url are set, to different values"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("FROMFLAG") && !stderr.contains("FROMVARIABLE"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn schedule_prints_json_in_the_documented_shape() {
     let out = kured()
@@ -110,7 +190,11 @@ fn free_port() -> u16 {
 }
 
 fn get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    get_from(std::net::Ipv4Addr::LOCALHOST.into(), port, path)
+}
+
+fn get_from(ip: std::net::IpAddr, port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect((ip, port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
         s,
@@ -133,9 +217,10 @@ fn wait_for_metric(port: u16, line: &str) {
     }
 }
 
+/// An agent with the default `--metrics-host`: every address of both families.
 fn start_agent(sentinel: &Path, port: u16, log_format: &str) -> Agent {
     let child = kured()
-        .args(["--node-id=test-node", "--period=1s", "--metrics-host=127.0.0.1"])
+        .args(["--node-id=test-node", "--period=1s"])
         .arg(format!("--log-format={log_format}"))
         .arg(format!("--reboot-sentinel={}", sentinel.display()))
         .arg(format!("--metrics-port={port}"))
@@ -155,7 +240,18 @@ fn agent_serves_reboot_required_from_the_sentinel_and_stops_on_sigterm() {
     let mut agent = start_agent(&sentinel, port, "json");
 
     wait_for_metric(port, "kured_reboot_required{node=\"test-node\"} 0");
-    assert!(get(port, "/healthz").is_some_and(|b| b.starts_with("HTTP/1.1 200") && b.ends_with("ok\n")));
+    let healthy = |b: &String| b.starts_with("HTTP/1.1 200") && b.ends_with("ok\n");
+    // IPv6-only and IPv6-first clusters scrape and probe over IPv6, the others over IPv4.
+    for ip in [
+        std::net::Ipv6Addr::LOCALHOST.into(),
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    ] {
+        let answer = get_from(ip, port, "/healthz");
+        assert!(
+            answer.as_ref().is_some_and(healthy),
+            "/healthz on {ip}: {answer:?}"
+        );
+    }
     std::fs::write(&sentinel, "").expect("creating the sentinel");
     wait_for_metric(port, "kured_reboot_required{node=\"test-node\"} 1");
     std::fs::remove_file(&sentinel).expect("removing the sentinel");
@@ -167,11 +263,11 @@ fn agent_serves_reboot_required_from_the_sentinel_and_stops_on_sigterm() {
         let line = line.expect("a line");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
         assert!(
-            v["level"].is_string() && v["message"].is_string() && v["timestamp"].is_string(),
+            v["level"].is_string() && v["msg"].is_string() && v["time"].is_string(),
             "{line}"
         );
     }
-    assert!(logs.contains("\"message\":\"agent started\""), "{logs}");
+    assert!(logs.contains("\"msg\":\"agent started\""), "{logs}");
 }
 
 /// Stops the agent with SIGTERM, checks it exits 0, and returns what it logged.

@@ -653,7 +653,7 @@ async fn full_cycle_with_the_manifests_rbac(manifest: &Manifest, test: &str) {
         || async {
             let waiting = sim
                 .log()
-                .contains("\"message\":\"reboot required; waiting for the lock\"");
+                .contains("\"msg\":\"reboot required; waiting for the lock\"");
             (waiting && has_taint(&cluster.node(0).await, WAITING_TAINT)).then_some(())
         },
     )
@@ -661,7 +661,7 @@ async fn full_cycle_with_the_manifests_rbac(manifest: &Manifest, test: &str) {
     write_lock(&cluster.scope, None).await;
     // Refused by web's budget.
     sim.logged(
-        "\"message\":\"eviction refused for now; retrying\"",
+        "\"msg\":\"eviction refused for now; retrying\"",
         Duration::from_secs(60),
     )
     .await;
@@ -692,12 +692,12 @@ async fn full_cycle_with_the_manifests_rbac(manifest: &Manifest, test: &str) {
     );
     // What the cycle went through, each step under the ServiceAccount's permissions.
     for step in [
-        "\"message\":\"lock acquired\"",
-        "\"message\":\"cordoned\"",
-        "\"message\":\"eviction refused for now; retrying\"",
-        "\"message\":\"drained\"",
-        "\"message\":\"uncordoned\"",
-        "\"message\":\"lock released\"",
+        "\"msg\":\"lock acquired\"",
+        "\"msg\":\"cordoned\"",
+        "\"msg\":\"eviction refused for now; retrying\"",
+        "\"msg\":\"drained\"",
+        "\"msg\":\"uncordoned\"",
+        "\"msg\":\"lock released\"",
     ] {
         assert!(
             log.contains(step),
@@ -707,7 +707,7 @@ async fn full_cycle_with_the_manifests_rbac(manifest: &Manifest, test: &str) {
     }
     let skipped = |pod: &str| {
         log.lines()
-            .any(|l| l.contains("\"message\":\"not evicting\"") && l.contains(pod))
+            .any(|l| l.contains("\"msg\":\"not evicting\"") && l.contains(pod))
     };
     assert!(skipped("/kured-"), "the agent's own pod stays:\n{log}");
     assert!(skipped("/logger-"), "another DaemonSet's pod stays:\n{log}");

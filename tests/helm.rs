@@ -706,6 +706,41 @@ fn another_release_gets_a_lock_and_a_role_of_its_own() {
     assert_eq!(bare.pod().service_account_name.as_deref(), Some("ops-kured"));
 }
 
+/// Upstream's chart names the account's annotations `serviceAccount.extraAnnotations`; an
+/// upstream values file keeps them, and this chart's older `serviceAccount.annotations` still works.
+#[test]
+fn the_service_accounts_annotations_come_from_upstreams_key_and_ours() {
+    let annotations = |args: &[&str]| {
+        let chart = Helm::new().template("rel", "ops", args);
+        chart.raw("ServiceAccount")["metadata"]["annotations"].clone()
+    };
+    let identity = "iam.gke.io/gcp-service-account";
+    assert_eq!(
+        annotations(&[
+            "--set",
+            &format!(
+                "serviceAccount.extraAnnotations.{}=kured@p.iam",
+                identity.replace('.', "\\.")
+            )
+        ]),
+        json!({ identity: "kured@p.iam" })
+    );
+    assert_eq!(
+        annotations(&["--set", "serviceAccount.annotations.team=ops"]),
+        json!({ "team": "ops" })
+    );
+    assert_eq!(
+        annotations(&[
+            "--set-json",
+            r#"serviceAccount.extraAnnotations={"a":"upstream","b":"2"}"#,
+            "--set-json",
+            r#"serviceAccount.annotations={"a":"ours","c":"3"}"#,
+        ]),
+        json!({ "a": "upstream", "b": "2", "c": "3" })
+    );
+    assert_eq!(annotations(&[]), Value::Null, "none given: no annotations");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Representative values
 

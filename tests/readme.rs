@@ -7,7 +7,10 @@
 //!   does not exist.
 //! - The metrics table (between `<!-- metrics:begin -->` and `<!-- metrics:end -->`) is compared
 //!   with what the agent's registry exposes: every metric with its type and label names, and no
-//!   other.
+//!   other; the schemes listed for `kured_notifications_failed_total` are every service's, in
+//!   order, and `unknown`.
+//! - The `needs-restarting -r` recipe (between `<!-- needs-restarting:begin -->` and its end) is
+//!   run as a sentinel command with a stand-in that exits as the real program does.
 //!
 //! Cells are written as in the README: a name, variable or default in backticks, `""` for an
 //! empty default, and `(none)` for no variable or no default.
@@ -17,6 +20,7 @@
 //! whatever the environment holds, so this file neither sets nor clears variables.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use kured::config::Cli;
 use kured::metrics::Metrics;
@@ -317,6 +321,26 @@ fn exposed_metrics() -> BTreeMap<String, (String, BTreeSet<String>)> {
         .collect()
 }
 
+/// The code spans of `text`, in order.
+fn code_spans(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+#[test]
+fn notification_failure_schemes_are_every_service_and_unknown() {
+    let row = table_rows(section("metrics"))
+        .into_iter()
+        .find(|row| code(cell(row, "Metric")) == Some("kured_notifications_failed_total"))
+        .expect("README.md documents kured_notifications_failed_total");
+    let documented = code_spans(cell(&row, "Meaning"));
+    let mut expected = kured::notify::target::metric_schemes();
+    expected.push("unknown");
+    assert_eq!(
+        documented, expected,
+        "README.md's schemes of kured_notifications_failed_total (left) disagree with the services (right)"
+    );
+}
+
 #[test]
 fn metrics_table_matches_the_registry() {
     let exposed = exposed_metrics();
@@ -340,5 +364,64 @@ fn metrics_table_matches_the_registry() {
     assert_eq!(
         documented, exposed,
         "README.md's metrics table (left) disagrees with the registry (right)"
+    );
+}
+
+/// The README's `needs-restarting -r` recipe, run as the agent runs a sentinel command, with a
+/// stand-in for `needs-restarting` that exits as the real one does: 1 when a reboot is needed, 0
+/// when not, and 2 for an error of its own (which must stay a failed check, never a reboot).
+#[tokio::test]
+async fn the_needs_restarting_recipe_turns_its_exit_codes_the_right_way_round() {
+    use kured::reboot::HostNamespace;
+    use kured::sentinel::Sentinel;
+
+    let block = section("needs-restarting");
+    let flag = block
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("--reboot-sentinel-command="))
+        .expect("the recipe's flag line");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let stand_in = dir.path().join("needs-restarting");
+    let code_file = dir.path().join("code");
+    std::fs::write(
+        &stand_in,
+        format!(
+            "#!/bin/sh\necho 'Reboot is required to fully utilize these updates.'\nexit $(cat {})\n",
+            code_file.display()
+        ),
+    )
+    .expect("writing the stand-in");
+    std::fs::set_permissions(&stand_in, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    // The recipe names the program as the host's PATH finds it; here it is the stand-in.
+    assert!(flag.contains("'needs-restarting -r "), "{flag}");
+    let line = flag.replacen(
+        "'needs-restarting -r ",
+        &format!("'{} -r ", stand_in.display()),
+        1,
+    );
+    let sentinel = Sentinel::command(
+        &line,
+        HostNamespace::of_pid(std::process::id()),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("{flag}: {e}"));
+
+    let check = |code: &'static str| {
+        std::fs::write(&code_file, code).expect("writing the exit code");
+        sentinel.check()
+    };
+    assert!(
+        check("1").await.expect("a check"),
+        "needs-restarting exit 1: a reboot is needed"
+    );
+    assert!(
+        !check("0").await.expect("a check"),
+        "needs-restarting exit 0: none is needed"
+    );
+    let failed = check("2").await;
+    assert!(
+        failed.is_err(),
+        "needs-restarting failing is a failed check: {failed:?}"
     );
 }
