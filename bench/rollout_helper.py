@@ -194,6 +194,9 @@ def cmd_report(work, n, c, period, start, quiet_s):
             gaps.append(a - before[-1])
 
     print(f"rollout: N={n} nodes, concurrency c={c}, period {period}, {len(full)} of {n} nodes rebooted")
+    summary = {"nodes": n, "concurrency": c, "period": period, "total_s": total, "work_s": w,
+               "overhead_per_round_s": (total - ideal) / rounds, "first_lock_s": acq[0] - start,
+               "handoff_s": med(gaps) if gaps else None}
     print(f"  total rollout time        {total:8.1f} s   (agents started -> last lock release)")
     print(f"  per-node work (median)    {w:8.1f} s   (agent log: 'lock acquired' -> 'lock released' after the reboot;"
           f" min {min(work_s):.1f}, max {max(work_s):.1f})")
@@ -234,11 +237,13 @@ def cmd_report(work, n, c, period, start, quiet_s):
     for (verb, res, sub), d, nic, bg, a in rows:
         r = res + ("/" + sub if sub else "")
         print(f"    {verb:7} {r:22} {d:7.0f} {nic:9.0f} {bg:8.0f} {a:8.0f} {a / n:7.1f}")
+    summary.update(requests=tot, requests_per_node=tot / n)
     print(f"    total   {'':22} {'':7} {'':9} {'':8} {tot:8.0f} {tot / n:7.1f}   ({tot / dur:.1f} requests/s)")
     conflicts = sum(v for (verb, res, sub, code), v in run.items()
                     if res == "daemonsets" and sub == "" and code == "409" and verb in ("PUT", "UPDATE", "PATCH", "APPLY"))
     writes = sum(v for (verb, res, sub, code), v in run.items()
                  if res == "daemonsets" and sub == "" and verb in ("PUT", "UPDATE", "PATCH", "APPLY"))
+    summary.update(conflicts=conflicts, conflicts_per_handoff=conflicts / n)
     print(f"  409 conflicts on the lock {conflicts:8.0f}     ({conflicts / n:.2f} per hand-off; {writes:.0f} lock writes,"
           f" {writes / n:.1f} per hand-off)")
 
@@ -253,11 +258,41 @@ def cmd_report(work, n, c, period, start, quiet_s):
     print(f"  agent peak RSS            {hwm / 1024:8.1f} MiB (max VmHWM over {len(pids)} agent processes, sampled every 0.5 s)")
     print(f"    of which anonymous      {anon / 1024:8.1f} MiB (max RssAnon: the agent's own memory; the rest is the"
           " binary's file pages, shared and reclaimable)")
+    summary.update(peak_rss_mib=hwm / 1024, peak_anon_mib=anon / 1024)
     if idle:
         rss, own = [r for r, _ in idle], [a for _, a in idle]
+        summary.update(idle_rss_mib=med(rss) / 1024, idle_anon_mib=med(own) / 1024)
         print(f"  agent idle RSS            {med(rss) / 1024:8.1f} MiB (median VmRSS of {len(idle)} agents after the rollout;"
               f" max {max(rss) / 1024:.1f})")
         print(f"    of which anonymous      {med(own) / 1024:8.1f} MiB (median RssAnon; max {max(own) / 1024:.1f})")
+    if os.environ.get("BENCH_SUMMARY"):
+        with open(os.environ["BENCH_SUMMARY"], "w") as f:
+            json.dump(summary, f)
+
+
+# (key, what, unit) of the figures bench/compare puts side by side
+COMPARED = [
+    ("total_s", "total rollout time", "s"), ("work_s", "per-node work (median)", "s"),
+    ("overhead_per_round_s", "coordination overhead per round", "s"),
+    ("first_lock_s", "first lock acquired after start", "s"), ("handoff_s", "lock hand-off (median)", "s"),
+    ("requests", "API requests by the agents", ""), ("requests_per_node", "  per node", ""),
+    ("conflicts", "409 conflicts on the lock", ""), ("conflicts_per_handoff", "  per hand-off", ""),
+    ("peak_rss_mib", "agent peak RSS (max VmHWM)", "MiB"), ("peak_anon_mib", "  of which anonymous", "MiB"),
+    ("idle_rss_mib", "agent idle RSS (median VmRSS)", "MiB"), ("idle_anon_mib", "  of which anonymous", "MiB"),
+]
+
+
+def cmd_compare(label_a, summary_a, label_b, summary_b):
+    """Two rollouts' figures side by side, with the ratio of the second to the first."""
+    a, b = json.load(open(summary_a)), json.load(open(summary_b))
+    print(f"rollout: N={a['nodes']} nodes, concurrency c={a['concurrency']}, period {a['period']}")
+    print(f"  {'':34} {label_a[:22]:>22} {label_b[:22]:>22} {'ratio':>7}")
+    for key, what, unit in COMPARED:
+        va, vb = a.get(key), b.get(key)
+        fa = "n/a" if va is None else f"{va:.1f} {unit}".strip()
+        fb = "n/a" if vb is None else f"{vb:.1f} {unit}".strip()
+        ratio = f"{vb / va:6.2f}x" if va and vb is not None else f"{'':>7}"
+        print(f"  {what:34} {fa:>22} {fb:>22} {ratio}")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ pub fn root_store(system: bool, extra: &[CertificateDer<'static>]) -> Result<Roo
     Ok(store)
 }
 
-/// A client trusting `roots`, speaking HTTP/2 where the server offers it over TLS.
+/// A client trusting `roots`, speaking HTTP/1.1.
 pub fn client(roots: RootCertStore) -> Result<reqwest::Client, HttpError> {
     let mut tls =
         rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -104,7 +104,7 @@ pub fn client(roots: RootCertStore) -> Result<reqwest::Client, HttpError> {
             .map_err(HttpError::Tls)?
             .with_root_certificates(roots)
             .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .build()

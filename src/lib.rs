@@ -28,6 +28,8 @@ pub mod status;
 mod sys;
 pub mod window;
 
+pub use sys::{random_access_to_own_binary, release_own_binary_pages};
+
 /// The version of this build, as `kured --version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

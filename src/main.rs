@@ -13,8 +13,15 @@ use tokio::sync::watch;
 const EXIT_USAGE: u8 = 2;
 /// Where Kubernetes looks for a container's last words (`kubectl describe pod`).
 const TERMINATION_LOG: &str = "/dev/termination-log";
+/// When the agent hands the pages of its start-up code back: after its first pass, long before
+/// the next one at any sensible --period.
+const RELEASE_START_UP_PAGES: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn main() -> ExitCode {
+    // Before anything else runs: from here on, each page of the binary is read in only when it is
+    // first executed, so the code an agent never runs does not take memory. A hint; if the kernel
+    // refuses it, everything works as before.
+    let _ = kured::random_access_to_own_binary();
     let cli = match Cli::parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
@@ -230,6 +237,15 @@ fn agent(args: &AgentArgs, overrides: &[String]) -> Result<(), Failure> {
         let notifier =
             Notifications::from_config(&config, metrics.notification_failures()).map_err(runtime)?;
         tracing::info!(targets = ?notifier.targets(), "notifications");
+        // Most of the binary's code (flag parsing, the kubeconfig, TLS set-up) runs once, at
+        // start; its pages need not stay in memory for the weeks the agent then idles.
+        tokio::spawn(async {
+            tokio::time::sleep(RELEASE_START_UP_PAGES).await;
+            match kured::release_own_binary_pages() {
+                Ok(bytes) => tracing::debug!(bytes, "start-up code pages released"),
+                Err(e) => tracing::debug!(error = %e, "cannot release start-up code pages"),
+            }
+        });
         kured::agent::run(config, client, notifier, metrics, stop_rx)
             .await
             .map_err(runtime)

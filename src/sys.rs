@@ -1,5 +1,6 @@
-//! Raw system calls: entering a mount namespace and signalling a process (the rebooters), and a
-//! socket option the standard library does not set (the metrics listener).
+//! Raw system calls: entering a mount namespace and signalling a process (the rebooters), a
+//! socket option the standard library does not set (the metrics listener), and access-pattern
+//! hints for this program's own file (start-up).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -55,6 +56,56 @@ pub(crate) fn signal_process_group(pgid: u32, signal: i32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Marks every mapping of this program's own file (its code and read-only data) for random access
+/// (`madvise(MADV_RANDOM)`): a page fault then reads in the page it needs, not the readahead
+/// window around it, so the large parts of the binary a running agent never executes stay on
+/// disk instead of in memory. A hint only: nothing changes in what the mappings hold. Returns the
+/// bytes marked.
+pub fn random_access_to_own_binary() -> io::Result<usize> {
+    advise_own_binary(libc::MADV_RANDOM, false)
+}
+
+/// Hands the pages of this program's code and read-only data back to the kernel
+/// (`madvise(MADV_PAGEOUT)` on the read-only mappings of its own file): they leave this process
+/// and, unless another process maps them too, memory. What runs afterwards faults its pages in
+/// again from the file, so after start-up only the code still in use stays resident. Returns
+/// the bytes advised.
+pub fn release_own_binary_pages() -> io::Result<usize> {
+    advise_own_binary(libc::MADV_PAGEOUT, true)
+}
+
+fn advise_own_binary(advice: libc::c_int, read_only: bool) -> io::Result<usize> {
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let mut advised = 0;
+    for line in maps.lines() {
+        // start-end perms offset dev inode path
+        let mut fields = line.splitn(6, ' ');
+        let range = fields.next().unwrap_or_default();
+        let perms = fields.next().unwrap_or_default();
+        let path = fields.nth(3).unwrap_or_default().trim_start();
+        if std::path::Path::new(path) != exe || (read_only && perms.contains('w')) {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
+            continue;
+        };
+        // SAFETY: [start, end) is a mapping of this process as the kernel listed it, and this
+        // program's own file stays mapped for its lifetime. MADV_RANDOM sets an access-pattern
+        // hint; MADV_PAGEOUT, on a read-only mapping of a file, drops pages the file holds
+        // unchanged, to be read in again on the next access. Neither changes what the range
+        // holds or its protection.
+        if unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        advised += end - start;
+    }
+    Ok(advised)
 }
 
 fn own_process_group() -> libc::pid_t {
@@ -123,6 +174,20 @@ mod tests {
     #[test]
     fn our_own_process_can_be_addressed() {
         send_signal(std::process::id(), 0).unwrap();
+    }
+
+    #[test]
+    fn the_own_binary_is_found_and_advised() {
+        // The test binary maps at least its code from its own file, read-only.
+        let marked = random_access_to_own_binary().unwrap();
+        assert!(marked >= 4096, "marked {marked} bytes");
+        let released = release_own_binary_pages().unwrap();
+        assert!(
+            released >= 4096 && released <= marked,
+            "released {released} of {marked} bytes"
+        );
+        // The code still runs: its pages come back from the file.
+        assert_eq!(single_process(7).unwrap(), 7);
     }
 
     #[test]
