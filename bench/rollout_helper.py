@@ -120,10 +120,10 @@ def kubectl_calls(path):
     return out
 
 
-def audit_calls(path, user):
-    """Exact counts of `user`'s requests from the API server's audit log, keyed as
-    apiserver_request_total (verb, resource, subresource, code): each request once, a watch when
-    it started (it may still be open), every other request when it completed."""
+def audit_calls(path, user, start, end):
+    """Exact counts of `user`'s requests received from `start` to `end` (seconds since the epoch),
+    from the API server's audit log, keyed (verb, resource, subresource, code): each request once,
+    a watch when it started (it may still be open), every other request when it completed."""
     out = {}
     if not os.path.exists(path):
         return None
@@ -137,6 +137,9 @@ def audit_calls(path, user):
                 continue
             verb, stage = e.get("verb", ""), e.get("stage", "")
             if stage != ("ResponseStarted" if verb == "watch" else "ResponseComplete"):
+                continue
+            at = ts(e.get("requestReceivedTimestamp", "1970-01-01T00:00:00Z"))
+            if not start <= at <= end:
                 continue
             ref = e.get("objectRef") or {}
             code = str((e.get("responseStatus") or {}).get("code", ""))
@@ -242,7 +245,7 @@ def cmd_report(work, n, c, period, start, quiet_s):
               f" max {max(gaps):.2f}, {len(gaps)} hand-offs)")
 
     if os.path.exists(f"{work}/audit.log"):
-        audit = audit_calls(f"{work}/audit.log", f"system:serviceaccount:{work_ns(work)}:kured")
+        audit = audit_calls(f"{work}/audit.log", f"system:serviceaccount:{work_ns(work)}:kured", start, end)
         report_audit(audit, n, end - start)
         return report_rss(work)
 
