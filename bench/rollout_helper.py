@@ -120,6 +120,25 @@ def kubectl_calls(path):
     return out
 
 
+def audit_node_calls(path, user, start, end):
+    """(time, node, verb) of `user`'s completed requests to a Node by name, from the audit log."""
+    out = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            ref = e.get("objectRef") or {}
+            if ((e.get("user") or {}).get("username") != user or e.get("stage") != "ResponseComplete"
+                    or ref.get("resource") != "nodes" or not ref.get("name")):
+                continue
+            at = ts(e.get("requestReceivedTimestamp", "1970-01-01T00:00:00Z"))
+            if start <= at <= end:
+                out.append((at, ref["name"], e.get("verb", "").upper()))
+    return out
+
+
 def audit_calls(path, user, start, end):
     """Exact counts of `user`'s requests received from `start` to `end` (seconds since the epoch),
     from the API server's audit log, keyed (verb, resource, subresource, code): each request once,
@@ -247,6 +266,8 @@ def cmd_report(work, n, c, period, start, quiet_s):
     if os.path.exists(f"{work}/audit.log"):
         audit = audit_calls(f"{work}/audit.log", f"system:serviceaccount:{work_ns(work)}:kured", start, end)
         report_audit(audit, n, end - start)
+        report_node_phases(audit_node_calls(f"{work}/audit.log", f"system:serviceaccount:{work_ns(work)}:kured",
+                                            start, end), nodes, n)
         return report_rss(work)
 
     # API requests
@@ -314,6 +335,22 @@ def report_audit(audit, n, dur):
                  if res == "daemonsets" and sub == "" and verb in ("UPDATE", "PATCH"))
     print(f"  409 conflicts on the lock {conflicts:8.0f}     ({conflicts / n:.2f} per hand-off; {writes:.0f} lock writes,"
           f" {writes / n:.1f} per hand-off)")
+
+
+def report_node_phases(calls, nodes, n):
+    """Requests to each agent's own Node, by where the node was in its cycle: waiting (before
+    'lock acquired'), the cycle itself (to 'lock released'), idle after it. (A GET of a lock holder's
+    Node, to reclaim its slot, counts for the holder.)"""
+    phases = {}
+    for at, node, verb in calls:
+        r = nodes.get(node, {})
+        phase = ("waiting" if at < r.get("acquired", float("inf")) else
+                 "cycle" if at <= r.get("released", float("inf")) else "idle after")
+        phases[(phase, verb)] = phases.get((phase, verb), 0) + 1
+    print("  requests to the agent's own Node (GET/PATCH by name), by the node's phase:")
+    for phase in ("waiting", "cycle", "idle after"):
+        shown = ", ".join(f"{verb} {v / n:.2f}" for (p, verb), v in sorted(phases.items()) if p == phase)
+        print(f"    {phase:10} {shown or '-'}   (per node)")
 
 
 def report_rss(work):
