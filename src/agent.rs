@@ -322,7 +322,7 @@ impl<N: Notifier> Agent<N> {
                     return Ok(());
                 }
             }
-            let delay = turn::turn_delay(seen.annotation(), &self.config.node_id);
+            let delay = turn::turn_delay(seen.annotation(), &self.config.node_id, self.jitter.draw());
             tokio::select! {
                 () = tokio::time::sleep(delay) => {
                     *self.turn.lock().unwrap_or_else(|e| e.into_inner()) = Some(seen);
@@ -1075,13 +1075,18 @@ impl Jitter {
 
     /// A duration in `[0, max)`.
     fn next(&self, max: Duration) -> Duration {
+        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Duration::from_nanos(self.draw() % nanos)
+    }
+
+    /// A random number.
+    fn draw(&self) -> u64 {
         let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
         // xorshift64
         *state ^= *state << 13;
         *state ^= *state >> 7;
         *state ^= *state << 17;
-        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
-        Duration::from_nanos(*state % nanos)
+        *state
     }
 }
 

@@ -3,10 +3,14 @@
 //! Every waiting agent sees a freed slot at about the same moment (the watch). Were they all to
 //! write at once, one would win and every other write would meet a conflict (409), each costing
 //! the API server a write and a fresh read. So each waiter first waits [`turn_delay`]: a delay
-//! drawn from a hash of the lock's state and its node's name, and writes only if the lock is
-//! still as it was when the delay ends. The one with the shortest delay writes; the others see
-//! its write (the watch) before their own delay ends, and go on waiting. The next state of the
-//! lock draws a fresh order, so no node waits behind the same others every time.
+//! drawn from a hash of the lock's state, its node's name and a salt the agent draws afresh at
+//! every change of the lock, and writes only if the lock is still as it was when the delay ends.
+//! The one with the shortest delay writes; the others see its write (the watch) before their own
+//! delay ends, and go on waiting. Every hand-off draws a fresh order, so no node waits behind the
+//! same others every time. The salt matters: at concurrency 1 the lock reads the same (absent)
+//! after every release, and an order drawn from the state alone would be the same at every
+//! hand-off — the nodes that drew long delays would take their turns last, packed close together,
+//! and meet conflicts.
 //!
 //! The shape of the delay is what keeps the first two apart whatever the number of waiters:
 //! `delay = horizon + spacing × ln(u)`, `u` uniform in (0, 1]. Among N waiters the two shortest
@@ -30,9 +34,10 @@ pub const SPACING: Duration = Duration::from_millis(100);
 pub const HORIZON: Duration = Duration::from_millis(700);
 
 /// How long the agent of `node` waits, once the lock as it reads `state` (the annotation's text,
-/// `None` when absent) has a free slot, before it takes it; see the [module documentation](self).
-pub fn turn_delay(state: Option<&str>, node: &str) -> Duration {
-    delay_for(unit(state, node), SPACING, HORIZON)
+/// `None` when absent) has a free slot, before it takes it; `salt` is drawn afresh for every
+/// change of the lock. See the [module documentation](self).
+pub fn turn_delay(state: Option<&str>, node: &str, salt: u64) -> Duration {
+    delay_for(unit(state, node, salt), SPACING, HORIZON)
 }
 
 /// `horizon + spacing × ln(u)`, clamped to `[0, horizon]`.
@@ -41,9 +46,9 @@ fn delay_for(u: f64, spacing: Duration, horizon: Duration) -> Duration {
     Duration::from_secs_f64(secs.clamp(0.0, horizon.as_secs_f64()))
 }
 
-/// A number in (0, 1] that depends on both the state and the node, the same in every process
-/// and every build (so that agents of different builds still draw independent turns).
-fn unit(state: Option<&str>, node: &str) -> f64 {
+/// A number in (0, 1] that depends on the state, the node and the salt, the same in every
+/// process and every build.
+fn unit(state: Option<&str>, node: &str, salt: u64) -> f64 {
     // FNV-1a over both (a separator byte keeps ("ab", "c") apart from ("a", "bc")), then the
     // splitmix64 finaliser, whose output bits all depend on every input bit.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -55,6 +60,7 @@ fn unit(state: Option<&str>, node: &str) -> f64 {
         .iter()
         .chain([u8::from(state.is_some()), 0xff].iter())
         .chain(node.as_bytes())
+        .chain(salt.to_le_bytes().iter())
     {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
@@ -80,7 +86,7 @@ mod tests {
     fn sorted_delays(state: &str, n: usize) -> Vec<Duration> {
         let mut d: Vec<Duration> = nodes(n)
             .iter()
-            .map(|node| turn_delay(Some(state), node))
+            .map(|node| turn_delay(Some(state), node, 7))
             .collect();
         d.sort();
         d
@@ -89,15 +95,15 @@ mod tests {
     #[test]
     fn the_delay_is_the_same_for_the_same_state_and_node() {
         let state = r#"{"nodeID":"a","created":"2026-01-01T00:00:00Z","TTL":0}"#;
-        assert_eq!(turn_delay(Some(state), "n1"), turn_delay(Some(state), "n1"));
-        assert_eq!(turn_delay(None, "n1"), turn_delay(None, "n1"));
+        assert_eq!(turn_delay(Some(state), "n1", 1), turn_delay(Some(state), "n1", 1));
+        assert_eq!(turn_delay(None, "n1", 1), turn_delay(None, "n1", 1));
     }
 
     #[test]
     fn the_delay_stays_within_the_horizon() {
         for state in ["", "x", "{}", "a longer state with more text in it"] {
             for node in nodes(200) {
-                let d = turn_delay(Some(state), &node);
+                let d = turn_delay(Some(state), &node, 3);
                 assert!(d <= HORIZON, "{state:?} {node}: {d:?}");
             }
         }
@@ -114,8 +120,8 @@ mod tests {
 
     #[test]
     fn an_absent_annotation_and_an_empty_one_draw_different_orders() {
-        let absent: Vec<Duration> = nodes(20).iter().map(|n| turn_delay(None, n)).collect();
-        let empty: Vec<Duration> = nodes(20).iter().map(|n| turn_delay(Some(""), n)).collect();
+        let absent: Vec<Duration> = nodes(20).iter().map(|n| turn_delay(None, n, 0)).collect();
+        let empty: Vec<Duration> = nodes(20).iter().map(|n| turn_delay(Some(""), n, 0)).collect();
         assert_ne!(absent, empty);
     }
 
@@ -129,7 +135,7 @@ mod tests {
             let state = format!(r#"{{"nodeID":"holder-{handoff}","created":"2026-01-01T00:00:00Z"}}"#);
             let winner = waiters
                 .iter()
-                .min_by_key(|n| turn_delay(Some(&state), n))
+                .min_by_key(|n| turn_delay(Some(&state), n, 0))
                 .expect("waiters");
             *first.entry(winner).or_default() += 1;
         }
@@ -142,6 +148,41 @@ mod tests {
             first.values().all(|&n| n < 250),
             "no waiter first far beyond its share of 100: {first:?}"
         );
+    }
+
+    #[test]
+    fn a_fresh_salt_draws_a_fresh_order_for_the_same_state() {
+        // Concurrency 1: after every release the lock reads the same (absent). Every hand-off must
+        // still draw a fresh order among those left, else the ones with long delays go last, and
+        // close together: the gap between the first two would shrink as the rollout goes on.
+        let mut waiting = nodes(100);
+        let mut gaps = Vec::new();
+        for handoff in 0..90u64 {
+            let salt = handoff.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mut d: Vec<(Duration, usize)> = waiting
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (turn_delay(None, n, salt), i))
+                .collect();
+            d.sort();
+            gaps.push(d[1].0 - d[0].0);
+            waiting.remove(d[0].1);
+        }
+        // The last 30 hand-offs (10 to 40 waiters) keep the gap of the first ones.
+        let mut late: Vec<Duration> = gaps[60..].to_vec();
+        late.sort();
+        let median = late[late.len() / 2];
+        assert!(
+            median >= Duration::from_millis(30),
+            "median gap late in the rollout: {median:?}"
+        );
+        // Without a fresh salt the order is the same at every hand-off.
+        let first = |left: &[String]| left.iter().min_by_key(|n| turn_delay(None, n, 0)).cloned();
+        let mut left = nodes(10);
+        let winner = first(&left).expect("waiters");
+        assert_eq!(first(&left), Some(winner.clone()));
+        left.retain(|n| *n != winner);
+        assert_ne!(first(&left), Some(winner));
     }
 
     #[test]
