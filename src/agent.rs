@@ -87,6 +87,10 @@ struct Agent<N> {
     /// The lock as it was when this agent's turn to take a free slot came up (see
     /// [`Agent::lock_may_admit`]); taken by the next round.
     turn: std::sync::Mutex<Option<Seen>>,
+    /// The last full round found the node idle with nothing of its own anywhere: no lock entry,
+    /// no cordon of kured's, no taint. Only this node's agent writes those, so while the sentinel
+    /// keeps saying "not needed", a round asks the API server nothing (see [`Agent::step`]).
+    settled: AtomicBool,
 }
 
 /// What the agent waits for before it looks again.
@@ -159,6 +163,7 @@ pub async fn run(
         last_node: std::sync::Mutex::new(None),
         waiting: AtomicBool::new(false),
         turn: std::sync::Mutex::new(None),
+        settled: AtomicBool::new(false),
         config,
     };
     info!(
@@ -352,7 +357,7 @@ impl<N: Notifier> Agent<N> {
     /// round stands in (up to [`WAITING_NODE_REUSE`]): nothing the decision takes from it changes
     /// meanwhile but by this agent's own writes (kured's cordon record, our taint), and the round
     /// that takes the lock reads the Node afresh for what it records (the cordon of others).
-    async fn observe(&self, now: Timestamp) -> Result<(Observation, Seen), String> {
+    async fn observe(&self, now: Timestamp, sentinel: SentinelView) -> Result<(Observation, Seen), String> {
         let reuse = self.waiting.swap(false, Ordering::Relaxed);
         let node = match self.known_node(WAITING_NODE_REUSE).filter(|_| reuse) {
             Some(node) => node,
@@ -386,7 +391,7 @@ impl<N: Notifier> Agent<N> {
             )
         };
         let observation = Observation {
-            sentinel: self.check_sentinel().await,
+            sentinel,
             window_open,
             window_opens,
             blockers: None,
@@ -485,8 +490,17 @@ impl<N: Notifier> Agent<N> {
     }
 
     async fn step(&self) -> Wait {
+        let sentinel = self.check_sentinel().await;
+        if sentinel == SentinelView::NotRequired && self.settled.load(Ordering::Relaxed) {
+            // Idle, as the last full round left it: what it found (no lock entry, cordon or taint
+            // of this node's) only this agent could have changed, and the state it published
+            // still holds (published again only if publishing it failed). No request: an idle
+            // fleet costs the API server nothing.
+            self.publish(Some(false), Phase::Idle, String::new()).await;
+            return Wait::For(self.period());
+        }
         let now = Timestamp::now();
-        let (mut obs, seen) = match self.observe(now).await {
+        let (mut obs, seen) = match self.observe(now, sentinel).await {
             Ok(o) => o,
             Err(e) => {
                 error!(node = %self.config.node_id, error = %e, "reading the node");
@@ -497,6 +511,14 @@ impl<N: Notifier> Agent<N> {
             self.drain_failed.store(false, Ordering::Relaxed);
         }
         let mut step = decide::decide(&obs, &self.policy, now);
+        self.settled.store(
+            step == Step::Idle { remove_taint: false }
+                && !matches!(obs.lock, LockView::Ours(_))
+                && !obs.kured_cordon
+                && !obs.taint_present
+                && !self.drain_failed.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         if step == Step::CheckBlockers {
             if self.config.annotate_nodes {
                 self.best_effort(

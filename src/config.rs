@@ -41,10 +41,9 @@ impl Cli {
             .mut_subcommands(|sub| sub.mut_args(|a| a.hide_env_values(true)))
     }
 
-    /// Parses arguments and `KURED_*` environment variables, read now. As in upstream kured, which
-    /// reads the variables after the flags, a variable that is set (and not empty) wins over its
-    /// flag given on the command line (for repeatable flags: the variable's values replace the
-    /// flag's).
+    /// Parses arguments and `KURED_*` environment variables, read now. A variable that is set
+    /// (and not empty) and its flag given on the command line meet as in upstream kured, which
+    /// reads the variables after the flags (see [`Meeting`]).
     pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
     where
         I: IntoIterator<Item = T>,
@@ -53,15 +52,31 @@ impl Cli {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         let command = Self::command();
         let mut matches = command.clone().try_get_matches_from(&args)?;
-        let overridden = env_overrides(&command, &matches, |name| std::env::var_os(name));
-        if !overridden.is_empty() {
-            // Parsed again without those flags, so that clap takes their variables.
-            matches = command.try_get_matches_from(without_flags(&args, &overridden))?;
+        let met = env_overrides(&command, &matches, |name| std::env::var_os(name));
+        if met.iter().any(|o| o.meeting != Meeting::FlagWins) {
+            // Parsed again with the variables' part applied to the command line.
+            matches = command.try_get_matches_from(with_variables(&args, &met))?;
         }
         let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
-        cli.env_overrides = overridden.iter().filter_map(Override::warning).collect();
+        cli.env_overrides = met.iter().filter_map(Override::warning).collect();
         Ok(cli)
     }
+}
+
+/// What becomes of a flag given on the command line when its `KURED_*` variable is set too,
+/// following upstream, which sets each flag again from its variable after parsing the command
+/// line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Meeting {
+    /// A single-valued flag: the variable's value replaces the flag's.
+    VariableWins,
+    /// A comma-separated list (`--reboot-days`, the node-label flags): the variable's values
+    /// are added after the flag's, as setting a list flag again does in upstream.
+    Appended,
+    /// A repeatable flag whose values may contain commas (`--notify-url`,
+    /// `--blocking-pod-selector`): upstream never reads these variables, so the flag's values
+    /// stand; the variable counts only when the flag is not given.
+    FlagWins,
 }
 
 /// A flag given on the command line whose `KURED_*` variable is set too.
@@ -69,6 +84,7 @@ impl Cli {
 struct Override {
     long: String,
     variable: String,
+    meeting: Meeting,
     /// Whether `--long VALUE` takes the next argument as its value (flags with an optional
     /// value take it only as `--long=VALUE`).
     takes_next: bool,
@@ -97,16 +113,19 @@ impl Override {
             return None;
         }
         let (variable, long) = (&self.variable, &self.long);
+        let outcome = match self.meeting {
+            Meeting::VariableWins => "the variable's value is used, as in upstream kured",
+            Meeting::Appended => "the variable's values are added to the flag's, as in upstream kured",
+            Meeting::FlagWins => "the flag's values are used: upstream kured never reads this variable",
+        };
         Some(if SECRET_FLAGS.contains(&long.as_str()) {
             format!(
-                "{variable} overrides --{long}, whose value differs (neither shown: they may hold \
-                 credentials); a KURED_* variable wins over its flag, as in upstream kured"
+                "both {variable} and --{long} are set, to different values (not shown: they may hold credentials); {outcome}"
             )
         } else {
             let given: Vec<String> = given.iter().map(|v| format!("--{long}={v:?}")).collect();
             format!(
-                "{variable}={from_variable:?} overrides {}; a KURED_* variable wins over its flag, as in \
-                 upstream kured",
+                "both {variable}={from_variable:?} and {} are set; {outcome}",
                 given.join(" ")
             )
         })
@@ -144,39 +163,49 @@ fn env_overrides(
             let optional_value = arg.get_num_args().is_some_and(|n| n.min_values() == 0);
             let takes_next =
                 arg.get_action().takes_values() && !optional_value && !arg.is_require_equals_set();
+            let delimiter = arg.get_value_delimiter();
+            let meeting = match (arg.get_action(), delimiter) {
+                (clap::ArgAction::Append, Some(_)) => Meeting::Appended,
+                (clap::ArgAction::Append, None) => Meeting::FlagWins,
+                _ => Meeting::VariableWins,
+            };
             Some(Override {
                 long: long.to_owned(),
                 variable: variable.to_owned(),
+                meeting,
                 takes_next,
                 flag_values,
                 variable_value,
-                delimiter: arg.get_value_delimiter(),
+                delimiter,
             })
         })
         .collect()
 }
 
-/// `args` without every occurrence of the overridden flags (`--long=VALUE`, or `--long` and, for
-/// a flag that takes one, the value after it). Nothing after `--` is touched.
-fn without_flags(args: &[OsString], overridden: &[Override]) -> Vec<OsString> {
+/// `args` with the variables of `met` applied: the flags a variable wins over removed (each
+/// `--long=VALUE`, or `--long` and, for a flag that takes one, the value after it, so that clap
+/// takes the variable), and `--long=VALUE` added for the lists a variable adds to. Nothing after
+/// `--` is touched.
+fn with_variables(args: &[OsString], met: &[Override]) -> Vec<OsString> {
     let mut kept = Vec::with_capacity(args.len());
     let mut rest = args.iter();
+    let mut after_separator = Vec::new();
     while let Some(arg) = rest.next() {
         if arg == "--" {
-            kept.push(arg.clone());
-            kept.extend(rest.by_ref().cloned());
+            after_separator.push(arg.clone());
+            after_separator.extend(rest.by_ref().cloned());
             break;
         }
         let text = arg.to_string_lossy();
         let named = text
             .strip_prefix("--")
             .map(|s| s.split_once('=').map_or((s, false), |(n, _)| (n, true)));
-        match named.and_then(|(name, with_value)| {
-            overridden
-                .iter()
-                .find(|o| o.long == name)
+        let replaced = named.and_then(|(name, with_value)| {
+            met.iter()
+                .find(|o| o.long == name && o.meeting == Meeting::VariableWins)
                 .map(|o| (o, with_value))
-        }) {
+        });
+        match replaced {
             Some((o, false)) if o.takes_next => {
                 rest.next();
             }
@@ -184,6 +213,12 @@ fn without_flags(args: &[OsString], overridden: &[Override]) -> Vec<OsString> {
             None => kept.push(arg.clone()),
         }
     }
+    for o in met.iter().filter(|o| o.meeting == Meeting::Appended) {
+        let mut added = OsString::from(format!("--{}=", o.long));
+        added.push(&o.variable_value);
+        kept.push(added);
+    }
+    kept.extend(after_separator);
     kept
 }
 
@@ -446,10 +481,10 @@ pub struct AgentArgs {
     )]
     pub message_template_uncordon: String,
 
-    /// Log format
+    /// Log format: text, or json keyed time, level, msg as upstream
     #[arg(long, env = "KURED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Address to serve /metrics and /healthz on (default: all interfaces)
+    /// Address to serve /metrics and /healthz on (default: every IPv6 and IPv4 address)
     #[arg(long, env = "KURED_METRICS_HOST", default_value = "")]
     pub metrics_host: String,
     /// Port to serve /metrics and /healthz on
@@ -539,6 +574,8 @@ pub struct Config {
     pub metrics_addr: String,
     /// Things worth a warning at start-up that do not stop the agent.
     pub warnings: Vec<String>,
+    /// Errors at start-up that do not stop the agent (a notification URL that cannot be used).
+    pub errors: Vec<String>,
 }
 
 /// Removes one pair of matching surrounding quotes. A manifest's `command:` list is not run by
@@ -626,43 +663,85 @@ fn parse_url(flag: &'static str, value: &str, secret: bool) -> Result<url::Url, 
     Ok(parsed)
 }
 
-/// A notification URL in shoutrrr syntax (`slack://hook:T…-B…-X…@webhook`, `smtp://…`), with
-/// the value redacted in the error, which names the scheme and what is wrong.
-fn parse_notify_url(value: &str) -> Result<Target, ConfigError> {
-    Target::parse(value).map_err(|e| invalid("notify-url", &redact_url(value), e))
-}
-
 impl NotifyUrlArgs {
     /// The notification targets: each `--notify-url`, or else the deprecated `--slack-hook-url`
-    /// (with upstream's warnings).
+    /// (with upstream's warnings). A URL that cannot be used is an error (`kured notify`).
     pub fn targets(&self, warnings: &mut Vec<String>) -> Result<Vec<Target>, ConfigError> {
+        self.collect(warnings, None)
+    }
+
+    /// The agent's targets: as [`NotifyUrlArgs::targets`], except that a URL that cannot be used
+    /// does not stop the agent. It becomes a [`Target::unusable`], whose every notification
+    /// fails and is counted, and its error (the URL redacted) goes to `errors` to be logged at
+    /// start.
+    pub fn agent_targets(&self, warnings: &mut Vec<String>, errors: &mut Vec<String>) -> Vec<Target> {
+        match self.collect(warnings, Some(errors)) {
+            Ok(targets) => targets,
+            // `collect` with a place for errors returns none.
+            Err(e) => {
+                errors.push(e.to_string());
+                Vec::new()
+            }
+        }
+    }
+
+    fn collect(
+        &self,
+        warnings: &mut Vec<String>,
+        mut errors: Option<&mut Vec<String>>,
+    ) -> Result<Vec<Target>, ConfigError> {
         let username = strip_quotes(&self.slack_username);
         let channel = non_empty(&self.slack_channel);
-        let targets = self
-            .notify_url
-            .iter()
-            .filter_map(|u| non_empty(u))
-            .map(|u| parse_notify_url(u).map(|t| t.with_slack_defaults(username, channel)))
-            .collect::<Result<Vec<_>, _>>()?;
+        // A URL that cannot be used: an error, or with `errors`, a target that fails.
+        let mut unusable =
+            |labelled_as: &str, shown: String, error: ConfigError, reason: String| match &mut errors {
+                Some(errors) => {
+                    errors.push(error.to_string());
+                    Ok(Target::unusable(labelled_as, shown, reason))
+                }
+                None => Err(error),
+            };
+        let mut targets = Vec::new();
+        for url in self.notify_url.iter().filter_map(|u| non_empty(u)) {
+            let target = match Target::parse(url) {
+                Ok(target) => target.with_slack_defaults(username, channel),
+                Err(e) => {
+                    let shown = redact_url(url);
+                    let reason = e.to_string();
+                    unusable(url, shown.clone(), invalid("notify-url", &shown, e), reason)?
+                }
+            };
+            targets.push(target);
+        }
         let Some(hook) = non_empty(&self.slack_hook_url) else {
             return Ok(targets);
         };
-        let url = parse_url("slack-hook-url", hook, true)?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(invalid(
-                "slack-hook-url",
-                &redact_url(hook),
-                "expected an https:// webhook URL",
-            ));
-        }
-        if targets.is_empty() {
-            warnings.push("--slack-hook-url is deprecated; use --notify-url".to_owned());
-            Ok(vec![Target::slack_hook(url, username, channel)])
-        } else {
+        if !targets.is_empty() {
             warnings
                 .push("both --notify-url and --slack-hook-url are set; only --notify-url is used".to_owned());
-            Ok(targets)
+            return Ok(targets);
         }
+        warnings.push("--slack-hook-url is deprecated; use --notify-url".to_owned());
+        let url = parse_url("slack-hook-url", hook, true).and_then(|url| {
+            if matches!(url.scheme(), "http" | "https") {
+                Ok(url)
+            } else {
+                Err(invalid(
+                    "slack-hook-url",
+                    &redact_url(hook),
+                    "expected an https:// webhook URL",
+                ))
+            }
+        });
+        let target = match url {
+            Ok(url) => Target::slack_hook(url, username, channel),
+            // Counted under `slack`, the service the flag is for.
+            Err(e) => {
+                let reason = e.to_string();
+                unusable("slack://", redact_url(hook), e, reason)?
+            }
+        };
+        Ok(vec![target])
     }
 }
 
@@ -683,10 +762,14 @@ impl NotifyArgs {
 }
 
 /// A URL fit for a log line: scheme and host only. Notification URLs carry their secrets in the
-/// user-info, the path or the query (Slack webhooks, Teams workflow signatures, SMTP passwords).
+/// user-info, the path or the query (Slack webhooks, Teams workflow signatures, SMTP passwords),
+/// and for some services in the host, which is then left out too.
 pub fn redact_url(value: &str) -> String {
     match url::Url::parse(value) {
         Ok(u) => match u.host_str() {
+            Some(_) if crate::notify::services::host_is_secret(u.scheme()) => {
+                format!("{}://<redacted>", u.scheme())
+            }
             Some(host) if !u.cannot_be_a_base() => format!("{}://{host}/<redacted>", u.scheme()),
             _ => format!("{}:<redacted>", u.scheme()),
         },
@@ -832,7 +915,8 @@ impl AgentArgs {
             );
         }
 
-        let notify_targets = self.notify.targets(&mut warnings)?;
+        let mut errors = Vec::new();
+        let notify_targets = self.notify.agent_targets(&mut warnings, &mut errors);
         let drain_delay = non_negative("drain-delay", self.drain_delay)?;
         let drain_timeout = zero_is_none("drain-timeout", self.drain_timeout)?;
         let reboot_delay = non_negative("reboot-delay", self.reboot_delay)?;
@@ -905,6 +989,7 @@ impl AgentArgs {
             log_format: self.log_format,
             metrics_addr,
             warnings,
+            errors,
         })
     }
 }
@@ -946,7 +1031,7 @@ fn lock_ttl_warning(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::target::SlackDest;
+    use crate::notify::services::slack::{Slack, SlackDest};
 
     /// Serialises the tests that build the command line: clap reads `KURED_*` variables when it
     /// builds the command, and one test sets them.
@@ -1165,9 +1250,10 @@ mod tests {
         assert!(c.prefer_no_schedule_taint.is_none());
         assert!(c.rebooter.describe().contains("/bin/systemctl reboot"));
         // `--notify-url=""` is no URL, so the deprecated hook URL is used, as given.
-        let [Target::Slack(slack)] = c.notify_targets.as_slice() else {
-            panic!("one Slack target: {:?}", c.notify_targets)
+        let [target] = c.notify_targets.as_slice() else {
+            panic!("one target: {:?}", c.notify_targets)
         };
+        let slack = target.service::<Slack>().expect("a Slack target");
         assert_eq!(
             slack.dest,
             SlackDest::Webhook(url::Url::parse("https://hooks.slack.com/...").expect("a URL"))
@@ -1266,7 +1352,7 @@ mod tests {
     }
 
     #[test]
-    fn a_variable_set_beside_its_flag_is_found_with_the_flag_values() {
+    fn a_variable_set_beside_its_flag_meets_it_as_upstream_has_them_meet() {
         let found = overrides(
             &[
                 "kured",
@@ -1274,31 +1360,59 @@ mod tests {
                 "--reboot-days",
                 "mo",
                 "--reboot-days=tu",
+                "--blocking-pod-selector=app=batch,tier=db",
+                "--post-reboot-node-labels=kured=done",
                 "--ds-name=kured",
             ],
             &[
                 ("KURED_PERIOD", "5m"),
                 ("KURED_REBOOT_DAYS", "mo,tu"),
+                ("KURED_BLOCKING_POD_SELECTOR", "app=other"),
+                ("KURED_POST_REBOOT_NODE_LABELS", "zone=a"),
                 ("KURED_DRAIN_DELAY", "1m"),
                 ("KURED_DS_NAME", ""),
             ],
         );
-        let found: Vec<_> = found.iter().map(|o| (o.long.as_str(), o.warning())).collect();
+        let found: Vec<_> = found
+            .iter()
+            .map(|o| (o.long.as_str(), o.meeting, o.warning()))
+            .collect();
         assert_eq!(
             found,
             [
                 (
                     "period",
+                    Meeting::VariableWins,
                     Some(
-                        "KURED_PERIOD=\"5m\" overrides --period=\"10m\"; a KURED_* variable wins over its flag, \
+                        "both KURED_PERIOD=\"5m\" and --period=\"10m\" are set; the variable's value is used, \
                          as in upstream kured"
                             .to_owned()
                     )
                 ),
+                (
+                    "blocking-pod-selector",
+                    Meeting::FlagWins,
+                    Some(
+                        "both KURED_BLOCKING_POD_SELECTOR=\"app=other\" and \
+                         --blocking-pod-selector=\"app=batch,tier=db\" are set; the flag's values are used: \
+                         upstream kured never reads this variable"
+                            .to_owned()
+                    )
+                ),
                 // The same days, written once as a list: nothing to warn about.
-                ("reboot-days", None),
+                ("reboot-days", Meeting::Appended, None),
+                (
+                    "post-reboot-node-labels",
+                    Meeting::Appended,
+                    Some(
+                        "both KURED_POST_REBOOT_NODE_LABELS=\"zone=a\" and \
+                         --post-reboot-node-labels=\"kured=done\" are set; the variable's values are added \
+                         to the flag's, as in upstream kured"
+                            .to_owned()
+                    )
+                ),
             ],
-            "a variable without its flag (drain delay) or empty (ds name) overrides nothing"
+            "a variable without its flag (drain delay) or empty (ds name) meets nothing"
         );
         let subcommand = overrides(
             &["kured", "status", "--ds-namespace=a"],
@@ -1312,24 +1426,36 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_flag_overridden_is_named_without_its_values() {
+    fn a_secret_flag_met_by_its_variable_is_named_without_its_values() {
         let found = overrides(
-            &["kured", "--notify-url=slack://t0ken@chan"],
-            &[("KURED_NOTIFY_URL", "slack://other-t0ken@chan")],
+            &["kured", "--prometheus-url=http://u:pa55@prom:9090"],
+            &[("KURED_PROMETHEUS_URL", "http://u:other-pa55@prom:9090")],
         );
         let warning = found.first().and_then(Override::warning).expect("a warning");
-        assert!(!warning.contains("t0ken"), "{warning}");
+        assert!(!warning.contains("pa55"), "{warning}");
         assert!(
-            warning.starts_with("KURED_NOTIFY_URL overrides --notify-url"),
+            warning.starts_with("both KURED_PROMETHEUS_URL and --prometheus-url are set"),
             "{warning}"
         );
     }
 
     #[test]
-    fn overridden_flags_are_removed_in_each_form_and_nothing_else() {
+    fn the_variables_are_applied_to_the_command_line_in_each_form() {
         let found = overrides(
-            &["kured", "--period", "10m", "--force-reboot"],
-            &[("KURED_PERIOD", "5m"), ("KURED_FORCE_REBOOT", "false")],
+            &[
+                "kured",
+                "--period",
+                "10m",
+                "--force-reboot",
+                "--reboot-days=mo",
+                "--notify-url=generic://a",
+            ],
+            &[
+                ("KURED_PERIOD", "5m"),
+                ("KURED_FORCE_REBOOT", "false"),
+                ("KURED_REBOOT_DAYS", "tu,we"),
+                ("KURED_NOTIFY_URL", "generic://b"),
+            ],
         );
         // Flags with an optional value take it only after `=`: the argument after one stays.
         let args = os(&[
@@ -1338,14 +1464,23 @@ mod tests {
             "10m",
             "--force-reboot",
             "n2",
-            "--node-id=n1",
+            "--reboot-days=mo",
+            "--notify-url=generic://a",
             "--period=1m",
             "--",
             "--period=1s",
         ]);
         assert_eq!(
-            without_flags(&args, &found),
-            os(&["kured", "n2", "--node-id=n1", "--", "--period=1s"])
+            with_variables(&args, &found),
+            os(&[
+                "kured",
+                "n2",
+                "--reboot-days=mo",
+                "--notify-url=generic://a",
+                "--reboot-days=tu,we",
+                "--",
+                "--period=1s"
+            ])
         );
     }
 
@@ -1430,10 +1565,6 @@ mod tests {
                 "--prefer-no-schedule-taint \"Bad Taint\"",
             ),
             (&["--lock-annotation=a/b/c"], "--lock-annotation \"a/b/c\""),
-            (
-                &["--notify-url=slack://tok en@chan nel"],
-                "--notify-url \"slack://<redacted>\"",
-            ),
         ] {
             let mut full = vec!["--node-id=n1"];
             full.extend(args);
@@ -1504,6 +1635,15 @@ mod tests {
         );
         assert!(!redact_url("slack://xoxb-SECRET@channel").contains("SECRET"));
         assert!(!redact_url("teams://not a url SECRET").contains("SECRET"));
+        // Pushbullet's token and Pushover's user key are the URL's host.
+        assert_eq!(
+            redact_url("pushbullet://o.SECRETSECRETSECRETSECRETSECRET12/#ops"),
+            "pushbullet://<redacted>"
+        );
+        assert_eq!(
+            redact_url("Pushover://shoutrrr:SECRET@SECRETUSER/?devices=a"),
+            "pushover://<redacted>"
+        );
     }
 
     #[test]
@@ -1518,9 +1658,9 @@ mod tests {
         ]);
         let schemes: Vec<&str> = c.notify_targets.iter().map(Target::scheme).collect();
         assert_eq!(schemes, ["slack", "discord"]);
-        let Target::Slack(slack) = &c.notify_targets[0] else {
-            panic!("not slack: {:?}", c.notify_targets[0])
-        };
+        let slack = c.notify_targets[0]
+            .service::<Slack>()
+            .unwrap_or_else(|| panic!("not slack: {:?}", c.notify_targets[0]));
         assert_eq!(
             (slack.username.as_deref(), slack.channel.as_deref()),
             (Some("kured"), Some("#ops"))
@@ -1541,32 +1681,73 @@ mod tests {
 
     #[test]
     fn bad_notify_urls_name_the_scheme_and_never_the_secret() {
-        for (url, needle) in [
+        let cases = [
             (
-                "pushover://shoutrrr:SECRET@user",
-                "unknown notification scheme \"pushover\"",
+                "nosuch://shoutrrr:SECRET@user",
+                "unknown notification scheme \"nosuch\"",
+                "unknown",
             ),
             (
                 "slack://hook:SECRET@webhook",
                 "slack: the token is not a Slack token",
+                "slack",
             ),
             (
                 "smtp://u:SECRET@mail.example.com/?to=a@b.c",
                 "smtp: no from=… address given",
+                "smtp",
             ),
-            ("teams://SECRET@tenant/a/b", "teams: "),
+            ("teams://SECRET@tenant/a/b", "teams: ", "teams"),
+            (
+                "slack://tok en@chan nel",
+                "--notify-url \"slack://<redacted>\"",
+                "slack",
+            ),
             (
                 "generic://host/x?template=SECRETTPL",
                 "generic: parameter \"template\"",
+                "generic",
             ),
-        ] {
-            let e = err(&["--node-id=n1", &format!("--notify-url={url}")]);
+        ];
+        for (url, needle, scheme) in cases {
+            // The agent starts: the URL is logged as an error and kept as a target whose
+            // notifications fail, counted under its scheme; the good URL is kept as it is.
+            let c = ok(&[
+                "--node-id=n1",
+                &format!("--notify-url={url}"),
+                "--notify-url=discord://tok@123",
+            ]);
+            let [e] = c.errors.as_slice() else {
+                panic!("{url}: one error expected, got {:?}", c.errors)
+            };
             assert!(e.contains(needle), "{url}: {e}");
             assert!(e.starts_with("invalid --notify-url"), "{url}: {e}");
-            assert!(!e.contains("SECRET"), "{url}: {e}");
+            assert!(!e.contains("SECRET") && !e.contains('\n'), "{url}: {e}");
+            let schemes: Vec<&str> = c.notify_targets.iter().map(Target::scheme).collect();
+            assert_eq!(schemes, [scheme, "discord"], "{url}");
+            assert!(c.notify_targets[0].is_unusable() && !c.notify_targets[1].is_unusable());
+            assert!(!c.notify_targets[0].shown().contains("SECRET"), "{url}");
+
+            // `kured notify` refuses it.
+            let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            let cli = Cli::parse_from(["kured", "notify", &format!("--notify-url={url}")]).expect("parses");
+            let Some(Command::Notify(args)) = cli.command else {
+                panic!("not notify")
+            };
+            let e = args.targets().expect_err("a bad URL").to_string();
+            assert!(e.contains(needle) && !e.contains("SECRET"), "{url}: {e}");
         }
-        let e = err(&["--node-id=n1", "--slack-hook-url=ftp://hooks.example.com/SECRET"]);
-        assert!(e.contains("--slack-hook-url") && !e.contains("SECRET"), "{e}");
+        let c = ok(&["--node-id=n1", "--slack-hook-url=ftp://hooks.example.com/SECRET"]);
+        assert_eq!(c.errors.len(), 1, "{:?}", c.errors);
+        assert!(
+            c.errors[0].contains("--slack-hook-url") && !c.errors[0].contains("SECRET"),
+            "{:?}",
+            c.errors
+        );
+        let schemes: Vec<&str> = c.notify_targets.iter().map(Target::scheme).collect();
+        assert_eq!(schemes, ["slack"]);
+        assert!(c.notify_targets[0].is_unusable());
+        assert!(ok(&["--node-id=n1"]).errors.is_empty());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The HTTP client for services outside the cluster: Prometheus and notification webhooks.
 //!
 //! reqwest over rustls with the ring provider, trusting the CA certificates of the system's PEM
-//! bundle (read once, when the client is built) plus any roots the caller adds, so it works in a
-//! minimal image that ships a bundle and in tests that bring their own certificate authority.
+//! bundle (read once, when the client is built; `SSL_CERT_FILE` names another, as it does for Go
+//! programs such as upstream kured) plus any roots the caller adds, so it works in a minimal image
+//! that ships a bundle, with a private certificate authority, and in tests that bring their own.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,13 +42,27 @@ pub enum HttpError {
     BuildClient(#[source] reqwest::Error),
 }
 
-/// The CA certificates of the first bundle in [`CA_BUNDLES`] that exists.
+/// The variable naming the PEM bundle to trust instead of the system's, as Go's `crypto/x509`
+/// reads it on Linux.
+pub const CA_BUNDLE_VARIABLE: &str = "SSL_CERT_FILE";
+
+/// The CA certificates of the bundle `SSL_CERT_FILE` names, or else of the first bundle in
+/// [`CA_BUNDLES`] that exists.
 pub fn system_roots() -> Result<Vec<CertificateDer<'static>>, HttpError> {
-    let path = CA_BUNDLES
-        .iter()
-        .map(Path::new)
-        .find(|p| p.is_file())
-        .ok_or(HttpError::NoCaBundle)?;
+    let named = std::env::var_os(CA_BUNDLE_VARIABLE).filter(|v| !v.is_empty());
+    bundle_roots(named.as_deref().map(Path::new))
+}
+
+/// The CA certificates of `named`, or else of the first bundle in [`CA_BUNDLES`] that exists.
+fn bundle_roots(named: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, HttpError> {
+    let path = match named {
+        Some(path) => path,
+        None => CA_BUNDLES
+            .iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+            .ok_or(HttpError::NoCaBundle)?,
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|source| HttpError::ReadCaBundle {
@@ -109,5 +124,26 @@ mod tests {
             assert!(matches!(root_store(true, &[]), Err(HttpError::NoCaBundle)));
         }
         assert!(client(RootCertStore::empty()).is_ok());
+    }
+
+    #[test]
+    fn a_named_bundle_replaces_the_systems_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let missing = dir.path().join("missing.pem");
+        let e = bundle_roots(Some(&missing)).expect_err("no such file");
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("writing");
+        let e = bundle_roots(Some(&empty)).expect_err("no certificate in it");
+        assert_eq!(
+            e.to_string(),
+            format!("CA bundle {} holds no usable certificate", empty.display())
+        );
+        if let Some(system) = CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {
+            let copy = dir.path().join("copy.pem");
+            std::fs::copy(system, &copy).expect("copying the system bundle");
+            let named = bundle_roots(Some(&copy)).expect("the named bundle loads");
+            assert_eq!(named, bundle_roots(None).expect("the system bundle loads"));
+        }
     }
 }

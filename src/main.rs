@@ -212,6 +212,9 @@ fn agent(args: &AgentArgs, overrides: &[String]) -> Result<(), Failure> {
     for warning in overrides.iter().chain(&config.warnings) {
         tracing::warn!("{warning}");
     }
+    for error in &config.errors {
+        tracing::error!("{error}; the agent runs on, and each notification to this URL is counted as failed");
+    }
     let rt = async_runtime()?;
     rt.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -380,3 +380,31 @@ async fn a_waiting_agent_takes_the_lock_when_the_holder_expires() {
     assert_eq!(sim.reboots(), 0, "not before the holder's TTL ran out");
     wait_for_reboot_cycle(&scope, &names[0], &sim, 1, &first_boot).await;
 }
+
+/// An idle agent asks nothing of the API server: what it must know of its own (a lock entry, a
+/// cordon of kured's, the taint) only it writes, so it learns that in one full round, and its
+/// sentinel is local. A sentinel that appears again still starts a cycle at once.
+#[tokio::test]
+async fn an_idle_agent_makes_no_api_request_until_its_node_needs_a_reboot() {
+    let rig = support::rig::Rig::new("agent-idle").await;
+    let sim = rig.start(&["--period=1s"]);
+    rig.settled_after_one_drain(&sim).await;
+    // The agent after the reboot returned the node and released the lock; a few rounds later it
+    // has had its one full look as an idle agent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = rig.proxy.forwarded_all();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = rig.proxy.forwarded_all();
+    assert_eq!(
+        before,
+        after,
+        "requests made by an idle agent over eight periods; log:\n{}",
+        sim.log_tail(20)
+    );
+
+    std::fs::write(&sim.sentinel, "").expect("creating the sentinel");
+    eventually("a second cycle to start", Duration::from_secs(60), || async {
+        (rig.observer.cordons(&rig.node) >= 2).then_some(())
+    })
+    .await;
+}

@@ -148,6 +148,70 @@ async fn the_api_server_down_for_30s_mid_release_still_releases() {
     rig.settled_after_one_drain(&sim).await;
 }
 
+/// The fresh read of the lock right before the reboot fails: no reboot until it is read, and
+/// then exactly one, the node cordoned throughout.
+#[tokio::test]
+async fn the_lock_read_before_the_reboot_failing_holds_the_reboot_until_it_succeeds() {
+    let rig = Rig::new("apifault-confirm").await;
+    rig.hold_the_drain().await;
+    let sim = rig.start(&["--period=5s"]);
+    rig.draining(&sim).await;
+    // From here on, the only read of the lock from the API server is the one before the reboot.
+    let reads = rig
+        .proxy
+        .inject(Rule::new("get", "daemonsets", Fault::Status(503)).first(2));
+    rig.let_the_drain_go().await;
+    sim.logged(
+        "reading the lock before the reboot; not rebooting until it is read",
+        SETTLE,
+    )
+    .await;
+    assert!(reads.fired() >= 1, "the read before the reboot failed");
+    assert_eq!(sim.reboots(), 0, "no reboot while the lock could not be read");
+    rig.settled_after_one_drain(&sim).await;
+}
+
+/// A drain that fails gives the node back: uncordon, then release. The release fails (503) and
+/// the agent is killed right there, the node uncordoned and the lock still its own. The next
+/// agent takes the entry for an unfinished cycle: it drains again, and once the budget allows,
+/// reboots once and releases — nothing left cordoned, the lock free.
+#[tokio::test]
+async fn killed_between_a_give_backs_uncordon_and_its_release() {
+    let rig = Rig::new("apifault-giveback-kill").await;
+    rig.hold_the_drain().await;
+    let sim = rig.start(&["--drain-timeout=3s", "--period=5s"]);
+    rig.draining(&sim).await;
+    let releases = rig
+        .proxy
+        .inject(Rule::new("update", "daemonsets", Fault::Status(503)));
+    sim.logged(
+        "drain failed; giving the node back and releasing the lock",
+        SETTLE,
+    )
+    .await;
+    rig.observer
+        .until("the node uncordoned, the lock still held", SETTLE, |s| {
+            !s.cordoned(&rig.node) && s.holds(&rig.node)
+        })
+        .await;
+    eventually("the release to fail", SETTLE, || async {
+        (releases.fired() >= 1).then_some(())
+    })
+    .await;
+    // While every release fails, the agent can only try it again: it stays where it is.
+    let seen = rig.observer.snapshot();
+    assert!(
+        !seen.cordoned(&rig.node) && seen.holds(&rig.node) && sim.reboots() == 0,
+        "not between the uncordon and the release: {seen:?}; agent log:\n{}",
+        sim.log_tail(20)
+    );
+    sim.kill_agent().await;
+    assert_eq!(sim.kills(), 1, "one agent killed");
+    releases.clear();
+    rig.let_the_drain_go().await;
+    rig.observer.assert_settled(&[(&sim, 1)], SETTLE).await;
+}
+
 /// No proxy here: the agent's own HTTP server must answer while a round takes long.
 #[tokio::test]
 async fn healthz_and_metrics_answer_within_a_second_throughout_a_long_drain() {

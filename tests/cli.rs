@@ -40,9 +40,9 @@ fn bad_flags_exit_2_with_one_line_naming_flag_and_value() {
 }
 
 /// As in upstream kured, which reads its variables after its flags, a `KURED_*` variable wins
-/// over its flag, and the agent says so when their values differ.
+/// over its flag (a list's adds to it), and the agent says so when their values differ.
 #[test]
-fn a_variable_wins_over_its_flag_with_a_warning_naming_both() {
+fn a_variable_and_its_flag_meet_as_in_upstream_with_a_warning_naming_both() {
     let schedule = |vars: &[(&str, &str)]| {
         let out = kured()
             .envs(vars.iter().copied())
@@ -68,8 +68,8 @@ fn a_variable_wins_over_its_flag_with_a_warning_naming_both() {
     );
     assert_eq!(
         stderr,
-        "kured: warning: KURED_TIME_ZONE=\"Europe/Berlin\" overrides --time-zone=\"UTC\"; a KURED_* \
-         variable wins over its flag, as in upstream kured\n"
+        "kured: warning: both KURED_TIME_ZONE=\"Europe/Berlin\" and --time-zone=\"UTC\" are set; the \
+         variable's value is used, as in upstream kured\n"
     );
     let (stdout, stderr) = schedule(&[("KURED_TIME_ZONE", "UTC")]);
     assert!(stdout.contains("between 02:00 and 04:00 UTC"), "{stdout}");
@@ -78,6 +78,23 @@ fn a_variable_wins_over_its_flag_with_a_warning_naming_both() {
     assert!(
         stdout.contains("between 02:00 and 04:00 UTC"),
         "an empty variable is unset: {stdout}"
+    );
+
+    // A list variable adds to its flag's values.
+    let out = kured()
+        .env("KURED_REBOOT_DAYS", "tu")
+        .args([
+            "schedule",
+            "--reboot-days=mo",
+            "--at=2026-12-02T00:00:00Z",
+            "--count=1",
+        ])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Window  ---MonTue------------ between"),
+        "{stdout}"
     );
 
     // The agent logs the warning at start, the notification URL's values not shown.
@@ -93,7 +110,7 @@ fn a_variable_wins_over_its_flag_with_a_warning_naming_both() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("KURED_NOTIFY_URL overrides --notify-url"),
+        stderr.contains("both KURED_NOTIFY_URL and --notify-url are set, to different values"),
         "{stderr}"
     );
     assert!(

@@ -560,22 +560,675 @@ fn kured_notify_reports_each_url_and_exits_0_only_if_all_got_it() {
 }
 
 #[test]
-fn bad_notify_urls_exit_2_naming_the_scheme_and_not_the_secret() {
-    for args in [
-        vec!["notify", "--notify-url=pushover://shoutrrr:S3CRET@user"],
-        vec!["--node-id=n1", "--notify-url=pushover://shoutrrr:S3CRET@user"],
-    ] {
-        let out = kured().args(&args).output().expect("runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(
-            stderr.contains("unknown notification scheme \"pushover\""),
-            "{stderr}"
-        );
-        assert!(!stderr.contains("S3CRET"), "{stderr}");
-    }
+fn kured_notify_refuses_a_bad_url_naming_the_scheme_and_not_the_secret() {
+    let out = kured()
+        .args(["notify", "--notify-url=nosuch://shoutrrr:S3CRET@user"])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("unknown notification scheme \"nosuch\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("S3CRET"), "{stderr}");
     let out = kured().arg("notify").output().expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--notify-url"));
+}
+
+/// A notification URL that cannot be used never stops the agent: it starts (and gets as far as
+/// its kubeconfig), logging the URL redacted with the reason.
+#[test]
+fn the_agent_starts_with_a_bad_notify_url_and_logs_it() {
+    let out = kured()
+        .args([
+            "--node-id=n1",
+            "--notify-url=nosuch://shoutrrr:S3CRET@user",
+            "--notify-url=gotify://gotify.example.com/S3CRETTOOSHORT",
+            "--kubeconfig=/nonexistent/kubeconfig",
+        ])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--kubeconfig /nonexistent/kubeconfig"),
+        "{stderr}"
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.iter().any(
+            |l| l.contains("invalid --notify-url \"nosuch://user/<redacted>\"")
+                && l.contains("unknown notification scheme \"nosuch\"")
+        ),
+        "{stderr}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("gotify") && l.contains("application token")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("S3CRET"), "{stderr}");
+}
+
+/// The agent's notifier with a URL that cannot be used: every message to it is counted as
+/// failed under its scheme (`unknown` for an unknown one), the other URLs get theirs.
+#[tokio::test]
+async fn each_message_to_an_unusable_url_is_counted_as_failed() {
+    let server = HttpReceiver::start();
+    let port = server.addr.port();
+    let cli = kured::config::Cli::parse_from([
+        "kured",
+        "--node-id=n1",
+        "--notify-url=nosuch://shoutrrr:S3CRET@user",
+        "--notify-url=gotify://gotify.example.com/tooshort",
+        &format!("--notify-url=generic+http://127.0.0.1:{port}/hook"),
+    ])
+    .expect("parses");
+    let config = cli
+        .agent
+        .validate()
+        .expect("a bad notification URL does not stop the agent");
+    assert_eq!(config.errors.len(), 2, "{:?}", config.errors);
+    let failures = NotificationFailures::default();
+    let n = Notifications::from_config(&config, failures.clone()).expect("a notifier");
+    assert_eq!((failures.get("unknown"), failures.get("gotify")), (0, 0));
+    for event in [Event::Drain, Event::Reboot] {
+        n.notify(event, MESSAGE).await;
+    }
+    assert_eq!((failures.get("unknown"), failures.get("gotify")), (2, 2));
+    assert_eq!((failures.get("generic")), 0);
+    assert_eq!(server.requests_to("/hook").len(), 2, "the good URL got both");
+    let d = n.send(TITLE, MESSAGE).await;
+    let failure = d[0].result.clone().expect_err("unusable");
+    assert!(failure.error.contains("cannot be used"), "{failure}");
+    assert!(failure.error.contains("unknown notification scheme"), "{failure}");
+    assert!(!format!("{} {failure}", d[0].target).contains("S3CRET"));
+}
+
+/// Sends one message to `url` through a loopback receiver and checks it got through once.
+async fn send_one(server: &HttpReceiver, url: &str) -> NotificationFailures {
+    let failures = NotificationFailures::default();
+    let deliveries = notifier(vec![target(url)], server, &failures)
+        .send(TITLE, MESSAGE)
+        .await;
+    assert_all_sent(&deliveries);
+    failures
+}
+
+#[tokio::test]
+async fn gotify_posts_the_message_with_the_application_token() {
+    let server = HttpReceiver::start();
+    server.respond("/gotify/message", Reply::status(200, r#"{"id":1}"#));
+    let failures = send_one(
+        &server,
+        "gotify://gotify.example.com/gotify/AzyoeNS.D4iJLVa?priority=8",
+    )
+    .await;
+    // Gotify's API: POST /message, the app token in X-Gotify-Key, JSON message/title/priority.
+    let r = only(&server, "/gotify/message");
+    assert_eq!((r.method.as_str(), r.query()), ("POST", None));
+    assert_eq!(r.header("x-gotify-key"), Some("AzyoeNS.D4iJLVa"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        json!({ "message": MESSAGE, "title": TITLE, "priority": 8 })
+    );
+    assert_eq!(server.requests().len(), 1);
+    assert_eq!(failures.get("gotify"), 0);
+}
+
+#[tokio::test]
+async fn bark_pushes_to_the_device_key() {
+    let server = HttpReceiver::start();
+    server.respond("/push", Reply::status(200, r#"{"code":200,"message":"success"}"#));
+    send_one(&server, "bark://:D3V1CEK3Y@api.day.app/?sound=alarm&group=kured").await;
+    // Bark's API: POST /push with device_key, title, body and the options in JSON.
+    let r = only(&server, "/push");
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        json!({ "device_key": "D3V1CEK3Y", "title": TITLE, "body": MESSAGE, "sound": "alarm", "group": "kured" })
+    );
+}
+
+#[tokio::test]
+async fn ifttt_triggers_each_event_with_the_key() {
+    let server = HttpReceiver::start();
+    send_one(
+        &server,
+        "ifttt://WebhookK3y/?events=kured_reboot,ops&value1=prod&titlevalue=3",
+    )
+    .await;
+    // IFTTT Webhooks: POST /trigger/{event}/with/key/{key}, JSON value1..value3.
+    for event in ["kured_reboot", "ops"] {
+        let r = only(&server, &format!("/trigger/{event}/"));
+        assert_eq!(
+            (r.method.as_str(), r.path()),
+            ("POST", format!("/trigger/{event}/with/key/WebhookK3y").as_str())
+        );
+        assert_eq!(
+            r.json(),
+            json!({ "value1": "prod", "value2": MESSAGE, "value3": TITLE })
+        );
+    }
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn join_sends_a_push_with_the_api_key_in_the_query() {
+    let server = HttpReceiver::start();
+    send_one(
+        &server,
+        "join://shoutrrr:J0INAP1K3Y@join/?devices=phone1,tablet2&icon=https://example.com/i.png",
+    )
+    .await;
+    // Join's sendPush: the API key, devices, text and title as query parameters.
+    let r = only(&server, "/_ah/api/messaging/v1/sendPush");
+    assert_eq!(r.method, "POST");
+    let query: Vec<(String, String)> = url::form_urlencoded::parse(r.query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let get = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    assert_eq!(get("apikey"), Some("J0INAP1K3Y"));
+    assert_eq!(get("deviceIds"), Some("phone1,tablet2"));
+    assert_eq!(get("text"), Some(MESSAGE));
+    assert_eq!(get("title"), Some(TITLE));
+    assert_eq!(get("icon"), Some("https://example.com/i.png"));
+    assert!(r.body.is_empty());
+}
+
+#[tokio::test]
+async fn ntfy_publishes_the_message_with_headers_and_basic_auth() {
+    let server = HttpReceiver::start();
+    send_one(
+        &server,
+        "ntfy://kured:Ntfy5ecret@ntfy.example.com/kured-reboots?priority=high&tags=warning,computer&firebase=no",
+    )
+    .await;
+    // ntfy's publish: POST /<topic>, the message as the body, options as headers.
+    let r = only(&server, "/kured-reboots");
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.text(), MESSAGE);
+    assert_eq!(r.header("title"), Some(TITLE));
+    assert_eq!(r.header("priority"), Some("4"));
+    assert_eq!(r.header("tags"), Some("warning,computer"));
+    assert_eq!(r.header("firebase"), Some("no"));
+    assert_eq!(r.header("cache"), None);
+    // "kured:Ntfy5ecret" in base64.
+    assert_eq!(r.header("authorization"), Some("Basic a3VyZWQ6TnRmeTVlY3JldA=="));
+}
+
+#[tokio::test]
+async fn matrix_logs_in_joins_sends_and_logs_out() {
+    let server = HttpReceiver::start();
+    server.script(
+        "/_matrix/client/v3/login",
+        vec![
+            Reply::status(
+                200,
+                r#"{"flows":[{"type":"m.login.sso"},{"type":"m.login.password"}]}"#,
+            ),
+            Reply::status(
+                200,
+                r#"{"access_token":"syt_ACCESSTOKEN","user_id":"@kured:example.org","device_id":"D1"}"#,
+            ),
+        ],
+    );
+    server.respond(
+        "/_matrix/client/v3/join/",
+        Reply::status(200, r#"{"room_id":"!joined:example.org"}"#),
+    );
+    server.respond(
+        "/_matrix/client/v3/rooms/",
+        Reply::status(200, r#"{"event_id":"$e1"}"#),
+    );
+    server.respond("/_matrix/client/v3/logout", Reply::status(200, "{}"));
+    send_one(
+        &server,
+        "matrix://kured:MatrixPa55@matrix.example.org/?rooms=!abc:example.org,ops",
+    )
+    .await;
+
+    let all = server.requests();
+    let calls: Vec<(String, String)> = all
+        .iter()
+        .map(|r| (r.method.clone(), r.path().to_owned()))
+        .collect();
+    let call = |m: &str, p: &str| (m.to_owned(), p.to_owned());
+    assert_eq!(calls.len(), 6, "{calls:?}");
+    assert_eq!(calls[0], call("GET", "/_matrix/client/v3/login"));
+    assert_eq!(calls[1], call("POST", "/_matrix/client/v3/login"));
+    assert_eq!(
+        all[1].json(),
+        json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "kured" }, "password": "MatrixPa55", "initial_device_display_name": "kured" })
+    );
+    assert_eq!(all[1].header("authorization"), None);
+    // The room id as it is, the alias (a # added) joined first for its id.
+    assert!(
+        calls[2]
+            .1
+            .starts_with("/_matrix/client/v3/rooms/!abc:example.org/send/m.room.message/"),
+        "{calls:?}"
+    );
+    assert_eq!(calls[3], call("POST", "/_matrix/client/v3/join/%23ops"));
+    assert!(
+        calls[4]
+            .1
+            .starts_with("/_matrix/client/v3/rooms/!joined:example.org/send/m.room.message/"),
+        "{calls:?}"
+    );
+    assert_eq!(calls[5], call("POST", "/_matrix/client/v3/logout"));
+    for i in [2, 4] {
+        assert_eq!(all[i].method, "PUT");
+        assert_eq!(all[i].json(), json!({ "msgtype": "m.text", "body": MESSAGE }));
+    }
+    assert_ne!(
+        calls[2].1.rsplit('/').next(),
+        calls[4].1.rsplit('/').next(),
+        "transaction ids differ"
+    );
+    for r in &all[2..] {
+        assert_eq!(
+            r.header("authorization"),
+            Some("Bearer syt_ACCESSTOKEN"),
+            "{}",
+            r.target
+        );
+    }
+}
+
+#[tokio::test]
+async fn matrix_with_an_access_token_sends_to_every_joined_room() {
+    let server = HttpReceiver::start();
+    server.respond(
+        "/_matrix/client/v3/joined_rooms",
+        Reply::status(200, r#"{"joined_rooms":["!one:example.org","!two:example.org"]}"#),
+    );
+    server.respond(
+        "/_matrix/client/v3/rooms/!two",
+        Reply::status(403, r#"{"errcode":"M_FORBIDDEN"}"#),
+    );
+    let failures = NotificationFailures::default();
+    let deliveries = notifier(
+        vec![target("matrix://:syt_T0KEN@matrix.example.org:8448/?title=kured")],
+        &server,
+        &failures,
+    )
+    .send(TITLE, MESSAGE)
+    .await;
+    let failure = deliveries[0].result.clone().expect_err("room two refused");
+    assert!(failure.error.contains("HTTP status 403"), "{failure}");
+    assert_eq!(failures.get("matrix"), 1);
+    // No login with a token; both rooms tried although the second refuses.
+    assert!(server.requests_to("/_matrix/client/v3/login").is_empty());
+    assert!(server.requests_to("/_matrix/client/v3/logout").is_empty());
+    let one = only(
+        &server,
+        "/_matrix/client/v3/rooms/!one:example.org/send/m.room.message/",
+    );
+    assert_eq!(one.method, "PUT");
+    assert_eq!(one.header("authorization"), Some("Bearer syt_T0KEN"));
+    assert_eq!(
+        one.json(),
+        json!({ "msgtype": "m.text", "body": format!("kured\n{MESSAGE}") })
+    );
+    assert_eq!(
+        server.requests_to("/_matrix/client/v3/rooms/!two").len(),
+        1,
+        "a 403 is not retried"
+    );
+    let joined = only(&server, "/_matrix/client/v3/joined_rooms");
+    assert_eq!(
+        (joined.method.as_str(), joined.header("authorization")),
+        ("GET", Some("Bearer syt_T0KEN"))
+    );
+}
+
+#[test]
+fn kured_notify_sends_to_a_gotify_server() {
+    let server = HttpReceiver::start();
+    let port = server.addr.port();
+    let url = format!("gotify://127.0.0.1:{port}/AzyoeNS.D4iJLVa?disabletls=yes&priority=2");
+    let out = kured()
+        .args([
+            "notify",
+            &format!("--notify-url={url}"),
+            "--message=Hello from the test",
+        ])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        stdout,
+        format!("ok      gotify://127.0.0.1:{port}/<redacted> (1 attempt)\n")
+    );
+    assert!(!format!("{stdout}{stderr}").contains("AzyoeNS"));
+    let r = only(&server, "/message");
+    assert_eq!(r.header("x-gotify-key"), Some("AzyoeNS.D4iJLVa"));
+    assert_eq!(
+        r.json(),
+        json!({ "message": "Hello from the test", "title": "kured test notification", "priority": 2 })
+    );
+}
+
+/// The body of a form-encoded request, its fields in order.
+fn form_fields(r: &receivers::Recorded) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(&r.body).into_owned().collect()
+}
+
+fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Pushover, Pushbullet, Rocket.Chat, Zulip and Opsgenie, each answered the way the real service
+/// answers, each request checked against the service's API documentation: method, path, where
+/// the credentials travel, and the body.
+#[tokio::test]
+async fn push_chat_and_alerting_services_get_their_documented_requests() {
+    let server = HttpReceiver::start();
+    server.respond(
+        "/1/messages.json",
+        Reply::status(
+            200,
+            r#"{"status":1,"request":"647d2300-702c-4b38-8b2f-d56326ae460b"}"#,
+        ),
+    );
+    server.respond(
+        "/v2/pushes",
+        Reply::status(
+            200,
+            r#"{"active":true,"iden":"ujpah72o0sjAoRtnM0jc","type":"note"}"#,
+        ),
+    );
+    server.respond("/hooks/", Reply::status(200, r#"{"success":true}"#));
+    server.respond(
+        "/api/v1/messages",
+        Reply::status(200, r#"{"id":42,"msg":"","result":"success"}"#),
+    );
+    server.respond(
+        "/v2/alerts",
+        Reply::status(
+            202,
+            r#"{"result":"Request will be processed","took":0.302,"requestId":"43a29c5c-3dbf-4fa4-9c26-f4f71023e120"}"#,
+        ),
+    );
+    let pushbullet_token = "o.AbCdEfGhIjKlMnOpQrStUvWxYz012345";
+    let targets = vec![
+        target(
+            "pushover://shoutrrr:azGDORePK8gMaC0QOYAMyEEuzJnyUi@uQiRzpo4DXghDmr9QzzfQu27cmVRsG/?devices=phone,tablet&priority=1",
+        ),
+        target(&format!(
+            "pushbullet://{pushbullet_token}/ujpah72o0sjAoRtnM0jc/#reboots?title=kured"
+        )),
+        target(
+            "rocketchat://kured@chat.example.com/8eGdRzc9r4YYNyvge/2XYQcX9NBwJBKfQnphpebPcnXZcPEi32Nt4NKJfrnbhsbRfX/ops",
+        ),
+        target(
+            "zulip://kured-bot%40example.com:c0rrecthorse@example.zulipchat.com/?stream=ops&topic=Reboots",
+        ),
+        target(
+            "opsgenie://api.opsgenie.com/eb243592-faa2-4ba2-a551q-1afdf565c889?priority=P3&tags=kured,reboot&responders=team:NOC",
+        ),
+    ];
+    let failures = NotificationFailures::default();
+    let deliveries = notifier(targets, &server, &failures).send(TITLE, MESSAGE).await;
+    assert_eq!(deliveries.len(), 5);
+    assert_all_sent(&deliveries);
+
+    // Pushover: a form POST to /1/messages.json; token and user key in the body.
+    let r = only(&server, "/1/messages.json");
+    assert_eq!(r.method, "POST");
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(r.header("authorization"), None);
+    assert_eq!(
+        form_fields(&r),
+        fields(&[
+            ("token", "azGDORePK8gMaC0QOYAMyEEuzJnyUi"),
+            ("user", "uQiRzpo4DXghDmr9QzzfQu27cmVRsG"),
+            ("message", MESSAGE),
+            ("device", "phone,tablet"),
+            ("title", TITLE),
+            ("priority", "1"),
+        ])
+    );
+
+    // Pushbullet: a JSON `note` push per target, the token in the Access-Token header.
+    let pushes = server.requests_to("/v2/pushes");
+    assert_eq!(pushes.len(), 2);
+    for r in &pushes {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.header("access-token"), Some(pushbullet_token));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+    let mut bodies: Vec<serde_json::Value> = pushes.iter().map(receivers::Recorded::json).collect();
+    bodies.sort_by_key(|b| b.to_string());
+    assert_eq!(
+        bodies,
+        [
+            json!({ "type": "note", "title": "kured", "body": MESSAGE, "channel_tag": "reboots" }),
+            json!({ "type": "note", "title": "kured", "body": MESSAGE, "device_iden": "ujpah72o0sjAoRtnM0jc" }),
+        ]
+    );
+
+    // Rocket.Chat: the incoming webhook /hooks/{tokenA}/{tokenB}, the sender and #channel in JSON.
+    let r = only(&server, "/hooks/");
+    assert_eq!(
+        (r.method.as_str(), r.path()),
+        (
+            "POST",
+            "/hooks/8eGdRzc9r4YYNyvge/2XYQcX9NBwJBKfQnphpebPcnXZcPEi32Nt4NKJfrnbhsbRfX"
+        )
+    );
+    assert_eq!(
+        r.json(),
+        json!({ "text": MESSAGE, "username": "kured", "channel": "#ops" })
+    );
+
+    // Zulip: POST /api/v1/messages as the bot (basic auth email:key), a form for a stream message.
+    let r = only(&server, "/api/v1/messages");
+    assert_eq!(r.method, "POST");
+    // base64("kured-bot@example.com:c0rrecthorse")
+    assert_eq!(
+        r.header("authorization"),
+        Some("Basic a3VyZWQtYm90QGV4YW1wbGUuY29tOmMwcnJlY3Rob3JzZQ==")
+    );
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(
+        form_fields(&r),
+        fields(&[
+            ("type", "stream"),
+            ("to", "ops"),
+            ("content", MESSAGE),
+            ("topic", "Reboots"),
+        ])
+    );
+
+    // Opsgenie: Create Alert, POST /v2/alerts with `Authorization: GenieKey …`; the title is the
+    // alert's message, the message its description.
+    let r = only(&server, "/v2/alerts");
+    assert_eq!(r.method, "POST");
+    assert_eq!(
+        r.header("authorization"),
+        Some("GenieKey eb243592-faa2-4ba2-a551q-1afdf565c889")
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        json!({
+            "message": TITLE,
+            "description": MESSAGE,
+            "priority": "P3",
+            "tags": ["kured", "reboot"],
+            "responders": [{ "type": "team", "name": "NOC" }],
+        })
+    );
+
+    assert_eq!(server.requests().len(), 6, "nothing else was sent");
+    for scheme in ["pushover", "pushbullet", "rocketchat", "zulip", "opsgenie"] {
+        assert_eq!(failures.get(scheme), 0, "{scheme}");
+    }
+}
+
+/// A refusal by the service (a revoked key) fails at once, is counted under the service's scheme,
+/// and no report shows the credentials.
+#[tokio::test]
+async fn refused_credentials_fail_once_and_stay_hidden() {
+    let server = HttpReceiver::start();
+    server.respond(
+        "/v2/alerts",
+        Reply::status(422, r#"{"message":"Key format is not valid!","took":0.001}"#),
+    );
+    server.respond(
+        "/1/messages.json",
+        Reply::status(
+            400,
+            r#"{"token":"invalid","errors":["application token is invalid"],"status":0}"#,
+        ),
+    );
+    server.respond(
+        "/api/v1/messages",
+        Reply::status(
+            401,
+            r#"{"result":"error","msg":"Invalid API key","code":"INVALID_API_KEY"}"#,
+        ),
+    );
+    let failures = NotificationFailures::default();
+    let n = notifier(
+        vec![
+            target("opsgenie://api.opsgenie.com/S3CRETKEY-0000"),
+            target("pushover://shoutrrr:S3CRETTOKEN@S3CRETUSER"),
+            target("zulip://bot%40example.com:S3CRETBOTKEY@chat.example.com?stream=ops"),
+        ],
+        &server,
+        &failures,
+    );
+    let deliveries = n.send(TITLE, MESSAGE).await;
+    for (d, status) in deliveries.iter().zip(["422", "400", "401"]) {
+        let failure = d.result.clone().expect_err("refused");
+        assert_eq!(failure.attempts, 1, "{}: {failure}", d.target);
+        assert!(
+            failure.error.contains(&format!("HTTP status {status}")),
+            "{}: {failure}",
+            d.target
+        );
+        let text = format!("{} {failure}", d.target);
+        assert!(!text.contains("S3CRET"), "a secret in {text}");
+    }
+    assert_eq!(server.requests().len(), 3, "one attempt each");
+    for scheme in ["opsgenie", "pushover", "zulip"] {
+        assert_eq!(failures.get(scheme), 1, "{scheme}");
+    }
+}
+
+/// `kured notify`, the real binary, to self-hosted services over TLS: Zulip, Rocket.Chat, ntfy
+/// and Opsgenie at the host and port their URLs name, a server whose certificate a private CA
+/// signed, trusted through `SSL_CERT_FILE` (as Go programs such as upstream kured trust it). Each
+/// request arrives as the service documents it, and the report hides every credential. Without
+/// the variable, the same sends fail on the unknown certificate authority.
+#[test]
+fn kured_notify_reaches_self_hosted_services_over_tls_with_a_private_ca() {
+    let ca = TestCa::create();
+    let server = HttpReceiver::start_tls(&ca);
+    server.respond(
+        "/api/v1/messages",
+        Reply::status(200, r#"{"result":"success","msg":"","id":42}"#),
+    );
+    server.respond(
+        "/v2/alerts",
+        Reply::status(202, r#"{"result":"Request will be processed"}"#),
+    );
+    let port = server.addr.port();
+    let urls = [
+        format!("zulip://kured%40example.com:S3CRETBOTKEY@127.0.0.1:{port}/?stream=ops&topic=reboots"),
+        format!("rocketchat://127.0.0.1:{port}/S3CRETA/S3CRETB/ops"),
+        format!("ntfy://127.0.0.1:{port}/reboots"),
+        format!("opsgenie://127.0.0.1:{port}/S3CRETGENIEKEY"),
+    ];
+    let notify = |bundle: Option<&std::path::Path>| {
+        let mut command = kured();
+        command.arg("notify").arg("--message=Hello over TLS");
+        for url in &urls {
+            command.arg(format!("--notify-url={url}"));
+        }
+        match bundle {
+            Some(path) => command.env("SSL_CERT_FILE", path),
+            None => command.env_remove("SSL_CERT_FILE"),
+        };
+        let out = command.output().expect("runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains("S3CRET"), "a secret in the output: {text}");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+
+    let (code, report) = notify(Some(&ca.ca_pem));
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("ok ")).count(),
+        4,
+        "{report}"
+    );
+
+    let zulip = only(&server, "/api/v1/messages");
+    assert_eq!(zulip.method, "POST");
+    assert_eq!(
+        zulip.header("authorization"),
+        Some("Basic a3VyZWRAZXhhbXBsZS5jb206UzNDUkVUQk9US0VZ")
+    );
+    assert_eq!(
+        form_fields(&zulip),
+        fields(&[
+            ("type", "stream"),
+            ("to", "ops"),
+            ("content", "Hello over TLS"),
+            ("topic", "reboots")
+        ])
+    );
+    let rocket = only(&server, "/hooks/S3CRETA/S3CRETB");
+    assert_eq!(rocket.json()["text"], "Hello over TLS");
+    assert_eq!(rocket.json()["channel"], "#ops");
+    let ntfy = only(&server, "/reboots");
+    assert_eq!(
+        (ntfy.method.as_str(), ntfy.text().as_str()),
+        ("POST", "Hello over TLS")
+    );
+    let genie = only(&server, "/v2/alerts");
+    assert_eq!(genie.header("authorization"), Some("GenieKey S3CRETGENIEKEY"));
+    assert_eq!(genie.json()["description"], "Hello over TLS");
+
+    let before = server.requests().len();
+    let (code, report) = notify(None);
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("FAILED ")).count(),
+        4,
+        "{report}"
+    );
+    assert_eq!(
+        server.requests().len(),
+        before,
+        "no request passed an unverified TLS handshake"
+    );
 }

@@ -7,7 +7,8 @@
 //!   does not exist.
 //! - The metrics table (between `<!-- metrics:begin -->` and `<!-- metrics:end -->`) is compared
 //!   with what the agent's registry exposes: every metric with its type and label names, and no
-//!   other.
+//!   other; the schemes listed for `kured_notifications_failed_total` are every service's, in
+//!   order, and `unknown`.
 //! - The `needs-restarting -r` recipe (between `<!-- needs-restarting:begin -->` and its end) is
 //!   run as a sentinel command with a stand-in that exits as the real program does.
 //!
@@ -318,6 +319,26 @@ fn exposed_metrics() -> BTreeMap<String, (String, BTreeSet<String>)> {
             (scraped, (kind, labels))
         })
         .collect()
+}
+
+/// The code spans of `text`, in order.
+fn code_spans(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+#[test]
+fn notification_failure_schemes_are_every_service_and_unknown() {
+    let row = table_rows(section("metrics"))
+        .into_iter()
+        .find(|row| code(cell(row, "Metric")) == Some("kured_notifications_failed_total"))
+        .expect("README.md documents kured_notifications_failed_total");
+    let documented = code_spans(cell(&row, "Meaning"));
+    let mut expected = kured::notify::target::metric_schemes();
+    expected.push("unknown");
+    assert_eq!(
+        documented, expected,
+        "README.md's schemes of kured_notifications_failed_total (left) disagree with the services (right)"
+    );
 }
 
 #[test]

@@ -1,28 +1,29 @@
 //! Sending: one HTTP request through reqwest, or one e-mail through an SMTP server (lettre over
-//! rustls with the ring provider). Each call is one attempt, bounded in time; retries are the
-//! caller's, guided by [`SendError::is_retryable`].
+//! rustls with the ring provider). [`http`] is one attempt, bounded in time; a [`Link`] gives a
+//! service's [`Service::deliver`](super::target::Service::deliver) the shared client, with
+//! retries guided by [`SendError::is_retryable`].
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use lettre::message::header::ContentType;
-use lettre::message::{Mailbox, Message};
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use futures_util::future::BoxFuture;
 use reqwest::StatusCode;
 use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
+use tracing::debug;
+use url::Url;
 
+use super::RetryPolicy;
 use super::request::{Expect, HttpRequest};
-use super::target::{Smtp, SmtpAuth, SmtpTls};
 
 /// Bytes of an error response quoted in an error: enough for a service's error message (Slack's
 /// `invalid_payload`, Discord's JSON), short enough for one log line.
 const BODY_EXCERPT: usize = 200;
 
-/// Where Linux keeps the machine's host name, for `clienthost=auto`.
-const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
+/// A message on its way to one target: Ok with the most attempts any of its requests took, or
+/// the attempts made and the error that ended them.
+pub(crate) type Attempted<'a> = BoxFuture<'a, Result<u32, (u32, SendError)>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -46,6 +47,10 @@ pub enum SendError {
     Smtp(#[source] lettre::transport::smtp::Error),
     #[error("gave up after {0:?} (the time allowed for one notification)")]
     Deadline(Duration),
+    #[error("unexpected answer: {0}")]
+    Answer(String),
+    #[error("the notification URL cannot be used: {0}")]
+    Unusable(String),
 }
 
 impl SendError {
@@ -64,15 +69,18 @@ impl SendError {
             }
             SendError::SlackApi { error } => error == "ratelimited",
             SendError::Smtp(e) => !e.is_permanent() && !e.is_client(),
-            SendError::Address(_) | SendError::SmtpTls(_) | SendError::Mail(_) | SendError::Deadline(_) => {
-                false
-            }
+            SendError::Address(_)
+            | SendError::SmtpTls(_)
+            | SendError::Mail(_)
+            | SendError::Deadline(_)
+            | SendError::Answer(_)
+            | SendError::Unusable(_) => false,
         }
     }
 }
 
 /// The start of a body, on one line, for an error message.
-fn excerpt(body: &[u8]) -> String {
+pub(crate) fn excerpt(body: &[u8]) -> String {
     let end = body.len().min(BODY_EXCERPT);
     let text = String::from_utf8_lossy(&body[..end]);
     let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -90,12 +98,13 @@ struct SlackAnswer {
     error: Option<String>,
 }
 
-/// Sends one request and judges the answer; at most `timeout`, connection included.
+/// Sends one request and judges the answer; at most `timeout`, connection included. Ok: the
+/// body of the 2xx answer (empty if it broke off).
 pub(crate) async fn http(
     client: &reqwest::Client,
     request: &HttpRequest,
     timeout: Duration,
-) -> Result<(), SendError> {
+) -> Result<Vec<u8>, SendError> {
     let mut builder = client
         .request(request.method.clone(), request.url.clone())
         .body(request.body.clone());
@@ -140,111 +149,86 @@ pub(crate) async fn http(
                 error: answer.error.unwrap_or_else(|| "unknown error".to_owned()),
             });
         }
+        return Ok(body.to_vec());
     }
-    Ok(())
+    Ok(body.map(|b| b.to_vec()).unwrap_or_default())
 }
 
-/// An SMTP server and the e-mail it receives.
-pub(crate) struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
-    from: Mailbox,
-    to: Vec<Mailbox>,
-    subject: Option<String>,
-    html: bool,
-    timeout: Duration,
+/// What a service sends through: the shared HTTP client, where requests go, the CA roots, and
+/// the retry policy. One per message and target.
+pub(crate) struct Link<'a> {
+    pub(crate) client: &'a reqwest::Client,
+    /// Replaces each request's scheme, host and port (tests' loopback receivers).
+    pub(crate) api_base: Option<&'a Url>,
+    /// CA certificates to trust, for services that connect by other means than `client`.
+    pub(crate) roots: &'a [CertificateDer<'static>],
+    pub(crate) retry: RetryPolicy,
+    /// Every attempt made, for a report cut short by the deadline.
+    pub(crate) tried: &'a AtomicU32,
 }
 
-impl Mailer {
-    /// Sets up the connection parameters; connects only when sending. `roots` are the CA
-    /// certificates the server's certificate must chain to.
-    pub(crate) fn new(
-        smtp: &Smtp,
-        roots: &[CertificateDer<'static>],
-        timeout: Duration,
-    ) -> Result<Mailer, SendError> {
-        let tls_parameters = || {
-            let mut builder =
-                TlsParameters::builder(smtp.host.clone()).certificate_store(CertificateStore::None);
-            for root in roots {
-                let cert = Certificate::from_der(root.to_vec()).map_err(SendError::SmtpTls)?;
-                builder = builder.add_root_certificate(cert);
+impl Link<'_> {
+    /// Sends `request`, retrying as the policy allows. Ok: the attempts it took and the body of
+    /// the answer.
+    pub(crate) async fn send(&self, request: &HttpRequest) -> Result<(u32, Vec<u8>), (u32, SendError)> {
+        let rebased;
+        let request = match self.api_base {
+            Some(base) => {
+                let mut r = request.clone();
+                r.url = rebase(&r.url, base);
+                rebased = r;
+                &rebased
             }
-            builder.build_rustls().map_err(SendError::SmtpTls)
+            None => request,
         };
-        let tls = match smtp.tls() {
-            SmtpTls::None => Tls::None,
-            SmtpTls::Opportunistic => Tls::Opportunistic(tls_parameters()?),
-            SmtpTls::Required => Tls::Required(tls_parameters()?),
-            SmtpTls::Implicit => Tls::Wrapper(tls_parameters()?),
-        };
-        let client_host = if smtp.client_host.eq_ignore_ascii_case("auto") {
-            std::fs::read_to_string(HOSTNAME_FILE)
-                .map(|h| h.trim().to_owned())
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "localhost".to_owned())
-        } else {
-            smtp.client_host.clone()
-        };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str())
-            .port(smtp.port)
-            .tls(tls)
-            .hello_name(ClientId::Domain(client_host))
-            .timeout(Some(timeout));
-        let mechanism = match smtp.auth {
-            SmtpAuth::None => None,
-            SmtpAuth::Plain => Some(Mechanism::Plain),
-            SmtpAuth::Login => Some(Mechanism::Login),
-            SmtpAuth::OAuth2 => Some(Mechanism::Xoauth2),
-        };
-        if let Some(mechanism) = mechanism {
-            builder = builder
-                .credentials(Credentials::new(smtp.username.clone(), smtp.password.clone()))
-                .authentication(vec![mechanism]);
-        }
-        let mailbox = |name: Option<String>, address: &str| {
-            address
-                .parse()
-                .map(|a| Mailbox::new(name, a))
-                .map_err(|_| SendError::Address(address.to_owned()))
-        };
-        Ok(Mailer {
-            transport: builder.build(),
-            from: mailbox(smtp.from_name.clone(), &smtp.from)?,
-            to: smtp
-                .to
-                .iter()
-                .map(|a| mailbox(None, a))
-                .collect::<Result<_, _>>()?,
-            subject: smtp.subject.clone(),
-            html: smtp.html,
-            timeout,
-        })
+        self.retrying(|| http(self.client, request, self.retry.attempt_timeout))
+            .await
     }
 
-    /// One e-mail to every recipient, the subject from `subject=` or else `title`.
-    pub(crate) async fn send(&self, message: &str, title: &str) -> Result<(), SendError> {
-        let mut builder = Message::builder()
-            .from(self.from.clone())
-            .subject(self.subject.as_deref().unwrap_or(title));
-        for to in &self.to {
-            builder = builder.to(to.clone());
+    /// Sends each request in turn, each with its own retries (a Telegram message to two chats is
+    /// not sent twice to the first when the second fails). Ok: the most attempts any took.
+    pub(crate) async fn send_all(&self, requests: Vec<HttpRequest>) -> Result<u32, (u32, SendError)> {
+        let mut most = 0;
+        for request in &requests {
+            let (attempts, _) = self.send(request).await?;
+            most = most.max(attempts);
         }
-        let content_type = if self.html {
-            ContentType::TEXT_HTML
-        } else {
-            ContentType::TEXT_PLAIN
-        };
-        let email = builder
-            .header(content_type)
-            .body(message.to_owned())
-            .map_err(SendError::Mail)?;
-        tokio::time::timeout(self.timeout, self.transport.send(email))
-            .await
-            .map_err(|_| SendError::Timeout(self.timeout))?
-            .map_err(SendError::Smtp)?;
-        Ok(())
+        Ok(most)
     }
+
+    /// Tries `attempt` until it succeeds, fails for good or runs out of attempts. Ok: the
+    /// attempts it took and what the last one returned.
+    pub(crate) async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<(u32, T), (u32, SendError)>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SendError>>,
+    {
+        let attempts = self.retry.attempts.max(1);
+        let mut backoff = self.retry.first_backoff;
+        let mut n = 1;
+        loop {
+            self.tried.fetch_add(1, Ordering::Relaxed);
+            match attempt().await {
+                Ok(value) => return Ok((n, value)),
+                Err(e) if n < attempts && e.is_retryable() => {
+                    debug!(attempt = n, retry_in = ?backoff, "notification attempt failed; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                    n += 1;
+                }
+                Err(e) => return Err((n, e)),
+            }
+        }
+    }
+}
+
+/// `url` with the scheme, host and port of `base`, and base's path before its own.
+pub(crate) fn rebase(url: &Url, base: &Url) -> Url {
+    let mut out = base.clone();
+    let path = format!("{}{}", base.path().trim_end_matches('/'), url.path());
+    out.set_path(&path);
+    out.set_query(url.query());
+    out
 }
 
 #[cfg(test)]
@@ -277,6 +261,16 @@ mod tests {
             .is_retryable()
         );
         assert!(!SendError::Deadline(Duration::from_secs(1)).is_retryable());
+    }
+
+    #[test]
+    fn rebase_keeps_path_and_query() {
+        let base = Url::parse("http://127.0.0.1:8080/prefix/").expect("url");
+        let url = Url::parse("https://api.telegram.org/bot1:A/sendMessage?x=1").expect("url");
+        assert_eq!(
+            rebase(&url, &base).as_str(),
+            "http://127.0.0.1:8080/prefix/bot1:A/sendMessage?x=1"
+        );
     }
 
     #[test]

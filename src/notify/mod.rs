@@ -2,6 +2,12 @@
 //! in service. Messages come from `--message-template-*` with `%s` replaced by the node name, and
 //! go to every `--notify-url` (shoutrrr syntax, parsed in [`target`]) at once.
 //!
+//! Layout: each service lives in one file under `services/` (its URL parsing, redacted display,
+//! secrets and requests) and is listed once in the registry in `services/mod.rs`, whose module
+//! doc says how to add one. [`target`] holds the [`Target`] wrapper and the `Service` trait the
+//! services implement; `url_syntax` the query and URL helpers they share; `request` the HTTP
+//! request type; `deliver` sending with retries. Nothing outside `services/` names a service.
+//!
 //! Sending never blocks a reboot for long: each attempt is bounded in time, a failed attempt is
 //! tried again a few times with back-off when trying again can help, and a notification that
 //! still fails is logged and counted in `kured_notifications_failed_total{scheme}` — never
@@ -9,8 +15,10 @@
 
 mod deliver;
 mod request;
+pub(crate) mod services;
 pub mod target;
 mod template;
+mod url_syntax;
 
 use std::fmt;
 use std::future::Future;
@@ -28,8 +36,7 @@ pub use template::render;
 use crate::config::Config;
 use crate::http::{self, HttpError};
 use crate::metrics::NotificationFailures;
-use deliver::Mailer;
-use request::HttpRequest;
+use deliver::Link;
 
 /// How many times one message is tried on one target: a 5xx, 429 or dropped connection usually
 /// clears within seconds; more attempts would only hold the drain or reboot back longer.
@@ -117,12 +124,6 @@ pub struct Options {
 pub enum NotifyError {
     #[error("cannot set up the HTTP client for notifications")]
     Http(#[from] HttpError),
-    #[error("cannot set up the SMTP client for {target}")]
-    Mailer {
-        target: String,
-        #[source]
-        source: SendError,
-    },
 }
 
 /// The outcome of one message on one target.
@@ -152,7 +153,6 @@ struct Route {
     target: Target,
     shown: String,
     secrets: Vec<String>,
-    mailer: Option<Mailer>,
 }
 
 /// The notifier of `--notify-url` (or the deprecated `--slack-hook-url`): each message goes to
@@ -160,6 +160,7 @@ struct Route {
 pub struct Notifications {
     routes: Vec<Route>,
     client: reqwest::Client,
+    roots: Vec<CertificateDer<'static>>,
     api_base: Option<Url>,
     retry: RetryPolicy,
     failures: NotificationFailures,
@@ -193,7 +194,10 @@ impl Notifications {
         options: Options,
         failures: NotificationFailures,
     ) -> Result<Notifications, NotifyError> {
-        let needs_tls = targets.iter().any(|t| uses_tls(t, options.api_base.as_ref()));
+        let api_base = options.api_base.as_ref();
+        let needs_tls = targets
+            .iter()
+            .any(|t| t.as_service().uses_tls(base_for(t, api_base)));
         let mut roots = Vec::new();
         if needs_tls {
             match http::system_roots() {
@@ -209,30 +213,18 @@ impl Notifications {
         let routes = targets
             .into_iter()
             .map(|target| {
-                let shown = target.shown();
-                let mailer = match &target {
-                    Target::Smtp(smtp) => Some(
-                        Mailer::new(smtp, &roots, options.retry.attempt_timeout).map_err(|source| {
-                            NotifyError::Mailer {
-                                target: shown.clone(),
-                                source,
-                            }
-                        })?,
-                    ),
-                    _ => None,
-                };
                 failures.register(target.scheme());
-                Ok(Route {
+                Route {
+                    shown: target.shown(),
                     secrets: target.secrets(),
                     target,
-                    shown,
-                    mailer,
-                })
+                }
             })
-            .collect::<Result<Vec<_>, NotifyError>>()?;
+            .collect();
         Ok(Notifications {
             routes,
             client,
+            roots,
             api_base: options.api_base,
             retry: options.retry,
             failures,
@@ -285,9 +277,7 @@ impl Notifications {
         futures_util::future::join_all(sends).await
     }
 
-    /// Every request of one target, each with its own retries (a Telegram message to two chats
-    /// is not sent twice to the first when the second fails). Ok: the most attempts any request
-    /// took.
+    /// One message to one target, as its service delivers it.
     async fn deliver(
         &self,
         route: &Route,
@@ -295,63 +285,14 @@ impl Notifications {
         message: &str,
         tried: &AtomicU32,
     ) -> Result<u32, (u32, SendError)> {
-        if let Some(mailer) = &route.mailer {
-            return self.retrying(tried, || mailer.send(message, title)).await;
-        }
-        let mut most = 0;
-        for request in self.requests(&route.target, title, message) {
-            let attempts = self
-                .retrying(tried, || {
-                    deliver::http(&self.client, &request, self.retry.attempt_timeout)
-                })
-                .await?;
-            most = most.max(attempts);
-        }
-        Ok(most)
-    }
-
-    /// Tries `attempt` until it succeeds, fails for good or runs out of attempts; counts every
-    /// attempt in `tried` too, for a report cut short by the deadline.
-    async fn retrying<F, Fut>(&self, tried: &AtomicU32, mut attempt: F) -> Result<u32, (u32, SendError)>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<(), SendError>>,
-    {
-        let attempts = self.retry.attempts.max(1);
-        let mut backoff = self.retry.first_backoff;
-        let mut n = 1;
-        loop {
-            tried.fetch_add(1, Ordering::Relaxed);
-            match attempt().await {
-                Ok(()) => return Ok(n),
-                Err(e) if n < attempts && e.is_retryable() => {
-                    debug!(attempt = n, retry_in = ?backoff, "notification attempt failed; trying again");
-                    tokio::time::sleep(backoff).await;
-                    backoff = backoff.saturating_mul(2);
-                    n += 1;
-                }
-                Err(e) => return Err((n, e)),
-            }
-        }
-    }
-
-    fn requests(&self, target: &Target, title: &str, message: &str) -> Vec<HttpRequest> {
-        let mut requests: Vec<HttpRequest> = match target {
-            Target::Slack(s) => request::slack(s, message).into_iter().collect(),
-            Target::Teams(t) => vec![request::teams(t, message)],
-            Target::Discord(d) => request::discord(d, message).into_iter().collect(),
-            Target::Generic(g) => return vec![request::generic(g, message, title)],
-            Target::Telegram(t) => request::telegram(t, message),
-            Target::GoogleChat(g) => vec![request::googlechat(g, message)],
-            Target::Mattermost(m) => vec![request::mattermost(m, message)],
-            Target::Smtp(_) => Vec::new(),
+        let link = Link {
+            client: &self.client,
+            api_base: base_for(&route.target, self.api_base.as_ref()),
+            roots: &self.roots,
+            retry: self.retry,
+            tried,
         };
-        if let Some(base) = &self.api_base {
-            for r in &mut requests {
-                r.url = rebase(&r.url, base);
-            }
-        }
-        requests
+        route.target.as_service().deliver(&link, title, message).await
     }
 }
 
@@ -383,38 +324,15 @@ fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
-/// Whether reaching `target` takes TLS (and so trusted roots).
-fn uses_tls(target: &Target, api_base: Option<&Url>) -> bool {
-    let https = |url: &Url| url.scheme() == "https";
-    match target {
-        Target::Smtp(s) => s.tls() != target::SmtpTls::None,
-        Target::Generic(g) => https(&g.url),
-        _ => api_base.is_none_or(https),
-    }
-}
-
-/// `url` with the scheme, host and port of `base`, and base's path before its own.
-fn rebase(url: &Url, base: &Url) -> Url {
-    let mut out = base.clone();
-    let path = format!("{}{}", base.path().trim_end_matches('/'), url.path());
-    out.set_path(&path);
-    out.set_query(url.query());
-    out
+/// Where `target`'s requests go instead of its own host: `api_base`, unless the service's URL is
+/// the endpoint itself.
+fn base_for<'a>(target: &Target, api_base: Option<&'a Url>) -> Option<&'a Url> {
+    api_base.filter(|_| target.as_service().follows_api_base())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rebase_keeps_path_and_query() {
-        let base = Url::parse("http://127.0.0.1:8080/prefix/").expect("url");
-        let url = Url::parse("https://api.telegram.org/bot1:A/sendMessage?x=1").expect("url");
-        assert_eq!(
-            rebase(&url, &base).as_str(),
-            "http://127.0.0.1:8080/prefix/bot1:A/sendMessage?x=1"
-        );
-    }
 
     #[test]
     fn cause_chains_leave_out_repeated_causes() {

@@ -132,32 +132,69 @@ impl State {
     }
 }
 
-/// An HTTP/1.1 server on a loopback port, one thread per connection, keep-alive honoured.
-/// Answers 200 "ok" unless told otherwise.
+/// An HTTP/1.1 server on a loopback port, one thread per connection, keep-alive honoured; over
+/// TLS with a certificate for 127.0.0.1 when started with [`HttpReceiver::start_tls`]. Answers
+/// 200 "ok" unless told otherwise.
 pub struct HttpReceiver {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    tls: bool,
 }
 
 impl HttpReceiver {
     pub fn start() -> HttpReceiver {
+        HttpReceiver::spawn(None)
+    }
+
+    /// The receiver over TLS, with `ca`'s certificate for 127.0.0.1.
+    pub fn start_tls(ca: &TestCa) -> HttpReceiver {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = vec![CertificateDer::from_pem_file(&ca.cert_pem).expect("the server certificate reads")];
+        let key = PrivateKeyDer::from_pem_file(&ca.key_pem).expect("the server key reads");
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("a server configuration");
+        HttpReceiver::spawn(Some(Arc::new(config)))
+    }
+
+    fn spawn(tls: Option<Arc<rustls::ServerConfig>>) -> HttpReceiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
         let addr = listener.local_addr().expect("the bound address");
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
+        let secure = tls.is_some();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let state = shared.clone();
-                std::thread::spawn(move || serve(stream, &state));
+                let tls = tls.clone();
+                std::thread::spawn(move || match tls {
+                    None => serve(stream, &state),
+                    Some(config) => {
+                        let Ok(connection) = rustls::ServerConnection::new(config) else {
+                            return;
+                        };
+                        serve(rustls::StreamOwned::new(connection, stream), &state);
+                    }
+                });
             }
         });
-        HttpReceiver { addr, state }
+        HttpReceiver {
+            addr,
+            state,
+            tls: secure,
+        }
     }
 
-    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    /// `http://127.0.0.1:<port>` (`https://` over TLS), without a trailing slash.
     pub fn base(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Answers requests whose path starts with `prefix` with `reply` from now on.
@@ -191,10 +228,7 @@ impl HttpReceiver {
     }
 }
 
-fn serve(stream: TcpStream, state: &Mutex<State>) {
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
+fn serve(stream: impl Read + Write, state: &Mutex<State>) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -254,7 +288,8 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
             reply.body.len() + if reply.cut_off { 100 } else { 0 },
             reply.body
         );
-        if writer.write_all(response.as_bytes()).is_err() || reply.cut_off {
+        let writer = reader.get_mut();
+        if writer.write_all(response.as_bytes()).is_err() || writer.flush().is_err() || reply.cut_off {
             return;
         }
     }

@@ -305,6 +305,11 @@ impl FaultProxy {
             .unwrap_or(0)
     }
 
+    /// Every request passed to the API server so far, counted by verb and resource.
+    pub fn forwarded_all(&self) -> BTreeMap<(String, String), u32> {
+        self.shared.forwarded.lock().expect("counts not poisoned").clone()
+    }
+
     /// How many requests, responses and response chunks a black hole has swallowed so far.
     pub fn held(&self) -> u32 {
         self.shared.held.load(Ordering::SeqCst)
