@@ -120,6 +120,53 @@ def kubectl_calls(path):
     return out
 
 
+def audit_node_calls(path, user, start, end):
+    """(time, node, verb) of `user`'s completed requests to a Node by name, from the audit log."""
+    out = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            ref = e.get("objectRef") or {}
+            if ((e.get("user") or {}).get("username") != user or e.get("stage") != "ResponseComplete"
+                    or ref.get("resource") != "nodes" or not ref.get("name")):
+                continue
+            at = ts(e.get("requestReceivedTimestamp", "1970-01-01T00:00:00Z"))
+            if start <= at <= end:
+                out.append((at, ref["name"], e.get("verb", "").upper()))
+    return out
+
+
+def audit_calls(path, user, start, end):
+    """Exact counts of `user`'s requests received from `start` to `end` (seconds since the epoch),
+    from the API server's audit log, keyed (verb, resource, subresource, code): each request once,
+    a watch when it started (it may still be open), every other request when it completed."""
+    out = {}
+    if not os.path.exists(path):
+        return None
+    with open(path, errors="replace") as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if (e.get("user") or {}).get("username") != user:
+                continue
+            verb, stage = e.get("verb", ""), e.get("stage", "")
+            if stage != ("ResponseStarted" if verb == "watch" else "ResponseComplete"):
+                continue
+            at = ts(e.get("requestReceivedTimestamp", "1970-01-01T00:00:00Z"))
+            if not start <= at <= end:
+                continue
+            ref = e.get("objectRef") or {}
+            code = str((e.get("responseStatus") or {}).get("code", ""))
+            k = (verb.upper(), ref.get("resource", ""), ref.get("subresource", ""), code)
+            out[k] = out.get(k, 0) + 1
+    return out
+
+
 def ts(s):
     return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
@@ -174,6 +221,14 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def pct(xs, p):
+    """The p-th percentile (nearest rank) of xs."""
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, math.ceil(p / 100 * len(xs)) - 1))]
+
+
 def cmd_report(work, n, c, period, start, quiet_s):
     n, c, start, quiet_s = int(n), int(c), float(start), float(quiet_s)
     nodes = per_node(work)
@@ -208,7 +263,15 @@ def cmd_report(work, n, c, period, start, quiet_s):
           f" {(total - ideal) / n:.2f} s per node)")
     print(f"    first lock acquired     {acq[0] - start:8.1f} s   after the agents started")
     if gaps:
-        print(f"    lock hand-off (median)  {med(gaps):8.1f} s   (a release -> the next acquisition; max {max(gaps):.1f})")
+        print(f"    lock hand-off p50/p99   {pct(gaps, 50):8.2f} s / {pct(gaps, 99):.2f} s  (a release -> the next acquisition;"
+              f" max {max(gaps):.2f}, {len(gaps)} hand-offs)")
+
+    if os.path.exists(f"{work}/audit.log"):
+        audit = audit_calls(f"{work}/audit.log", f"system:serviceaccount:{work_ns(work)}:kured", start, end)
+        report_audit(audit, n, end - start)
+        report_node_phases(audit_node_calls(f"{work}/audit.log", f"system:serviceaccount:{work_ns(work)}:kured",
+                                            start, end), nodes, n)
+        return report_rss(work)
 
     # API requests
     m0, m1, m2, m3 = (parse_metrics(f"{work}/metrics.{i}") for i in range(4))
@@ -247,7 +310,55 @@ def cmd_report(work, n, c, period, start, quiet_s):
     print(f"  409 conflicts on the lock {conflicts:8.0f}     ({conflicts / n:.2f} per hand-off; {writes:.0f} lock writes,"
           f" {writes / n:.1f} per hand-off)")
 
-    # RSS
+    report_rss(work)
+
+
+def work_ns(work):
+    with open(f"{work}/namespace") as f:
+        return f.read().strip()
+
+
+def report_audit(audit, n, dur):
+    """The agents' requests, counted exactly from the audit log (by their ServiceAccount)."""
+    print("  API requests by the agents (exact: the API server's audit log, the agents' ServiceAccount;"
+          " a watch counted when it starts)")
+    calls, codes = {}, {}
+    for (verb, res, sub, code), v in audit.items():
+        k = (verb, res + ("/" + sub if sub else ""))
+        calls[k] = calls.get(k, 0) + v
+        codes.setdefault(k, {})[code] = codes.get(k, {}).get(code, 0) + v
+    tot = sum(calls.values())
+    print(f"    {'verb':7} {'resource':22} {'requests':>8} {'/node':>7}   answers")
+    for k in sorted(calls, key=lambda k: (-calls[k], k)):
+        verb, r = k
+        shown = ", ".join(f"{c}: {v:.0f}" for c, v in sorted(codes[k].items()))
+        print(f"    {verb:7} {r:22} {calls[k]:8.0f} {calls[k] / n:7.2f}   {shown}")
+    print(f"    total   {'':22} {tot:8.0f} {tot / n:7.2f}   ({tot / dur:.1f} requests/s)")
+    conflicts = sum(v for (verb, res, sub, code), v in audit.items()
+                    if res == "daemonsets" and sub == "" and code == "409")
+    writes = sum(v for (verb, res, sub, code), v in audit.items()
+                 if res == "daemonsets" and sub == "" and verb in ("UPDATE", "PATCH"))
+    print(f"  409 conflicts on the lock {conflicts:8.0f}     ({conflicts / n:.2f} per hand-off; {writes:.0f} lock writes,"
+          f" {writes / n:.1f} per hand-off)")
+
+
+def report_node_phases(calls, nodes, n):
+    """Requests to each agent's own Node, by where the node was in its cycle: waiting (before
+    'lock acquired'), the cycle itself (to 'lock released'), idle after it. (A GET of a lock holder's
+    Node, to reclaim its slot, counts for the holder.)"""
+    phases = {}
+    for at, node, verb in calls:
+        r = nodes.get(node, {})
+        phase = ("waiting" if at < r.get("acquired", float("inf")) else
+                 "cycle" if at <= r.get("released", float("inf")) else "idle after")
+        phases[(phase, verb)] = phases.get((phase, verb), 0) + 1
+    print("  requests to the agent's own Node (GET/PATCH by name), by the node's phase:")
+    for phase in ("waiting", "cycle", "idle after"):
+        shown = ", ".join(f"{verb} {v / n:.2f}" for (p, verb), v in sorted(phases.items()) if p == phase)
+        print(f"    {phase:10} {shown or '-'}   (per node)")
+
+
+def report_rss(work):
     hwm, anon, pids = 0, 0, set()
     with open(f"{work}/rss") as f:
         for line in f:

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -19,9 +20,9 @@ use crate::decide::{self, AfterDrainFailure, LockView, Observation, OurEntry, Po
 use crate::drain::{DrainSettings, Drainer};
 use crate::kube_error;
 use crate::lock::record::decide_acquire;
-use crate::lock::{Acquire, Claim, DaemonSetLock, LockState, RebootLock, Release, Seen};
+use crate::lock::{Acquire, Claim, DaemonSetLock, LockState, RebootLock, Release, Seen, turn};
 use crate::metrics::{self, Metrics, MetricsError};
-use crate::node::{self, Cordon, OwnNode};
+use crate::node::{self, Annotations, Cordon, OwnNode};
 use crate::notify::{self, Event, Notifier};
 use crate::state::{AgentState, Phase, STATE_ANNOTATION};
 
@@ -37,9 +38,16 @@ const ERROR_RETRY: Duration = Duration::from_secs(10);
 /// transient API errors within one round: an API server outage of a few minutes costs no
 /// round; a longer one ends the round, and the next one starts over from what it observes.
 const API_RETRY_LIMIT: Duration = Duration::from_secs(180);
-/// Up to this much random delay before taking a freed lock or acting on a window that just
-/// opened, so that many waiting nodes do not all write at the same instant.
+/// Up to this much random delay before acting on a window that just opened, so that many
+/// waiting nodes do not all start at the same instant. (A freed lock slot is taken in turns
+/// instead: see [`crate::lock::turn`].)
 const JITTER: Duration = Duration::from_millis(500);
+/// A Node read while waiting for the lock stands in for a new read at the next waiting round for
+/// at most this long (see [`Agent::observe`]).
+const WAITING_NODE_REUSE: Duration = Duration::from_secs(600);
+/// A lock read at the start of a round stands in for the read of a write later in the same round
+/// (see [`DaemonSetLock::reusing_reads_for`]).
+const LOCK_READ_REUSE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -71,6 +79,14 @@ struct Agent<N> {
     boot_id_warned: AtomicBool,
     /// This agent gave up a cycle (its drain failed) and has not finished giving the node back.
     drain_failed: AtomicBool,
+    /// Our Node as last read or written, and when it was read.
+    last_node: std::sync::Mutex<Option<(Node, tokio::time::Instant)>>,
+    /// The last round ended waiting for the lock, having written nothing of a reboot: the next
+    /// round may decide on `last_node` (see [`Agent::observe`]).
+    waiting: AtomicBool,
+    /// The lock as it was when this agent's turn to take a free slot came up (see
+    /// [`Agent::lock_may_admit`]); taken by the next round.
+    turn: std::sync::Mutex<Option<Seen>>,
     /// The last full round found the node idle with nothing of its own anywhere: no lock entry,
     /// no cordon of kured's, no taint. Only this node's agent writes those, so while the sentinel
     /// keeps saying "not needed", a round asks the API server nothing (see [`Agent::step`]).
@@ -134,7 +150,7 @@ pub async fn run(
             force_reboot: config.force_reboot,
         },
         node: OwnNode::new(client.clone(), config.node_id.clone()),
-        lock: DaemonSetLock::from_config(client.clone(), &config),
+        lock: DaemonSetLock::from_config(client.clone(), &config).reusing_reads_for(LOCK_READ_REUSE),
         drainer: Drainer::new(client.clone(), DrainSettings::from_config(&config)),
         blockers: Blockers::from_config(client, &config)?,
         notifier,
@@ -144,6 +160,9 @@ pub async fn run(
         published: std::sync::Mutex::new(None),
         boot_id_warned: AtomicBool::new(false),
         drain_failed: AtomicBool::new(false),
+        last_node: std::sync::Mutex::new(None),
+        waiting: AtomicBool::new(false),
+        turn: std::sync::Mutex::new(None),
         settled: AtomicBool::new(false),
         config,
     };
@@ -286,40 +305,64 @@ impl<N: Notifier> Agent<N> {
         }
     }
 
-    /// Waits until the lock changes from `seen` in a way that may let this node in. A change that
-    /// still leaves every slot to others (another hand-off among them, at higher concurrency) is
-    /// waited through without a round: no node read, no write. A freed slot wakes every waiting
-    /// agent at once; each waits a random moment and looks again (at the lock's watched copy, no
-    /// request), so that those after the first see the slot taken and go on waiting instead of
-    /// all writing and meeting conflicts. A slot freed by an entry's TTL changes nothing in the
-    /// object; the caller bounds the wait for that.
+    /// Waits until it is this node's turn to take a free slot of the lock, `seen` being the lock
+    /// as last read. Changes that leave every slot to others (another hand-off among them, at
+    /// higher concurrency) are waited through without a round: no node read, no write. A freed
+    /// slot is seen by every waiting agent at once: each waits its turn delay for that state of
+    /// the lock ([`turn::turn_delay`]), and takes its turn only if the lock is still as it was,
+    /// so that normally one of them writes and the others see its write (the watched copy, no
+    /// request) and go on waiting. A slot freed by an entry's TTL changes nothing in the object;
+    /// the caller bounds the wait for that, and the round after it waits its turn the same way.
+    /// An unreadable lock is waited on until it changes, and left for the round to report.
     async fn lock_may_admit(&self, mut seen: Seen) -> Result<(), crate::lock::LockError> {
         loop {
-            seen = self.lock.changed(&seen).await?;
-            if self.lock_full(&seen) {
-                continue;
+            match self.lock_admits(&seen) {
+                Some(true) => {}
+                Some(false) => {
+                    seen = self.lock.changed(&seen).await?;
+                    continue;
+                }
+                None => {
+                    self.lock.changed(&seen).await?;
+                    return Ok(());
+                }
             }
-            tokio::time::sleep(self.jitter.next(JITTER)).await;
-            // An unreadable lock is for the round to report.
-            match self.lock.read().await {
-                Ok(state) if self.lock_full(&state.seen) => seen = state.seen,
-                _ => return Ok(()),
+            let delay = turn::turn_delay(seen.annotation(), &self.config.node_id, self.jitter.draw());
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {
+                    *self.turn.lock().unwrap_or_else(|e| e.into_inner()) = Some(seen);
+                    return Ok(());
+                }
+                changed = self.lock.changed(&seen) => seen = changed?,
             }
         }
     }
 
-    /// Whether the lock as `seen` leaves no slot to this node.
-    fn lock_full(&self, seen: &Seen) -> bool {
-        matches!(
-            decide_acquire(seen.annotation(), self.lock.settings(), &Claim::default(), Timestamp::now()),
-            Ok(decision) if matches!(decision.outcome, Acquire::Blocked { .. })
+    /// Whether the lock as `seen` leaves a slot to this node; `None` when it is unreadable.
+    fn lock_admits(&self, seen: &Seen) -> Option<bool> {
+        decide_acquire(
+            seen.annotation(),
+            self.lock.settings(),
+            &Claim::default(),
+            Timestamp::now(),
         )
+        .ok()
+        .map(|decision| !matches!(decision.outcome, Acquire::Blocked { .. }))
     }
 
     /// Gathers what `decide` needs. The lock is read in full and evaluated with the lock's own
     /// rules, so "available" means exactly what `acquire` would conclude.
+    ///
+    /// While the agent waits for the lock, holding nothing, the Node read at an earlier waiting
+    /// round stands in (up to [`WAITING_NODE_REUSE`]): nothing the decision takes from it changes
+    /// meanwhile but by this agent's own writes (kured's cordon record, our taint), and the round
+    /// that takes the lock reads the Node afresh for what it records (the cordon of others).
     async fn observe(&self, now: Timestamp, sentinel: SentinelView) -> Result<(Observation, Seen), String> {
-        let node = self.node.get().await.map_err(|e| crate::error_chain(&e))?;
+        let reuse = self.waiting.swap(false, Ordering::Relaxed);
+        let node = match self.known_node(WAITING_NODE_REUSE).filter(|_| reuse) {
+            Some(node) => node,
+            None => self.read_node().await.map_err(|e| crate::error_chain(&e))?,
+        };
         self.adopt_published(&node);
         let boot_id = self.boot_id_of(&node).unwrap_or_default();
         let taint_present = self
@@ -419,6 +462,25 @@ impl<N: Notifier> Agent<N> {
         }
     }
 
+    /// Reads our Node, and keeps it (see [`Agent::known_node`]).
+    async fn read_node(&self) -> Result<Node, node::NodeError> {
+        let node = self.node.get().await?;
+        self.keep_node(&node, tokio::time::Instant::now());
+        Ok(node)
+    }
+
+    fn keep_node(&self, node: &Node, at: tokio::time::Instant) {
+        *self.last_node.lock().unwrap_or_else(|e| e.into_inner()) = Some((node.clone(), at));
+    }
+
+    /// Our Node as last read or written, if that was at most `max_age` ago.
+    fn known_node(&self, max_age: Duration) -> Option<Node> {
+        let last = self.last_node.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(_, at)| at.elapsed() <= max_age)
+            .map(|(node, _)| node.clone())
+    }
+
     /// [`Agent::boot_id_of`] our Node, read now.
     async fn current_boot_id(&self) -> Result<Option<String>, node::NodeError> {
         if let Ok(id) = node::local_boot_id() {
@@ -483,11 +545,14 @@ impl<N: Notifier> Agent<N> {
         if let Some((phase, detail)) = phase_of(&step) {
             self.publish(required, phase, detail).await;
         }
-        self.execute(step, seen).await
+        self.execute(step, seen, required).await
     }
 
-    async fn execute(&self, step: Step, seen: Seen) -> Wait {
+    async fn execute(&self, step: Step, seen: Seen, required: Option<bool>) -> Wait {
         let node = &self.config.node_id;
+        // Whether this agent's turn for a free slot came up during the last pause, and with the
+        // lock as it was then; good for this round only.
+        let turn = self.turn.lock().unwrap_or_else(|e| e.into_inner()).take();
         match step {
             Step::Idle { remove_taint } => {
                 if remove_taint {
@@ -528,6 +593,9 @@ impl<N: Notifier> Agent<N> {
                         self.node.add_prefer_no_schedule_taint(key),
                     )
                     .await;
+                } else {
+                    // Nothing written but our state: the next waiting round may reuse the Node.
+                    self.waiting.store(true, Ordering::Relaxed);
                 }
                 info!(node = %node, holders = %holders.join(","), "reboot required; waiting for the lock");
                 Wait::LockChange {
@@ -549,13 +617,22 @@ impl<N: Notifier> Agent<N> {
                 error!(node = %node, error = %e, "reading the lock failed; trying again");
                 Wait::For(ERROR_RETRY.min(self.period()))
             }
-            Step::AcquireLock => self.acquire_and_reboot().await,
+            // A free slot is taken in turns (see `lock_may_admit`): a round that finds one without
+            // its turn having come up for the lock as it is now waits for it first.
+            Step::AcquireLock if turn.as_ref() == Some(&seen) => self.acquire_and_reboot().await,
+            Step::AcquireLock => {
+                self.waiting.store(true, Ordering::Relaxed);
+                Wait::LockChange {
+                    seen,
+                    limit: self.until_window_closes().min(self.period()),
+                }
+            }
             Step::ResumeReboot => {
                 info!(node = %node, "holding the lock from before a restart; the node has not rebooted yet");
-                self.drain_and_reboot().await
+                self.drain_and_reboot(None).await
             }
             Step::GiveBack { uncordon, release } => self.give_back(uncordon, release).await,
-            Step::FinishReboot { uncordon } => self.finish_reboot(uncordon).await,
+            Step::FinishReboot { uncordon } => self.finish_reboot(required, uncordon).await,
             Step::ReleaseLockAt(at) => {
                 info!(node = %node, at = %at, "node is back; keeping the lock for the release delay");
                 Wait::Until(at)
@@ -565,16 +642,16 @@ impl<N: Notifier> Agent<N> {
     }
 
     /// How long until a holder's entry expires by its TTL, freeing a slot without any write to
-    /// wake us; plus jitter, so that the waiting agents do not all write at that instant.
+    /// wake us. The waiting agents then take their turns (see `lock_may_admit`).
     fn until_expiry(&self, next_expiry: Option<Timestamp>) -> Duration {
-        next_expiry.map_or(Duration::MAX, |at| {
-            until(at).saturating_add(self.jitter.next(JITTER))
-        })
+        next_expiry.map_or(Duration::MAX, until)
     }
 
     async fn acquire_and_reboot(&self) -> Wait {
         let node_id = &self.config.node_id;
-        let node = match self.node.get().await {
+        // Read afresh, whatever the round decided on: the claim records whether someone else had
+        // cordoned the node, and the cordon's write starts from this read.
+        let node = match self.read_node().await {
             Ok(n) => n,
             Err(e) => {
                 error!(node = %node_id, error = %crate::error_chain(&e), "reading the node");
@@ -587,7 +664,7 @@ impl<N: Notifier> Agent<N> {
         };
         match self.lock.acquire(&claim).await {
             // The lock logs the acquisition itself.
-            Ok(Acquire::Acquired(_)) | Ok(Acquire::AlreadyHeld(_)) => self.drain_and_reboot().await,
+            Ok(Acquire::Acquired(_)) | Ok(Acquire::AlreadyHeld(_)) => self.drain_and_reboot(Some(node)).await,
             Ok(Acquire::Blocked {
                 holders,
                 seen,
@@ -596,6 +673,7 @@ impl<N: Notifier> Agent<N> {
             }) => {
                 let holders: Vec<String> = holders.iter().map(|h| h.node_id.clone()).collect();
                 info!(node = %node_id, holders = %holders.join(","), "lock taken by others first; waiting");
+                self.waiting.store(true, Ordering::Relaxed);
                 Wait::LockChange {
                     seen,
                     limit: self.period().min(self.until_expiry(next_expiry)),
@@ -616,9 +694,25 @@ impl<N: Notifier> Agent<N> {
 
     /// Cordon, drain and reboot, holding the lock. A drain that fails without `--force-reboot`
     /// gives the node back and releases the lock; a node whose cordon failed is never rebooted.
-    async fn drain_and_reboot(&self) -> Wait {
+    /// `known`: our Node as read a moment ago, for the cordon's first attempt.
+    ///
+    /// The phase `draining` is published in the cordon's own write when nothing comes between
+    /// the two but the labels and annotations of the reboot (no `--drain-delay`), else at once.
+    async fn drain_and_reboot(&self, mut known: Option<Node>) -> Wait {
         let node_id = &self.config.node_id;
-        self.publish(Some(true), Phase::Draining, String::new()).await;
+        let draining = self.stage(Some(true), Phase::Draining, String::new());
+        let draining = if self.config.drain_delay.is_zero() {
+            draining
+        } else {
+            if let Some(state) = draining {
+                self.write_state(state).await;
+            }
+            None
+        };
+        if !self.config.pre_reboot_node_labels.is_empty() || self.config.annotate_nodes {
+            // Those writes change the Node: the cordon reads it again.
+            known = None;
+        }
         if let Err(e) = self.node.set_labels(&self.config.pre_reboot_node_labels).await {
             error!(node = %node_id, error = %crate::error_chain(&e), "setting pre-reboot labels");
         }
@@ -644,13 +738,29 @@ impl<N: Notifier> Agent<N> {
         // time, after which the cycle is given up and tried again later.
         let started = tokio::time::Instant::now();
         let drain_deadline = self.config.drain_timeout.map(|t| started + t);
+        let mut with_state = Annotations::new();
+        if let Some(state) = &draining {
+            with_state.insert(STATE_ANNOTATION.to_owned(), state.to_json().into());
+        }
+        let known = std::sync::Mutex::new(known);
         let cordon = kube_error::retry_transient(
             "cordoning",
             drain_deadline.unwrap_or(started + API_RETRY_LIMIT),
             node::NodeError::is_retryable,
-            || self.node.cordon(),
+            || {
+                let known = known.lock().unwrap_or_else(|e| e.into_inner()).take();
+                self.node.cordon_with(known, &with_state)
+            },
         )
         .await;
+        if let Some(state) = draining {
+            match &cordon {
+                Ok((_, true)) => self.published_as(state),
+                // Nothing written (cordoned before), or the cordon failed: publish on its own.
+                _ => self.write_state(state).await,
+            }
+        }
+        let cordon = cordon.map(|(c, _)| c);
         let (cordoned, by_kured, drained) = match cordon {
             Ok(c) => (
                 true,
@@ -789,7 +899,8 @@ impl<N: Notifier> Agent<N> {
 
     /// The node came back from its reboot: return it to service, then release the lock (after
     /// the durable release delay).
-    async fn finish_reboot(&self, uncordon: bool) -> Wait {
+    /// The phase `recovering` is published in the uncordon's own write when there is one.
+    async fn finish_reboot(&self, required: Option<bool>, uncordon: bool) -> Wait {
         let node_id = &self.config.node_id;
         info!(node = %node_id, uncordon, "node rebooted; returning it to service");
         if let Ok(mut p) = self.published.lock() {
@@ -803,9 +914,34 @@ impl<N: Notifier> Agent<N> {
                 ..p.clone().unwrap_or_else(idle_state)
             });
         }
-        if uncordon && let Err(e) = self.node.uncordon().await {
-            error!(node = %node_id, error = %crate::error_chain(&e), "uncordoning");
-            return Wait::For(ERROR_RETRY.min(self.period()));
+        // The Node this round read: the uncordon starts from it, and it tells whether the
+        // reboot-in-progress annotation (only kured writes it) is there to remove.
+        let known = self.known_node(LOCK_READ_REUSE);
+        let recovering = self.stage(required, Phase::Recovering, String::new());
+        let mut unpublished = recovering.clone();
+        if uncordon {
+            let mut with_state = Annotations::new();
+            if let Some(state) = &recovering {
+                with_state.insert(STATE_ANNOTATION.to_owned(), state.to_json().into());
+            }
+            match self.node.uncordon_with(known.clone(), &with_state).await {
+                Ok(true) => {
+                    if let Some(state) = unpublished.take() {
+                        self.published_as(state);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    if let Some(state) = unpublished.take() {
+                        self.write_state(state).await;
+                    }
+                    error!(node = %node_id, error = %crate::error_chain(&e), "uncordoning");
+                    return Wait::For(ERROR_RETRY.min(self.period()));
+                }
+            }
+        }
+        if let Some(state) = unpublished {
+            self.write_state(state).await;
         }
         if let Err(e) = self.node.set_labels(&self.config.post_reboot_node_labels).await {
             error!(node = %node_id, error = %crate::error_chain(&e), "setting post-reboot labels");
@@ -813,7 +949,7 @@ impl<N: Notifier> Agent<N> {
         }
         self.best_effort(
             "removing the reboot-in-progress annotation",
-            self.node.annotate_reboot_finished(),
+            self.node.annotate_reboot_finished_on(known.as_ref()),
         )
         .await;
         self.remove_taint().await;
@@ -874,33 +1010,45 @@ impl<N: Notifier> Agent<N> {
 
     /// Publishes our state on our Node for `kured status`, when it changed.
     async fn publish(&self, reboot_required: Option<bool>, phase: Phase, detail: String) {
+        if let Some(next) = self.stage(reboot_required, phase, detail) {
+            self.write_state(next).await;
+        }
+    }
+
+    /// Enters `phase` and returns the state to publish for it, `None` when it is published
+    /// already. The caller writes it, on its own ([`Agent::write_state`]) or along with another
+    /// write of the Node (then [`Agent::published_as`]).
+    fn stage(&self, reboot_required: Option<bool>, phase: Phase, detail: String) -> Option<AgentState> {
         // The phases published are the ones /healthz bounds.
         self.liveness.entering(phase);
-        let next = {
-            let Ok(published) = self.published.lock() else {
-                return;
-            };
-            let last_reboot = published.as_ref().and_then(|p| p.last_reboot.clone());
-            let next = AgentState {
-                reboot_required,
-                phase,
-                detail,
-                last_reboot,
-            };
-            if published.as_ref() == Some(&next) {
-                return;
-            }
-            next
+        let published = self.published.lock().ok()?;
+        let last_reboot = published.as_ref().and_then(|p| p.last_reboot.clone());
+        let next = AgentState {
+            reboot_required,
+            phase,
+            detail,
+            last_reboot,
         };
-        match self.node.set_annotation(STATE_ANNOTATION, &next.to_json()).await {
-            Ok(()) => {
-                if let Ok(mut published) = self.published.lock() {
-                    *published = Some(next);
-                }
+        (published.as_ref() != Some(&next)).then_some(next)
+    }
+
+    /// Writes `state` to our Node on its own.
+    async fn write_state(&self, state: AgentState) {
+        match self.node.set_annotation(STATE_ANNOTATION, &state.to_json()).await {
+            Ok(node) => {
+                self.keep_node(&node, tokio::time::Instant::now());
+                self.published_as(state);
             }
             Err(e) => {
                 warn!(node = %self.config.node_id, error = %crate::error_chain(&e), "publishing the agent state")
             }
+        }
+    }
+
+    /// Records that `state` is what our Node says.
+    fn published_as(&self, state: AgentState) {
+        if let Ok(mut published) = self.published.lock() {
+            *published = Some(state);
         }
     }
 
@@ -949,13 +1097,18 @@ impl Jitter {
 
     /// A duration in `[0, max)`.
     fn next(&self, max: Duration) -> Duration {
+        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Duration::from_nanos(self.draw() % nanos)
+    }
+
+    /// A random number.
+    fn draw(&self) -> u64 {
         let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
         // xorshift64
         *state ^= *state << 13;
         *state ^= *state >> 7;
         *state ^= *state << 17;
-        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
-        Duration::from_nanos(*state % nanos)
+        *state
     }
 }
 
@@ -1046,10 +1199,10 @@ fn phase_of(step: &Step) -> Option<(Phase, String)> {
         // one (see `Agent::lock_may_admit`); `kured status` names them from the lock itself.
         Step::WaitForLock { .. } => (Phase::WaitingForLock, String::new()),
         Step::LockUnreadable(e) | Step::LockReadFailed(e) => (Phase::LockUnreadable, e.clone()),
-        Step::FinishReboot { .. } => (Phase::Recovering, String::new()),
         Step::ReleaseLockAt(at) => (Phase::Releasing, format!("until {at}")),
         Step::CheckBlockers
         | Step::AcquireLock
+        | Step::FinishReboot { .. }
         | Step::ResumeReboot
         | Step::GiveBack { .. }
         | Step::ReleaseLock => return None,

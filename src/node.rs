@@ -214,6 +214,9 @@ pub fn annotation_time(at: Timestamp) -> String {
     at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// Annotations of ours to set (a string) or remove (`null`) along with another write.
+pub type Annotations = serde_json::Map<String, Value>;
+
 /// The agent's own Node.
 #[derive(Clone)]
 pub struct OwnNode {
@@ -248,18 +251,32 @@ impl OwnNode {
     /// Cordons the node and records, in the same write, that kured did ([`CORDONED_BY_KURED`]),
     /// unless someone else had cordoned it already.
     pub async fn cordon(&self) -> Result<Cordon> {
+        Ok(self.cordon_with(None, &Annotations::new()).await?.0)
+    }
+
+    /// [`OwnNode::cordon`], deciding its first attempt on `known` (a Node read a moment ago)
+    /// instead of a new read, and setting `annotations` in the same write. The write is
+    /// conditional on the resourceVersion it was decided on either way. The second value tells
+    /// whether the write was made (and so the annotations set).
+    pub async fn cordon_with(
+        &self,
+        known: Option<Node>,
+        annotations: &Annotations,
+    ) -> Result<(Cordon, bool)> {
         let failed = |source| NodeError::Cordon {
             node: self.name.clone(),
             source,
         };
         let at = annotation_time(Timestamp::now());
         let written = self
-            .set_unschedulable(|node| {
+            .set_unschedulable(known, |node| {
                 if is_unschedulable(node) {
                     return None;
                 }
+                let mut ours = annotations.clone();
+                ours.insert(CORDONED_BY_KURED.to_owned(), Value::String(at.clone()));
                 Some(json!({
-                    "metadata": { "annotations": { CORDONED_BY_KURED: at } },
+                    "metadata": { "annotations": ours },
                     "spec": { "unschedulable": true },
                 }))
             })
@@ -268,15 +285,15 @@ impl OwnNode {
         match written {
             Written::Patched => {
                 info!(node = %self.name, "cordoned");
-                Ok(Cordon::Cordoned)
+                Ok((Cordon::Cordoned, true))
             }
             Written::Unchanged(node) if cordoned_by_kured(&node) => {
                 info!(node = %self.name, "already cordoned by kured");
-                Ok(Cordon::Cordoned)
+                Ok((Cordon::Cordoned, false))
             }
             Written::Unchanged(_) => {
                 info!(node = %self.name, "already cordoned by someone else; it stays cordoned after the reboot");
-                Ok(Cordon::AlreadyCordoned)
+                Ok((Cordon::AlreadyCordoned, false))
             }
         }
     }
@@ -284,13 +301,21 @@ impl OwnNode {
     /// Marks the node schedulable and removes kured's record of its cordon, in one write; returns
     /// false if it was schedulable without the record already.
     pub async fn uncordon(&self) -> Result<bool> {
+        self.uncordon_with(None, &Annotations::new()).await
+    }
+
+    /// [`OwnNode::uncordon`], deciding its first attempt on `known` (a Node read a moment ago)
+    /// and setting `annotations` in the same write; returns whether the write was made.
+    pub async fn uncordon_with(&self, known: Option<Node>, annotations: &Annotations) -> Result<bool> {
         let written = self
-            .set_unschedulable(|node| {
+            .set_unschedulable(known, |node| {
                 if !is_unschedulable(node) && !cordoned_by_kured(node) {
                     return None;
                 }
+                let mut ours = annotations.clone();
+                ours.insert(CORDONED_BY_KURED.to_owned(), Value::Null);
                 Some(json!({
-                    "metadata": { "annotations": { CORDONED_BY_KURED: null } },
+                    "metadata": { "annotations": ours },
                     "spec": { "unschedulable": false },
                 }))
             })
@@ -311,16 +336,20 @@ impl OwnNode {
         }
     }
 
-    /// Applies the merge patch `change` builds from the current Node, if it builds one. The patch
-    /// carries the resourceVersion it was built on, so a concurrent change makes it fail and it is
-    /// built again from a fresh read.
+    /// Applies the merge patch `change` builds from the current Node (`known`, else read now), if
+    /// it builds one. The patch carries the resourceVersion it was built on, so a concurrent change
+    /// makes it fail and it is built again from a fresh read.
     async fn set_unschedulable(
         &self,
+        mut known: Option<Node>,
         change: impl Fn(&Node) -> Option<Value>,
     ) -> Result<Written, kube::Error> {
         let mut attempt = 1;
         loop {
-            let node = self.api.get(&self.name).await?;
+            let node = match known.take() {
+                Some(node) => node,
+                None => self.api.get(&self.name).await?,
+            };
             let Some(mut patch) = change(&node) else {
                 return Ok(Written::Unchanged(Box::new(node)));
             };
@@ -368,8 +397,9 @@ impl OwnNode {
         Ok(())
     }
 
-    /// Merge-patches `annotations` (a value of `null` removes one), leaving the others as they are.
-    async fn patch_annotations(&self, annotations: serde_json::Value, action: &'static str) -> Result<()> {
+    /// Merge-patches `annotations` (a value of `null` removes one), leaving the others as they are;
+    /// returns the Node as written.
+    async fn patch_annotations(&self, annotations: serde_json::Value, action: &'static str) -> Result<Node> {
         let patch = json!({ "metadata": { "annotations": annotations } });
         self.api
             .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -378,12 +408,12 @@ impl OwnNode {
                 node: self.name.clone(),
                 action,
                 source,
-            })?;
-        Ok(())
+            })
     }
 
-    /// Sets one annotation of ours, leaving every other annotation as it is.
-    pub async fn set_annotation(&self, key: &str, value: &str) -> Result<()> {
+    /// Sets one annotation of ours, leaving every other annotation as it is; returns the Node as
+    /// written.
+    pub async fn set_annotation(&self, key: &str, value: &str) -> Result<Node> {
         self.patch_annotations(json!({ key: value }), "set").await
     }
 
@@ -408,8 +438,21 @@ impl OwnNode {
     /// Removes [`REBOOT_IN_PROGRESS`] after the reboot; returns false if it was not there.
     /// [`MOST_RECENT_REBOOT_NEEDED`] stays.
     pub async fn annotate_reboot_finished(&self) -> Result<bool> {
-        let node = self.get().await?;
-        if !has_annotation(&node, REBOOT_IN_PROGRESS) {
+        self.annotate_reboot_finished_on(None).await
+    }
+
+    /// [`OwnNode::annotate_reboot_finished`], looking for the annotation on `known` (a Node read
+    /// a moment ago) instead of reading the Node again. Only kured sets or removes it.
+    pub async fn annotate_reboot_finished_on(&self, known: Option<&Node>) -> Result<bool> {
+        let read;
+        let node = match known {
+            Some(node) => node,
+            None => {
+                read = self.get().await?;
+                &read
+            }
+        };
+        if !has_annotation(node, REBOOT_IN_PROGRESS) {
             return Ok(false);
         }
         self.patch_annotations(json!({ REBOOT_IN_PROGRESS: null }), "remove")

@@ -47,7 +47,7 @@ fn log_lines(sim: &SimulatedNode, message: &str) -> Vec<serde_json::Value> {
     sim.log()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == message)
+        .filter(|v| v["msg"] == message)
         .collect()
 }
 

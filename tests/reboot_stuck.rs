@@ -93,7 +93,7 @@ async fn a_hung_reboot_command_is_killed_and_reported_as_a_failed_reboot() {
                 .lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .find(|v| {
-                    v["message"] == "reboot failed; the node stays drained and the lock held; trying again"
+                    v["msg"] == "reboot failed; the node stays drained and the lock held; trying again"
                 })
         },
     )
@@ -241,10 +241,10 @@ async fn an_init_that_is_not_systemd_is_warned_about_and_still_signalled() {
     let warning = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["level"] == "WARN" && v["message"].as_str().is_some_and(|m| m.contains("not systemd")))
+        .find(|v| v["level"] == "WARN" && v["msg"].as_str().is_some_and(|m| m.contains("not systemd")))
         .unwrap_or_else(|| panic!("no warning about PID 1 in:\n{log}"));
     assert!(
-        warning["message"]
+        warning["msg"]
             .as_str()
             .is_some_and(|m| m.starts_with(r#"--reboot-method=signal: PID 1 is "bash", not systemd"#)),
         "{warning}"

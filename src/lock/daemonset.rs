@@ -116,6 +116,11 @@ pub struct DaemonSetLock {
     cache: Arc<watch::Sender<Cached>>,
     /// The watch task, once started; stopped when the lock is dropped.
     watching: OnceLock<tokio::task::AbortHandle>,
+    /// How long a read from the API server (or our own write's answer) may stand in for a new
+    /// read while the watch has no copy; zero: never (see [`DaemonSetLock::reusing_reads_for`]).
+    reuse: Duration,
+    /// The last object read from, or written to, the API server, and when.
+    recent: std::sync::Mutex<Option<(tokio::time::Instant, Snapshot)>>,
 }
 
 impl Drop for DaemonSetLock {
@@ -148,7 +153,20 @@ impl DaemonSetLock {
             poll: Arc::new(AtomicBool::new(false)),
             cache: Arc::new(watch::Sender::new(Cached::Unknown)),
             watching: OnceLock::new(),
+            reuse: Duration::ZERO,
+            recent: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Lets a read from the API server, or the answer to our own write, stand in for another read
+    /// within `reuse` while the watch has no copy: the agent reads the lock at the start of a
+    /// round and writes it a moment later (the release after a reboot), and the write need not
+    /// read it again. The same holds as for the watched copy: every write is conditional on the
+    /// resourceVersion read, so a copy that is stale costs a conflict and a fresh read, never a
+    /// wrong lock; [`RebootLock::confirm`] always reads afresh.
+    pub fn reusing_reads_for(mut self, reuse: Duration) -> Self {
+        self.reuse = reuse;
+        self
     }
 
     /// The lock the agent's configuration names.
@@ -188,6 +206,9 @@ impl DaemonSetLock {
         if let Cached::Present(snapshot) = &*self.cache.borrow() {
             return Ok(Snapshot::clone(snapshot));
         }
+        if let Some(recent) = self.recent_snapshot() {
+            return Ok(recent);
+        }
         self.fresh_snapshot().await
     }
 
@@ -197,7 +218,28 @@ impl DaemonSetLock {
             object: self.object.clone(),
             source,
         })?;
-        Ok(Snapshot::of(object, &self.annotation))
+        let snapshot = Snapshot::of(object, &self.annotation);
+        self.remember(&snapshot);
+        Ok(snapshot)
+    }
+
+    /// The last object read or written, if it is recent enough to reuse.
+    fn recent_snapshot(&self) -> Option<Snapshot> {
+        if self.reuse.is_zero() {
+            return None;
+        }
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() <= self.reuse)
+            .map(|(_, snapshot)| snapshot.clone())
+    }
+
+    fn remember(&self, snapshot: &Snapshot) {
+        if !self.reuse.is_zero() {
+            *self.recent.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((tokio::time::Instant::now(), snapshot.clone()));
+        }
     }
 
     /// Applies `change` to the annotation of `snapshot` and writes it, on condition that the
@@ -224,6 +266,7 @@ impl DaemonSetLock {
                 // one, ours is the newest the watch can still deliver, so cache it right away and
                 // the next read sees our own write.
                 let written = Snapshot::of(written, &self.annotation);
+                self.remember(&written);
                 self.cache.send_if_modified(|cached| match cached {
                     Cached::Present(c) if c.resource_version() == snapshot.resource_version() => {
                         *cached = Cached::Present(Box::new(written));

@@ -26,6 +26,7 @@ use crate::duration::GoDuration;
 pub mod daemonset;
 pub mod reclaim;
 pub mod record;
+pub mod turn;
 
 pub use daemonset::DaemonSetLock;
 pub use record::{LockEntry, LockRecord, NodeMeta, RecordError};

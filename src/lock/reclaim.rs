@@ -12,8 +12,13 @@
 //!
 //! Entries without `created` are never reclaimed: agents always write it, so such an entry was
 //! written by hand, such as the documented `{"nodeID":"manual"}` that pauses every reboot.
+//!
+//! Nor are entries younger than [`MIN_AGE`] looked at: a holder that just took its slot is
+//! cordoning and draining its node, and a rollout hands slots on every few seconds, so checking
+//! every new holder would cost each waiting agent a GET per hand-off. An entry a minute old is
+//! checked at the waiting agents' next round, as before.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::core::Status;
@@ -21,6 +26,9 @@ use tracing::{debug, warn};
 
 use super::record::{self, LockRecord};
 use super::{DaemonSetLock, LockEntry, Reclaim, Seen};
+
+/// Entries younger than this are not checked (see the [module documentation](self)).
+pub const MIN_AGE: SignedDuration = SignedDuration::from_secs(60);
 
 /// Whether `status`, the API server's answer to a GET of Node `node`, says that the Node does not
 /// exist: 404 with reason `NotFound` and details naming that node. A 404 without them came from
@@ -40,9 +48,10 @@ pub fn says_node_is_gone(status: &Status, node: &str) -> bool {
 pub async fn reclaim_gone_holders(lock: &DaemonSetLock, seen: &Seen, now: Timestamp) -> Vec<LockEntry> {
     let own = &lock.settings().node_id;
     // An unreadable annotation is for the caller's round to report.
-    let Ok(candidates) = record::reclaim_candidates(seen.annotation(), own, now) else {
+    let Ok(mut candidates) = record::reclaim_candidates(seen.annotation(), own, now) else {
         return Vec::new();
     };
+    candidates.retain(|e| old_enough(e, now));
     if candidates.is_empty() {
         return Vec::new();
     }
@@ -78,9 +87,36 @@ pub async fn reclaim_gone_holders(lock: &DaemonSetLock, seen: &Seen, now: Timest
     reclaimed
 }
 
+/// Whether `entry` has been held for at least [`MIN_AGE`] at `now`.
+fn old_enough(entry: &LockEntry, now: Timestamp) -> bool {
+    entry
+        .created
+        .is_some_and(|created| now.duration_since(created) >= MIN_AGE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_entries_held_a_minute_or_longer_are_checked() {
+        let now: Timestamp = "2026-01-01T12:00:00Z".parse().unwrap();
+        let held = |secs: i64| {
+            LockEntry::new(
+                "n1",
+                now - SignedDuration::from_secs(secs),
+                crate::duration::GoDuration::ZERO,
+            )
+        };
+        assert!(!old_enough(&held(0), now), "just taken");
+        assert!(!old_enough(&held(59), now));
+        assert!(old_enough(&held(60), now));
+        assert!(old_enough(&held(3600), now));
+        assert!(!old_enough(&held(-5), now), "created in the future (clock skew)");
+        let mut manual = held(3600);
+        manual.created = None;
+        assert!(!old_enough(&manual, now), "a hand-written entry");
+    }
 
     fn status(value: serde_json::Value) -> Status {
         serde_json::from_value(value).expect("a Status")
