@@ -92,9 +92,7 @@ async fn a_hung_reboot_command_is_killed_and_reported_as_a_failed_reboot() {
             sim.log()
                 .lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find(|v| {
-                    v["msg"] == "reboot failed; the node stays drained and the lock held; trying again"
-                })
+                .find(|v| v["msg"] == "reboot failed; the node stays drained and the lock held; trying again")
         },
     )
     .await;
