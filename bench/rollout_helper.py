@@ -268,10 +268,10 @@ def cmd_report(work, n, c, period, start, quiet_s):
 
     if os.path.exists(f"{work}/audit.log"):
         audit = audit_calls(f"{work}/audit.log", f"system:serviceaccount:{work_ns(work)}:kured", start, end)
-        report_audit(audit, n, end - start)
+        summary.update(report_audit(audit, n, end - start))
         report_node_phases(audit_node_calls(f"{work}/audit.log", f"system:serviceaccount:{work_ns(work)}:kured",
                                             start, end), nodes, n)
-        return report_rss(work)
+        return report_rss(work, summary)
 
     # API requests
     m0, m1, m2, m3 = (parse_metrics(f"{work}/metrics.{i}") for i in range(4))
@@ -310,7 +310,7 @@ def cmd_report(work, n, c, period, start, quiet_s):
     print(f"  409 conflicts on the lock {conflicts:8.0f}     ({conflicts / n:.2f} per hand-off; {writes:.0f} lock writes,"
           f" {writes / n:.1f} per hand-off)")
 
-    report_rss(work)
+    report_rss(work, summary)
 
 
 def work_ns(work):
@@ -340,6 +340,7 @@ def report_audit(audit, n, dur):
                  if res == "daemonsets" and sub == "" and verb in ("UPDATE", "PATCH"))
     print(f"  409 conflicts on the lock {conflicts:8.0f}     ({conflicts / n:.2f} per hand-off; {writes:.0f} lock writes,"
           f" {writes / n:.1f} per hand-off)")
+    return {"requests": tot, "requests_per_node": tot / n, "conflicts": conflicts, "conflicts_per_handoff": conflicts / n}
 
 
 def report_node_phases(calls, nodes, n):
@@ -358,7 +359,7 @@ def report_node_phases(calls, nodes, n):
         print(f"    {phase:10} {shown or '-'}   (per node)")
 
 
-def report_rss(work):
+def report_rss(work, summary):
     hwm, anon, pids = 0, 0, set()
     with open(f"{work}/rss") as f:
         for line in f:
