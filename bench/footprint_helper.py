@@ -2,6 +2,9 @@
 """Helpers for bench/footprint: size breakdown by crate, memory sampling, and the report."""
 import collections, json, os, re, subprocess, sys, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rollout_helper import children  # noqa: E402
+
 
 # --- size -------------------------------------------------------------------------------------
 
@@ -77,17 +80,6 @@ def cmd_size(binary, unstripped=""):
 
 
 # --- memory -----------------------------------------------------------------------------------
-
-def children(pid):
-    out = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                out += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    return out
-
 
 def agents(root, binary):
     """Processes running `binary` below `root` (unshare -> node-init -> agent)."""

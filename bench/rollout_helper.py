@@ -120,22 +120,26 @@ def kubectl_calls(path):
     return out
 
 
-def audit_node_calls(path, user, start, end):
-    """(time, node, verb) of `user`'s completed requests to a Node by name, from the audit log."""
-    out = []
+def audit_events(path, user):
+    """(received at, event) of each audit-log event of `user`'s requests."""
     with open(path, errors="replace") as f:
         for line in f:
             try:
                 e = json.loads(line)
             except ValueError:
                 continue
-            ref = e.get("objectRef") or {}
-            if ((e.get("user") or {}).get("username") != user or e.get("stage") != "ResponseComplete"
-                    or ref.get("resource") != "nodes" or not ref.get("name")):
-                continue
-            at = ts(e.get("requestReceivedTimestamp", "1970-01-01T00:00:00Z"))
-            if start <= at <= end:
-                out.append((at, ref["name"], e.get("verb", "").upper()))
+            if (e.get("user") or {}).get("username") == user:
+                yield ts(e.get("requestReceivedTimestamp", "1970-01-01T00:00:00Z")), e
+
+
+def audit_node_calls(path, user, start, end):
+    """(time, node, verb) of `user`'s completed requests to a Node by name, from the audit log."""
+    out = []
+    for at, e in audit_events(path, user):
+        ref = e.get("objectRef") or {}
+        if (e.get("stage") == "ResponseComplete" and ref.get("resource") == "nodes" and ref.get("name")
+                and start <= at <= end):
+            out.append((at, ref["name"], e.get("verb", "").upper()))
     return out
 
 
@@ -146,26 +150,15 @@ def audit_calls(path, user, start, end):
     out = {}
     if not os.path.exists(path):
         return None
-    with open(path, errors="replace") as f:
-        for line in f:
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue
-            if (e.get("user") or {}).get("username") != user:
-                continue
-            verb, stage = e.get("verb", ""), e.get("stage", "")
-            if stage != ("ResponseStarted" if verb == "watch" else "ResponseComplete"):
-                continue
-            at = ts(e.get("requestReceivedTimestamp", "1970-01-01T00:00:00Z"))
-            if not start <= at <= end:
-                continue
-            ref = e.get("objectRef") or {}
-            code = str((e.get("responseStatus") or {}).get("code", ""))
-            k = (verb.upper(), ref.get("resource", ""), ref.get("subresource", ""), code)
-            out[k] = out.get(k, 0) + 1
+    for at, e in audit_events(path, user):
+        verb, stage = e.get("verb", ""), e.get("stage", "")
+        if stage != ("ResponseStarted" if verb == "watch" else "ResponseComplete") or not start <= at <= end:
+            continue
+        ref = e.get("objectRef") or {}
+        code = str((e.get("responseStatus") or {}).get("code", ""))
+        k = (verb.upper(), ref.get("resource", ""), ref.get("subresource", ""), code)
+        out[k] = out.get(k, 0) + 1
     return out
-
 
 def ts(s):
     return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
