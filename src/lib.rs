@@ -13,6 +13,7 @@ pub mod config;
 pub mod decide;
 pub mod drain;
 pub mod duration;
+pub mod host;
 pub mod http;
 pub mod kube_error;
 pub mod lock;

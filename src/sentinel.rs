@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use crate::reboot::host::{Ending, stderr_note};
-use crate::reboot::{HostCommand, HostCommandError, HostNamespace};
+use crate::host::{Ending, HostCommand, HostCommandError, HostNamespace, stderr_note};
 
 /// How long a sentinel command may run: one that has not answered within a minute is hung, and the
 /// next check period tries again.
