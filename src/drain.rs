@@ -53,7 +53,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::kube_error::{is_transient, retry_pause};
+use crate::kube_error::{self, ApiAnswer, is_transient, retry_pause};
 use crate::selector::LabelSelector;
 
 /// Evictions in flight at once. Each one makes the API server check and update the pod's
@@ -217,7 +217,7 @@ impl DrainError {
             DrainError::ListPods { source, .. }
             | DrainError::GetDaemonSet { source, .. }
             | DrainError::Evict { source, .. } => is_transient(source),
-            DrainError::Watch { source, .. } => !watch_error_is_permanent(source),
+            DrainError::Watch { source, .. } => !kube_error::watch_is_permanent(source),
             DrainError::Task { .. } => false,
         }
     }
@@ -566,7 +566,7 @@ impl Drainer {
                 () = sleep_until(skip_at) => {}
                 event = events.next() => match event {
                     None => return Err(DrainError::WatchEnded { node: node.to_owned() }),
-                    Some(Err(e)) if watch_error_is_permanent(&e) => {
+                    Some(Err(e)) if kube_error::watch_is_permanent(&e) => {
                         return Err(DrainError::Watch { node: node.to_owned(), source: e });
                     }
                     Some(Err(e)) => {
@@ -671,38 +671,37 @@ async fn evict(
             }
             Some(Err(e)) => e,
         };
-        match &error {
-            kube::Error::Api(status) => match status.code {
-                404 => {
-                    debug!(node = %node, pod = %pod, "already gone");
-                    return Ok(Evicted::AlreadyGone);
-                }
-                // The UID precondition failed (the pod was replaced), or the API server lost a
-                // race updating the budget: find out which.
-                409 => match still_there(api, pod, uid, deadline).await {
+        match error.status() {
+            Some(status) if kube_error::is_not_found(status) => {
+                debug!(node = %node, pod = %pod, "already gone");
+                return Ok(Evicted::AlreadyGone);
+            }
+            // The UID precondition failed (the pod was replaced), or the API server lost a race
+            // updating the budget: find out which.
+            Some(status) if kube_error::is_conflict(status) => {
+                match still_there(api, pod, uid, deadline).await {
                     Some(false) => return Ok(Evicted::AlreadyGone),
                     Some(true) => {
                         info!(node = %node, pod = %pod, reason = %status.message, "eviction conflicted; retrying");
                     }
                     None => return Ok(Evicted::OutOfTime),
-                },
-                429 => {
-                    info!(node = %node, pod = %pod, reason = %status.message, "eviction refused for now; retrying");
                 }
-                403 if is_namespace_terminating(status) => {
-                    // Evictions are refused in a namespace being deleted; the namespace's deletion
-                    // takes the pod anyway.
-                    debug!(node = %node, pod = %pod, "namespace terminating; retrying");
-                }
-                _ if is_transient(&error) => {
-                    warn!(node = %node, pod = %pod, error = %crate::error_chain(&error), "eviction failed for now; retrying");
-                }
-                _ => return Err(failed(error)),
-            },
+            }
+            Some(status) if kube_error::is_too_many_requests(status) => {
+                info!(node = %node, pod = %pod, reason = %status.message, "eviction refused for now; retrying");
+            }
+            Some(status) if kube_error::is_forbidden(status) && is_namespace_terminating(status) => {
+                // Evictions are refused in a namespace being deleted; the namespace's deletion
+                // takes the pod anyway.
+                debug!(node = %node, pod = %pod, "namespace terminating; retrying");
+            }
+            Some(_) if is_transient(&error) => {
+                warn!(node = %node, pod = %pod, error = %crate::error_chain(&error), "eviction failed for now; retrying");
+            }
             // The request never got an answer (reset, refused, timed out): it may or may not
             // have been carried out, and asking again is safe either way.
-            e if is_transient(e) => {
-                warn!(node = %node, pod = %pod, error = %crate::error_chain(e), "eviction request failed; retrying");
+            None if is_transient(&error) => {
+                warn!(node = %node, pod = %pod, error = %crate::error_chain(&error), "eviction request failed; retrying");
             }
             _ => return Err(failed(error)),
         }
@@ -748,21 +747,6 @@ fn is_namespace_terminating(status: &Status) -> bool {
         .details
         .as_ref()
         .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
-}
-
-/// A watch failure that retrying will not cure: the request itself is refused (no permission to
-/// watch pods, a bad field selector).
-fn watch_error_is_permanent(error: &watcher::Error) -> bool {
-    let source = match error {
-        watcher::Error::InitialListFailed(e)
-        | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => e,
-        watcher::Error::WatchError(status) => {
-            return matches!(status.code, 400 | 401 | 403 | 404);
-        }
-        watcher::Error::NoResourceVersion => return true,
-    };
-    matches!(source, kube::Error::Api(s) if matches!(s.code, 400 | 401 | 403 | 404))
 }
 
 /// `base` spread by ±[`EVICTION_RETRY_JITTER`].

@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info};
 
 use crate::config::NodeLabel;
-use crate::kube_error::is_transient;
+use crate::kube_error::{is_lost_race, is_transient};
 
 /// Set, with the time the reboot was decided, while a reboot of the node is under way.
 pub const REBOOT_IN_PROGRESS: &str = "weave.works/kured-reboot-in-progress";
@@ -107,17 +107,11 @@ pub enum NodeError {
 }
 
 impl NodeError {
-    /// The Node does not exist (any more).
-    pub fn is_not_found(&self) -> bool {
-        self.api_error()
-            .is_some_and(|e| matches!(e, kube::Error::Api(s) if s.code == 404))
-    }
-
     /// A later attempt may succeed without anything being reconfigured: the API server was
     /// unavailable or overloaded, or other writers kept winning the race for the Node.
     pub fn is_retryable(&self) -> bool {
         self.api_error()
-            .is_some_and(|e| is_transient(e) || is_contention(e))
+            .is_some_and(|e| is_transient(e) || is_lost_race(e))
     }
 
     fn api_error(&self) -> Option<&kube::Error> {
@@ -134,17 +128,6 @@ impl NodeError {
 }
 
 pub type Result<T, E = NodeError> = std::result::Result<T, E>;
-
-/// The write lost a race: 409 for a stale resourceVersion, or 422 for a JSON Patch `test` that no
-/// longer holds. The API server reports a failed test as a bare 422 Invalid, without the field
-/// causes that a real validation error (also 422) lists.
-fn is_contention(error: &kube::Error) -> bool {
-    match error {
-        kube::Error::Api(s) if s.code == 409 => true,
-        kube::Error::Api(s) if s.code == 422 => s.details.as_ref().is_none_or(|d| d.causes.is_empty()),
-        _ => false,
-    }
-}
 
 /// What [`OwnNode::cordon`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,7 +343,7 @@ impl OwnNode {
                 .await
             {
                 Ok(_) => return Ok(Written::Patched),
-                Err(e) if is_contention(&e) && attempt < MAX_ATTEMPTS => {
+                Err(e) if is_lost_race(&e) && attempt < MAX_ATTEMPTS => {
                     debug!(node = %self.name, attempt, "node changed while setting unschedulable; re-reading");
                     tokio::time::sleep(RETRY_PAUSE * attempt).await;
                     attempt += 1;
@@ -502,7 +485,7 @@ impl OwnNode {
                 );
             match self.api.patch(&self.name, &PatchParams::default(), &patch).await {
                 Ok(_) => return Ok(true),
-                Err(e) if is_contention(&e) && attempt < MAX_ATTEMPTS => {
+                Err(e) if is_lost_race(&e) && attempt < MAX_ATTEMPTS => {
                     debug!(node = %self.name, taint = %key, attempt, "taints changed meanwhile; re-reading");
                     tokio::time::sleep(RETRY_PAUSE * attempt).await;
                     attempt += 1;

@@ -22,6 +22,7 @@ use jiff::Timestamp;
 
 use crate::config::Config;
 use crate::duration::GoDuration;
+use crate::kube_error;
 
 pub mod daemonset;
 pub mod reclaim;
@@ -189,7 +190,7 @@ impl LockError {
     /// Another writer changed the object between our read and our write (HTTP 409), every time we
     /// tried: the lock is contended, try again later.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, LockError::Write { source, .. } if status(source).is_some_and(|s| s.is_conflict()))
+        matches!(self, LockError::Write { source, .. } if kube_error::is_conflict(source))
     }
 
     /// The annotation is not a lock record; see [`LockError::seen`] to wait for someone to fix it.
@@ -197,14 +198,15 @@ impl LockError {
         matches!(self, LockError::Decode { .. })
     }
 
-    /// The lock object does not exist (wrong `--ds-namespace`/`--ds-name`?).
-    pub fn is_not_found(&self) -> bool {
-        self.api_status().is_some_and(|s| s.is_not_found())
-    }
-
     /// Our service account may not do this (RBAC).
     pub fn is_forbidden(&self) -> bool {
-        self.api_status().is_some_and(|s| s.is_forbidden())
+        match self {
+            LockError::Read { source, .. } | LockError::Write { source, .. } => {
+                kube_error::is_forbidden(source)
+            }
+            LockError::Watch { source, .. } => kube_error::is_forbidden(source),
+            LockError::Decode { .. } | LockError::Encode { .. } => false,
+        }
     }
 
     /// For an unreadable annotation, what was read: pass it to [`RebootLock::changed`] to wait for
@@ -214,30 +216,6 @@ impl LockError {
             LockError::Decode { value, .. } => Some(Seen::new(Some(value.clone()))),
             _ => None,
         }
-    }
-
-    fn api_status(&self) -> Option<&kube::core::Status> {
-        match self {
-            LockError::Read { source, .. } | LockError::Write { source, .. } => status(source),
-            LockError::Watch { source, .. } => watch_status(source),
-            LockError::Decode { .. } | LockError::Encode { .. } => None,
-        }
-    }
-}
-
-fn status(error: &kube::Error) -> Option<&kube::core::Status> {
-    match error {
-        kube::Error::Api(status) => Some(status),
-        _ => None,
-    }
-}
-
-fn watch_status(error: &kube::runtime::watcher::Error) -> Option<&kube::core::Status> {
-    use kube::runtime::watcher::Error as W;
-    match error {
-        W::InitialListFailed(e) | W::WatchStartFailed(e) | W::WatchFailed(e) => status(e),
-        W::WatchError(s) => Some(s),
-        W::NoResourceVersion => None,
     }
 }
 

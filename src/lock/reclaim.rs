@@ -26,16 +26,16 @@ use tracing::{debug, warn};
 
 use super::record::{self, LockRecord};
 use super::{DaemonSetLock, LockEntry, Reclaim, Seen};
+use crate::kube_error;
 
 /// Entries younger than this are not checked (see the [module documentation](self)).
 pub const MIN_AGE: SignedDuration = SignedDuration::from_secs(60);
 
 /// Whether `status`, the API server's answer to a GET of Node `node`, says that the Node does not
-/// exist: 404 with reason `NotFound` and details naming that node. A 404 without them came from
-/// something else on the way (a proxy, a wrong path) and proves nothing.
+/// exist: [not found](kube_error::is_not_found), with details naming that node. A 404 without
+/// them came from something else on the way (a proxy, a wrong path) and proves nothing.
 pub fn says_node_is_gone(status: &Status, node: &str) -> bool {
-    status.code == 404
-        && status.reason == "NotFound"
+    kube_error::is_not_found(status)
         && status
             .details
             .as_ref()
