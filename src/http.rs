@@ -1,4 +1,5 @@
-//! The HTTP client for services outside the cluster: Prometheus and notification webhooks.
+//! The HTTP client for services outside the cluster: Prometheus and notification webhooks, and
+//! how their unexpected answers are quoted in errors.
 //!
 //! reqwest over rustls with the ring provider, trusting the CA certificates of the system's PEM
 //! bundle (read once, when the client is built; `SSL_CERT_FILE` names another, as it does for Go
@@ -111,6 +112,23 @@ pub fn client(roots: RootCertStore) -> Result<reqwest::Client, HttpError> {
         .map_err(HttpError::BuildClient)
 }
 
+/// Bytes of an unexpected response body quoted in an error: enough for a service's error message
+/// (Slack's `invalid_payload`, Discord's JSON) or to recognise an HTML error page or a proxy's
+/// message, short enough for one log line.
+const BODY_EXCERPT: usize = 200;
+
+/// The start of a response body, on one line, for an error message: at most [`BODY_EXCERPT`]
+/// bytes, whitespace runs folded to one space, and `…` where it was cut.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(BODY_EXCERPT)]);
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if body.len() > BODY_EXCERPT {
+        format!("{line}…")
+    } else {
+        line
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +163,13 @@ mod tests {
             let named = bundle_roots(Some(&copy)).expect("the named bundle loads");
             assert_eq!(named, bundle_roots(None).expect("the system bundle loads"));
         }
+    }
+
+    #[test]
+    fn excerpts_are_short_and_on_one_line() {
+        assert_eq!(excerpt(b"invalid_payload\n"), "invalid_payload");
+        assert_eq!(excerpt(b"404 page\nnot found\n"), "404 page not found");
+        assert_eq!(excerpt(&[b'x'; 1000]).chars().count(), BODY_EXCERPT + 1);
+        assert_eq!(excerpt(&[b'x'; BODY_EXCERPT]), "x".repeat(BODY_EXCERPT));
     }
 }

@@ -45,10 +45,6 @@ const MAX_NAMES: usize = 10;
 /// would take the agent's memory from a couple of MiB to whatever the server sends.
 pub const MAX_ANSWER_BYTES: usize = 8 << 20;
 
-/// Bytes of an unexpected response body quoted in an error: enough to recognise an HTML error
-/// page or a proxy's message, short enough for one log line.
-const BODY_EXCERPT: usize = 200;
-
 pub use crate::http::CA_BUNDLES;
 
 /// The query upstream kured evaluates: Prometheus' synthetic series of pending and firing alerts.
@@ -141,7 +137,7 @@ pub fn parse_alerts(body: &[u8]) -> Result<Vec<Alert>, PrometheusError> {
     }
     let samples: Vec<Sample> =
         serde_json::from_value(data.result).map_err(|source| PrometheusError::Decode {
-            excerpt: excerpt(body),
+            excerpt: http::excerpt(body),
             source,
         })?;
     samples
@@ -188,20 +184,9 @@ struct Sample {
 
 fn decode(body: &[u8]) -> Result<ApiResponse, PrometheusError> {
     serde_json::from_slice(body).map_err(|source| PrometheusError::Decode {
-        excerpt: excerpt(body),
+        excerpt: http::excerpt(body),
         source,
     })
-}
-
-/// The start of a body, on one line, for an error message.
-fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(BODY_EXCERPT)]);
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if body.len() > BODY_EXCERPT {
-        format!("{line}…")
-    } else {
-        line
-    }
 }
 
 /// Asks Prometheus for active alerts; blocks while any passes the alert filter.
@@ -305,7 +290,7 @@ impl PrometheusBlocker {
             }),
             _ => Err(PrometheusError::Status {
                 status,
-                excerpt: excerpt(&body),
+                excerpt: http::excerpt(&body),
             }),
         }
     }
@@ -760,13 +745,6 @@ mod tests {
             assert_eq!(query_endpoint(&url).as_str(), endpoint);
             assert_eq!(shown_url(&url), shown);
         }
-    }
-
-    #[test]
-    fn excerpts_are_short_and_on_one_line() {
-        assert_eq!(excerpt(b"404 page\nnot found\n"), "404 page not found");
-        let long = vec![b'x'; 1000];
-        assert_eq!(excerpt(&long).chars().count(), BODY_EXCERPT + 1);
     }
 
     #[test]

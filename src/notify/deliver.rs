@@ -16,10 +16,7 @@ use url::Url;
 
 use super::RetryPolicy;
 use super::request::{Expect, HttpRequest};
-
-/// Bytes of an error response quoted in an error: enough for a service's error message (Slack's
-/// `invalid_payload`, Discord's JSON), short enough for one log line.
-const BODY_EXCERPT: usize = 200;
+use crate::http::excerpt;
 
 /// A message on its way to one target: Ok with the most attempts any of its requests took, or
 /// the attempts made and the error that ended them.
@@ -76,18 +73,6 @@ impl SendError {
             | SendError::Answer(_)
             | SendError::Unusable(_) => false,
         }
-    }
-}
-
-/// The start of a body, on one line, for an error message.
-pub(crate) fn excerpt(body: &[u8]) -> String {
-    let end = body.len().min(BODY_EXCERPT);
-    let text = String::from_utf8_lossy(&body[..end]);
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if body.len() > BODY_EXCERPT {
-        format!("{line}…")
-    } else {
-        line
     }
 }
 
@@ -271,11 +256,5 @@ mod tests {
             rebase(&url, &base).as_str(),
             "http://127.0.0.1:8080/prefix/bot1:A/sendMessage?x=1"
         );
-    }
-
-    #[test]
-    fn excerpts_are_short_and_on_one_line() {
-        assert_eq!(excerpt(b"invalid_payload\n"), "invalid_payload");
-        assert_eq!(excerpt(&[b'x'; 1000]).chars().count(), BODY_EXCERPT + 1);
     }
 }
