@@ -34,24 +34,33 @@ pub use sys::{random_access_to_own_binary, release_own_binary_pages};
 /// The version of this build, as `kured --version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// An error and its causes on one line, `outer: inner: root`, for log fields. An error the API
-/// server answered ends the line as `API error <code> <reason>: <message>`, once: kube's own text
-/// for it repeats the message and adds the whole status object.
+/// An error and its causes on one line, `outer: inner: root`, for log fields and messages. A cause
+/// whose text the line already holds (an error that quotes its source, as lettre's do) is left
+/// out. An error the API server answered ends the line as `API error <code> <reason>: <message>`,
+/// once: kube's own text for it repeats the message and adds the whole status object.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = Vec::new();
+    let mut line = String::new();
     let mut current = Some(error);
     while let Some(e) = current {
-        if let Some(kube::Error::Api(status)) = e.downcast_ref::<kube::Error>() {
-            parts.push(format!(
-                "API error {} {}: {}",
-                status.code, status.reason, status.message
-            ));
+        let (text, last) = match e.downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(status)) => (
+                format!("API error {} {}: {}", status.code, status.reason, status.message),
+                true,
+            ),
+            _ => (e.to_string(), false),
+        };
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        if last {
             break;
         }
-        parts.push(e.to_string());
         current = e.source();
     }
-    parts.join(": ")
+    line
 }
 
 #[cfg(test)]
@@ -75,6 +84,25 @@ mod tests {
         assert_eq!(
             error_chain(&error),
             r#"cannot read node n1: API error 404 NotFound: nodes "n1" not found"#
+        );
+    }
+
+    #[test]
+    fn causes_the_line_already_quotes_are_left_out() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Repeats(#[source] std::io::Error);
+        assert_eq!(
+            error_chain(&Repeats(std::io::Error::other("refused"))),
+            "outer: refused"
+        );
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Wraps(#[source] std::io::Error);
+        assert_eq!(
+            error_chain(&Wraps(std::io::Error::other("refused"))),
+            "outer: refused"
         );
     }
 }

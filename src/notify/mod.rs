@@ -251,7 +251,7 @@ impl Notifications {
             };
             let result = result.map_err(|(attempts, error)| Failure {
                 attempts,
-                error: target::scrub(&cause_chain(&error), &route.secrets),
+                error: target::scrub(&crate::error_chain(&error), &route.secrets),
             });
             match &result {
                 Ok(attempts) => {
@@ -308,22 +308,6 @@ impl Notifier for Notifications {
     }
 }
 
-/// An error and its causes on one line, like [`crate::error_chain`], leaving out a cause whose
-/// text is already there (lettre's errors repeat their source in their own message).
-fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line
-}
-
 /// Where `target`'s requests go instead of its own host: `api_base`, unless the service's URL is
 /// the endpoint itself.
 fn base_for<'a>(target: &Target, api_base: Option<&'a Url>) -> Option<&'a Url> {
@@ -333,16 +317,6 @@ fn base_for<'a>(target: &Target, api_base: Option<&'a Url>) -> Option<&'a Url> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cause_chains_leave_out_repeated_causes() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("outer: {0}")]
-        struct Repeats(#[source] std::io::Error);
-        let e = Repeats(std::io::Error::other("refused"));
-        assert_eq!(cause_chain(&e), "outer: refused");
-        assert_eq!(crate::error_chain(&e), "outer: refused: refused");
-    }
 
     #[test]
     fn the_retry_budget_fits_the_deadline() {
