@@ -137,7 +137,6 @@ impl fmt::Display for SkipReason {
 /// What a drain did, for the logs.
 #[derive(Debug, Clone, Default)]
 pub struct DrainSummary {
-    pub node: String,
     /// Pods whose eviction was accepted, or which were gone when evicted.
     pub evicted: Vec<PodRef>,
     /// Pods left on the node, and why.
@@ -193,11 +192,6 @@ pub enum DrainError {
 }
 
 impl DrainError {
-    /// The drain ran out of time (`--drain-timeout`).
-    pub fn is_timeout(&self) -> bool {
-        matches!(self, DrainError::Timeout { .. })
-    }
-
     /// A later drain may succeed without anything being reconfigured: it timed out (a budget may
     /// allow it later), or the API server was unavailable or overloaded.
     pub fn is_retryable(&self) -> bool {
@@ -334,10 +328,6 @@ impl Drainer {
         Drainer { client, settings }
     }
 
-    pub fn settings(&self) -> &DrainSettings {
-        &self.settings
-    }
-
     /// Evicts the pods on `node` and waits until they are gone. The node should be cordoned
     /// first, or evicted pods may be scheduled right back onto it.
     pub async fn drain(&self, node: &str) -> Result<DrainSummary> {
@@ -365,7 +355,6 @@ impl Drainer {
         }
 
         let mut summary = DrainSummary {
-            node: node.to_owned(),
             skipped,
             ..DrainSummary::default()
         };
@@ -893,7 +882,7 @@ mod tests {
             e.to_string(),
             "draining node n1 did not finish within 8s; pods remaining: ns/a, ns/b"
         );
-        assert!(e.is_timeout() && e.is_retryable());
+        assert!(e.is_retryable());
     }
 
     fn pending_pod(uid: &str) -> Pending {

@@ -83,10 +83,6 @@ impl HostNamespace {
         Self { pid }
     }
 
-    pub const fn pid(&self) -> u32 {
-        self.pid
-    }
-
     /// `/proc/<pid>/ns/mnt`.
     pub fn path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/{}/ns/mnt", self.pid))
@@ -97,12 +93,9 @@ impl HostNamespace {
         Ok(self.open_if_foreign()?.is_none())
     }
 
-    /// A command for `argv` that runs in this namespace: when it is not already ours, the child
-    /// enters it before the exec, so the program is looked up there, and starts in its `/`.
-    pub fn command(&self, argv: &[String]) -> Result<Command, HostCommandError> {
-        self.prepare(argv).map(|(command, _entered)| command)
-    }
-
+    /// A command for `argv` that runs in this namespace, and whether it enters it: when it is not
+    /// already ours, the child enters it before the exec, so the program is looked up there, and
+    /// starts in its `/`.
     fn prepare(&self, argv: &[String]) -> Result<(Command, bool), HostCommandError> {
         let (program, args) = argv.split_first().ok_or(HostCommandError::Empty)?;
         let mut command = Command::new(program);
@@ -162,17 +155,10 @@ impl HostCommand {
         })
     }
 
-    /// The command line as configured.
-    pub fn line(&self) -> &str {
-        &self.line
-    }
-
-    pub fn argv(&self) -> &[String] {
+    /// The command line split into words.
+    #[cfg(test)]
+    pub(crate) fn argv(&self) -> &[String] {
         &self.argv
-    }
-
-    pub fn host(&self) -> HostNamespace {
-        self.host
     }
 
     /// Runs the command to its end, with stdin empty and the tails of stdout and stderr kept.
@@ -434,7 +420,7 @@ mod tests {
     #[test]
     fn an_empty_argv_is_refused() {
         assert!(matches!(
-            HostNamespace::of_pid(std::process::id()).command(&[]),
+            HostNamespace::of_pid(std::process::id()).prepare(&[]),
             Err(HostCommandError::Empty)
         ));
     }

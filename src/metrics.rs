@@ -197,11 +197,7 @@ impl Metrics {
         self.reboot_failures.get_or_create(&labels).inc();
     }
 
-    pub fn count_notification_failure(&self, scheme: &str) {
-        self.notification_failures.count(scheme);
-    }
-
-    /// A handle on the counters [`Metrics::count_notification_failure`] counts into.
+    /// A handle on the counters of `kured_notifications_failed_total`, for the notifier.
     pub fn notification_failures(&self) -> NotificationFailures {
         self.notification_failures.clone()
     }
@@ -267,7 +263,7 @@ enum Doing {
 
 /// Why `/healthz` calls the agent stuck.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stuck {
+enum Stuck {
     /// The pause between rounds ran `late` past its end, [`GRACE`] included.
     Pause { late: Duration },
     /// A round (in `phase`, when it entered one) has run for `running`, past its `limit` and
@@ -341,7 +337,7 @@ impl Liveness {
     }
 
     /// Whether, and how, the loop is stuck; `None` while it keeps its time.
-    pub fn stuck(&self) -> Option<Stuck> {
+    fn stuck(&self) -> Option<Stuck> {
         let doing = *self.doing.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         match doing {
@@ -358,15 +354,6 @@ impl Liveness {
                     limit,
                 })
             }
-        }
-    }
-
-    /// How long the current pause has run past its deadline, grace included; `None` while the
-    /// loop keeps its time or runs a round.
-    pub fn overdue(&self) -> Option<Duration> {
-        match self.stuck()? {
-            Stuck::Pause { late } => Some(late),
-            Stuck::Round { .. } => None,
         }
     }
 
@@ -586,7 +573,7 @@ mod tests {
     #[test]
     fn notification_failures_are_counted_per_scheme() {
         let m = Metrics::new("node-a");
-        m.count_notification_failure("slack");
+        m.notification_failures().count("slack");
         m.notification_failures().count("slack");
         assert!(
             m.encode()
@@ -656,7 +643,11 @@ mod tests {
         );
 
         tokio::time::advance(Duration::from_secs(65)).await;
-        assert_eq!(live.overdue(), Some(Duration::from_secs(65)));
+        assert!(
+            matches!(live.stuck(), Some(Stuck::Pause { late }) if late == Duration::from_secs(65)),
+            "{:?}",
+            live.stuck()
+        );
         assert_eq!(
             live.report(),
             (
@@ -782,6 +773,6 @@ mod tests {
         let live = Liveness::default();
         live.pausing(Duration::MAX);
         tokio::time::advance(Duration::from_secs(10 * 365 * 86_400)).await;
-        assert_eq!(live.overdue(), None);
+        assert!(live.stuck().is_none(), "{:?}", live.stuck());
     }
 }

@@ -221,10 +221,6 @@ impl OwnNode {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub async fn get(&self) -> Result<Node> {
         self.api.get(&self.name).await.map_err(|source| NodeError::Get {
             node: self.name.clone(),

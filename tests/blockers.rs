@@ -14,7 +14,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use kube::{Api, Client};
 use kured::blockers::prometheus::AlertFilter;
-use kured::blockers::{BlockKind, BlockReason, Blocker, Blockers, PodBlocker, PrometheusBlocker};
+use kured::blockers::{
+    BlockKind, BlockReason, Blocker, BlockerSettings, Blockers, PodBlocker, PrometheusBlocker,
+};
 use kured::selector::LabelSelector;
 use regex::Regex;
 use serde_json::json;
@@ -332,14 +334,12 @@ async fn combined_blockers_report_every_reason() {
     let nodes = scope.create_nodes(1).await;
     create_pod(&scope, "long", &nodes[0], json!({ "app": "long" })).await;
     let prometheus = Prometheus::start(None).await;
-    let blockers = Blockers::new(
-        Some(prometheus.blocker(filter(Some("^LongPending$"), false, false))),
-        Some(PodBlocker::new(
-            scope.client.clone(),
-            nodes[0].clone(),
-            vec![selector("app=long")],
-        )),
-    );
+    let settings = BlockerSettings {
+        prometheus_url: Some(prometheus.url.clone()),
+        alert_filter: filter(Some("^LongPending$"), false, false),
+        pod_selectors: vec![selector("app=long")],
+    };
+    let blockers = Blockers::configured(scope.client.clone(), &nodes[0], &settings).expect("the blockers");
     let reasons = blockers.check().await;
     let kinds: Vec<BlockKind> = reasons.iter().map(|r| r.kind).collect();
     assert_eq!(

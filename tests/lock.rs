@@ -422,8 +422,9 @@ async fn a_manual_lock_blocks_every_agent() {
     }
     let state = lock(&scope, "status", 1).read().await.expect("reading");
     let holders: Vec<&str> = state
-        .holders(Timestamp::now())
+        .record
         .iter()
+        .flat_map(|r| r.holders(Timestamp::now()))
         .map(|e| e.node_id.as_str())
         .collect();
     assert_eq!(holders, ["manual"]);

@@ -275,7 +275,7 @@ fn exposed_metrics() -> BTreeMap<String, (String, BTreeSet<String>)> {
     // Give every family a sample, so that its labels show.
     metrics.set_reboot_required(true);
     metrics.count_sentinel_error();
-    metrics.count_notification_failure("slack");
+    metrics.notification_failures().count("slack");
     metrics.count_blocked("blocker_pod");
     let text = metrics.encode();
 

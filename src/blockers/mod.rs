@@ -61,11 +61,6 @@ impl BlockKind {
             BlockKind::BlockingPods | BlockKind::PodListError => "blocker_pod",
         }
     }
-
-    /// True if the blocker blocks because it could not check, not because of what it found.
-    pub fn is_error(self) -> bool {
-        matches!(self, BlockKind::PrometheusError | BlockKind::PodListError)
-    }
 }
 
 impl fmt::Display for BlockKind {
@@ -148,16 +143,6 @@ impl Blockers {
         Ok(Blockers { prometheus, pods })
     }
 
-    /// A set of blockers from parts, either of which may be absent.
-    pub fn new(prometheus: Option<PrometheusBlocker>, pods: Option<PodBlocker>) -> Blockers {
-        Blockers { prometheus, pods }
-    }
-
-    /// True if no blocker is configured.
-    pub fn is_empty(&self) -> bool {
-        self.prometheus.is_none() && self.pods.is_none()
-    }
-
     /// One line describing the configured blockers, for the agent's start-up log.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
@@ -237,29 +222,21 @@ mod tests {
                 BlockKind::PrometheusAlerts,
                 "prometheus-alerts",
                 "prometheus_alert",
-                false,
             ),
-            (
-                BlockKind::PrometheusError,
-                "prometheus-error",
-                "prometheus_alert",
-                true,
-            ),
-            (BlockKind::BlockingPods, "blocking-pods", "blocker_pod", false),
-            (BlockKind::PodListError, "pod-list-error", "blocker_pod", true),
+            (BlockKind::PrometheusError, "prometheus-error", "prometheus_alert"),
+            (BlockKind::BlockingPods, "blocking-pods", "blocker_pod"),
+            (BlockKind::PodListError, "pod-list-error", "blocker_pod"),
         ];
-        for (kind, name, label, error) in cases {
+        for (kind, name, label) in cases {
             assert_eq!(kind.as_str(), name);
             assert_eq!(kind.to_string(), name);
             assert_eq!(kind.metric_label(), label);
-            assert_eq!(kind.is_error(), error, "{kind}");
         }
     }
 
     #[tokio::test]
     async fn nothing_configured_blocks_nothing() {
         let blockers = Blockers::default();
-        assert!(blockers.is_empty());
         assert_eq!(blockers.describe(), "none");
         assert!(blockers.check().await.is_empty());
     }

@@ -243,11 +243,6 @@ impl PrometheusBlocker {
         self
     }
 
-    /// The server's URL as reasons and logs show it: without user, password or query.
-    pub fn url(&self) -> &str {
-        &self.shown
-    }
-
     /// One line for the agent's start-up log.
     pub fn describe(&self) -> String {
         let mut line = format!("Prometheus alerts at {}", self.shown);
@@ -761,7 +756,10 @@ mod tests {
         let blocker = PrometheusBlocker::new(url, filter(None, false, false));
         if CA_BUNDLES.iter().any(|p| std::path::Path::new(p).is_file()) {
             let blocker = blocker.expect("a client with the system's roots");
-            assert_eq!(blocker.url(), "https://prometheus.example:9090/");
+            assert_eq!(
+                blocker.describe(),
+                "Prometheus alerts at https://prometheus.example:9090/"
+            );
         } else {
             assert!(matches!(
                 blocker,

@@ -169,7 +169,7 @@ pub struct AgentArgs {
     #[arg(
         long,
         env = "KURED_REBOOT_SIGNAL",
-        default_value_t = 39,
+        default_value_t = crate::reboot::DEFAULT_SIGNAL,
         allow_negative_numbers = true
     )]
     pub reboot_signal: i32,

@@ -135,13 +135,6 @@ pub struct LockState {
     pub seen: Seen,
 }
 
-impl LockState {
-    /// The entries that have not expired at `now`.
-    pub fn holders(&self, now: Timestamp) -> Vec<&LockEntry> {
-        self.record.as_ref().map_or_else(Vec::new, |r| r.holders(now))
-    }
-}
-
 /// Errors of using the lock. `object` names the lock object, e.g. `DaemonSet kube-system/kured`.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {

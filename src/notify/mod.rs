@@ -76,16 +76,6 @@ pub trait Notifier: Send + Sync {
     fn notify(&self, event: Event, message: &str) -> impl Future<Output = ()> + Send;
 }
 
-/// A notifier that only logs each message.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LogOnly;
-
-impl Notifier for LogOnly {
-    async fn notify(&self, event: Event, message: &str) {
-        info!(event = ?event, message, "notification");
-    }
-}
-
 /// Attempts, time-outs and back-off of one notification on one target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {

@@ -142,7 +142,8 @@ impl Target {
     }
 
     /// Whether this is a URL that cannot be used ([`Target::unusable`]).
-    pub fn is_unusable(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_unusable(&self) -> bool {
         self.service::<Unusable>().is_some()
     }
 
