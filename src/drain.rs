@@ -58,16 +58,16 @@ use crate::selector::LabelSelector;
 /// Evictions in flight at once. Each one makes the API server check and update the pod's
 /// PodDisruptionBudget; a handful in parallel drains a busy node in a few rounds without sending
 /// hundreds of requests at the same budgets.
-pub const MAX_PARALLEL_EVICTIONS: usize = 8;
+const MAX_PARALLEL_EVICTIONS: usize = 8;
 /// Wait before retrying an eviction a PodDisruptionBudget refused: kubectl's interval. The budget
 /// allows the next eviction only once a replacement pod is Ready, which takes seconds.
-pub const EVICTION_RETRY: Duration = Duration::from_secs(5);
+const EVICTION_RETRY: Duration = Duration::from_secs(5);
 /// Spread of the retry wait, ±20%, so that nodes draining against the same budget do not retry in
 /// lockstep.
 const EVICTION_RETRY_JITTER: f64 = 0.2;
 
 /// The annotation the kubelet puts on the API copy of a static pod.
-pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
+const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 /// What to drain and how: `--drain-timeout`, `--drain-grace-period`, `--drain-pod-selector`,
 /// `--skip-wait-for-delete-timeout`.

@@ -45,7 +45,7 @@ pub enum HttpError {
 
 /// The variable naming the PEM bundle to trust instead of the system's, as Go's `crypto/x509`
 /// reads it on Linux.
-pub const CA_BUNDLE_VARIABLE: &str = "SSL_CERT_FILE";
+const CA_BUNDLE_VARIABLE: &str = "SSL_CERT_FILE";
 
 /// The CA certificates of the bundle `SSL_CERT_FILE` names, or else of the first bundle in
 /// [`CA_BUNDLES`] that exists.

@@ -34,7 +34,7 @@ use crate::http::{self, HttpError};
 /// How long one query may take, connection included. Prometheus answers `ALERTS` from memory in
 /// milliseconds; a server that has not answered in 10 s is down for our purpose, and the next
 /// check retries.
-pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Alert names listed in a reason; upstream logs the first 10 too. More would drown the log line
 /// and `kured status`; the reason still gives the total.
@@ -115,7 +115,7 @@ impl Alert {
 
 /// The names of the alerts that block a reboot under `filter`: upstream's rules, in the module
 /// documentation. Sorted, without duplicates.
-pub fn blocking_alerts(alerts: &[Alert], filter: &AlertFilter) -> Vec<String> {
+fn blocking_alerts(alerts: &[Alert], filter: &AlertFilter) -> Vec<String> {
     let names: BTreeSet<&str> = alerts
         .iter()
         .filter(|a| a.value != 0.0)
@@ -131,7 +131,7 @@ pub fn blocking_alerts(alerts: &[Alert], filter: &AlertFilter) -> Vec<String> {
 
 /// The alerts in the body of a successful (2xx) `ALERTS` query response. Samples without an
 /// `alertname` label are not alerts and are left out.
-pub fn parse_alerts(body: &[u8]) -> Result<Vec<Alert>, PrometheusError> {
+fn parse_alerts(body: &[u8]) -> Result<Vec<Alert>, PrometheusError> {
     let response = decode(body)?;
     if response.status != "success" {
         return Err(PrometheusError::Query {

@@ -29,12 +29,12 @@ use super::{DaemonSetLock, LockEntry, Reclaim, Seen};
 use crate::kube_error;
 
 /// Entries younger than this are not checked (see the [module documentation](self)).
-pub const MIN_AGE: SignedDuration = SignedDuration::from_secs(60);
+const MIN_AGE: SignedDuration = SignedDuration::from_secs(60);
 
 /// Whether `status`, the API server's answer to a GET of Node `node`, says that the Node does not
 /// exist: [not found](kube_error::is_not_found), with details naming that node. A 404 without
 /// them came from something else on the way (a proxy, a wrong path) and proves nothing.
-pub fn says_node_is_gone(status: &Status, node: &str) -> bool {
+fn says_node_is_gone(status: &Status, node: &str) -> bool {
     kube_error::is_not_found(status)
         && status
             .details

@@ -115,7 +115,7 @@ impl LockEntry {
     ///
     /// Upstream reads a missing `created` as Go's zero time (year 1), so with a TTL it expires at
     /// once; we keep such an entry, which can only have been written by hand, until it is removed.
-    pub fn expires_at(&self) -> Option<Timestamp> {
+    fn expires_at(&self) -> Option<Timestamp> {
         if self.ttl.as_nanos() <= 0 {
             return None;
         }

@@ -28,10 +28,10 @@ use std::time::Duration;
 /// Spacing of the delays: a multiple of the time a lock write takes to be seen by the other
 /// agents through their watch (tens of milliseconds on a busy API server), so that few waiters
 /// write within it after the first one.
-pub const SPACING: Duration = Duration::from_millis(100);
+const SPACING: Duration = Duration::from_millis(100);
 /// The longest delay: `SPACING × ln(1100)`, so that up to about a thousand waiters are spread
 /// out without crowding at zero.
-pub const HORIZON: Duration = Duration::from_millis(700);
+const HORIZON: Duration = Duration::from_millis(700);
 
 /// How long the agent of `node` waits, once the lock as it reads `state` (the annotation's text,
 /// `None` when absent) has a free slot, before it takes it; `salt` is drawn afresh for every

@@ -208,7 +208,7 @@ impl Link<'_> {
 }
 
 /// `url` with the scheme, host and port of `base`, and base's path before its own.
-pub(crate) fn rebase(url: &Url, base: &Url) -> Url {
+fn rebase(url: &Url, base: &Url) -> Url {
     let mut out = base.clone();
     let path = format!("{}{}", base.path().trim_end_matches('/'), url.path());
     out.set_path(&path);

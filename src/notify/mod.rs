@@ -39,16 +39,16 @@ use deliver::Link;
 
 /// How many times one message is tried on one target: a 5xx, 429 or dropped connection usually
 /// clears within seconds; more attempts would only hold the drain or reboot back longer.
-pub const ATTEMPTS: u32 = 3;
+const ATTEMPTS: u32 = 3;
 /// How long one attempt may take, connection and TLS included: webhooks answer within a second,
 /// so 10 s covers a slow handshake or a busy receiver without holding a reboot for long.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The wait before the first retry, doubled for each one after: time for a rate limit to lift or
 /// a receiver to restart, short enough that all attempts fit in [`DEADLINE`].
-pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The most one notification may add to a drain or reboot, retries included, whatever the
 /// receiver does: every attempt timing out plus the back-off fits, with a little to spare.
-pub const DEADLINE: Duration = Duration::from_secs(35);
+const DEADLINE: Duration = Duration::from_secs(35);
 
 /// The moments a notification is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -195,7 +195,7 @@ impl Target {
 }
 
 /// The metrics label of an unusable URL whose scheme is no service's.
-pub const UNKNOWN_SCHEME: &str = "unknown";
+const UNKNOWN_SCHEME: &str = "unknown";
 
 /// A URL that cannot be used: every message to it fails with the reason.
 struct Unusable {
@@ -231,7 +231,7 @@ impl Service for Unusable {
 
 /// Secrets shorter than this are not scrubbed from messages: a path of "/" or a one-letter
 /// user name would blank out ordinary text, and real tokens are far longer.
-pub(crate) const MIN_SECRET_LEN: usize = 4;
+const MIN_SECRET_LEN: usize = 4;
 
 /// `text` with every secret of a target replaced by [`REDACTED`].
 pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
