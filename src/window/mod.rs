@@ -39,22 +39,15 @@
 use std::cmp::{max, min};
 use std::fmt;
 
-use jiff::civil::{self, Weekday};
+use jiff::civil;
 use jiff::tz::{AmbiguousOffset, Offset, TimeZone};
-use jiff::{SignedDuration, Timestamp, ZonedDateTime};
-use serde::Serialize;
+use jiff::{SignedDuration, Timestamp};
 
-/// Upstream's default for `--reboot-days`: every day.
-pub const DEFAULT_REBOOT_DAYS: [&str; 7] = ["su", "mo", "tu", "we", "th", "fr", "sa"];
-/// Upstream's default for `--start-time`.
-pub const DEFAULT_START_TIME: &str = "0:00";
-/// Upstream's default for `--end-time`.
-pub const DEFAULT_END_TIME: &str = "23:59:59";
-/// Upstream's default for `--time-zone`.
-pub const DEFAULT_TIME_ZONE: &str = "UTC";
+use self::parse::{Weekdays, load_time_zone, parse_time_of_day};
+pub use self::schedule::{Schedule, ScheduleWindow};
 
-/// The time-of-day layouts upstream accepts, in the order it tries them, as Go layout strings.
-pub const TIME_OF_DAY_LAYOUTS: [&str; 6] = ["15:04", "15:04:05", "03:04pm", "15", "03pm", "3pm"];
+mod parse;
+mod schedule;
 
 /// How far [`RebootWindow::next_windows`] looks for an opening or a closing: a year and a week, so the
 /// span holds every weekday and every yearly rule of the zone.
@@ -103,247 +96,6 @@ pub enum WindowError {
 
 /// Result alias for this module.
 pub type Result<T, E = WindowError> = std::result::Result<T, E>;
-
-const WEEKDAYS_FROM_SUNDAY: [Weekday; 7] = [
-    Weekday::Sunday,
-    Weekday::Monday,
-    Weekday::Tuesday,
-    Weekday::Wednesday,
-    Weekday::Thursday,
-    Weekday::Friday,
-    Weekday::Saturday,
-];
-
-/// Lower-cases like Go's `strings.ToLower`, which maps U+0130 (İ) to a plain `i` where Rust's full
-/// mapping yields `i` plus a combining dot.
-fn go_lowercase(text: &str) -> String {
-    let mut lower = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c == '\u{130}' {
-            lower.push('i');
-        } else {
-            lower.extend(c.to_lowercase());
-        }
-    }
-    lower
-}
-
-/// Reads `text` the way Go's `strconv.Atoi` does: `None` when it is not an optional sign followed by
-/// decimal digits, otherwise `Some` of its value, itself `None` when it does not fit in `i64`.
-fn atoi(text: &str) -> Option<Option<i64>> {
-    let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(text.parse::<i64>().ok())
-}
-
-/// Parses one `--reboot-days` entry: `su`/`sun`/`sunday` … `sa`/`sat`/`saturday` in any case, or a
-/// number from 0 (Sunday) to 6 (Saturday), optionally signed or zero-padded as Go's `strconv.Atoi`
-/// allows (`+1`, `06`).
-pub fn parse_weekday(text: &str) -> Result<Weekday> {
-    let invalid = || WindowError::Weekday {
-        value: text.to_owned(),
-    };
-    if let Some(number) = atoi(text) {
-        return match number {
-            Some(n @ 0..=6) => usize::try_from(n)
-                .ok()
-                .and_then(|i| WEEKDAYS_FROM_SUNDAY.get(i).copied())
-                .ok_or_else(invalid),
-            _ => Err(invalid()),
-        };
-    }
-    let day = match go_lowercase(text).as_str() {
-        "su" | "sun" | "sunday" => Weekday::Sunday,
-        "mo" | "mon" | "monday" => Weekday::Monday,
-        "tu" | "tue" | "tuesday" => Weekday::Tuesday,
-        "we" | "wed" | "wednesday" => Weekday::Wednesday,
-        "th" | "thu" | "thursday" => Weekday::Thursday,
-        "fr" | "fri" | "friday" => Weekday::Friday,
-        "sa" | "sat" | "saturday" => Weekday::Saturday,
-        _ => return Err(invalid()),
-    };
-    Ok(day)
-}
-
-/// A set of weekdays.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Weekdays(u8);
-
-impl Weekdays {
-    /// No day at all: a window that never opens.
-    pub const NONE: Weekdays = Weekdays(0);
-    /// Every day of the week.
-    pub const ALL: Weekdays = Weekdays(0b111_1111);
-
-    /// Parses `--reboot-days` entries with [`parse_weekday`]. Empty entries are skipped, as upstream
-    /// skips them, so `--reboot-days=` (or `,,,`) is the empty set: rebooting is never allowed.
-    pub fn parse<S: AsRef<str>>(days: &[S]) -> Result<Weekdays> {
-        days.iter()
-            .map(AsRef::as_ref)
-            .filter(|day| !day.is_empty())
-            .try_fold(Weekdays::NONE, |set, day| Ok(set.with(parse_weekday(day)?)))
-    }
-
-    fn bit(day: Weekday) -> u8 {
-        1 << day.to_sunday_zero_offset()
-    }
-
-    /// This set with `day` added.
-    pub fn with(self, day: Weekday) -> Weekdays {
-        Weekdays(self.0 | Self::bit(day))
-    }
-
-    /// Whether `day` is in the set.
-    pub fn contains(self, day: Weekday) -> bool {
-        self.0 & Self::bit(day) != 0
-    }
-
-    /// Whether the set has no day.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// The days in the set, Sunday first.
-    pub fn iter(self) -> impl Iterator<Item = Weekday> {
-        WEEKDAYS_FROM_SUNDAY
-            .into_iter()
-            .filter(move |&day| self.contains(day))
-    }
-}
-
-/// Upstream's notation: seven three-letter slots from Sunday, `---` for a missing day
-/// (`---MonTueWedThuFri---`), and `(No days)` for the empty set.
-impl fmt::Display for Weekdays {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-        if self.is_empty() {
-            return f.write_str("(No days)");
-        }
-        for (day, name) in WEEKDAYS_FROM_SUNDAY.iter().zip(NAMES) {
-            f.write_str(if self.contains(*day) { name } else { "---" })?;
-        }
-        Ok(())
-    }
-}
-
-/// One element of a Go time layout, as far as upstream's time-of-day layouts use them.
-#[derive(Clone, Copy)]
-enum LayoutField {
-    /// `15`: hour 0–23, one or two digits.
-    Hour24,
-    /// `03` (two digits required) or `3` (one or two digits): hour 0–12, Go accepting 0 as well.
-    Hour12 { two_digits: bool },
-    /// `04`: minute, exactly two digits.
-    Minute,
-    /// `05`: second, exactly two digits, optionally followed by a fraction (`.5`, `,25`) as Go allows
-    /// after seconds even when the layout has none.
-    Second,
-    /// `pm`: `am` or `pm`, lower case only.
-    Meridiem,
-    /// A literal `:`.
-    Colon,
-}
-
-const LAYOUTS: [&[LayoutField]; 6] = {
-    use LayoutField::*;
-    [
-        &[Hour24, Colon, Minute],
-        &[Hour24, Colon, Minute, Colon, Second],
-        &[Hour12 { two_digits: true }, Colon, Minute, Meridiem],
-        &[Hour24],
-        &[Hour12 { two_digits: true }, Meridiem],
-        &[Hour12 { two_digits: false }, Meridiem],
-    ]
-};
-
-/// Go's `getnum`: one or two leading digits (two required when `two_digits`).
-fn leading_number(input: &[u8], two_digits: bool) -> Option<(i8, &[u8])> {
-    let digit = |i: usize| {
-        input
-            .get(i)
-            .filter(|b| b.is_ascii_digit())
-            .map(|b| (b - b'0') as i8)
-    };
-    let first = digit(0)?;
-    match digit(1) {
-        Some(second) => Some((first * 10 + second, &input[2..])),
-        None if two_digits => None,
-        None => Some((first, &input[1..])),
-    }
-}
-
-/// Reads `text` with one layout under Go's `time.Parse` rules; the whole text must be consumed.
-fn parse_with_layout(text: &str, layout: &[LayoutField]) -> Option<civil::Time> {
-    let (mut hour, mut minute, mut second, mut subsec) = (0i8, 0i8, 0i8, 0i32);
-    let (mut am, mut pm) = (false, false);
-    let mut rest = text.as_bytes();
-    for field in layout {
-        match *field {
-            LayoutField::Colon => rest = rest.strip_prefix(b":")?,
-            LayoutField::Hour24 => {
-                (hour, rest) = leading_number(rest, false).filter(|&(h, _)| h < 24)?;
-            }
-            LayoutField::Hour12 { two_digits } => {
-                (hour, rest) = leading_number(rest, two_digits).filter(|&(h, _)| h <= 12)?;
-            }
-            LayoutField::Minute => {
-                (minute, rest) = leading_number(rest, true).filter(|&(m, _)| m < 60)?;
-            }
-            LayoutField::Second => {
-                (second, rest) = leading_number(rest, true).filter(|&(s, _)| s < 60)?;
-                if let [b'.' | b',', next, ..] = rest
-                    && next.is_ascii_digit()
-                {
-                    let digits = rest[1..].iter().take_while(|b| b.is_ascii_digit()).count();
-                    // Go keeps the first nine digits and drops the rest.
-                    let kept = &rest[1..1 + digits.min(9)];
-                    let value = kept.iter().fold(0i32, |acc, b| acc * 10 + i32::from(b - b'0'));
-                    subsec = value * 10i32.pow(9 - kept.len() as u32);
-                    rest = &rest[1 + digits..];
-                }
-            }
-            LayoutField::Meridiem => {
-                let (marker, tail) = rest.split_at_checked(2)?;
-                match marker {
-                    b"am" => am = true,
-                    b"pm" => pm = true,
-                    _ => return None,
-                }
-                rest = tail;
-            }
-        }
-    }
-    if !rest.is_empty() {
-        return None;
-    }
-    if pm && hour < 12 {
-        hour += 12;
-    } else if am && hour == 12 {
-        hour = 0;
-    }
-    civil::Time::new(hour, minute, second, subsec).ok()
-}
-
-/// Parses a time of day the way upstream does: each of [`TIME_OF_DAY_LAYOUTS`] in turn, first match
-/// wins.
-fn parse_time_of_day(text: &str) -> Option<civil::Time> {
-    LAYOUTS.iter().find_map(|layout| parse_with_layout(text, layout))
-}
-
-/// Resolves a `--time-zone` value the way Go's `time.LoadLocation` names zones.
-fn load_time_zone(name: &str) -> Result<TimeZone> {
-    let zone = match name {
-        "" | "UTC" => Ok(TimeZone::UTC),
-        "Local" => TimeZone::try_system(),
-        _ => TimeZone::get(name),
-    };
-    zone.map_err(|source| WindowError::TimeZone {
-        value: name.to_owned(),
-        source,
-    })
-}
 
 /// `ts` moved by `nanos`, clamped to the range jiff can represent.
 fn shift(ts: Timestamp, nanos: i64) -> Timestamp {
@@ -401,7 +153,8 @@ impl RebootWindow {
     /// Builds the window from the four flags, checked in upstream's order: days, zone, start, end.
     ///
     /// `days` are `--reboot-days` entries (see [`Weekdays::parse`]; empty entries are skipped),
-    /// `start` and `end` are times of day in one of [`TIME_OF_DAY_LAYOUTS`], `zone` an IANA name, `""`
+    /// `start` and `end` are times of day in one of upstream's layouts (`15:04`, `15:04:05`, `03:04pm`,
+    /// `15`, `03pm`, `3pm`), `zone` an IANA name, `""`
     /// or `UTC` for UTC, or `Local` for the system's zone.
     pub fn new<S: AsRef<str>>(days: &[S], start: &str, end: &str, zone: &str) -> Result<RebootWindow> {
         let days = Weekdays::parse(days)?;
@@ -422,33 +175,8 @@ impl RebootWindow {
         })
     }
 
-    /// The reboot days.
-    pub fn days(&self) -> Weekdays {
-        self.days
-    }
-
-    /// The start time of day (seconds and a fraction are kept when given).
-    pub fn start_time(&self) -> civil::Time {
-        self.start
-    }
-
-    /// The end time of day; the window includes the whole of its last second.
-    pub fn end_time(&self) -> civil::Time {
-        self.end
-    }
-
-    /// The time zone the window is evaluated in.
-    pub fn zone(&self) -> &TimeZone {
-        &self.zone
-    }
-
-    /// The zone name as configured (`UTC` for an empty `--time-zone`).
-    pub fn zone_name(&self) -> &str {
-        &self.zone_name
-    }
-
     /// Whether the window runs across midnight (start time of day after end time of day).
-    pub fn spans_midnight(&self) -> bool {
+    fn spans_midnight(&self) -> bool {
         self.start > self.end
     }
 
@@ -608,28 +336,6 @@ impl RebootWindow {
         }
         openings
     }
-
-    /// What `kured schedule` reports for the instant `at`: whether it is inside the window, and the next
-    /// `count` openings (see [`next_windows`](Self::next_windows)).
-    pub fn schedule(&self, at: Timestamp, count: usize) -> Schedule {
-        let windows = self
-            .next_windows(at, count)
-            .into_iter()
-            .map(|opening| ScheduleWindow {
-                opens: opening.opens.map(|ts| rfc3339_in(&self.zone, ts)),
-                closes: opening.closes.map(|ts| rfc3339_in(&self.zone, ts)),
-                opening,
-            })
-            .collect();
-        Schedule {
-            inside: self.contains(at),
-            windows,
-            at,
-            zone: self.zone.clone(),
-            zone_name: self.zone_name.clone(),
-            window: self.to_string(),
-        }
-    }
 }
 
 /// Writes a time of day as `HH:MM`, adding `:SS` and a fraction only when they are not zero.
@@ -657,136 +363,21 @@ impl fmt::Display for RebootWindow {
     }
 }
 
-/// RFC 3339 with the zone's offset at that instant: `2026-11-27T22:00:00+01:00`.
-fn rfc3339_in(zone: &TimeZone, ts: Timestamp) -> String {
-    ts.display_with_offset(zone.to_offset(ts)).to_string()
-}
-
-/// A readable instant in `zone`: `Fri 2026-11-27 22:00:00 +01:00`, with a fraction when there is one.
-fn readable_in(zone: &TimeZone, ts: Timestamp) -> String {
-    let zoned: ZonedDateTime = ts.to_zoned_datetime(zone.clone());
-    jiff::fmt::strtime::format("%a %Y-%m-%d %H:%M:%S%.f %:z", &zoned).unwrap_or_else(|_| rfc3339_in(zone, ts))
-}
-
-/// The report of `kured schedule`. Its JSON form is exactly
-/// `{"inside": bool, "windows": [{"opens": "<RFC 3339>", "closes": "<RFC 3339>"}]}`, instants in the
-/// window's zone with their offset; an `opens` or `closes` beyond the search horizon (see [`Opening`])
-/// is `null`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Schedule {
-    /// Whether the instant asked about is inside the window.
-    pub inside: bool,
-    /// The next openings, the first one containing the instant when `inside`.
-    pub windows: Vec<ScheduleWindow>,
-    #[serde(skip)]
-    at: Timestamp,
-    #[serde(skip)]
-    zone: TimeZone,
-    #[serde(skip)]
-    zone_name: String,
-    #[serde(skip)]
-    window: String,
-}
-
-/// One opening in a [`Schedule`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ScheduleWindow {
-    /// When the window opens, RFC 3339 in the window's zone; `None` (`null`) when open for over a year.
-    pub opens: Option<String>,
-    /// When it closes again (first instant outside); `None` (`null`) when it never closes.
-    pub closes: Option<String>,
-    #[serde(skip)]
-    opening: Opening,
-}
-
-impl ScheduleWindow {
-    /// The opening as instants.
-    pub fn opening(&self) -> Opening {
-        self.opening
-    }
-}
-
-impl Schedule {
-    /// The instant the schedule was computed for.
-    pub fn at(&self) -> Timestamp {
-        self.at
-    }
-
-    /// The report for people: the window, the instant and whether it is inside, then each opening and
-    /// closing in the window's zone and in UTC, in aligned columns.
-    pub fn render_text(&self) -> String {
-        let utc = TimeZone::UTC;
-        let mut out = String::new();
-        out.push_str(&format!("Window  {}\n", self.window));
-        out.push_str(&format!(
-            "At      {}  ({})\n",
-            readable_in(&self.zone, self.at),
-            readable_in(&utc, self.at)
-        ));
-        out.push_str(&format!("Inside  {}\n", if self.inside { "yes" } else { "no" }));
-        out.push('\n');
-        if self.windows.is_empty() {
-            out.push_str("The window does not open within a year.\n");
-            return out;
-        }
-        let bound = |ts: Option<Timestamp>, zone: &TimeZone, unbounded: &str| {
-            ts.map_or_else(|| unbounded.to_owned(), |ts| readable_in(zone, ts))
-        };
-        let mut rows: Vec<[String; 4]> = vec![[
-            "#".to_owned(),
-            "zone".to_owned(),
-            "opens".to_owned(),
-            "closes".to_owned(),
-        ]];
-        for (i, window) in self.windows.iter().enumerate() {
-            let Opening { opens, closes } = window.opening;
-            rows.push([
-                (i + 1).to_string(),
-                self.zone_name.clone(),
-                bound(opens, &self.zone, "(open for over a year)"),
-                bound(closes, &self.zone, "never"),
-            ]);
-            rows.push([
-                String::new(),
-                "UTC".to_owned(),
-                bound(opens, &utc, "(open for over a year)"),
-                bound(closes, &utc, "never"),
-            ]);
-        }
-        let mut widths = [0usize; 4];
-        for row in &rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        for row in &rows {
-            let line: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .map(|(cell, width)| format!("{cell:<width$}"))
-                .collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn ts(text: &str) -> Timestamp {
+    pub(super) fn ts(text: &str) -> Timestamp {
         match text.parse::<Timestamp>() {
             Ok(ts) => ts,
             Err(err) => panic!("bad test instant {text:?}: {err}"),
         }
     }
 
-    type Flags = (&'static str, &'static str, &'static str, &'static str);
+    pub(super) type Flags = (&'static str, &'static str, &'static str, &'static str);
 
-    fn window((days, start, end, zone): Flags) -> RebootWindow {
+    pub(super) fn window((days, start, end, zone): Flags) -> RebootWindow {
         let days: Vec<&str> = days.split(',').collect();
         match RebootWindow::new(&days, start, end, zone) {
             Ok(window) => window,
@@ -806,13 +397,16 @@ mod tests {
     const LA_MWF_MORNING: Flags = ("mon,we,fri", "10:01", "11:30am", "America/Los_Angeles");
     const UTC_WORKDAYS: Flags = ("mo,tu,we,th,fr", "00:00", "23:59:59", "UTC");
     const LA_WEEKNIGHTS: Flags = ("mon,tue,wed,thu,fri", "9pm", "5am", "America/Los_Angeles");
-    const UTC_DEFAULTS: Flags = ("su,mo,tu,we,th,fr,sa", "0:00", "23:59:59", "UTC");
+    pub(super) const UTC_DEFAULTS: Flags = ("su,mo,tu,we,th,fr,sa", "0:00", "23:59:59", "UTC");
     const UTC_FRIDAY_NIGHT: Flags = ("fr", "22:00", "02:00", "UTC");
     const UTC_FRIDAY_EARLY: Flags = ("fr", "05:00", "06:00", "UTC");
     const UTC_FRIDAY_SECOND: Flags = ("fr", "05:00", "05:00", "UTC");
     const UTC_FRIDAY_HALF_SECOND: Flags = ("fr", "10:00:00.5", "10:00:00", "UTC");
     const AUCKLAND_SATURDAY: Flags = ("sa", "0:00", "23:59:59", "Pacific/Auckland");
-    const BERLIN_WEEKNIGHTS: Flags = ("mo,tu,we,th,fr", "22:00", "06:00", "Europe/Berlin");
+    pub(super) const BERLIN_WEEKNIGHTS: Flags = ("mo,tu,we,th,fr", "22:00", "06:00", "Europe/Berlin");
+
+    /// Every day, as upstream's default `--reboot-days` lists them.
+    const EVERY_DAY: [&str; 7] = ["su", "mo", "tu", "we", "th", "fr", "sa"];
 
     /// Every case of upstream's `TestTimeWindows`, plus the across-midnight cases of upstream issue #204.
     #[rustfmt::skip]
@@ -939,161 +533,8 @@ mod tests {
 
     #[rustfmt::skip]
     #[test]
-    fn weekday_names_and_numbers() {
-        let accepted: &[(&str, Weekday)] = &[
-            ("su", Weekday::Sunday), ("sun", Weekday::Sunday), ("sunday", Weekday::Sunday),
-            ("mo", Weekday::Monday), ("mon", Weekday::Monday), ("monday", Weekday::Monday),
-            ("tu", Weekday::Tuesday), ("tue", Weekday::Tuesday), ("tuesday", Weekday::Tuesday),
-            ("we", Weekday::Wednesday), ("wed", Weekday::Wednesday), ("wednesday", Weekday::Wednesday),
-            ("th", Weekday::Thursday), ("thu", Weekday::Thursday), ("thursday", Weekday::Thursday),
-            ("fr", Weekday::Friday), ("fri", Weekday::Friday), ("friday", Weekday::Friday),
-            ("sa", Weekday::Saturday), ("sat", Weekday::Saturday), ("saturday", Weekday::Saturday),
-            ("THURSDAY", Weekday::Thursday), ("WeDnEsDaY", Weekday::Wednesday), ("Mo", Weekday::Monday),
-            ("0", Weekday::Sunday), ("1", Weekday::Monday), ("6", Weekday::Saturday),
-            // Numbers are read like Go's strconv.Atoi: a sign and leading zeros are allowed.
-            ("+1", Weekday::Monday), ("-0", Weekday::Sunday), ("06", Weekday::Saturday),
-            // Go lower-cases U+0130 (capital I with dot) to a plain i.
-            ("FR\u{130}DAY", Weekday::Friday),
-        ];
-        for &(text, want) in accepted {
-            assert_eq!(parse_weekday(text).ok(), Some(want), "{text:?}");
-        }
-        let rejected = [
-            "funday", "7", "-1", "15", "-8", "8", "", " mo", "mo ", "m", "fridayyyy", "+", "0x1", "1_0",
-            "99999999999999999999", "\u{ff2d}\u{ff2f}",
-        ];
-        for text in rejected {
-            match parse_weekday(text) {
-                Err(WindowError::Weekday { value }) => assert_eq!(value, text),
-                other => panic!("{text:?} gave {other:?}"),
-            }
-        }
-    }
-
-    /// Upstream's `TestParseWeekdays` and `TestParseWeekdaysErrors`.
-    #[test]
-    fn upstream_weekday_list_cases() {
-        let cases: &[(&str, &str)] = &[
-            ("0,4", "Sun---------Thu------"),
-            ("su,mo,tu", "SunMonTue------------"),
-            ("sunday,tu,thu", "Sun---Tue---Thu------"),
-            ("THURSDAY", "------------Thu------"),
-            ("we,WED,WeDnEsDaY", "---------Wed---------"),
-            ("", "(No days)"),
-            (",,,", "(No days)"),
-        ];
-        for &(input, want) in cases {
-            let parts: Vec<&str> = input.split(',').collect();
-            let days = Weekdays::parse(&parts).map(|d| d.to_string()).ok();
-            assert_eq!(days.as_deref(), Some(want), "{input:?}");
-        }
-        for input in ["15", "-8", "8", "mon,tue,wed,fridayyyy"] {
-            let parts: Vec<&str> = input.split(',').collect();
-            assert!(Weekdays::parse(&parts).is_err(), "{input:?} should be rejected");
-        }
-        assert_eq!(
-            Weekdays::parse(&DEFAULT_REBOOT_DAYS[..]).ok(),
-            Some(Weekdays::ALL),
-            "defaults"
-        );
-        let listed: Vec<Weekday> = Weekdays::NONE
-            .with(Weekday::Saturday)
-            .with(Weekday::Monday)
-            .iter()
-            .collect();
-        assert_eq!(
-            listed,
-            vec![Weekday::Monday, Weekday::Saturday],
-            "iteration from Sunday"
-        );
-        assert!(
-            Weekdays::NONE.is_empty() && !Weekdays::ALL.is_empty(),
-            "emptiness"
-        );
-    }
-
-    /// Each row checked against Go's `time.Parse` with upstream's layouts tried in order.
-    #[rustfmt::skip]
-    #[test]
-    fn time_of_day_formats() {
-        type Clock = (i8, i8, i8, i32);
-        let accepted: &[(&str, &str, Clock)] = &[
-            ("single-digit hour and minutes", "0:00", (0, 0, 0, 0)),
-            ("padded midnight", "00:00", (0, 0, 0, 0)),
-            ("morning", "9:30", (9, 30, 0, 0)),
-            ("padded morning", "09:30", (9, 30, 0, 0)),
-            ("with seconds", "23:59:59", (23, 59, 59, 0)),
-            ("single-digit hour with seconds", "7:00:00", (7, 0, 0, 0)),
-            // Go accepts a fraction after the seconds even though no layout has one.
-            ("fraction after seconds", "23:59:59.5", (23, 59, 59, 500_000_000)),
-            ("comma fraction after seconds", "23:59:59,25", (23, 59, 59, 250_000_000)),
-            ("fraction beyond nanoseconds is cut", "23:59:59.1234567899", (23, 59, 59, 123_456_789)),
-            ("one nanosecond", "21:00:00.000000001", (21, 0, 0, 1)),
-            ("padded twelve-hour pm", "09:30pm", (21, 30, 0, 0)),
-            ("twelve-hour am", "11:30am", (11, 30, 0, 0)),
-            ("midnight as 12:00am", "12:00am", (0, 0, 0, 0)),
-            ("half past midnight", "12:30am", (0, 30, 0, 0)),
-            ("noon as 12:00pm", "12:00pm", (12, 0, 0, 0)),
-            // Go's 12-hour fields accept hour 0: 00:30pm is 12:30, 0am is midnight.
-            ("hour zero pm", "00:30pm", (12, 30, 0, 0)),
-            ("hour zero am", "00:30am", (0, 30, 0, 0)),
-            ("hour only", "21", (21, 0, 0, 0)),
-            ("single-digit hour only", "9", (9, 0, 0, 0)),
-            ("hour zero only", "0", (0, 0, 0, 0)),
-            ("padded hour only", "00", (0, 0, 0, 0)),
-            ("padded pm", "09pm", (21, 0, 0, 0)),
-            ("unpadded pm", "9pm", (21, 0, 0, 0)),
-            ("unpadded am", "9am", (9, 0, 0, 0)),
-            ("five pm", "5pm", (17, 0, 0, 0)),
-            ("ten pm", "10pm", (22, 0, 0, 0)),
-            ("twelve am", "12am", (0, 0, 0, 0)),
-            ("twelve pm", "12pm", (12, 0, 0, 0)),
-            ("zero pm", "0pm", (12, 0, 0, 0)),
-            ("zero am", "0am", (0, 0, 0, 0)),
-            ("upstream sample", "10:01", (10, 1, 0, 0)),
-        ];
-        for &(name, text, (h, m, s, n)) in accepted {
-            assert_eq!(parse_time_of_day(text), civil::Time::new(h, m, s, n).ok(), "case {name}: {text:?}");
-        }
-        let rejected: &[(&str, &str)] = &[
-            // Only the zero-padded "03:04pm" layout has minutes with am/pm.
-            ("single-digit hour with minutes and am", "9:30am"),
-            ("single-digit hour with minutes and pm", "9:30pm"),
-            ("unpadded hour with minutes and pm", "3:04pm"),
-            ("hour 24", "24:00"),
-            ("hour 24 alone", "24"),
-            ("hour 25", "25"),
-            ("single-digit minute", "9:5"),
-            ("single-digit minute after zero", "0:0"),
-            ("three-digit minute", "9:055"),
-            ("minute 60", "9:60"),
-            ("second 60", "23:59:60"),
-            ("single-digit minute and second", "1:2:3"),
-            ("single-digit second", "1:02:3"),
-            ("point without fraction digits", "23:59:59."),
-            ("fraction after minutes", "23:59.5"),
-            ("upper-case PM", "9PM"),
-            ("mixed-case Pm", "9Pm"),
-            ("hour 13 pm", "13pm"),
-            ("hour 13 with minutes pm", "13:00pm"),
-            ("seconds with pm", "9:30:00pm"),
-            ("space before pm", "9:30 pm"),
-            ("three-digit hour", "009"),
-            ("leading space", " 9"),
-            ("trailing space", "9 "),
-            ("sign", "+9"),
-            ("negative", "-1"),
-            ("empty", ""),
-        ];
-        for &(name, text) in rejected {
-            assert_eq!(parse_time_of_day(text), None, "case {name}: {text:?}");
-        }
-    }
-
-    #[rustfmt::skip]
-    #[test]
     fn construction_errors_name_flag_and_value() {
-        let every: &[&str] = &DEFAULT_REBOOT_DAYS;
+        let every: &[&str] = &EVERY_DAY;
         type Row<'a> = (&'a str, &'a [&'a str], &'a str, &'a str, &'a str, &'a str);
         let cases: &[Row] = &[
             ("bad day", &["mo", "funday"], "0:00", "23:59:59", "UTC",
@@ -1135,14 +576,14 @@ mod tests {
         ];
         for &(name, zone, want) in cases {
             assert_eq!(
-                window(("mo", "0:00", "1:00", zone)).zone_name(),
+                window(("mo", "0:00", "1:00", zone)).zone_name,
                 want,
                 "case {name}"
             );
         }
         assert_eq!(
-            window(("mo", "0:00", "1:00", "")).zone(),
-            &TimeZone::UTC,
+            window(("mo", "0:00", "1:00", "")).zone,
+            TimeZone::UTC,
             "empty zone is UTC itself"
         );
         // "Local" depends on the host and the build; whatever happens, a failure names the value.
@@ -1155,14 +596,14 @@ mod tests {
     }
 
     #[test]
-    fn accessors() {
+    fn the_flags_are_kept_as_parsed() {
         let w = window(BERLIN_WEEKNIGHTS);
         assert_eq!(
-            w.days(),
+            w.days,
             Weekdays::parse(&["mo", "tu", "we", "th", "fr"]).unwrap_or_default()
         );
-        assert_eq!(w.start_time(), civil::Time::constant(22, 0, 0, 0));
-        assert_eq!(w.end_time(), civil::Time::constant(6, 0, 0, 0));
+        assert_eq!(w.start, civil::Time::constant(22, 0, 0, 0));
+        assert_eq!(w.end, civil::Time::constant(6, 0, 0, 0));
         assert!(w.spans_midnight(), "22:00-06:00 runs across midnight");
         assert!(!window(UTC_DEFAULTS).spans_midnight(), "the defaults do not");
     }
@@ -1187,7 +628,7 @@ mod tests {
         }
     }
 
-    fn opening(opens: &str, closes: &str) -> Opening {
+    pub(super) fn opening(opens: &str, closes: &str) -> Opening {
         Opening {
             opens: Some(ts(opens)),
             closes: Some(ts(closes)),
@@ -1315,85 +756,6 @@ mod tests {
             "reopens when Sunday begins"
         );
     }
-
-    #[test]
-    fn schedule_json_shape() {
-        let nights = window(BERLIN_WEEKNIGHTS);
-        let json = serde_json::to_value(nights.schedule(ts("2026-11-27T21:30:00+01:00"), 2)).ok();
-        let want = serde_json::json!({
-            "inside": false,
-            "windows": [
-                {"opens": "2026-11-27T22:00:00+01:00", "closes": "2026-11-28T00:00:00+01:00"},
-                {"opens": "2026-11-30T00:00:00+01:00", "closes": "2026-11-30T06:00:00.999999999+01:00"},
-            ]
-        });
-        assert_eq!(json, Some(want), "outside, two windows");
-
-        let json = serde_json::to_value(nights.schedule(ts("2026-11-27T23:00:00+01:00"), 1)).ok();
-        let want = serde_json::json!({
-            "inside": true,
-            "windows": [{"opens": "2026-11-27T22:00:00+01:00", "closes": "2026-11-28T00:00:00+01:00"}]
-        });
-        assert_eq!(json, Some(want), "inside, the current window first");
-
-        let always = window(UTC_DEFAULTS);
-        let json = serde_json::to_value(always.schedule(ts("2026-11-27T21:30:00Z"), 2)).ok();
-        let want = serde_json::json!({"inside": true, "windows": [{"opens": null, "closes": null}]});
-        assert_eq!(json, Some(want), "always open");
-
-        let never = window(("", "0:00", "23:59:59", "UTC"));
-        let json = serde_json::to_value(never.schedule(ts("2026-11-27T21:30:00Z"), 2)).ok();
-        assert_eq!(
-            json,
-            Some(serde_json::json!({"inside": false, "windows": []})),
-            "no days"
-        );
-    }
-
-    #[test]
-    fn schedule_text() {
-        let at = ts("2026-11-27T21:30:00+01:00");
-        let schedule = window(BERLIN_WEEKNIGHTS).schedule(at, 3);
-        assert_eq!(schedule.at(), at);
-        assert_eq!(
-            schedule.windows[0].opening(),
-            opening("2026-11-27T22:00:00+01:00", "2026-11-28T00:00:00+01:00")
-        );
-        insta::assert_snapshot!(schedule.render_text(), @r"
-        Window  ---MonTueWedThuFri--- between 22:00 and 06:00 Europe/Berlin
-        At      Fri 2026-11-27 21:30:00 +01:00  (Fri 2026-11-27 20:30:00 +00:00)
-        Inside  no
-
-        #  zone           opens                           closes
-        1  Europe/Berlin  Fri 2026-11-27 22:00:00 +01:00  Sat 2026-11-28 00:00:00 +01:00
-           UTC            Fri 2026-11-27 21:00:00 +00:00  Fri 2026-11-27 23:00:00 +00:00
-        2  Europe/Berlin  Mon 2026-11-30 00:00:00 +01:00  Mon 2026-11-30 06:00:00.999999999 +01:00
-           UTC            Sun 2026-11-29 23:00:00 +00:00  Mon 2026-11-30 05:00:00.999999999 +00:00
-        3  Europe/Berlin  Mon 2026-11-30 22:00:00 +01:00  Tue 2026-12-01 06:00:00.999999999 +01:00
-           UTC            Mon 2026-11-30 21:00:00 +00:00  Tue 2026-12-01 05:00:00.999999999 +00:00
-        ");
-
-        let always = window(UTC_DEFAULTS).schedule(ts("2026-11-27T21:30:00Z"), 3);
-        insta::assert_snapshot!(always.render_text(), @r"
-        Window  SunMonTueWedThuFriSat between 00:00 and 23:59:59 UTC
-        At      Fri 2026-11-27 21:30:00 +00:00  (Fri 2026-11-27 21:30:00 +00:00)
-        Inside  yes
-
-        #  zone  opens                   closes
-        1  UTC   (open for over a year)  never
-           UTC   (open for over a year)  never
-        ");
-
-        let never = window(("", "0:00", "23:59:59", "UTC")).schedule(ts("2026-11-27T21:30:00Z"), 3);
-        insta::assert_snapshot!(never.render_text(), @r"
-        Window  (No days) between 00:00 and 23:59:59 UTC
-        At      Fri 2026-11-27 21:30:00 +00:00  (Fri 2026-11-27 21:30:00 +00:00)
-        Inside  no
-
-        The window does not open within a year.
-        ");
-    }
-
     const DST_ZONES: [&str; 6] = [
         "America/New_York",
         "Europe/Berlin",
@@ -1425,7 +787,7 @@ mod tests {
             |(mask, start, end, zone)| {
                 let days: Vec<&str> = (0..7)
                     .filter(|i| mask & (1 << i) != 0)
-                    .map(|i| DEFAULT_REBOOT_DAYS[i])
+                    .map(|i| EVERY_DAY[i])
                     .collect();
                 RebootWindow::new(&days, &start, &end, zone).ok()
             },
@@ -1447,7 +809,7 @@ mod tests {
             .map(|s| shift(from, s.rem_euclid(span) * 1_000_000_000 + s.rem_euclid(7)))
             .collect();
         let transitions = w
-            .zone()
+            .zone
             .following(from)
             .map(|t| t.timestamp())
             .take_while(|&t| t < until);
