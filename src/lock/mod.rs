@@ -25,6 +25,7 @@ use crate::duration::GoDuration;
 use crate::kube_error;
 
 pub mod daemonset;
+pub mod policy;
 pub mod reclaim;
 pub mod record;
 pub mod turn;

@@ -7,7 +7,7 @@
 //! GET of each holder's Node (never a cached copy), whether it still exists. Only the API
 //! server's own answer that this Node is not found counts; any other answer or error leaves the
 //! entry alone. The entry is then removed by the lock's conditional write, only as it was judged
-//! ([`record::decide_reclaim`](super::record::decide_reclaim)): when several waiting agents find
+//! ([`policy::decide_reclaim`](super::policy::decide_reclaim)): when several waiting agents find
 //! the same gone holder, one write wins and the others find nothing left to remove.
 //!
 //! Entries without `created` are never reclaimed: agents always write it, so such an entry was
@@ -24,7 +24,8 @@ use kube::Api;
 use kube::core::Status;
 use tracing::{debug, warn};
 
-use super::record::{self, LockRecord};
+use super::policy;
+use super::record::LockRecord;
 use super::{DaemonSetLock, LockEntry, Reclaim, Seen};
 use crate::kube_error;
 
@@ -48,7 +49,7 @@ fn says_node_is_gone(status: &Status, node: &str) -> bool {
 pub async fn reclaim_gone_holders(lock: &DaemonSetLock, seen: &Seen, now: Timestamp) -> Vec<LockEntry> {
     let own = &lock.settings().node_id;
     // An unreadable annotation is for the caller's round to report.
-    let Ok(mut candidates) = record::reclaim_candidates(seen.annotation(), own, now) else {
+    let Ok(mut candidates) = policy::reclaim_candidates(seen.annotation(), own, now) else {
         return Vec::new();
     };
     candidates.retain(|e| old_enough(e, now));
