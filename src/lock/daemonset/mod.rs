@@ -21,21 +21,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use kube::api::{ApiResource, DynamicObject, PostParams};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
+use self::cache::{Cached, POLL_INTERVAL};
 use super::record::{self, Change, Decision, RecordError};
 use super::{
     Acquire, Claim, LockEntry, LockError, LockObject, LockSettings, LockState, RebootLock, Reclaim, Release,
     Result, Seen,
 };
+
+mod cache;
 
 /// Writes in a row that may meet a conflict before we give up. Each conflict means another agent's
 /// write just won, so ten in a row is a crowd; the caller's loop tries again later instead of this
@@ -47,10 +47,6 @@ const CONFLICT_BACKOFF_BASE: Duration = Duration::from_millis(50);
 /// Longest pause after a conflict (the pause doubles per conflict), so that a freed slot is still
 /// taken within about a second.
 const CONFLICT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Polling period when RBAC forbids watching the DaemonSet: one GET per waiting agent per 10 s
-/// keeps a waiting fleet of 100 nodes at 10 requests per second.
-const POLL_INTERVAL: Duration = Duration::from_secs(10);
-
 /// The DaemonSet as read: the object to write back and its lock annotation.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -75,27 +71,6 @@ impl Snapshot {
     /// The resourceVersion a write based on this snapshot is conditional on.
     pub fn resource_version(&self) -> Option<&str> {
         self.object.metadata.resource_version.as_deref()
-    }
-}
-
-/// What the watch of the lock object last saw.
-#[derive(Debug, Clone)]
-enum Cached {
-    /// Not watching, or (re)listing after an error: read from the API server.
-    Unknown,
-    /// The DaemonSet does not exist.
-    Absent,
-    Present(Box<Snapshot>),
-}
-
-impl Cached {
-    /// The annotation as the watch saw it; `None` when it knows nothing.
-    fn annotation(&self) -> Option<Option<&str>> {
-        match self {
-            Cached::Unknown => None,
-            Cached::Absent => Some(None),
-            Cached::Present(snapshot) => Some(snapshot.annotation()),
-        }
     }
 }
 
@@ -376,79 +351,6 @@ impl DaemonSetLock {
                 value: snapshot.annotation().unwrap_or_default().to_owned(),
                 source,
             },
-        }
-    }
-
-    /// Starts the watch of the lock object, once.
-    fn start_watch(&self) {
-        self.watching.get_or_init(|| {
-            let task = WatchTask {
-                api: self.api.clone(),
-                name: self.name.clone(),
-                object: self.object.clone(),
-                annotation: self.annotation.clone(),
-                cache: self.cache.clone(),
-                poll: self.poll.clone(),
-            };
-            tokio::spawn(task.run()).abort_handle()
-        });
-    }
-}
-
-/// Keeps [`DaemonSetLock`]'s cache up to date from a watch of the lock object, until the lock is
-/// dropped or RBAC forbids the watch.
-struct WatchTask {
-    api: Api<DynamicObject>,
-    name: String,
-    object: String,
-    annotation: String,
-    cache: Arc<watch::Sender<Cached>>,
-    poll: Arc<AtomicBool>,
-}
-
-impl WatchTask {
-    async fn run(self) {
-        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
-        // The watcher lists, then watches, and lists again when the watch expires; after an
-        // error it backs off (up to about a minute) before trying again.
-        let mut events = std::pin::pin!(watcher::watcher(self.api.clone(), config).default_backoff());
-        let mut listed = Cached::Absent;
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(Event::Init) => listed = Cached::Absent,
-                Ok(Event::InitApply(object)) => {
-                    listed = Cached::Present(Box::new(Snapshot::of(object, &self.annotation)))
-                }
-                Ok(Event::InitDone) => {
-                    self.cache
-                        .send_replace(std::mem::replace(&mut listed, Cached::Absent));
-                }
-                Ok(Event::Apply(object)) => {
-                    self.cache
-                        .send_replace(Cached::Present(Box::new(Snapshot::of(object, &self.annotation))));
-                }
-                Ok(Event::Delete(_)) => {
-                    self.cache.send_replace(Cached::Absent);
-                }
-                Err(source) => {
-                    let error = LockError::Watch {
-                        object: self.object.clone(),
-                        source,
-                    };
-                    if error.is_forbidden() {
-                        warn!(object = %self.object, error = %crate::error_chain(&error),
-                            "may not watch the lock object; polling it every {POLL_INTERVAL:?} instead \
-                             (grant list and watch on daemonsets to see a freed lock at once)");
-                        // Before waking the waiters, so that they see it.
-                        self.poll.store(true, Ordering::Relaxed);
-                        self.cache.send_replace(Cached::Unknown);
-                        return;
-                    }
-                    warn!(object = %self.object, error = %crate::error_chain(&error),
-                        "watching the lock object failed; reading it directly until the watch is back");
-                    self.cache.send_replace(Cached::Unknown);
-                }
-            }
         }
     }
 }
