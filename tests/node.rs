@@ -103,7 +103,6 @@ async fn cordoning_a_node_cordoned_by_someone_else_says_so() {
         .await
         .expect("cordoning");
     assert_eq!(cordon, Cordon::AlreadyCordoned);
-    assert!(cordon.was_unschedulable());
     let node = read(&nodes, &name).await;
     assert!(node::is_unschedulable(&node));
     assert!(

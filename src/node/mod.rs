@@ -148,14 +148,6 @@ pub enum Cordon {
     AlreadyCordoned,
 }
 
-impl Cordon {
-    /// Whether the node was unschedulable before: what the lock records, so that the node is
-    /// uncordoned after the reboot only if kured cordoned it.
-    pub fn was_unschedulable(self) -> bool {
-        self == Cordon::AlreadyCordoned
-    }
-}
-
 /// Whether the node carries kured's record of its own cordon ([`CORDONED_BY_KURED`]).
 pub fn cordoned_by_kured(node: &Node) -> bool {
     has_annotation(node, CORDONED_BY_KURED)
@@ -484,11 +476,5 @@ mod tests {
             .parse()
             .expect("a timestamp");
         assert_eq!(annotation_time(at), "2024-03-10T21:15:07Z");
-    }
-
-    #[test]
-    fn cordon_outcome_records_the_previous_state() {
-        assert!(Cordon::AlreadyCordoned.was_unschedulable());
-        assert!(!Cordon::Cordoned.was_unschedulable());
     }
 }
