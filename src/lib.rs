@@ -90,19 +90,15 @@ mod tests {
     #[test]
     fn causes_the_line_already_quotes_are_left_out() {
         #[derive(Debug, thiserror::Error)]
-        #[error("outer: {0}")]
-        struct Repeats(#[source] std::io::Error);
-        assert_eq!(
-            error_chain(&Repeats(std::io::Error::other("refused"))),
-            "outer: refused"
-        );
-
-        #[derive(Debug, thiserror::Error)]
-        #[error("outer")]
-        struct Wraps(#[source] std::io::Error);
-        assert_eq!(
-            error_chain(&Wraps(std::io::Error::other("refused"))),
-            "outer: refused"
-        );
+        enum Outer {
+            #[error("outer: {0}")]
+            Quotes(#[source] std::io::Error),
+            #[error("outer")]
+            Wraps(#[source] std::io::Error),
+        }
+        let refused = || std::io::Error::other("refused");
+        for error in [Outer::Quotes(refused()), Outer::Wraps(refused())] {
+            assert_eq!(error_chain(&error), "outer: refused", "{error:?}");
+        }
     }
 }
