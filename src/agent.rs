@@ -998,13 +998,7 @@ impl<N: Notifier> Agent<N> {
         if published.is_some() {
             return;
         }
-        let previous = node
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(STATE_ANNOTATION))
-            .and_then(|text| AgentState::parse(text).ok());
-        if let Some(previous) = previous {
+        if let Some(previous) = AgentState::published_on(node) {
             *published = Some(previous);
         }
     }
