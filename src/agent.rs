@@ -1,9 +1,8 @@
 //! The agent: one per node. It gathers an [`Observation`], asks [`decide`] for the next
 //! [`Step`], carries it out, and waits for whatever can change the answer — the sentinel file
-//! (inotify), the lock object (a watch), the window's next opening (a timer), or the period
+//! ([`SentinelWatch`]), the lock object (a watch), the window's next opening (a timer), or the period
 //! (the fallback, and the clock for sentinel commands and blockers).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,6 +23,7 @@ use crate::lock::{Acquire, Claim, DaemonSetLock, LockState, RebootLock, Release,
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::node::{self, Annotations, Cordon, OwnNode};
 use crate::notify::{self, Event, Notifier};
+use crate::sentinel::SentinelWatch;
 use crate::state::{AgentState, Phase, STATE_ANNOTATION};
 
 /// Upstream refreshes `kured_reboot_required` every minute, whatever `--period` is; so do we,
@@ -1104,69 +1104,6 @@ impl Jitter {
         *state ^= *state >> 7;
         *state ^= *state << 17;
         *state
-    }
-}
-
-/// Changes to the sentinel file, through inotify on its directory (the file itself comes and
-/// goes). Without a file sentinel, or if inotify is unavailable, it never fires and the period
-/// does the work.
-struct SentinelWatch {
-    events: Option<(inotify::EventStream<Vec<u8>>, std::ffi::OsString)>,
-}
-
-impl SentinelWatch {
-    fn new(path: Option<&Path>) -> SentinelWatch {
-        let events = path.and_then(|path| match Self::watch(path) {
-            Ok(events) => Some(events),
-            Err(e) => {
-                warn!(path = %path.display(), error = %e, "cannot watch the sentinel file; checking it every period");
-                None
-            }
-        });
-        SentinelWatch { events }
-    }
-
-    fn watch(path: &Path) -> std::io::Result<(inotify::EventStream<Vec<u8>>, std::ffi::OsString)> {
-        use inotify::{Inotify, WatchMask};
-        let dir: PathBuf = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("/"))
-            .to_owned();
-        let name = path.file_name().map(ToOwned::to_owned).unwrap_or_default();
-        let inotify = Inotify::init()?;
-        inotify.watches().add(
-            &dir,
-            WatchMask::CREATE
-                | WatchMask::DELETE
-                | WatchMask::MOVED_TO
-                | WatchMask::MOVED_FROM
-                | WatchMask::CLOSE_WRITE,
-        )?;
-        Ok((inotify.into_event_stream(vec![0u8; 4096])?, name))
-    }
-
-    /// Resolves when the sentinel file is created, removed or replaced.
-    async fn changed(&mut self) {
-        use futures_util::StreamExt;
-        let Some((events, name)) = &mut self.events else {
-            return std::future::pending().await;
-        };
-        loop {
-            match events.next().await {
-                Some(Ok(event)) if event.name.as_deref() == Some(name.as_os_str()) => return,
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => {
-                    warn!(error = %e, "reading sentinel file events; checking it every period from now on");
-                    self.events = None;
-                    return std::future::pending().await;
-                }
-                None => {
-                    self.events = None;
-                    return std::future::pending().await;
-                }
-            }
-        }
     }
 }
 
