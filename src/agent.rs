@@ -18,8 +18,7 @@ use crate::config::Config;
 use crate::decide::{self, AfterDrainFailure, LockView, Observation, OurEntry, Policy, SentinelView, Step};
 use crate::drain::Drainer;
 use crate::kube_error;
-use crate::lock::record::decide_acquire;
-use crate::lock::{Acquire, Claim, DaemonSetLock, LockState, RebootLock, Release, Seen, turn};
+use crate::lock::{Acquire, Claim, DaemonSetLock, LockError, RebootLock, Release, Seen, Slot, Standing};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::node::{self, Annotations, Cordon, OwnNode};
 use crate::notify::{self, Event, Notifier};
@@ -61,12 +60,12 @@ pub enum AgentError {
     Server(#[source] tokio::task::JoinError),
 }
 
-/// Everything the agent acts through.
-struct Agent<N> {
+/// Everything the agent acts through. `L`: the reboot lock, known only through its trait.
+struct Agent<N, L> {
     config: Config,
     policy: Policy,
     node: OwnNode,
-    lock: DaemonSetLock,
+    lock: L,
     drainer: Drainer,
     blockers: Blockers,
     notifier: N,
@@ -250,7 +249,7 @@ fn until(at: Timestamp) -> Duration {
     Duration::try_from(left).unwrap_or(Duration::ZERO)
 }
 
-impl<N: Notifier> Agent<N> {
+impl<N: Notifier, L: RebootLock> Agent<N, L> {
     fn period(&self) -> Duration {
         self.config.period
     }
@@ -310,12 +309,12 @@ impl<N: Notifier> Agent<N> {
     /// as last read. Changes that leave every slot to others (another hand-off among them, at
     /// higher concurrency) are waited through without a round: no node read, no write. A freed
     /// slot is seen by every waiting agent at once: each waits its turn delay for that state of
-    /// the lock ([`turn::turn_delay`]), and takes its turn only if the lock is still as it was,
-    /// so that normally one of them writes and the others see its write (the watched copy, no
-    /// request) and go on waiting. A slot freed by an entry's TTL changes nothing in the object;
+    /// the lock ([`RebootLock::turn_delay`]), and takes its turn only if the lock is still as it
+    /// was, so that normally one of them writes and the others see its write (the watched copy,
+    /// no request) and go on waiting. A slot freed by an entry's TTL changes nothing in the object;
     /// the caller bounds the wait for that, and the round after it waits its turn the same way.
     /// An unreadable lock is waited on until it changes, and left for the round to report.
-    async fn lock_may_admit(&self, mut seen: Seen) -> Result<(), crate::lock::LockError> {
+    async fn lock_may_admit(&self, mut seen: Seen) -> Result<(), LockError> {
         loop {
             match self.lock_admits(&seen) {
                 Some(true) => {}
@@ -328,7 +327,7 @@ impl<N: Notifier> Agent<N> {
                     return Ok(());
                 }
             }
-            let delay = turn::turn_delay(seen.annotation(), &self.config.node_id, self.jitter.draw());
+            let delay = self.lock.turn_delay(&seen, self.jitter.draw());
             tokio::select! {
                 () = tokio::time::sleep(delay) => {
                     *self.turn.lock().unwrap_or_else(|e| e.into_inner()) = Some(seen);
@@ -341,18 +340,14 @@ impl<N: Notifier> Agent<N> {
 
     /// Whether the lock as `seen` leaves a slot to this node; `None` when it is unreadable.
     fn lock_admits(&self, seen: &Seen) -> Option<bool> {
-        decide_acquire(
-            seen.annotation(),
-            self.lock.settings(),
-            &Claim::default(),
-            Timestamp::now(),
-        )
-        .ok()
-        .map(|decision| !matches!(decision.outcome, Acquire::Blocked { .. }))
+        self.lock
+            .standing(seen, Timestamp::now())
+            .ok()
+            .map(|standing| standing.slot == Slot::Free)
     }
 
-    /// Gathers what `decide` needs. The lock is read in full and evaluated with the lock's own
-    /// rules, so "available" means exactly what `acquire` would conclude.
+    /// Gathers what `decide` needs. The lock is read in full and judged by the lock's own rules
+    /// ([`RebootLock::standing`]), so "available" means exactly what `acquire` would conclude.
     ///
     /// While the agent waits for the lock, holding nothing, the Node read at an earlier waiting
     /// round stands in (up to [`WAITING_NODE_REUSE`]): nothing the decision takes from it changes
@@ -372,7 +367,7 @@ impl<N: Notifier> Agent<N> {
             .as_deref()
             .is_some_and(|key| node::prefer_no_schedule_taint(&node, key).is_some());
         let (lock, seen) = match self.lock.read().await {
-            Ok(state) => (self.lock_view(&state, now), state.seen),
+            Ok(state) => (self.lock_view(&state.seen, now), state.seen),
             Err(e) if e.is_corrupt() => {
                 let seen = e.seen().unwrap_or_else(|| Seen::new(None));
                 (LockView::Unreadable(crate::error_chain(&e)), seen)
@@ -405,45 +400,25 @@ impl<N: Notifier> Agent<N> {
         Ok((observation, seen))
     }
 
-    /// The lock as this node sees it. Our own entry counts as ours also once its TTL has run out:
-    /// the node it put out of service must be brought back either way.
-    fn lock_view(&self, state: &LockState, now: Timestamp) -> LockView {
-        let node_id = &self.config.node_id;
-        let own = state.record.as_ref().and_then(|record| {
-            record
-                .held_by(node_id, now)
-                .or_else(|| record.entries().iter().find(|e| &e.node_id == node_id))
-        });
-        if let Some(entry) = own {
-            return LockView::Ours(OurEntry {
-                boot_id: entry.boot_id.clone(),
+    /// The lock as `seen`, as this node sees it. Our own entry counts as ours also once its TTL
+    /// has run out: the node it put out of service must be brought back either way.
+    fn lock_view(&self, seen: &Seen, now: Timestamp) -> LockView {
+        match self.lock.standing(seen, now) {
+            Ok(Standing { own: Some(entry), .. }) => LockView::Ours(OurEntry {
+                expired: entry.is_expired(now),
+                boot_id: entry.boot_id,
                 was_unschedulable: entry.metadata.unschedulable,
                 release_after: entry.release_after,
-                expired: entry.is_expired(now),
-            });
-        }
-        match decide_acquire(
-            state.seen.annotation(),
-            self.lock.settings(),
-            &Claim::default(),
-            now,
-        ) {
-            Ok(decision) => match decision.outcome {
-                Acquire::Blocked {
-                    holders, next_expiry, ..
-                } => LockView::HeldByOthers {
-                    holders: holders.iter().map(|h| h.node_id.clone()).collect(),
-                    next_expiry,
-                },
-                Acquire::Acquired(_) | Acquire::AlreadyHeld(_) => LockView::Available,
+            }),
+            Ok(Standing { slot: Slot::Free, .. }) => LockView::Available,
+            Ok(Standing {
+                slot: Slot::Taken { holders, next_expiry },
+                ..
+            }) => LockView::HeldByOthers {
+                holders: holders.into_iter().map(|h| h.node_id).collect(),
+                next_expiry,
             },
-            Err(e) => LockView::Unreadable(format!(
-                "{}/{} annotation {}: {}",
-                self.config.lock_object.namespace,
-                self.config.lock_object.name,
-                self.config.lock_object.annotation,
-                crate::error_chain(&e)
-            )),
+            Err(e) => LockView::Unreadable(crate::error_chain(&e)),
         }
     }
 
@@ -1047,10 +1022,10 @@ impl<N: Notifier> Agent<N> {
         }
     }
 
-    /// Removes the lock entries of holders whose Node no longer exists (see `lock::reclaim`), and
-    /// counts them; true when a slot was freed.
+    /// Removes the lock entries of holders whose Node no longer exists
+    /// ([`RebootLock::reclaim_gone_holders`]), and counts them; true when a slot was freed.
     async fn reclaim_gone_holders(&self, seen: &Seen) -> bool {
-        let reclaimed = crate::lock::reclaim::reclaim_gone_holders(&self.lock, seen, Timestamp::now()).await;
+        let reclaimed = self.lock.reclaim_gone_holders(seen, Timestamp::now()).await;
         for _ in &reclaimed {
             self.metrics.count_lock_reclaimed();
         }
