@@ -1,7 +1,8 @@
 //! The agent: one per node. It gathers an [`Observation`], asks [`decide`] for the next
 //! [`Step`], carries it out, and waits for whatever can change the answer — the sentinel file
-//! ([`SentinelWatch`]), the lock object (a watch), the window's next opening (a timer), or the period
-//! (the fallback, and the clock for sentinel commands and blockers).
+//! ([`SentinelWatch`]), the lock object (a watch), the window's next opening (a timer), or the
+//! period (the fallback, and the clock for sentinel commands and blockers). How long it waits
+//! comes from [`decide::next_wait`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,9 @@ use tracing::{error, info, warn};
 
 use crate::blockers::{Blocker, BlockerError, Blockers};
 use crate::config::Config;
-use crate::decide::{self, AfterDrainFailure, LockView, Observation, OurEntry, Policy, SentinelView, Step};
+use crate::decide::{
+    self, AfterDrainFailure, LockView, Observation, OurEntry, Policy, SentinelView, Situation, Step,
+};
 use crate::drain::Drainer;
 use crate::kube_error;
 use crate::lock::{Acquire, Claim, DaemonSetLock, LockError, RebootLock, Release, Seen, Slot, Standing};
@@ -25,27 +28,15 @@ use crate::notify::{self, Event, Notifier};
 use crate::sentinel::SentinelWatch;
 use crate::state::{AgentState, Phase, STATE_ANNOTATION};
 
-/// Upstream refreshes `kured_reboot_required` every minute, whatever `--period` is; so do we,
-/// so that dashboards and alerts see a sentinel change within a minute.
-const METRIC_REFRESH: Duration = Duration::from_secs(60);
-/// Blockers (alerts, pods) are looked at again this often while they hold a reboot back: an
-/// alert that clears should not cost a whole `--period`.
-const BLOCKER_RECHECK: Duration = Duration::from_secs(60);
-/// After a failed API call, try again after this long (or the period, if shorter).
-const ERROR_RETRY: Duration = Duration::from_secs(10);
 /// How long a write that must happen (a cordon without `--drain-timeout`, an uncordon) retries
 /// transient API errors within one round: an API server outage of a few minutes costs no
 /// round; a longer one ends the round, and the next one starts over from what it observes.
 const API_RETRY_LIMIT: Duration = Duration::from_secs(180);
-/// Up to this much random delay before acting on a window that just opened, so that many
-/// waiting nodes do not all start at the same instant. (A freed lock slot is taken in turns
-/// instead: see [`crate::lock::turn`].)
-const JITTER: Duration = Duration::from_millis(500);
 /// A Node read while waiting for the lock stands in for a new read at the next waiting round for
 /// at most this long (see [`Agent::observe`]).
 const WAITING_NODE_REUSE: Duration = Duration::from_secs(600);
 /// A lock read at the start of a round stands in for the read of a write later in the same round
-/// (see [`DaemonSetLock::reusing_reads_for`]).
+/// (see [`DaemonSetLock::reusing_reads_for`]), and so does the Node read with it.
 const LOCK_READ_REUSE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -93,30 +84,7 @@ struct Agent<N, L> {
 }
 
 /// What the agent waits for before it looks again.
-#[derive(Debug)]
-enum Wait {
-    /// Look again at once.
-    Now,
-    /// Until this long has passed, or something we watch changes.
-    For(Duration),
-    /// Until this instant, or something we watch changes.
-    Until(Timestamp),
-    /// Until the lock object differs from `seen`, at most `limit`.
-    LockChange { seen: Seen, limit: Duration },
-}
-
-impl Wait {
-    /// The longest this wait can last (see [`Agent::pause`]), ticks of the metric refresh aside.
-    fn longest(&self) -> Duration {
-        match self {
-            Wait::Now => Duration::ZERO,
-            Wait::For(d) => *d,
-            Wait::Until(at) => until(*at),
-            // A failed lock watch adds a retry pause of at most the limit.
-            Wait::LockChange { limit, .. } => limit.saturating_mul(2),
-        }
-    }
-}
+type Wait = decide::Wait<Seen>;
 
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(
@@ -178,11 +146,12 @@ pub async fn run(
     );
 
     let mut sentinel_events = SentinelWatch::new(agent.config.sentinel.watch_path());
-    let mut metric_tick = tokio::time::interval(METRIC_REFRESH.min(agent.config.period));
+    let mut metric_tick =
+        tokio::time::interval(agent.wait(Situation::MetricRefresh).longest(Timestamp::now()));
     metric_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut wait = Wait::Now;
     loop {
-        liveness.pausing(wait.longest());
+        liveness.pausing(wait.longest(Timestamp::now()));
         let pause = pause_through_ticks(agent.pause(wait), &mut metric_tick, async || {
             agent.refresh_metric().await;
         });
@@ -244,14 +213,19 @@ async fn pause_through_ticks(
     }
 }
 
+/// How long from now until `at`; zero once it has passed.
 fn until(at: Timestamp) -> Duration {
-    let left = at.duration_since(Timestamp::now());
-    Duration::try_from(left).unwrap_or(Duration::ZERO)
+    decide::time_until(at, Timestamp::now())
 }
 
 impl<N: Notifier, L: RebootLock> Agent<N, L> {
     fn period(&self) -> Duration {
         self.config.period
+    }
+
+    /// The wait for `situation`, from now.
+    fn wait(&self, situation: Situation<Seen>) -> Wait {
+        decide::next_wait(situation, self.period(), Timestamp::now())
     }
 
     /// Waits as the last round asked.
@@ -265,20 +239,22 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                     Ok(Ok(())) | Err(_) => {}
                     Ok(Err(e)) => {
                         warn!(error = %crate::error_chain(&e), "watching the lock");
-                        tokio::time::sleep(ERROR_RETRY.min(limit)).await;
+                        let retry = self.wait(Situation::LockWatchFailed { limit });
+                        tokio::time::sleep(retry.longest(Timestamp::now())).await;
                     }
                 }
             }
         }
     }
 
-    /// How long the reboot window stays open from now: waiting for the lock ends there, so the
-    /// taint comes off and nothing is taken outside the window.
-    fn until_window_closes(&self) -> Duration {
+    /// When the reboot window closes: `None` when it stays open, now when it is closed already.
+    /// Waiting for the lock ends there, so the taint comes off and nothing is taken outside the
+    /// window.
+    fn window_closes(&self) -> Option<Timestamp> {
         let now = Timestamp::now();
         match self.config.window.next_windows(now, 1).first() {
-            Some(w) if w.contains(now) => w.closes.map(until).unwrap_or(Duration::MAX),
-            _ => Duration::ZERO,
+            Some(w) if w.contains(now) => w.closes,
+            _ => Some(now),
         }
     }
 
@@ -457,14 +433,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             .map(|(node, _)| node.clone())
     }
 
-    /// [`Agent::boot_id_of`] our Node, read now.
-    async fn current_boot_id(&self) -> Result<Option<String>, node::NodeError> {
-        if let Ok(id) = node::local_boot_id() {
-            return Ok(Some(id));
-        }
-        Ok(self.boot_id_of(&self.node.get().await?))
-    }
-
+    /// One round: observe, decide, act.
     async fn step(&self) -> Wait {
         let sentinel = self.check_sentinel().await;
         if sentinel == SentinelView::NotRequired && self.settled.load(Ordering::Relaxed) {
@@ -473,14 +442,14 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             // still holds (published again only if publishing it failed). No request: an idle
             // fleet costs the API server nothing.
             self.publish(Some(false), Phase::Idle, String::new()).await;
-            return Wait::For(self.period());
+            return self.wait(Situation::Idle);
         }
         let now = Timestamp::now();
         let (mut obs, seen) = match self.observe(now, sentinel).await {
             Ok(o) => o,
             Err(e) => {
                 error!(node = %self.config.node_id, error = %e, "reading the node");
-                return Wait::For(ERROR_RETRY.min(self.period()));
+                return self.wait(Situation::ApiError);
             }
         };
         if !matches!(obs.lock, LockView::Ours(_)) {
@@ -534,26 +503,26 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 if remove_taint {
                     self.remove_taint().await;
                 }
-                Wait::For(self.period())
+                self.wait(Situation::Idle)
             }
             Step::SentinelFailed(e) => {
                 warn!(node = %node, error = %e, "sentinel check failed; no reboot until it succeeds");
-                Wait::For(self.period())
+                self.wait(Situation::SentinelFailed)
             }
             Step::WaitForWindow { opens, remove_taint } => {
                 if remove_taint {
                     self.remove_taint().await;
                 }
                 info!(node = %node, opens = ?opens.map(|t| t.to_string()), "reboot required; waiting for the reboot window");
-                match opens {
-                    Some(at) => Wait::Until(at.checked_add(self.jitter.next(JITTER)).unwrap_or(at)),
-                    None => Wait::For(self.period()),
-                }
+                self.wait(Situation::WindowClosed {
+                    opens,
+                    draw: self.jitter.draw(),
+                })
             }
-            Step::CheckBlockers => Wait::Now,
+            Step::CheckBlockers => self.wait(Situation::LookAgain),
             Step::Blocked(reasons) => {
                 info!(node = %node, blockers = %reasons.join("; "), "reboot required, but blocked");
-                Wait::For(BLOCKER_RECHECK.min(self.period()))
+                self.wait(Situation::Blocked)
             }
             Step::WaitForLock {
                 holders,
@@ -561,7 +530,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 add_taint,
             } => {
                 if self.reclaim_gone_holders(&seen).await {
-                    return Wait::Now;
+                    return self.wait(Situation::LookAgain);
                 }
                 if add_taint && let Some(key) = &self.config.prefer_no_schedule_taint {
                     self.best_effort(
@@ -574,53 +543,42 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                     self.waiting.store(true, Ordering::Relaxed);
                 }
                 info!(node = %node, holders = %holders.join(","), "reboot required; waiting for the lock");
-                Wait::LockChange {
+                self.wait(Situation::LockTaken {
                     seen,
-                    limit: self
-                        .until_window_closes()
-                        .min(self.period())
-                        .min(self.until_expiry(next_expiry)),
-                }
+                    next_expiry,
+                    window_closes: self.window_closes(),
+                })
             }
             Step::LockUnreadable(e) => {
                 error!(node = %node, error = %e, "cannot read the lock; leaving it as it is and checking again");
-                Wait::LockChange {
-                    seen,
-                    limit: self.period(),
-                }
+                self.wait(Situation::LockUnreadable { seen })
             }
             Step::LockReadFailed(e) => {
                 error!(node = %node, error = %e, "reading the lock failed; trying again");
-                Wait::For(ERROR_RETRY.min(self.period()))
+                self.wait(Situation::ApiError)
             }
             // A free slot is taken in turns (see `lock_may_admit`): a round that finds one without
             // its turn having come up for the lock as it is now waits for it first.
             Step::AcquireLock if turn.as_ref() == Some(&seen) => self.acquire_and_reboot().await,
             Step::AcquireLock => {
                 self.waiting.store(true, Ordering::Relaxed);
-                Wait::LockChange {
+                self.wait(Situation::AwaitingTurn {
                     seen,
-                    limit: self.until_window_closes().min(self.period()),
-                }
+                    window_closes: self.window_closes(),
+                })
             }
-            Step::ResumeReboot => {
+            Step::ResumeReboot { boot_id } => {
                 info!(node = %node, "holding the lock from before a restart; the node has not rebooted yet");
-                self.drain_and_reboot(None).await
+                self.drain_and_reboot(None, Some(boot_id)).await
             }
             Step::GiveBack { uncordon, release } => self.give_back(uncordon, release).await,
             Step::FinishReboot { uncordon } => self.finish_reboot(required, uncordon).await,
             Step::ReleaseLockAt(at) => {
                 info!(node = %node, at = %at, "node is back; keeping the lock for the release delay");
-                Wait::Until(at)
+                self.wait(Situation::ReleaseDelay { until: at })
             }
             Step::ReleaseLock => self.release().await,
         }
-    }
-
-    /// How long until a holder's entry expires by its TTL, freeing a slot without any write to
-    /// wake us. The waiting agents then take their turns (see `lock_may_admit`).
-    fn until_expiry(&self, next_expiry: Option<Timestamp>) -> Duration {
-        next_expiry.map_or(Duration::MAX, until)
     }
 
     async fn acquire_and_reboot(&self) -> Wait {
@@ -631,7 +589,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             Ok(n) => n,
             Err(e) => {
                 error!(node = %node_id, error = %crate::error_chain(&e), "reading the node");
-                return Wait::For(ERROR_RETRY.min(self.period()));
+                return self.wait(Situation::ApiError);
             }
         };
         let claim = Claim {
@@ -640,7 +598,9 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         };
         match self.lock.acquire(&claim).await {
             // The lock logs the acquisition itself.
-            Ok(Acquire::Acquired(_)) | Ok(Acquire::AlreadyHeld(_)) => self.drain_and_reboot(Some(node)).await,
+            Ok(Acquire::Acquired(_)) | Ok(Acquire::AlreadyHeld(_)) => {
+                self.drain_and_reboot(Some(node), claim.boot_id).await
+            }
             Ok(Acquire::Blocked {
                 holders,
                 seen,
@@ -650,19 +610,13 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 let holders: Vec<String> = holders.iter().map(|h| h.node_id.clone()).collect();
                 info!(node = %node_id, holders = %holders.join(","), "lock taken by others first; waiting");
                 self.waiting.store(true, Ordering::Relaxed);
-                Wait::LockChange {
-                    seen,
-                    limit: self.period().min(self.until_expiry(next_expiry)),
-                }
+                self.wait(Situation::LockTakenFirst { seen, next_expiry })
             }
             Err(e) => {
                 error!(node = %node_id, error = %crate::error_chain(&e), "taking the lock");
                 match e.seen() {
-                    Some(seen) => Wait::LockChange {
-                        seen,
-                        limit: self.period(),
-                    },
-                    None => Wait::For(ERROR_RETRY.min(self.period())),
+                    Some(seen) => self.wait(Situation::LockUnreadable { seen }),
+                    None => self.wait(Situation::ApiError),
                 }
             }
         }
@@ -670,11 +624,12 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
 
     /// Cordon, drain and reboot, holding the lock. A drain that fails without `--force-reboot`
     /// gives the node back and releases the lock; a node whose cordon failed is never rebooted.
-    /// `known`: our Node as read a moment ago, for the cordon's first attempt.
+    /// `known`: our Node as read a moment ago, for the cordon's first attempt; `boot_id`: the
+    /// boot running now, as the lock entry records it.
     ///
     /// The phase `draining` is published in the cordon's own write when nothing comes between
     /// the two but the labels and annotations of the reboot (no `--drain-delay`), else at once.
-    async fn drain_and_reboot(&self, mut known: Option<Node>) -> Wait {
+    async fn drain_and_reboot(&self, mut known: Option<Node>, boot_id: Option<String>) -> Wait {
         let node_id = &self.config.node_id;
         let draining = self.stage(Some(true), Phase::Draining, String::new());
         let draining = if self.config.drain_delay.is_zero() {
@@ -768,7 +723,11 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         // The slot may have expired by its TTL during a long drain and been taken by another node:
         // make sure, from a fresh read, that it is still ours before the one step that cannot be
         // undone.
-        if let Some(wait) = self.confirm_slot(cordoned && !by_kured, by_kured).await {
+        let claim = Claim {
+            unschedulable: cordoned && !by_kured,
+            boot_id,
+        };
+        if let Some(wait) = self.confirm_slot(&claim, by_kured).await {
             return wait;
         }
         self.notifier
@@ -783,31 +742,20 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         match self.reboot().await {
             // `reboot` returns only when the reboot did not happen (an error); were it ever to
             // return otherwise, the boot ID says at the next round whether it happened.
-            Ok(()) => Wait::For(self.period()),
+            Ok(()) => self.wait(Situation::RebootRequested),
             Err(e) => {
                 error!(node = %node_id, error = %crate::error_chain(&e), "reboot failed; the node stays drained and the lock held; trying again");
-                Wait::For(ERROR_RETRY.max(self.period().min(Duration::from_secs(300))))
+                self.wait(Situation::RebootFailed)
             }
         }
     }
 
-    /// Whether the lock slot is still ours, read fresh; `None` when it is (or was renewed), else
-    /// what to wait for after giving the node back (lost) or failing to read (the next round
-    /// decides again).
-    async fn confirm_slot(&self, was_unschedulable: bool, by_kured: bool) -> Option<Wait> {
+    /// Whether the lock slot is still ours, read fresh; `None` when it is (or was renewed with
+    /// `claim`), else what to wait for after giving the node back (lost; uncordoned if
+    /// `by_kured`) or failing to read (the next round decides again).
+    async fn confirm_slot(&self, claim: &Claim, by_kured: bool) -> Option<Wait> {
         let node_id = &self.config.node_id;
-        let boot_id = match self.current_boot_id().await {
-            Ok(id) => id,
-            Err(e) => {
-                error!(node = %node_id, error = %crate::error_chain(&e), "reading the boot ID before the reboot");
-                return Some(Wait::For(ERROR_RETRY.min(self.period())));
-            }
-        };
-        let claim = Claim {
-            unschedulable: was_unschedulable,
-            boot_id,
-        };
-        match self.lock.confirm(&claim).await {
+        match self.lock.confirm(claim).await {
             Ok(Acquire::AlreadyHeld(_)) => None,
             Ok(Acquire::Acquired(_)) => {
                 warn!(node = %node_id, "our lock entry had expired by its TTL before the reboot; a slot was free and it is ours again");
@@ -820,7 +768,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             }
             Err(e) => {
                 error!(node = %node_id, error = %crate::error_chain(&e), "reading the lock before the reboot; not rebooting until it is read");
-                Some(Wait::For(ERROR_RETRY.min(self.period())))
+                Some(self.wait(Situation::ApiError))
             }
         }
     }
@@ -832,7 +780,6 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
     /// without it.
     async fn give_back(&self, uncordon: bool, release: bool) -> Wait {
         let node_id = &self.config.node_id;
-        let retry = || Wait::For(ERROR_RETRY.min(self.period()));
         if uncordon {
             let uncordoned = kube_error::retry_transient(
                 "uncordoning",
@@ -843,7 +790,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             .await;
             if let Err(e) = uncordoned {
                 error!(node = %node_id, error = %crate::error_chain(&e), "cannot uncordon; keeping the lock until it is done");
-                return retry();
+                return self.wait(Situation::ApiError);
             }
         }
         if let Err(e) = self.node.set_labels(&self.config.post_reboot_node_labels).await {
@@ -859,17 +806,16 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         if release {
             if let Err(e) = self.lock.release_now().await {
                 error!(node = %node_id, error = %crate::error_chain(&e), "releasing the lock");
-                return retry();
+                return self.wait(Situation::ApiError);
             }
             info!(node = %node_id, "node given back and lock released");
         } else {
             info!(node = %node_id, "node given back: kured's cordon outlived its lock entry");
         }
         if self.drain_failed.swap(false, Ordering::Relaxed) {
-            // The drain failed: try again after a period, as upstream does.
-            Wait::For(self.period())
+            self.wait(Situation::DrainFailed)
         } else {
-            Wait::Now
+            self.wait(Situation::LookAgain)
         }
     }
 
@@ -912,7 +858,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                         self.write_state(state).await;
                     }
                     error!(node = %node_id, error = %crate::error_chain(&e), "uncordoning");
-                    return Wait::For(ERROR_RETRY.min(self.period()));
+                    return self.wait(Situation::ApiError);
                 }
             }
         }
@@ -921,7 +867,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         }
         if let Err(e) = self.node.set_labels(&self.config.post_reboot_node_labels).await {
             error!(node = %node_id, error = %crate::error_chain(&e), "setting post-reboot labels");
-            return Wait::For(ERROR_RETRY.min(self.period()));
+            return self.wait(Situation::ApiError);
         }
         self.best_effort(
             "removing the reboot-in-progress annotation",
@@ -945,12 +891,12 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         match self.lock.release().await {
             // The lock logs the release and the delay itself. Look again at once, so that the
             // published state says "idle" (with the last reboot) right away.
-            Ok(Release::Released) => Wait::Now,
-            Ok(Release::NotHeld) => Wait::For(self.period()),
-            Ok(Release::NotBefore(at)) => Wait::Until(at),
+            Ok(Release::Released) => self.wait(Situation::LookAgain),
+            Ok(Release::NotHeld) => self.wait(Situation::NotHolding),
+            Ok(Release::NotBefore(at)) => self.wait(Situation::ReleaseDelay { until: at }),
             Err(e) => {
                 error!(node = %node_id, error = %crate::error_chain(&e), "releasing the lock");
-                Wait::For(ERROR_RETRY.min(self.period()))
+                self.wait(Situation::ApiError)
             }
         }
     }
@@ -1053,7 +999,9 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
     }
 }
 
-/// A small random source for jitter; no cryptographic strength needed.
+/// A small random source for jitter (the window's opening, the lock's turn salt); no
+/// cryptographic strength needed. xorshift64, seeded from the process, the time and the node's
+/// name, so that agents started together draw different numbers.
 struct Jitter(std::sync::Mutex<u64>);
 
 impl Jitter {
@@ -1065,16 +1013,9 @@ impl Jitter {
         Jitter(std::sync::Mutex::new(seed | 1))
     }
 
-    /// A duration in `[0, max)`.
-    fn next(&self, max: Duration) -> Duration {
-        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
-        Duration::from_nanos(self.draw() % nanos)
-    }
-
     /// A random number.
     fn draw(&self) -> u64 {
         let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // xorshift64
         *state ^= *state << 13;
         *state ^= *state >> 7;
         *state ^= *state << 17;
@@ -1110,7 +1051,7 @@ fn phase_of(step: &Step) -> Option<(Phase, String)> {
         Step::CheckBlockers
         | Step::AcquireLock
         | Step::FinishReboot { .. }
-        | Step::ResumeReboot
+        | Step::ResumeReboot { .. }
         | Step::GiveBack { .. }
         | Step::ReleaseLock => return None,
     })
@@ -1137,23 +1078,10 @@ mod tests {
         (start.elapsed(), seen)
     }
 
-    #[test]
-    fn the_longest_wait_covers_a_lock_watch_error_and_its_retry() {
-        let limit = Duration::from_secs(10);
-        let lock = Wait::LockChange {
-            seen: Seen::new(None),
-            limit,
-        };
-        assert_eq!(lock.longest(), 2 * limit);
-        assert_eq!(Wait::For(limit).longest(), limit);
-        assert_eq!(Wait::Now.longest(), Duration::ZERO);
-        assert_eq!(Wait::Until(Timestamp::UNIX_EPOCH).longest(), Duration::ZERO);
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_pause_longer_than_the_tick_interval_ends_on_time() {
         // The default --period against the minutely metric refresh.
-        let (took, ticks) = paused(Duration::from_secs(3600), METRIC_REFRESH).await;
+        let (took, ticks) = paused(Duration::from_secs(3600), decide::METRIC_REFRESH).await;
         assert_eq!(took, Duration::from_secs(3600));
         assert_eq!(ticks, 60, "one at once, then one a minute");
     }
