@@ -115,7 +115,7 @@ pub fn client(roots: RootCertStore) -> Result<reqwest::Client, HttpError> {
 /// Bytes of an unexpected response body quoted in an error: enough for a service's error message
 /// (Slack's `invalid_payload`, Discord's JSON) or to recognise an HTML error page or a proxy's
 /// message, short enough for one log line.
-const BODY_EXCERPT: usize = 200;
+pub const BODY_EXCERPT: usize = 200;
 
 /// The start of a response body, on one line, for an error message: at most [`BODY_EXCERPT`]
 /// bytes, whitespace runs folded to one space, and `…` where it was cut.

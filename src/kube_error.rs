@@ -90,7 +90,7 @@ pub fn is_lost_race(error: &impl ApiAnswer) -> bool {
 
 /// The request itself is refused, and asking again would be refused again: malformed (400), not
 /// authenticated (401), forbidden (403), or aimed at nothing (404).
-fn is_refused(error: &impl ApiAnswer) -> bool {
+pub fn is_refused(error: &impl ApiAnswer) -> bool {
     error
         .status()
         .is_some_and(|s| matches!(s.code, 400 | 401 | 403 | 404))

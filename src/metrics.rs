@@ -216,12 +216,12 @@ impl Metrics {
 /// How far past its bound a pause between the agent's rounds, or a round, may run before
 /// `/healthz` calls the agent stuck: a metric refresh during a pause may run a sentinel command
 /// for up to a minute, and a busy node may be slow to schedule the agent.
-const GRACE: Duration = Duration::from_secs(120);
+pub const GRACE: Duration = Duration::from_secs(120);
 
 /// The longest a round may take besides its drain and its reboot: a handful of API requests, each
 /// of which may wait out kube's 295 s read time-out when the API server stops answering, a
 /// sentinel command (60 s at most), blockers (10 s) and notifications (35 s each).
-const ROUND_LIMIT: Duration = Duration::from_secs(15 * 60);
+pub const ROUND_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 /// How long the steps of a round that may take long may legitimately last, on top of
 /// [`ROUND_LIMIT`]; `None`: no bound.

@@ -23,7 +23,7 @@ use crate::selector::LabelSelector;
 
 /// How long one list may take. The API server answers a list of one node's pods from its cache in
 /// milliseconds; one that has not answered in 10 s is in trouble, and the next check retries.
-const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pods named in a reason, as upstream; the reason still gives the total.
 const MAX_NAMES: usize = 10;

@@ -34,7 +34,7 @@ use crate::http::{self, HttpError};
 /// How long one query may take, connection included. Prometheus answers `ALERTS` from memory in
 /// milliseconds; a server that has not answered in 10 s is down for our purpose, and the next
 /// check retries.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Alert names listed in a reason; upstream logs the first 10 too. More would drown the log line
 /// and `kured status`; the reason still gives the total.
@@ -115,7 +115,7 @@ impl Alert {
 
 /// The names of the alerts that block a reboot under `filter`: upstream's rules, in the module
 /// documentation. Sorted, without duplicates.
-fn blocking_alerts(alerts: &[Alert], filter: &AlertFilter) -> Vec<String> {
+pub fn blocking_alerts(alerts: &[Alert], filter: &AlertFilter) -> Vec<String> {
     let names: BTreeSet<&str> = alerts
         .iter()
         .filter(|a| a.value != 0.0)

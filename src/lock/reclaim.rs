@@ -7,7 +7,7 @@
 //! GET of each holder's Node (never a cached copy), whether it still exists. Only the API
 //! server's own answer that this Node is not found counts; any other answer or error leaves the
 //! entry alone. The entry is then removed by the lock's conditional write, only as it was judged
-//! ([`policy::decide_reclaim`](super::policy::decide_reclaim)): when several waiting agents find
+//! ([`policy::decide_reclaim`]): when several waiting agents find
 //! the same gone holder, one write wins and the others find nothing left to remove.
 //!
 //! Entries without `created` are never reclaimed: agents always write it, so such an entry was
@@ -30,7 +30,7 @@ use super::{DaemonSetLock, LockEntry, Reclaim, Seen};
 use crate::kube_error;
 
 /// Entries younger than this are not checked (see the [module documentation](self)).
-const MIN_AGE: SignedDuration = SignedDuration::from_secs(60);
+pub const MIN_AGE: SignedDuration = SignedDuration::from_secs(60);
 
 /// Whether `status`, the API server's answer to a GET of Node `node`, says that the Node does not
 /// exist: [not found](kube_error::is_not_found), with details naming that node. A 404 without

@@ -51,7 +51,7 @@ pub const MOST_RECENT_REBOOT_NEEDED: &str = "weave.works/kured-most-recent-reboo
 /// write that uncordons it: the durable record that the cordon is kured's own. It outlives the
 /// lock entry (an expired TTL, a re-created DaemonSet), so a node kured cordoned is always
 /// returned to service, and a node someone else cordoned never is.
-const CORDONED_BY_KURED: &str = "kured.dev/cordoned";
+pub const CORDONED_BY_KURED: &str = "kured.dev/cordoned";
 /// Where the kernel gives the ID of the current boot; the kubelet reports the same value as the
 /// Node's `status.nodeInfo.bootID`, but only once it has started and posted its status.
 pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
@@ -60,7 +60,7 @@ pub const PREFER_NO_SCHEDULE: &str = "PreferNoSchedule";
 
 /// Contention on one Node settles within a few rounds; a Node rewritten faster than that by others
 /// is better left to the caller's next attempt than hammered.
-const MAX_ATTEMPTS: u32 = 10;
+pub const MAX_ATTEMPTS: u32 = 10;
 /// Pause before re-reading after a lost race, times the attempt number: long enough for the
 /// competing writer to finish, short against anything the agent waits for.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);

@@ -152,10 +152,10 @@ impl Opening {
 impl RebootWindow {
     /// Builds the window from the four flags, checked in upstream's order: days, zone, start, end.
     ///
-    /// `days` are `--reboot-days` entries (see [`Weekdays::parse`]; empty entries are skipped),
-    /// `start` and `end` are times of day in one of upstream's layouts (`15:04`, `15:04:05`, `03:04pm`,
-    /// `15`, `03pm`, `3pm`), `zone` an IANA name, `""`
-    /// or `UTC` for UTC, or `Local` for the system's zone.
+    /// `days` are `--reboot-days` entries (weekday names or numbers as upstream reads them; empty
+    /// entries are skipped), `start` and `end` are times of day in one of upstream's layouts
+    /// (`15:04`, `15:04:05`, `03:04pm`, `15`, `03pm`, `3pm`), `zone` an IANA name, `""` or `UTC` for
+    /// UTC, or `Local` for the system's zone.
     pub fn new<S: AsRef<str>>(days: &[S], start: &str, end: &str, zone: &str) -> Result<RebootWindow> {
         let days = Weekdays::parse(days)?;
         let time_zone = load_time_zone(zone)?;
