@@ -10,9 +10,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::eventually;
 use support::faultproxy::{Fault, Rule};
 use support::rig::{Rig, SETTLE};
+use support::wait::eventually;
 
 #[tokio::test]
 async fn evictions_answered_503_or_reset_a_few_times_do_not_fail_the_drain() {

@@ -30,9 +30,13 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
+use support::cli::agent_accepts;
+use support::cluster::{kubeconfig_path, kubectl};
+use support::objects::running_on;
+use support::rbac::service_account_client;
+use support::scope::Scope;
 use support::access::{may, request};
 use support::observer::{LOCK_ANNOTATION, held_by};
-use support::{Scope, running_on};
 
 const CHART: &str = "charts/kured";
 const REPRESENTATIVE: &str = "tests/helm/values-signal.yaml";
@@ -382,7 +386,7 @@ fn agent_start(container: &Container) -> Result<(), String> {
         Some(&strings(&["/usr/bin/kured"])[..]),
         "the image's binary"
     );
-    support::agent_accepts(args(container), resolved_env(container))
+    agent_accepts(args(container), resolved_env(container))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1100,7 +1104,7 @@ struct ClusterWide(Vec<String>);
 
 impl Drop for ClusterWide {
     fn drop(&mut self) {
-        let kubeconfig = format!("--kubeconfig={}", support::kubeconfig_path().display());
+        let kubeconfig = format!("--kubeconfig={}", kubeconfig_path().display());
         for name in &self.0 {
             for kind in ["clusterrolebinding", "clusterrole"] {
                 let result = Command::new("kubectl")
@@ -1157,7 +1161,7 @@ async fn applied_to_the_test_cluster_the_agents_run_on_the_scopes_nodes_with_the
         )
         .unwrap_or_else(|e| panic!("helm template {signal_release}: {e}"));
     // What the representative values refer to.
-    support::kubectl(
+    kubectl(
         &[
             "--namespace",
             &namespace,
@@ -1170,7 +1174,7 @@ async fn applied_to_the_test_cluster_the_agents_run_on_the_scopes_nodes_with_the
         "",
     )
     .await;
-    support::kubectl(
+    kubectl(
         &[
             "--namespace",
             &namespace,
@@ -1183,7 +1187,7 @@ async fn applied_to_the_test_cluster_the_agents_run_on_the_scopes_nodes_with_the
     )
     .await;
     for yaml in [&plain_yaml, &signal_yaml] {
-        support::kubectl(
+        kubectl(
             &[
                 "apply",
                 "--server-side",
@@ -1212,10 +1216,10 @@ async fn applied_to_the_test_cluster_the_agents_run_on_the_scopes_nodes_with_the
 
     // Each agent's account may do what the agent does, on its own lock only.
     let dir = tempfile::tempdir().expect("a temp dir");
-    let plain_agent = support::service_account_client(&scope, &plain, &plain, dir.path())
+    let plain_agent = service_account_client(&scope, &plain, &plain, dir.path())
         .await
         .1;
-    let signal_agent = support::service_account_client(&scope, &signal, &signal, dir.path())
+    let signal_agent = service_account_client(&scope, &signal, &signal, dir.path())
         .await
         .1;
     let node = nodes[0].as_str();
@@ -1287,7 +1291,7 @@ async fn applied_to_the_test_cluster_the_agents_run_on_the_scopes_nodes_with_the
         !groups.groups.iter().any(|g| g.name == "monitoring.coreos.com"),
         "the test cluster is expected to serve no monitoring.coreos.com API"
     );
-    let kubeconfig = format!("--kubeconfig={}", support::kubeconfig_path().display());
+    let kubeconfig = format!("--kubeconfig={}", kubeconfig_path().display());
     let refusal = helm
         .template_yaml(
             &format!("mon-{}", scope.id),

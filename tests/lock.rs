@@ -15,10 +15,14 @@ use kured::duration::GoDuration;
 use kured::lock::record::Change;
 use kured::lock::{Acquire, Claim, DaemonSetLock, LockSettings, RebootLock, Release, Seen};
 use serde_json::json;
+use support::cluster::admin_client;
+use support::objects::scope_with_lock;
 use support::observer::{LOCK_ANNOTATION, Observer, read_lock, upstream_entry, write_lock};
-use support::{Scope, create_lock_daemonset, wait_for};
+use support::rbac::service_account_with_role;
+use support::scope::Scope;
+use support::wait::{eventually, wait_for};
 
-/// The lock's DaemonSet, as [`create_lock_daemonset`] names it.
+/// The lock's DaemonSet, as [`support::objects::create_lock_daemonset`] names it.
 const DS: &str = "kured";
 
 /// The fixed clock of the wire-format tests.
@@ -43,11 +47,6 @@ fn lock_with(client: Client, scope: &Scope, settings: LockSettings) -> DaemonSet
 
 fn lock(scope: &Scope, node: &str, concurrency: u32) -> DaemonSetLock {
     lock_with(scope.client.clone(), scope, settings(node, concurrency))
-}
-
-/// A client of its own, as a separate agent would have.
-async fn own_client() -> Client {
-    Client::try_from(support::admin_config().await).expect("a client for the test cluster")
 }
 
 fn node_ids(holders: &[kured::lock::LockEntry]) -> Vec<&str> {
@@ -78,8 +77,7 @@ async fn expect_blocked(lock: &DaemonSetLock) -> (Vec<String>, u32) {
 /// of the annotation it sees against the limit.
 async fn contention(test: &str, concurrency: u32) {
     const AGENTS: usize = 20;
-    let scope = Scope::new(test).await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock(test).await;
 
     let observer = Observer::start(&scope, concurrency as usize, &[]).await;
 
@@ -88,7 +86,7 @@ async fn contention(test: &str, concurrency: u32) {
     let mut agents = Vec::new();
     for i in 0..AGENTS {
         let lock = lock_with(
-            own_client().await,
+            admin_client().await,
             &scope,
             settings(&scope.node_name(i), concurrency),
         );
@@ -189,8 +187,7 @@ async fn twenty_agents_at_concurrency_3_hold_it_at_most_three_at_a_time() {
 
 #[tokio::test]
 async fn an_abandoned_lock_is_taken_over_after_its_ttl_and_not_before() {
-    let scope = Scope::new("lock-ttl").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-ttl").await;
     let ttl = Duration::from_secs(2);
     let gone = lock_with(
         scope.client.clone(),
@@ -248,8 +245,7 @@ async fn an_abandoned_lock_is_taken_over_after_its_ttl_and_not_before() {
 
 #[tokio::test]
 async fn the_release_delay_survives_an_agent_restart() {
-    let scope = Scope::new("lock-delay").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-delay").await;
     let delay = Duration::from_secs(3);
     let first = lock_with(
         scope.client.clone(),
@@ -279,7 +275,7 @@ async fn the_release_delay_survives_an_agent_restart() {
     drop(first);
 
     // The restarted agent: a new client, a new lock, and no delay configured any more.
-    let restarted = lock_with(own_client().await, &scope, settings("rebooted", 1));
+    let restarted = lock_with(admin_client().await, &scope, settings("rebooted", 1));
     let entry = restarted
         .holding()
         .await
@@ -323,8 +319,7 @@ async fn the_release_delay_survives_an_agent_restart() {
 
 #[tokio::test]
 async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires() {
-    let scope = Scope::new("lock-up1").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-up1").await;
     let live = upstream_entry("upstream-1", &minute_ago(), 0);
     write_lock(&scope, Some(&live)).await;
     for concurrency in [1, 3] {
@@ -365,8 +360,7 @@ async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires() {
 
 #[tokio::test]
 async fn upstream_multi_form_limits_every_concurrency() {
-    let scope = Scope::new("lock-upm").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-upm").await;
     let now = kured::lock::record::format_time(fixed_now());
     let n1 = upstream_entry("n1", &now, 3_600_000_000_000);
     let n2 = upstream_entry("n2", &now, 3_600_000_000_000);
@@ -407,8 +401,7 @@ async fn upstream_multi_form_limits_every_concurrency() {
 
 #[tokio::test]
 async fn a_manual_lock_blocks_every_agent() {
-    let scope = Scope::new("lock-manual").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-manual").await;
     let manual = r#"{"nodeID":"manual"}"#;
     write_lock(&scope, Some(manual)).await;
     for concurrency in [1, 2, 5] {
@@ -458,8 +451,7 @@ async fn a_manual_lock_blocks_every_agent() {
 
 #[tokio::test]
 async fn what_we_write_is_byte_identical_to_upstream() {
-    let scope = Scope::new("lock-bytes").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-bytes").await;
 
     let plain = lock(&scope, "n1", 1).with_clock(fixed_now);
     assert!(matches!(
@@ -539,8 +531,7 @@ async fn what_we_write_is_byte_identical_to_upstream() {
 
 #[tokio::test]
 async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
-    let scope = Scope::new("lock-corrupt").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-corrupt").await;
     write_lock(&scope, Some("not json")).await;
     let ours = lock(&scope, "ours", 1);
 
@@ -581,11 +572,10 @@ async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
 
 #[tokio::test]
 async fn of_two_writes_based_on_the_same_read_exactly_one_wins() {
-    let scope = Scope::new("lock-409").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-409").await;
     let (a, b) = (
-        lock_with(own_client().await, &scope, settings("a", 1)),
-        lock_with(own_client().await, &scope, settings("b", 1)),
+        lock_with(admin_client().await, &scope, settings("a", 1)),
+        lock_with(admin_client().await, &scope, settings("b", 1)),
     );
     for round in 0..5 {
         let (read_a, read_b) = tokio::join!(a.snapshot(), b.snapshot());
@@ -613,10 +603,9 @@ async fn of_two_writes_based_on_the_same_read_exactly_one_wins() {
 
 #[tokio::test]
 async fn a_waiting_agent_sees_a_freed_lock_at_once() {
-    let scope = Scope::new("lock-wake").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-wake").await;
     let holder = lock(&scope, "holder", 1);
-    let waiter = lock_with(own_client().await, &scope, settings("waiter", 1));
+    let waiter = lock_with(admin_client().await, &scope, settings("waiter", 1));
     assert!(matches!(
         holder.acquire(&Claim::default()).await.expect("acquiring"),
         Acquire::Acquired(_)
@@ -644,10 +633,9 @@ async fn a_waiting_agent_sees_a_freed_lock_at_once() {
 /// that, and waiting falls back from watching to polling.
 #[tokio::test]
 async fn the_lock_works_with_upstreams_rbac() {
-    let scope = Scope::new("lock-rbac").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-rbac").await;
     let dir = tempfile::tempdir().expect("a temp dir");
-    let client = support::service_account_with_role(
+    let client = service_account_with_role(
         &scope,
         "kured",
         json!([
@@ -661,7 +649,7 @@ async fn the_lock_works_with_upstreams_rbac() {
     let agent = lock_with(client.clone(), &scope, settings("a", 1));
     // RoleBindings take effect through the RBAC informer: allow a moment.
     let agent_ref = &agent;
-    support::eventually(
+    eventually(
         "the Role to take effect",
         Duration::from_secs(10),
         || async move { agent_ref.read().await.ok() },
