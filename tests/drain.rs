@@ -14,7 +14,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use kured::drain::{DrainError, DrainSettings, Drainer, PodRef, SkipReason};
+use kured::drain::{DrainError, DrainSettings, DrainSummary, Drainer, PodRef, SkipReason};
 use kured::node::OwnNode;
 use kured::selector::LabelSelector;
 use serde_json::json;
@@ -49,6 +49,22 @@ fn refs(scope: &Scope, names: &[&str]) -> BTreeSet<PodRef> {
 
 fn pod_refs(pods: &[Pod]) -> BTreeSet<PodRef> {
     pods.iter().map(PodRef::of).collect()
+}
+
+/// A drain of `node` with [`settings`], in a task of its own, checked to be still running after
+/// `wait` (`why` says what holds it).
+async fn held_drain(
+    scope: &Scope,
+    node: &str,
+    wait: Duration,
+    why: &str,
+) -> tokio::task::JoinHandle<Result<DrainSummary, DrainError>> {
+    let drainer = Drainer::new(scope.client.clone(), settings());
+    let node = node.to_owned();
+    let drain = tokio::spawn(async move { drainer.drain(&node).await });
+    tokio::time::sleep(wait).await;
+    assert!(!drain.is_finished(), "{why}");
+    drain
 }
 
 async fn exists(scope: &Scope, name: &str) -> bool {
@@ -176,13 +192,13 @@ async fn disruption_budget_holds_the_drain_until_relaxed() {
     }
 
     // Relaxed while a drain retries, the budget lets the pods go one by one.
-    let drainer = Drainer::new(scope.client.clone(), settings());
-    let drain = tokio::spawn({
-        let a = a.clone();
-        async move { drainer.drain(&a).await }
-    });
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!drain.is_finished(), "the drain waits for the budget");
+    let drain = held_drain(
+        &scope,
+        &a,
+        Duration::from_secs(2),
+        "the drain waits for the budget",
+    )
+    .await;
     set_min_available(&scope, "guarded", 1).await;
     let summary = drain
         .await
@@ -208,15 +224,15 @@ async fn a_pod_replaced_under_its_name_is_not_evicted() {
         .await
         .expect("cordoning A");
 
-    let drainer = Drainer::new(scope.client.clone(), settings());
-    let drain = tokio::spawn({
-        let a = a.clone();
-        async move { drainer.drain(&a).await }
-    });
+    let drain = held_drain(
+        &scope,
+        &a,
+        Duration::from_millis(1500),
+        "the budget holds the drain",
+    )
+    .await;
     // While the drain waits to retry the refused eviction, the pod is replaced by one of the same
     // name on B (as a StatefulSet does), and the budget no longer stands in the way.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!drain.is_finished(), "the budget holds the drain");
     scope
         .api::<Pod>()
         .delete("db-0", &kube::api::DeleteParams::default().grace_period(0))

@@ -21,9 +21,7 @@ fn etcd_pid(run_dir: &std::path::Path) -> String {
 #[tokio::test]
 async fn the_agent_finishes_its_cycle_across_an_etcd_restart_mid_drain() {
     let rig = Rig::new("etcd-restart").await;
-    rig.hold_the_drain().await;
-    let sim = rig.start(&[]);
-    rig.draining(&sim).await;
+    let sim = rig.start_held(&[]).await;
 
     let run_dir = run_dir();
     let before = etcd_pid(&run_dir);

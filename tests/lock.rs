@@ -63,6 +63,17 @@ fn minute_ago() -> String {
     kured::lock::record::format_time(t)
 }
 
+/// Asserts that `lock` takes a slot for `claim`.
+async fn expect_acquired(lock: &DaemonSetLock, claim: &Claim) {
+    match lock.acquire(claim).await.expect("acquiring") {
+        Acquire::Acquired(_) => {}
+        other => panic!(
+            "{} should acquire the lock, got {other:?}",
+            lock.settings().node_id
+        ),
+    }
+}
+
 async fn expect_blocked(lock: &DaemonSetLock) -> (Vec<String>, u32) {
     match lock.acquire(&Claim::default()).await.expect("acquiring") {
         Acquire::Blocked { holders, limit, .. } => {
@@ -259,10 +270,7 @@ async fn the_release_delay_survives_an_agent_restart() {
         unschedulable: true,
         boot_id: Some("boot-before".into()),
     };
-    assert!(matches!(
-        first.acquire(&claim).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&first, &claim).await;
     let asked = Timestamp::now();
     let Release::NotBefore(after) = first.release().await.expect("releasing") else {
         panic!("a release delay defers the release")
@@ -311,10 +319,7 @@ async fn the_release_delay_survives_an_agent_restart() {
     tokio::time::sleep(until(after)).await;
     assert_eq!(restarted.release().await.expect("releasing"), Release::Released);
     assert_eq!(read_lock(&scope).await, None);
-    assert!(matches!(
-        other.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&other, &Claim::default()).await;
 }
 
 #[tokio::test]
@@ -348,10 +353,7 @@ async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires() {
     )
     .await;
     let ours = lock(&scope, "ours", 1).with_clock(fixed_now);
-    assert!(matches!(
-        ours.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&ours, &Claim::default()).await;
     assert_eq!(
         read_lock(&scope).await,
         Some(upstream_entry("ours", FIXED_NOW, 0))
@@ -380,10 +382,7 @@ async fn upstream_multi_form_limits_every_concurrency() {
     )
     .await;
     let ours = lock(&scope, "ours", 3).with_clock(fixed_now);
-    assert!(matches!(
-        ours.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&ours, &Claim::default()).await;
     let ours_entry = upstream_entry("ours", FIXED_NOW, 0);
     assert_eq!(
         read_lock(&scope).await,
@@ -430,10 +429,7 @@ async fn a_manual_lock_blocks_every_agent() {
         (vec!["manual".to_owned()], 1)
     );
     let ours = lock(&scope, "ours", 2).with_clock(fixed_now);
-    assert!(matches!(
-        ours.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&ours, &Claim::default()).await;
     assert_eq!(
         read_lock(&scope).await.as_deref(),
         Some(concat!(
@@ -454,10 +450,7 @@ async fn what_we_write_is_byte_identical_to_upstream() {
     let scope = scope_with_lock("lock-bytes").await;
 
     let plain = lock(&scope, "n1", 1).with_clock(fixed_now);
-    assert!(matches!(
-        plain.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&plain, &Claim::default()).await;
     assert_eq!(
         read_lock(&scope).await.as_deref(),
         Some(
@@ -484,10 +477,7 @@ async fn what_we_write_is_byte_identical_to_upstream() {
         unschedulable: true,
         boot_id: None,
     };
-    assert!(matches!(
-        cordoned.acquire(&claim).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&cordoned, &claim).await;
     assert_eq!(
         read_lock(&scope).await.as_deref(),
         Some(
@@ -497,10 +487,7 @@ async fn what_we_write_is_byte_identical_to_upstream() {
     assert_eq!(cordoned.release().await.expect("releasing"), Release::Released);
 
     let multi = lock(&scope, "n2", 2).with_clock(fixed_now);
-    assert!(matches!(
-        multi.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&multi, &Claim::default()).await;
     assert_eq!(
         read_lock(&scope).await.as_deref(),
         Some(
@@ -514,10 +501,7 @@ async fn what_we_write_is_byte_identical_to_upstream() {
         unschedulable: false,
         boot_id: Some("6c1f2c3a-3b2d-4a55-9d33-0b6f3f0c2a11".into()),
     };
-    assert!(matches!(
-        with_boot.acquire(&claim).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&with_boot, &claim).await;
     assert_eq!(
         read_lock(&scope).await.as_deref(),
         Some(concat!(
@@ -564,10 +548,7 @@ async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
         .await
         .expect("waiting for a change");
     assert_eq!(now, Seen::new(None));
-    assert!(matches!(
-        ours.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&ours, &Claim::default()).await;
 }
 
 #[tokio::test]
@@ -606,10 +587,7 @@ async fn a_waiting_agent_sees_a_freed_lock_at_once() {
     let scope = scope_with_lock("lock-wake").await;
     let holder = lock(&scope, "holder", 1);
     let waiter = lock_with(admin_client().await, &scope, settings("waiter", 1));
-    assert!(matches!(
-        holder.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&holder, &Claim::default()).await;
     let Acquire::Blocked { seen, .. } = waiter.acquire(&Claim::default()).await.expect("acquiring") else {
         panic!("the waiter is blocked")
     };
@@ -655,10 +633,7 @@ async fn the_lock_works_with_upstreams_rbac() {
         || async move { agent_ref.read().await.ok() },
     )
     .await;
-    assert!(matches!(
-        agent.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&agent, &Claim::default()).await;
 
     let waiter = lock_with(client, &scope, settings("b", 1));
     let Acquire::Blocked { seen, .. } = waiter.acquire(&Claim::default()).await.expect("acquiring") else {
@@ -675,8 +650,5 @@ async fn the_lock_works_with_upstreams_rbac() {
     .await
     .expect("waiting by polling");
     assert_eq!(now, Seen::new(None));
-    assert!(matches!(
-        waiter.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&waiter, &Claim::default()).await;
 }

@@ -306,21 +306,21 @@ async fn a_silent_receiver_holds_the_agent_for_a_bounded_time() {
     let port = server.addr.port();
     server.respond("/silent", Reply::hang(Duration::from_secs(30)));
     let failures = NotificationFailures::default();
-    let options = Options {
-        retry: RetryPolicy {
-            attempts: 2,
-            attempt_timeout: Duration::from_millis(300),
-            first_backoff: Duration::from_millis(50),
-            deadline: Duration::from_secs(5),
-        },
-        ..Options::default()
+    // A notifier to the silent receiver alone, retrying as `retry` says.
+    let silent = |retry: RetryPolicy| {
+        let options = Options {
+            retry,
+            ..Options::default()
+        };
+        let url = format!("generic+http://127.0.0.1:{port}/silent");
+        Notifications::new(vec![target(&url)], options, failures.clone()).expect("a notifier")
     };
-    let n = Notifications::new(
-        vec![target(&format!("generic+http://127.0.0.1:{port}/silent"))],
-        options,
-        failures.clone(),
-    )
-    .expect("a notifier");
+    let n = silent(RetryPolicy {
+        attempts: 2,
+        attempt_timeout: Duration::from_millis(300),
+        first_backoff: Duration::from_millis(50),
+        deadline: Duration::from_secs(5),
+    });
     let started = Instant::now();
     n.notify(Event::Reboot, "Rebooting node n1").await;
     let took = started.elapsed();
@@ -333,21 +333,12 @@ async fn a_silent_receiver_holds_the_agent_for_a_bounded_time() {
     );
 
     // The deadline cuts retries short whatever the policy says.
-    let options = Options {
-        retry: RetryPolicy {
-            attempts: 50,
-            attempt_timeout: Duration::from_millis(200),
-            first_backoff: Duration::from_millis(10),
-            deadline: Duration::from_millis(800),
-        },
-        ..Options::default()
-    };
-    let n = Notifications::new(
-        vec![target(&format!("generic+http://127.0.0.1:{port}/silent"))],
-        options,
-        failures.clone(),
-    )
-    .expect("a notifier");
+    let n = silent(RetryPolicy {
+        attempts: 50,
+        attempt_timeout: Duration::from_millis(200),
+        first_backoff: Duration::from_millis(10),
+        deadline: Duration::from_millis(800),
+    });
     let started = Instant::now();
     let d = n.send(TITLE, MESSAGE).await;
     assert!(

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde_json::{Value, json};
 
-use crate::render::{Helm, Rendered, agent_start, args, env_json, node_id_env, strings};
+use crate::render::{DEFAULT_ARGS, Helm, Rendered, agent_start, args, env_json, node_id_env, strings};
 
 #[test]
 fn helm_install_kured_with_default_values_renders_deploy_kured_yaml() {
@@ -43,15 +43,7 @@ fn helm_install_kured_with_default_values_renders_deploy_kured_yaml() {
     let (pod, want) = (chart.pod(), manifest.pod());
     let (container, want_container) = (chart.container(), manifest.container());
     assert_eq!(container.command, Some(strings(&["/usr/bin/kured"])));
-    assert_eq!(
-        args(&container),
-        strings(&[
-            "--ds-name=kured",
-            "--ds-namespace=kube-system",
-            "--reboot-sentinel=/sentinel/reboot-required",
-            "--metrics-port=8080",
-        ])
-    );
+    assert_eq!(args(&container), strings(&DEFAULT_ARGS));
     let mut manifest_flags = want_container.command.clone().unwrap_or_default().split_off(1);
     manifest_flags.extend(strings(&[
         "--ds-name=kured",

@@ -14,6 +14,14 @@ use crate::support::cluster::repo;
 
 pub const CHART: &str = "charts/kured";
 pub const REPRESENTATIVE: &str = "tests/helm/values-signal.yaml";
+/// The agent's arguments with default values, release `kured` in `kube-system`: the lock's
+/// location, the sentinel and the metrics port (the agent's defaults).
+pub const DEFAULT_ARGS: [&str; 4] = [
+    "--ds-name=kured",
+    "--ds-namespace=kube-system",
+    "--reboot-sentinel=/sentinel/reboot-required",
+    "--metrics-port=8080",
+];
 pub const EVERY_FLAG: &str = "tests/helm/values-every-flag.yaml";
 
 /// helm as `testenv/build` builds it, with a home of its own (cache, configuration, data), and no

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 
 use crate::render::{
-    CHART, EVERY_FLAG, Helm, REPRESENTATIVE, agent_start, args, camel, env_json, kebab, keys, node_id_env,
-    scalar, strings, yaml_file,
+    CHART, DEFAULT_ARGS, EVERY_FLAG, Helm, REPRESENTATIVE, agent_start, args, camel, env_json, kebab, keys,
+    node_id_env, scalar, strings, yaml_file,
 };
 
 /// Flags the chart sets itself, from the release and the pod, rather than from a value.
@@ -255,18 +255,20 @@ fn upstreams_values_keys_are_accepted() {
     let container = rendered.container();
     assert_eq!(
         args(&container),
-        strings(&[
-            "--ds-name=kured",
-            "--ds-namespace=kube-system",
-            "--reboot-sentinel=/sentinel/reboot-required",
-            "--metrics-port=8080",
-            "--reboot-command=/bin/systemctl reboot",
-            "--drain-delay=0",
-            "--lock-ttl=0",
-            "--lock-release-delay=0",
-            "--concurrency=1",
-            "--log-format=text",
-        ])
+        strings(
+            &[
+                &DEFAULT_ARGS[..],
+                &[
+                    "--reboot-command=/bin/systemctl reboot",
+                    "--drain-delay=0",
+                    "--lock-ttl=0",
+                    "--lock-release-delay=0",
+                    "--concurrency=1",
+                    "--log-format=text",
+                ],
+            ]
+            .concat()
+        )
     );
     assert_eq!(rendered.pod().init_containers, None);
     agent_start(&container).unwrap_or_else(|e| panic!("the agent refuses upstream's defaults: {e}"));

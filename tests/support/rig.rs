@@ -77,6 +77,15 @@ impl Rig {
         .await;
     }
 
+    /// Holds the drain ([`Rig::hold_the_drain`]), starts the agent with `args` and waits until it
+    /// is draining ([`Rig::draining`]).
+    pub async fn start_held(&self, args: &[&str]) -> SimulatedNode {
+        self.hold_the_drain().await;
+        let sim = self.start(args);
+        self.draining(&sim).await;
+        sim
+    }
+
     /// Waits until the agent has cordoned the node and asked for an eviction.
     pub async fn draining(&self, sim: &SimulatedNode) {
         self.observer

@@ -243,32 +243,30 @@ impl SimulatedNode {
     /// restart in progress), the next one is killed the moment it starts. Returns once node-init
     /// has recorded the kill.
     pub async fn kill_agent(&self) {
-        let before = self.kills();
-        self.signal_node_init("USR1");
-        eventually(
-            &format!("node-init of {} to kill the agent", self.name),
-            Duration::from_secs(60),
-            move || async move { (self.kills() > before).then_some(()) },
-        )
-        .await;
+        let what = format!("node-init of {} to kill the agent", self.name);
+        self.signal_and_wait("USR1", &what, Duration::from_secs(60), Self::kills)
+            .await;
     }
 
     /// Stops the node's agent as a kubelet stops a pod (a DaemonSet update, a pod deleted):
     /// SIGTERM, then SIGKILL once the grace period has passed. Returns node-init's event for it:
     /// `terminated <exit status>` when the agent exited by itself, or `terminate-timeout`.
     pub async fn terminate_agent(&self) -> String {
-        let before = self.terminations();
-        self.signal_node_init("USR2");
-        eventually(
-            &format!("node-init of {} to stop the agent", self.name),
-            Duration::from_secs(120),
-            move || async move { (self.terminations() > before).then_some(()) },
-        )
-        .await;
+        let what = format!("node-init of {} to stop the agent", self.name);
+        self.signal_and_wait("USR2", &what, Duration::from_secs(120), Self::terminations)
+            .await;
         self.events()
             .into_iter()
             .rfind(|l| l.starts_with("terminate"))
             .unwrap_or_default()
+    }
+
+    /// Sends `signal` to node-init and waits, for at most `limit`, until the events it counts
+    /// with `count` have grown by one.
+    async fn signal_and_wait(&self, signal: &str, what: &str, limit: Duration, count: fn(&Self) -> usize) {
+        let before = count(self);
+        self.signal_node_init(signal);
+        eventually(what, limit, || async { (count(self) > before).then_some(()) }).await;
     }
 
     /// Sends `signal` (a name as `kill -s` takes it) to node-init.
