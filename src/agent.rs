@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 use crate::blockers::{Blocker, BlockerError, Blockers};
 use crate::config::Config;
 use crate::decide::{self, AfterDrainFailure, LockView, Observation, OurEntry, Policy, SentinelView, Step};
-use crate::drain::{DrainSettings, Drainer};
+use crate::drain::Drainer;
 use crate::kube_error;
 use crate::lock::record::decide_acquire;
 use crate::lock::{Acquire, Claim, DaemonSetLock, LockState, RebootLock, Release, Seen, turn};
@@ -130,7 +130,7 @@ pub async fn run(
     if let Some(warning) = config.rebooter.check_target().map_err(AgentError::Rebooter)? {
         warn!("{warning}");
     }
-    let liveness = Arc::new(metrics::Liveness::new(metrics::PhaseLimits::from_config(&config)));
+    let liveness = Arc::new(metrics::Liveness::new(config.phase_limits));
     // Its own task: /healthz and /metrics answer during a round (a drain may take many minutes)
     // as well as between rounds.
     let mut server = {
@@ -150,9 +150,10 @@ pub async fn run(
             force_reboot: config.force_reboot,
         },
         node: OwnNode::new(client.clone(), config.node_id.clone()),
-        lock: DaemonSetLock::from_config(client.clone(), &config).reusing_reads_for(LOCK_READ_REUSE),
-        drainer: Drainer::new(client.clone(), DrainSettings::from_config(&config)),
-        blockers: Blockers::from_config(client, &config)?,
+        lock: DaemonSetLock::at(client.clone(), &config.lock_object, config.lock.clone())
+            .reusing_reads_for(LOCK_READ_REUSE),
+        drainer: Drainer::new(client.clone(), config.drain.clone()),
+        blockers: Blockers::configured(client, &config.node_id, &config.blockers)?,
         notifier,
         metrics: metrics.clone(),
         liveness: liveness.clone(),
@@ -172,8 +173,8 @@ pub async fn run(
         rebooter = %agent.config.rebooter.describe(),
         window = %agent.config.window,
         blockers = %agent.blockers.describe(),
-        lock = %format!("{}/{} {}", agent.config.ds_namespace, agent.config.ds_name, agent.config.lock_annotation),
-        concurrency = agent.config.concurrency,
+        lock = %agent.config.lock_object,
+        concurrency = agent.config.lock.concurrency,
         "agent started"
     );
 
@@ -438,9 +439,9 @@ impl<N: Notifier> Agent<N> {
             },
             Err(e) => LockView::Unreadable(format!(
                 "{}/{} annotation {}: {}",
-                self.config.ds_namespace,
-                self.config.ds_name,
-                self.config.lock_annotation,
+                self.config.lock_object.namespace,
+                self.config.lock_object.name,
+                self.config.lock_object.annotation,
                 crate::error_chain(&e)
             )),
         }
@@ -737,7 +738,7 @@ impl<N: Notifier> Agent<N> {
         // Transient API errors are retried until the drain's deadline; without one, for a bounded
         // time, after which the cycle is given up and tried again later.
         let started = tokio::time::Instant::now();
-        let drain_deadline = self.config.drain_timeout.map(|t| started + t);
+        let drain_deadline = self.config.drain.timeout.map(|t| started + t);
         let mut with_state = Annotations::new();
         if let Some(state) = &draining {
             with_state.insert(STATE_ANNOTATION.to_owned(), state.to_json().into());

@@ -52,7 +52,6 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
 use crate::kube_error::{is_transient, retry_pause};
 use crate::selector::LabelSelector;
 
@@ -70,7 +69,8 @@ const EVICTION_RETRY_JITTER: f64 = 0.2;
 /// The annotation the kubelet puts on the API copy of a static pod.
 pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
-/// What to drain and how: the drain flags of [`Config`].
+/// What to drain and how: `--drain-timeout`, `--drain-grace-period`, `--drain-pod-selector`,
+/// `--skip-wait-for-delete-timeout`.
 #[derive(Debug, Clone, Default)]
 pub struct DrainSettings {
     /// Grace period each evicted pod gets; `None`: the pod's own terminationGracePeriodSeconds.
@@ -81,17 +81,6 @@ pub struct DrainSettings {
     pub timeout: Option<Duration>,
     /// Pods whose deletion began longer ago than this are neither evicted nor waited for.
     pub skip_wait_for_delete_timeout: Option<Duration>,
-}
-
-impl DrainSettings {
-    pub fn from_config(config: &Config) -> DrainSettings {
-        DrainSettings {
-            grace_period: config.drain_grace_period,
-            pod_selector: config.drain_pod_selector.clone(),
-            timeout: config.drain_timeout,
-            skip_wait_for_delete_timeout: config.skip_wait_for_delete_timeout,
-        }
-    }
 }
 
 /// A pod, by namespace and name.

@@ -234,8 +234,12 @@ fn agent(args: &AgentArgs, overrides: &[String]) -> Result<(), Failure> {
         });
         let client = kube_client(config.kubeconfig.as_deref()).await.map_err(runtime)?;
         let metrics = std::sync::Arc::new(kured::metrics::Metrics::new(&config.node_id));
-        let notifier =
-            Notifications::from_config(&config, metrics.notification_failures()).map_err(runtime)?;
+        let notifier = Notifications::new(
+            config.notify_targets.clone(),
+            Options::default(),
+            metrics.notification_failures(),
+        )
+        .map_err(runtime)?;
         tracing::info!(targets = ?notifier.targets(), "notifications");
         // Most of the binary's code (flag parsing, the kubeconfig, TLS set-up) runs once, at
         // start; its pages need not stay in memory for the weeks the agent then idles.

@@ -241,19 +241,6 @@ pub struct PhaseLimits {
 }
 
 impl PhaseLimits {
-    /// The limits the agent's configuration implies.
-    pub fn from_config(config: &crate::config::Config) -> PhaseLimits {
-        PhaseLimits {
-            drain: config.drain_timeout.map(|timeout| {
-                config
-                    .drain_delay
-                    .saturating_add(timeout)
-                    .saturating_add(config.reboot_delay)
-            }),
-            reboot: Some(config.rebooter.longest()),
-        }
-    }
-
     /// How long the rest of a round may take once it enters `phase`; `None`: no bound.
     pub fn of(&self, phase: Phase) -> Option<Duration> {
         let own = match phase {

@@ -31,8 +31,14 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
-use crate::config::NodeLabel;
 use crate::kube_error::is_transient;
+
+/// A label to set on the node, from `--pre-reboot-node-labels` / `--post-reboot-node-labels`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLabel {
+    pub key: String,
+    pub value: String,
+}
 
 /// Set, with the time the reboot was decided, while a reboot of the node is under way.
 pub const REBOOT_IN_PROGRESS: &str = "weave.works/kured-reboot-in-progress";

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Patch, PatchParams, PostParams};
-use kured::config::NodeLabel;
+use kured::node::NodeLabel;
 use kured::node::{self, Cordon, MOST_RECENT_REBOOT_NEEDED, OwnNode, PREFER_NO_SCHEDULE, REBOOT_IN_PROGRESS};
 use serde_json::json;
 use support::scope::Scope;

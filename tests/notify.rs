@@ -603,7 +603,8 @@ async fn each_message_to_an_unusable_url_is_counted_as_failed() {
         .expect("a bad notification URL does not stop the agent");
     assert_eq!(config.errors.len(), 2, "{:?}", config.errors);
     let failures = NotificationFailures::default();
-    let n = Notifications::from_config(&config, failures.clone()).expect("a notifier");
+    let n =
+        Notifications::new(config.notify_targets, Options::default(), failures.clone()).expect("a notifier");
     assert_eq!((failures.get("unknown"), failures.get("gotify")), (0, 0));
     for event in [Event::Drain, Event::Reboot] {
         n.notify(event, MESSAGE).await;

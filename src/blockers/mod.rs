@@ -21,13 +21,13 @@ use std::future::Future;
 use kube::Client;
 use tracing::debug;
 
-use crate::config::Config;
-
 pub mod pods;
 pub mod prometheus;
 
 pub use pods::PodBlocker;
-pub use prometheus::PrometheusBlocker;
+pub use prometheus::{AlertFilter, PrometheusBlocker};
+
+use crate::selector::LabelSelector;
 
 /// What kind of condition blocks a reboot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,6 +111,17 @@ pub enum BlockerError {
     Prometheus(#[source] prometheus::PrometheusError),
 }
 
+/// What may block a reboot: `--prometheus-url` with its alert filter, and
+/// `--blocking-pod-selector`.
+#[derive(Debug, Clone, Default)]
+pub struct BlockerSettings {
+    /// `None`: alerts do not block.
+    pub prometheus_url: Option<url::Url>,
+    pub alert_filter: AlertFilter,
+    /// Pods on the node matching any of these block; none: pods do not block.
+    pub pod_selectors: Vec<LabelSelector>,
+}
+
 /// The blockers an agent is configured with. With none configured nothing blocks.
 #[derive(Debug, Clone, Default)]
 pub struct Blockers {
@@ -119,22 +130,21 @@ pub struct Blockers {
 }
 
 impl Blockers {
-    /// The blockers `config` asks for: Prometheus alerts when `--prometheus-url` is set, pods on
-    /// `config.node_id` when at least one `--blocking-pod-selector` is.
-    pub fn from_config(client: Client, config: &Config) -> Result<Blockers, BlockerError> {
-        let prometheus = config
+    /// The blockers `settings` ask for, for pods on `node`: Prometheus alerts when a URL is
+    /// set, pods when at least one selector is.
+    pub fn configured(
+        client: Client,
+        node: &str,
+        settings: &BlockerSettings,
+    ) -> Result<Blockers, BlockerError> {
+        let prometheus = settings
             .prometheus_url
             .as_ref()
-            .map(|url| PrometheusBlocker::new(url.clone(), config.alert_filter.clone()))
+            .map(|url| PrometheusBlocker::new(url.clone(), settings.alert_filter.clone()))
             .transpose()
             .map_err(BlockerError::Prometheus)?;
-        let pods = (!config.blocking_pod_selectors.is_empty()).then(|| {
-            PodBlocker::new(
-                client,
-                config.node_id.clone(),
-                config.blocking_pod_selectors.clone(),
-            )
-        });
+        let pods = (!settings.pod_selectors.is_empty())
+            .then(|| PodBlocker::new(client, node.to_owned(), settings.pod_selectors.clone()));
         Ok(Blockers { prometheus, pods })
     }
 

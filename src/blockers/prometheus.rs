@@ -23,12 +23,12 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
+use regex::Regex;
 use serde::Deserialize;
 use tracing::debug;
 use url::Url;
 
 use super::{BlockKind, BlockReason, Blocker, name_list};
-use crate::config::AlertFilter;
 use crate::http::{self, HttpError};
 
 /// How long one query may take, connection included. Prometheus answers `ALERTS` from memory in
@@ -50,6 +50,15 @@ pub const MAX_ANSWER_BYTES: usize = 8 << 20;
 const BODY_EXCERPT: usize = 200;
 
 pub use crate::http::CA_BUNDLES;
+
+/// Which alerts block a reboot: `--alert-filter-regexp`, `--alert-filter-match-only`,
+/// `--alert-firing-only`.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    pub regexp: Option<Regex>,
+    pub match_only: bool,
+    pub firing_only: bool,
+}
 
 /// The query upstream kured evaluates: Prometheus' synthetic series of pending and firing alerts.
 const QUERY: &str = "ALERTS";
@@ -394,7 +403,6 @@ fn shown_url(url: &Url) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use regex::Regex;
 
     fn alert(name: &str, state: &str) -> Alert {
         Alert {

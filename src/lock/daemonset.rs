@@ -33,9 +33,9 @@ use tracing::{debug, info, warn};
 
 use super::record::{self, Change, Decision, RecordError};
 use super::{
-    Acquire, Claim, LockEntry, LockError, LockSettings, LockState, RebootLock, Reclaim, Release, Result, Seen,
+    Acquire, Claim, LockEntry, LockError, LockObject, LockSettings, LockState, RebootLock, Reclaim, Release,
+    Result, Seen,
 };
-use crate::config::Config;
 
 /// Writes in a row that may meet a conflict before we give up. Each conflict means another agent's
 /// write just won, so ten in a row is a crowd; the caller's loop tries again later instead of this
@@ -169,14 +169,14 @@ impl DaemonSetLock {
         self
     }
 
-    /// The lock the agent's configuration names.
-    pub fn from_config(client: Client, config: &Config) -> Self {
+    /// The lock kept at `object`.
+    pub fn at(client: Client, object: &LockObject, settings: LockSettings) -> Self {
         DaemonSetLock::new(
             client,
-            &config.ds_namespace,
-            &config.ds_name,
-            &config.lock_annotation,
-            LockSettings::from_config(config),
+            &object.namespace,
+            &object.name,
+            &object.annotation,
+            settings,
         )
     }
 

@@ -15,12 +15,12 @@
 //!   (or [`Release::NotHeld`]): with a release delay it first answers [`Release::NotBefore`];
 //! - [`RebootLock::read`] for the holders, as `kured status` shows them.
 
+use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::config::Config;
 use crate::duration::GoDuration;
 
 pub mod daemonset;
@@ -30,6 +30,21 @@ pub mod turn;
 
 pub use daemonset::DaemonSetLock;
 pub use record::{LockEntry, LockRecord, NodeMeta, RecordError};
+
+/// Where the DaemonSet lock is kept: the annotation `annotation` of DaemonSet
+/// `namespace/name` (`--ds-namespace`, `--ds-name`, `--lock-annotation`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockObject {
+    pub namespace: String,
+    pub name: String,
+    pub annotation: String,
+}
+
+impl fmt::Display for LockObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} {}", self.namespace, self.name, self.annotation)
+    }
+}
 
 /// How this agent takes and releases the lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,21 +57,6 @@ pub struct LockSettings {
     pub ttl: GoDuration,
     /// How long to keep the lock once releasing starts (`--lock-release-delay`).
     pub release_delay: Duration,
-}
-
-impl LockSettings {
-    /// The settings the agent's configuration gives.
-    pub fn from_config(config: &Config) -> LockSettings {
-        LockSettings {
-            node_id: config.node_id.clone(),
-            concurrency: config.concurrency,
-            // A TTL beyond Go's range (about 292 years) cannot expire in practice anyway.
-            ttl: config.lock_ttl.map_or(GoDuration::ZERO, |ttl| {
-                GoDuration::from_std(ttl).unwrap_or(GoDuration::MAX)
-            }),
-            release_delay: config.lock_release_delay,
-        }
-    }
 }
 
 /// What we record about our node when we take the lock.

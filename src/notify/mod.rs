@@ -33,7 +33,6 @@ pub use deliver::SendError;
 pub use target::{Target, TargetError};
 pub use template::render;
 
-use crate::config::Config;
 use crate::http::{self, HttpError};
 use crate::metrics::NotificationFailures;
 use deliver::Link;
@@ -178,15 +177,6 @@ impl fmt::Debug for Notifications {
 }
 
 impl Notifications {
-    /// The agent's notifier: the configured targets, production's options, failures counted in
-    /// `failures`.
-    pub fn from_config(
-        config: &Config,
-        failures: NotificationFailures,
-    ) -> Result<Notifications, NotifyError> {
-        Notifications::new(config.notify_targets.clone(), Options::default(), failures)
-    }
-
     /// A notifier for `targets`. Reads the system's CA bundle when a target uses TLS (a missing
     /// bundle is an error then, unless `options` brings roots of its own).
     pub fn new(

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kured::blockers::PrometheusBlocker;
-use kured::config::AlertFilter;
+use kured::blockers::prometheus::AlertFilter;
 use url::Url;
 
 use super::http::{free_port, get};
