@@ -60,7 +60,7 @@ async fn wait_for_reboot_cycle(
 #[tokio::test]
 async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
     let fleet = Fleet::new("agent-cycle", 2).await;
-    let (scope, names) = (&fleet.scope, &fleet.nodes);
+    let (scope, names) = (&fleet.scope, &fleet.names);
     create_deployment(scope, "web", 2, None).await;
     // Sees, among the rest, each phase the agent publishes for `kured status`.
     let observer = Observer::start(scope, 1, &[]).await;
@@ -100,7 +100,7 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
 #[tokio::test]
 async fn an_idle_agent_with_a_sentinel_command_notices_a_later_reboot() {
     let fleet = Fleet::new("agent-command-sentinel", 1).await;
-    let (scope, names) = (&fleet.scope, &fleet.nodes);
+    let (scope, names) = (&fleet.scope, &fleet.names);
     // node-init exports the sentinel's path; the agent passes its environment to the command.
     let sim = fleet.start(
         0,
@@ -123,7 +123,7 @@ async fn an_idle_agent_with_a_sentinel_command_notices_a_later_reboot() {
 #[tokio::test]
 async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
     let fleet = Fleet::new("agent-cordoned", 1).await;
-    let (scope, names) = (&fleet.scope, &fleet.nodes);
+    let (scope, names) = (&fleet.scope, &fleet.names);
     scope.set_unschedulable(&names[0], true).await;
 
     let sim = fleet.start(0, &[]);
@@ -139,7 +139,7 @@ async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
 #[tokio::test]
 async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
     let fleet = Fleet::new("agent-drainfail", 1).await;
-    let (scope, names) = (&fleet.scope, &fleet.nodes);
+    let (scope, names) = (&fleet.scope, &fleet.names);
     create_deployment(scope, "pinned", 1, Some(&names[0])).await;
     create_pdb(scope, "pinned", 1, 1).await;
 
@@ -182,7 +182,7 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
 #[tokio::test]
 async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() {
     let fleet = Fleet::new("agent-blocked", 1).await;
-    let (scope, names) = (&fleet.scope, &fleet.nodes);
+    let (scope, names) = (&fleet.scope, &fleet.names);
     // A bare pod, deleted directly below: no controller or garbage collector in the way.
     create_pod(
         scope,
@@ -226,7 +226,7 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
 #[tokio::test]
 async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
     let fleet = Fleet::new("agent-alert", 1).await;
-    let (scope, names) = (&fleet.scope, &fleet.nodes);
+    let (scope, names) = (&fleet.scope, &fleet.names);
     let prometheus = support::prometheus::Prometheus::start(None).await;
 
     // RebootRequired fires and LongPending is pending: with --alert-firing-only and a filter that
@@ -269,7 +269,7 @@ async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
 #[tokio::test]
 async fn a_node_kured_cordoned_is_uncordoned_after_its_lock_entry_is_gone() {
     let fleet = Fleet::new("agent-stranded", 2).await;
-    let (scope, names) = (&fleet.scope, &fleet.nodes);
+    let (scope, names) = (&fleet.scope, &fleet.names);
     let nodes = scope.nodes();
     // Both cordoned; only the first with kured's record, as a cordon by kured leaves it.
     for name in names {
@@ -317,7 +317,7 @@ async fn a_node_kured_cordoned_is_uncordoned_after_its_lock_entry_is_gone() {
 #[tokio::test]
 async fn a_slot_lost_by_ttl_before_the_reboot_is_given_back() {
     let fleet = Fleet::new("agent-ttl-lost", 1).await;
-    let (scope, names) = (&fleet.scope, &fleet.nodes);
+    let (scope, names) = (&fleet.scope, &fleet.names);
     let nodes = scope.nodes();
     let sim = fleet.start(0, &["--lock-ttl=3s", "--drain-delay=10s"]);
     eventually("the agent to take the lock", Duration::from_secs(60), || async {
@@ -356,7 +356,7 @@ async fn a_slot_lost_by_ttl_before_the_reboot_is_given_back() {
 #[tokio::test]
 async fn a_waiting_agent_takes_the_lock_when_the_holder_expires() {
     let fleet = Fleet::new("agent-ttl-wait", 2).await;
-    let (scope, names) = (&fleet.scope, &fleet.nodes);
+    let (scope, names) = (&fleet.scope, &fleet.names);
     // The holder is a real Node whose agent never comes back; its entry expires in 8 s.
     let created = jiff::Timestamp::now().to_string();
     let held = upstream_entry(&names[1], &created, 8_000_000_000);

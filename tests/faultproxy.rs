@@ -37,7 +37,7 @@ impl Setup {
     async fn new(test: &str) -> Setup {
         let Fleet {
             scope,
-            mut nodes,
+            mut names,
             agents,
         } = Fleet::new(test, 1).await;
         let proxy = FaultProxy::start().await;
@@ -45,7 +45,7 @@ impl Setup {
         let client = client_from_kubeconfig(&kubeconfig).await;
         Setup {
             scope,
-            node: nodes.remove(0),
+            node: names.remove(0),
             proxy,
             client,
             kubeconfig,

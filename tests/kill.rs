@@ -30,7 +30,7 @@ struct OneNode {
 impl OneNode {
     async fn new(test: &str) -> OneNode {
         let fleet = Fleet::new(test, 1).await;
-        let name = fleet.nodes[0].clone();
+        let name = fleet.names[0].clone();
         let observer = Observer::start(&fleet.scope, 1, &[]).await;
         OneNode {
             fleet,

@@ -34,7 +34,7 @@ const RECLAIMED: &str = "the lock holder's node no longer exists; its entry was 
 #[tokio::test]
 async fn the_entry_of_a_deleted_node_is_reclaimed_and_the_waiting_node_reboots() {
     let fleet = Fleet::new("reclaim-gone", 2).await;
-    let (scope, names) = (&fleet.scope, &fleet.nodes);
+    let (scope, names) = (&fleet.scope, &fleet.names);
     let gone = names[1].clone();
     let held = entry(&gone);
     write_lock(scope, Some(&held)).await;
@@ -73,7 +73,7 @@ async fn the_entry_of_a_deleted_node_is_reclaimed_and_the_waiting_node_reboots()
 #[tokio::test]
 async fn the_entry_of_an_existing_node_is_never_reclaimed() {
     let fleet = Fleet::new("reclaim-alive", 3).await;
-    let (scope, names) = (&fleet.scope, &fleet.nodes);
+    let (scope, names) = (&fleet.scope, &fleet.names);
     let (alive, gone) = (names[1].clone(), names[2].clone());
     let alive_entry = entry(&alive);
     write_lock(

@@ -32,7 +32,7 @@ fn running(cmdline: &str) -> Option<u32> {
 #[tokio::test]
 async fn a_hung_reboot_command_is_killed_and_reported_as_a_failed_reboot() {
     let fleet = Fleet::new("reboot-hung", 1).await;
-    let (scope, names) = (&fleet.scope, &fleet.nodes);
+    let (scope, names) = (&fleet.scope, &fleet.names);
     let dir = tempfile::tempdir().expect("a temp dir");
     let ran = dir.path().join("ran");
     // Runs in the simulated node's mount namespace (node-init is its PID 1), which shares our

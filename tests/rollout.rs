@@ -58,7 +58,7 @@ async fn eight_nodes_three_at_a_time() {
 #[tokio::test]
 async fn pre_cordoned_and_blocked_nodes_and_a_budgeted_workload() {
     let fleet = Fleet::new("rollout-mixed", 5).await;
-    let (scope, names) = (&fleet.scope, &fleet.nodes);
+    let (scope, names) = (&fleet.scope, &fleet.names);
 
     // names[0] is cordoned by an operator before the rollout.
     scope.set_unschedulable(&names[0], true).await;

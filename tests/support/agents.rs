@@ -100,26 +100,26 @@ impl Drop for Agents {
 pub struct Fleet {
     pub scope: Scope,
     /// The nodes' names, node 0 first.
-    pub nodes: Vec<String>,
+    pub names: Vec<String>,
     pub agents: Agents,
 }
 
 impl Fleet {
     pub async fn new(test: &str, count: usize) -> Fleet {
         let scope = Scope::new(test).await;
-        let nodes = scope.create_nodes(count).await;
+        let names = scope.create_nodes(count).await;
         let agents = Agents::new(&scope).await;
-        Fleet { scope, nodes, agents }
+        Fleet { scope, names, agents }
     }
 
     /// Starts the agent of node `i` ([`Agents::start`]).
     pub fn start(&self, i: usize, extra_args: &[&str]) -> SimulatedNode {
-        self.agents.start(&self.scope, &self.nodes[i], extra_args)
+        self.agents.start(&self.scope, &self.names[i], extra_args)
     }
 
     /// Starts the agents of all the nodes, on nodes that behave as `options` say; node 0's first.
     pub fn start_all(&self, options: &NodeOptions, extra_args: &[&str]) -> Vec<SimulatedNode> {
-        (0..self.nodes.len())
+        (0..self.names.len())
             .map(|i| self.start_with(i, options, extra_args))
             .collect()
     }
@@ -127,6 +127,6 @@ impl Fleet {
     /// Starts the agent of node `i` on a node that behaves as `options` say.
     pub fn start_with(&self, i: usize, options: &NodeOptions, extra_args: &[&str]) -> SimulatedNode {
         self.agents
-            .start_with(&self.scope, &self.nodes[i], options, extra_args)
+            .start_with(&self.scope, &self.names[i], options, extra_args)
     }
 }

@@ -32,10 +32,10 @@ impl Rig {
     pub async fn new(test: &str) -> Rig {
         let Fleet {
             scope,
-            mut nodes,
+            mut names,
             agents,
         } = Fleet::new(test, 1).await;
-        let node = nodes.remove(0);
+        let node = names.remove(0);
         create_deployment(&scope, "web", 2, Some(&node)).await;
         running_on(&scope, "app=web", &[&node, &node]).await;
         let proxy = FaultProxy::start().await;
