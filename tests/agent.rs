@@ -4,14 +4,20 @@
 
 mod support;
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 use serde_json::json;
+use support::agents::Fleet;
+use support::nodes::{boot_id, unschedulable};
+use support::objects::{create_deployment, create_pdb, create_pod, running_on};
 use support::observer::{Observer, Snapshot, read_lock, upstream_entry, write_lock};
-use support::{Scope, SimulatedNode, eventually};
+use support::scope::Scope;
+use support::simulated::SimulatedNode;
+use support::wait::{eventually, eventually_or};
 
 /// Waits until node `name` has come back from its reboot number `reboots` (boot ID no longer
 /// `boot_before`, sentinel cleared, lock released); on time-out, fails with the agent's log.
@@ -22,43 +28,47 @@ async fn wait_for_reboot_cycle(
     reboots: usize,
     boot_before: &str,
 ) -> Node {
-    let nodes: Api<Node> = Api::all(scope.client.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let node = nodes.get(name).await.ok();
-        let lock = read_lock(scope).await;
-        let boot = node.as_ref().map(support::boot_id).unwrap_or_default();
-        let back = boot != boot_before && sim.reboots() == reboots && !sim.sentinel.exists();
-        if let Some(node) = node.filter(|_| back && lock.is_none()) {
-            return node;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!(
+    let nodes = scope.nodes();
+    // What was seen last, for the report of a time-out.
+    let last = RefCell::new((String::new(), None));
+    eventually_or(
+        Duration::from_secs(120),
+        || async {
+            let node = nodes.get(name).await.ok();
+            let lock = read_lock(scope).await;
+            let boot = node.as_ref().map(boot_id).unwrap_or_default();
+            let back = boot != boot_before && sim.reboots() == reboots && !sim.sentinel.exists();
+            let done = node.filter(|_| back && lock.is_none());
+            *last.borrow_mut() = (boot, lock);
+            done
+        },
+        || {
+            let (boot, lock) = &*last.borrow();
+            format!(
                 "timed out after 120s waiting for node {name} to come back from reboot {reboots}: boot ID \
                  {boot:?} (before {boot_before:?}), {} reboots, sentinel exists: {}, lock: {lock:?}; \
                  agent log:\n{}",
                 sim.reboots(),
                 sim.sentinel.exists(),
                 sim.log_tail(40)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            )
+        },
+    )
+    .await
 }
 
 #[tokio::test]
 async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
-    let scope = Scope::new("agent-cycle").await;
-    let names = scope.create_nodes(2).await;
-    let agents = support::Agents::new(&scope).await;
-    support::create_deployment(&scope, "web", 2, None).await;
+    let fleet = Fleet::new("agent-cycle", 2).await;
+    let (scope, names) = (&fleet.scope, &fleet.names);
+    create_deployment(scope, "web", 2, None).await;
     // Sees, among the rest, each phase the agent publishes for `kured status`.
-    let observer = Observer::start(&scope, 1, &[]).await;
+    let observer = Observer::start(scope, 1, &[]).await;
 
-    let sim = agents.start(&scope, &names[0], &[]);
-    let first_boot = support::first_boot_id(&scope, &names[0]).await;
-    let node = wait_for_reboot_cycle(&scope, &names[0], &sim, 1, &first_boot).await;
-    assert!(!support::unschedulable(&node), "uncordoned after the reboot");
+    let sim = fleet.start(0, &[]);
+    let first_boot = scope.first_boot_id(&names[0]).await;
+    let node = wait_for_reboot_cycle(scope, &names[0], &sim, 1, &first_boot).await;
+    assert!(!unschedulable(&node), "uncordoned after the reboot");
     // The last phase, idle, is published right after the release.
     let idle = |s: &Snapshot| s.nodes.get(&names[0]).and_then(|n| n.phase.as_deref()) == Some("idle");
     observer
@@ -89,17 +99,15 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
 /// a reboot needed later must still be noticed.
 #[tokio::test]
 async fn an_idle_agent_with_a_sentinel_command_notices_a_later_reboot() {
-    let scope = Scope::new("agent-command-sentinel").await;
-    let names = scope.create_nodes(1).await;
-    let agents = support::Agents::new(&scope).await;
+    let fleet = Fleet::new("agent-command-sentinel", 1).await;
+    let (scope, names) = (&fleet.scope, &fleet.names);
     // node-init exports the sentinel's path; the agent passes its environment to the command.
-    let sim = agents.start(
-        &scope,
-        &names[0],
+    let sim = fleet.start(
+        0,
         &[r#"--reboot-sentinel-command=sh -c 'test -e "$NODE_INIT_SENTINEL"'"#],
     );
-    let first_boot = support::first_boot_id(&scope, &names[0]).await;
-    let node = wait_for_reboot_cycle(&scope, &names[0], &sim, 1, &first_boot).await;
+    let first_boot = scope.first_boot_id(&names[0]).await;
+    let node = wait_for_reboot_cycle(scope, &names[0], &sim, 1, &first_boot).await;
 
     // The fresh agent has started and found nothing to do; then the node needs a reboot again.
     eventually("the fresh agent to start", Duration::from_secs(30), || async {
@@ -109,21 +117,20 @@ async fn an_idle_agent_with_a_sentinel_command_notices_a_later_reboot() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(sim.reboots(), 1, "idle without a sentinel; log:\n{}", sim.log());
     std::fs::write(&sim.sentinel, "").expect("creating the sentinel");
-    wait_for_reboot_cycle(&scope, &names[0], &sim, 2, &support::boot_id(&node)).await;
+    wait_for_reboot_cycle(scope, &names[0], &sim, 2, &boot_id(&node)).await;
 }
 
 #[tokio::test]
 async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
-    let scope = Scope::new("agent-cordoned").await;
-    let names = scope.create_nodes(1).await;
-    let agents = support::Agents::new(&scope).await;
-    support::set_unschedulable(&scope, &names[0], true).await;
+    let fleet = Fleet::new("agent-cordoned", 1).await;
+    let (scope, names) = (&fleet.scope, &fleet.names);
+    scope.set_unschedulable(&names[0], true).await;
 
-    let sim = agents.start(&scope, &names[0], &[]);
-    let first_boot = support::first_boot_id(&scope, &names[0]).await;
-    let node = wait_for_reboot_cycle(&scope, &names[0], &sim, 1, &first_boot).await;
+    let sim = fleet.start(0, &[]);
+    let first_boot = scope.first_boot_id(&names[0]).await;
+    let node = wait_for_reboot_cycle(scope, &names[0], &sim, 1, &first_boot).await;
     assert!(
-        support::unschedulable(&node),
+        unschedulable(&node),
         "the operator's cordon is kept; log:\n{}",
         sim.log()
     );
@@ -131,15 +138,13 @@ async fn a_node_cordoned_by_an_operator_stays_cordoned_after_its_reboot() {
 
 #[tokio::test]
 async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
-    let scope = Scope::new("agent-drainfail").await;
-    let names = scope.create_nodes(1).await;
-    let agents = support::Agents::new(&scope).await;
-    support::create_deployment(&scope, "pinned", 1, Some(&names[0])).await;
-    support::create_pdb(&scope, "pinned", 1, 1).await;
+    let fleet = Fleet::new("agent-drainfail", 1).await;
+    let (scope, names) = (&fleet.scope, &fleet.names);
+    create_deployment(scope, "pinned", 1, Some(&names[0])).await;
+    create_pdb(scope, "pinned", 1, 1).await;
 
-    let sim = agents.start(
-        &scope,
-        &names[0],
+    let sim = fleet.start(
+        0,
         &[
             "--drain-timeout=3s",
             "--pre-reboot-node-labels=kured=rebooting",
@@ -151,23 +156,18 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
         Duration::from_secs(60),
     )
     .await;
-    let nodes: Api<Node> = Api::all(scope.client.clone());
+    let nodes = scope.nodes();
     eventually(
         "the node uncordoned and the lock free",
         Duration::from_secs(20),
-        || {
-            let nodes = nodes.clone();
-            let name = names[0].clone();
-            let scope = &scope;
-            async move {
-                let node = nodes.get(&name).await.ok()?;
-                (!support::unschedulable(&node) && read_lock(scope).await.is_none()).then_some(())
-            }
+        || async {
+            let node = nodes.get(&names[0]).await.ok()?;
+            (!unschedulable(&node) && read_lock(scope).await.is_none()).then_some(())
         },
     )
     .await;
     // As upstream: the node back in service carries the post-reboot labels, not the pre-reboot ones.
-    let node = nodes.get(&names[0]).await.expect("the node");
+    let node = scope.node(&names[0]).await;
     let label = node
         .metadata
         .labels
@@ -181,26 +181,20 @@ async fn a_drain_that_times_out_gives_the_node_back_and_releases_the_lock() {
 
 #[tokio::test]
 async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() {
-    let scope = Scope::new("agent-blocked").await;
-    let names = scope.create_nodes(1).await;
-    let agents = support::Agents::new(&scope).await;
+    let fleet = Fleet::new("agent-blocked", 1).await;
+    let (scope, names) = (&fleet.scope, &fleet.names);
     // A bare pod, deleted directly below: no controller or garbage collector in the way.
-    support::create::<k8s_openapi::api::core::v1::Pod>(
-        &scope,
-        json!({
-            "metadata": { "name": "batch", "labels": { "app": "batch" } },
-            "spec": {
-                "nodeName": names[0],
-                "terminationGracePeriodSeconds": 1,
-                "containers": [{ "name": "batch", "image": "registry.invalid/batch:1" }],
-            },
-        }),
+    create_pod(
+        scope,
+        "batch",
+        &names[0],
+        json!({ "app": "batch" }),
+        json!({ "terminationGracePeriodSeconds": 1 }),
     )
     .await;
-    support::running_on(&scope, "app=batch", &[&names[0]]).await;
-    let nodes: Api<Node> = Api::all(scope.client.clone());
+    running_on(scope, "app=batch", &[&names[0]]).await;
 
-    let sim = agents.start(&scope, &names[0], &["--blocking-pod-selector=app=batch"]);
+    let sim = fleet.start(0, &["--blocking-pod-selector=app=batch"]);
     sim.logged("reboot required, but blocked", Duration::from_secs(30))
         .await;
     assert!(
@@ -208,39 +202,37 @@ async fn a_blocking_pod_keeps_the_agent_from_taking_the_lock_until_it_is_gone() 
         "the block names the pod:\n{}",
         sim.log()
     );
-    assert_eq!(read_lock(&scope).await, None, "no lock while blocked");
+    assert_eq!(read_lock(scope).await, None, "no lock while blocked");
     let blocked = format!(
         "kured_reboot_blocked_reason{{node=\"{}\",reason=\"blocker_pod\"}} ",
         names[0]
     );
-    let metrics = sim.metrics().expect("the agent's /metrics");
+    let metrics = sim.metrics().await.expect("the agent's /metrics");
     assert!(metrics.contains(&blocked), "{blocked} in:\n{metrics}");
-    let node = nodes.get(&names[0]).await.expect("the node");
-    assert!(!support::unschedulable(&node), "not cordoned while blocked");
+    let node = scope.node(&names[0]).await;
+    assert!(!unschedulable(&node), "not cordoned while blocked");
     assert_eq!(sim.reboots(), 0);
 
-    let first_boot = support::boot_id(&node);
+    let first_boot = boot_id(&node);
     scope
         .api::<k8s_openapi::api::core::v1::Pod>()
         .delete("batch", &Default::default())
         .await
         .expect("deleting the blocker");
-    let node = wait_for_reboot_cycle(&scope, &names[0], &sim, 1, &first_boot).await;
-    assert!(!support::unschedulable(&node));
+    let node = wait_for_reboot_cycle(scope, &names[0], &sim, 1, &first_boot).await;
+    assert!(!unschedulable(&node));
 }
 
 #[tokio::test]
 async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
-    let scope = Scope::new("agent-alert").await;
-    let names = scope.create_nodes(1).await;
-    let agents = support::Agents::new(&scope).await;
+    let fleet = Fleet::new("agent-alert", 1).await;
+    let (scope, names) = (&fleet.scope, &fleet.names);
     let prometheus = support::prometheus::Prometheus::start(None).await;
 
     // RebootRequired fires and LongPending is pending: with --alert-firing-only and a filter that
     // ignores RebootRequired, nothing blocks; without the filter, RebootRequired blocks.
-    let blocked = agents.start(
-        &scope,
-        &names[0],
+    let blocked = fleet.start(
+        0,
         &[
             &format!("--prometheus-url={}", prometheus.url),
             "--alert-firing-only",
@@ -254,22 +246,20 @@ async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
         !blocked.log().contains("LongPending"),
         "pending alerts are ignored with --alert-firing-only"
     );
-    assert_eq!(read_lock(&scope).await, None, "no lock while an alert fires");
+    assert_eq!(read_lock(scope).await, None, "no lock while an alert fires");
     assert_eq!(blocked.reboots(), 0);
     drop(blocked);
 
-    let nodes: Api<Node> = Api::all(scope.client.clone());
-    let first_boot = support::boot_id(&nodes.get(&names[0]).await.expect("the node"));
-    let filtered = agents.start(
-        &scope,
-        &names[0],
+    let first_boot = boot_id(&scope.node(&names[0]).await);
+    let filtered = fleet.start(
+        0,
         &[
             &format!("--prometheus-url={}", prometheus.url),
             "--alert-firing-only",
             "--alert-filter-regexp=^RebootRequired$",
         ],
     );
-    wait_for_reboot_cycle(&scope, &names[0], &filtered, 1, &first_boot).await;
+    wait_for_reboot_cycle(scope, &names[0], &filtered, 1, &first_boot).await;
 }
 
 /// The lock entry of the node that cordoned this one is gone (its TTL ran out while the node was
@@ -278,13 +268,12 @@ async fn a_firing_alert_keeps_the_agent_from_taking_the_lock() {
 /// that record is someone else's and stays.
 #[tokio::test]
 async fn a_node_kured_cordoned_is_uncordoned_after_its_lock_entry_is_gone() {
-    let scope = Scope::new("agent-stranded").await;
-    let names = scope.create_nodes(2).await;
-    let agents = support::Agents::new(&scope).await;
-    let nodes: Api<Node> = Api::all(scope.client.clone());
+    let fleet = Fleet::new("agent-stranded", 2).await;
+    let (scope, names) = (&fleet.scope, &fleet.names);
+    let nodes = scope.nodes();
     // Both cordoned; only the first with kured's record, as a cordon by kured leaves it.
-    for name in &names {
-        support::set_unschedulable(&scope, name, true).await;
+    for name in names {
+        scope.set_unschedulable(name, true).await;
     }
     let record = json!({ "metadata": { "annotations": { "kured.dev/cordoned": "2026-12-01T03:00:00Z" } } });
     nodes
@@ -296,15 +285,15 @@ async fn a_node_kured_cordoned_is_uncordoned_after_its_lock_entry_is_gone() {
         .await
         .expect("recording kured's cordon");
 
-    let stranded = agents.start(&scope, &names[0], &[]);
-    let operators = agents.start(&scope, &names[1], &[]);
+    let stranded = fleet.start(0, &[]);
+    let operators = fleet.start(1, &[]);
     // Neither node needs a reboot: this is only about the cordon.
     std::fs::remove_file(&stranded.sentinel).expect("removing the sentinel");
     std::fs::remove_file(&operators.sentinel).expect("removing the sentinel");
     eventually("kured's cordon to be lifted", Duration::from_secs(60), || async {
         let node = nodes.get(&names[0]).await.ok()?;
         let record = node.annotations().contains_key("kured.dev/cordoned");
-        (!support::unschedulable(&node) && !record).then_some(())
+        (!unschedulable(&node) && !record).then_some(())
     })
     .await;
     // The other agent has had as long, and more rounds (--period=3s): its node stays cordoned.
@@ -312,9 +301,9 @@ async fn a_node_kured_cordoned_is_uncordoned_after_its_lock_entry_is_gone() {
         .logged("\"agent started\"", Duration::from_secs(30))
         .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let other = nodes.get(&names[1]).await.expect("the other node");
+    let other = scope.node(&names[1]).await;
     assert!(
-        support::unschedulable(&other),
+        unschedulable(&other),
         "a cordon without kured's record is not kured's; log:\n{}",
         operators.log()
     );
@@ -327,22 +316,21 @@ async fn a_node_kured_cordoned_is_uncordoned_after_its_lock_entry_is_gone() {
 /// once the lock is free again.
 #[tokio::test]
 async fn a_slot_lost_by_ttl_before_the_reboot_is_given_back() {
-    let scope = Scope::new("agent-ttl-lost").await;
-    let names = scope.create_nodes(1).await;
-    let agents = support::Agents::new(&scope).await;
-    let nodes: Api<Node> = Api::all(scope.client.clone());
-    let sim = agents.start(&scope, &names[0], &["--lock-ttl=3s", "--drain-delay=10s"]);
+    let fleet = Fleet::new("agent-ttl-lost", 1).await;
+    let (scope, names) = (&fleet.scope, &fleet.names);
+    let nodes = scope.nodes();
+    let sim = fleet.start(0, &["--lock-ttl=3s", "--drain-delay=10s"]);
     eventually("the agent to take the lock", Duration::from_secs(60), || async {
-        read_lock(&scope).await.filter(|l| l.contains(&names[0]))
+        read_lock(scope).await.filter(|l| l.contains(&names[0]))
     })
     .await;
     // Past the entry's TTL, another holder takes the slot, as a waiting agent would.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    write_lock(&scope, Some(r#"{"nodeID":"manual"}"#)).await;
+    write_lock(scope, Some(r#"{"nodeID":"manual"}"#)).await;
     sim.logged("giving the node back", Duration::from_secs(60)).await;
     eventually("the node uncordoned", Duration::from_secs(30), || async {
         let node = nodes.get(&names[0]).await.ok()?;
-        (!support::unschedulable(&node)).then_some(())
+        (!unschedulable(&node)).then_some(())
     })
     .await;
     assert_eq!(
@@ -352,33 +340,32 @@ async fn a_slot_lost_by_ttl_before_the_reboot_is_given_back() {
         sim.log_tail(30)
     );
     assert_eq!(
-        read_lock(&scope).await.as_deref(),
+        read_lock(scope).await.as_deref(),
         Some(r#"{"nodeID":"manual"}"#),
         "the new holder's lock is left alone"
     );
 
-    let first_boot = support::first_boot_id(&scope, &names[0]).await;
-    write_lock(&scope, None).await;
-    let node = wait_for_reboot_cycle(&scope, &names[0], &sim, 1, &first_boot).await;
-    assert!(!support::unschedulable(&node));
+    let first_boot = scope.first_boot_id(&names[0]).await;
+    write_lock(scope, None).await;
+    let node = wait_for_reboot_cycle(scope, &names[0], &sim, 1, &first_boot).await;
+    assert!(!unschedulable(&node));
 }
 
 /// A holder's TTL running out frees its slot without a write anyone could watch: a waiting agent
 /// must look again then, not a `--period` (here an hour) later.
 #[tokio::test]
 async fn a_waiting_agent_takes_the_lock_when_the_holder_expires() {
-    let scope = Scope::new("agent-ttl-wait").await;
-    let names = scope.create_nodes(2).await;
-    let agents = support::Agents::new(&scope).await;
+    let fleet = Fleet::new("agent-ttl-wait", 2).await;
+    let (scope, names) = (&fleet.scope, &fleet.names);
     // The holder is a real Node whose agent never comes back; its entry expires in 8 s.
     let created = jiff::Timestamp::now().to_string();
     let held = upstream_entry(&names[1], &created, 8_000_000_000);
-    write_lock(&scope, Some(&held)).await;
-    let sim = agents.start(&scope, &names[0], &["--period=1h", "--lock-ttl=30m"]);
-    let first_boot = support::first_boot_id(&scope, &names[0]).await;
+    write_lock(scope, Some(&held)).await;
+    let sim = fleet.start(0, &["--period=1h", "--lock-ttl=30m"]);
+    let first_boot = scope.first_boot_id(&names[0]).await;
     sim.logged("waiting for the lock", Duration::from_secs(30)).await;
     assert_eq!(sim.reboots(), 0, "not before the holder's TTL ran out");
-    wait_for_reboot_cycle(&scope, &names[0], &sim, 1, &first_boot).await;
+    wait_for_reboot_cycle(scope, &names[0], &sim, 1, &first_boot).await;
 }
 
 /// An idle agent asks nothing of the API server: what it must know of its own (a lock entry, a

@@ -10,9 +10,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::eventually;
 use support::faultproxy::{Fault, Rule};
 use support::rig::{Rig, SETTLE};
+use support::wait::eventually;
 
 #[tokio::test]
 async fn evictions_answered_503_or_reset_a_few_times_do_not_fail_the_drain() {
@@ -100,9 +100,7 @@ async fn lock_reads_failing_after_the_reboot_do_not_keep_the_node_for_a_period()
 #[tokio::test]
 async fn a_black_hole_mid_drain_does_not_abandon_the_drain() {
     let rig = Rig::new("apifault-blackhole").await;
-    rig.hold_the_drain().await;
-    let sim = rig.start(&[]);
-    rig.draining(&sim).await;
+    let sim = rig.start_held(&[]).await;
 
     rig.proxy.black_hole_for(Duration::from_secs(20));
     eventually("the agent's requests to vanish", SETTLE, || async {
@@ -118,9 +116,7 @@ async fn a_black_hole_mid_drain_does_not_abandon_the_drain() {
 #[tokio::test]
 async fn the_api_server_down_for_30s_mid_drain_does_not_abandon_the_drain() {
     let rig = Rig::new("apifault-down-drain").await;
-    rig.hold_the_drain().await;
-    let sim = rig.start(&[]);
-    rig.draining(&sim).await;
+    let sim = rig.start_held(&[]).await;
 
     rig.proxy.down_for(Duration::from_secs(30)).await;
     assert!(rig.proxy.dropped() >= 1, "the agent's connections were dropped");
@@ -153,9 +149,7 @@ async fn the_api_server_down_for_30s_mid_release_still_releases() {
 #[tokio::test]
 async fn the_lock_read_before_the_reboot_failing_holds_the_reboot_until_it_succeeds() {
     let rig = Rig::new("apifault-confirm").await;
-    rig.hold_the_drain().await;
-    let sim = rig.start(&["--period=5s"]);
-    rig.draining(&sim).await;
+    let sim = rig.start_held(&["--period=5s"]).await;
     // From here on, the only read of the lock from the API server is the one before the reboot.
     let reads = rig
         .proxy
@@ -178,9 +172,7 @@ async fn the_lock_read_before_the_reboot_failing_holds_the_reboot_until_it_succe
 #[tokio::test]
 async fn killed_between_a_give_backs_uncordon_and_its_release() {
     let rig = Rig::new("apifault-giveback-kill").await;
-    rig.hold_the_drain().await;
-    let sim = rig.start(&["--drain-timeout=3s", "--period=5s"]);
-    rig.draining(&sim).await;
+    let sim = rig.start_held(&["--drain-timeout=3s", "--period=5s"]).await;
     let releases = rig
         .proxy
         .inject(Rule::new("update", "daemonsets", Fault::Status(503)));

@@ -20,8 +20,12 @@ use kured::blockers::{
 use kured::selector::LabelSelector;
 use regex::Regex;
 use serde_json::json;
-use support::prometheus::{Prometheus, free_port};
-use support::{Scope, create, eventually};
+use support::cluster::admin_config;
+use support::http::free_port;
+use support::objects::{create, create_pod, running};
+use support::prometheus::Prometheus;
+use support::scope::Scope;
+use support::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use url::Url;
@@ -35,38 +39,6 @@ fn selector(text: &str) -> LabelSelector {
 
 fn pod_phase(pod: &Pod) -> Option<&str> {
     pod.status.as_ref().and_then(|s| s.phase.as_deref())
-}
-
-/// A bare pod labelled `labels`, bound to `node`.
-async fn create_pod(scope: &Scope, name: &str, node: &str, labels: serde_json::Value) {
-    create::<Pod>(
-        scope,
-        json!({
-            "metadata": { "name": name, "labels": labels },
-            "spec": {
-                "nodeName": node,
-                "containers": [{ "name": "main", "image": "registry.invalid/long:1" }],
-            },
-        }),
-    )
-    .await;
-}
-
-/// Waits until the pod `name` has phase `phase`.
-async fn wait_for_phase(scope: &Scope, name: &str, phase: &str) {
-    let pods: Api<Pod> = scope.api();
-    eventually(
-        &format!("pod {name} to be {phase}"),
-        Duration::from_secs(60),
-        || {
-            let pods = pods.clone();
-            async move {
-                let pod = pods.get(name).await.ok()?;
-                (pod_phase(&pod) == Some(phase)).then_some(())
-            }
-        },
-    )
-    .await;
 }
 
 fn only_reason(reasons: &[BlockReason], kind: BlockKind) -> &BlockReason {
@@ -90,9 +62,9 @@ async fn pods_matching_a_selector_block_only_their_node() {
     let on_b = PodBlocker::new(scope.client.clone(), b.clone(), vec![long.clone()]);
     assert!(on_a.check().await.is_empty(), "no pods yet");
 
-    create_pod(&scope, "long", a, json!({ "app": "long" })).await;
-    create_pod(&scope, "unrelated", a, json!({ "app": "short" })).await;
-    wait_for_phase(&scope, "long", "Running").await;
+    create_pod(&scope, "long", a, json!({ "app": "long" }), json!({})).await;
+    create_pod(&scope, "unrelated", a, json!({ "app": "short" }), json!({})).await;
+    running(&scope, "app=long", 1, Some(a)).await;
 
     let reasons = on_a.check().await;
     let reason = only_reason(&reasons, BlockKind::BlockingPods);
@@ -166,10 +138,24 @@ async fn several_selectors_name_every_blocking_pod() {
     let nodes = scope.create_nodes(1).await;
     let node = &nodes[0];
     for i in 0..12 {
-        create_pod(&scope, &format!("batch-{i:02}"), node, json!({ "tier": "batch" })).await;
+        create_pod(
+            &scope,
+            &format!("batch-{i:02}"),
+            node,
+            json!({ "tier": "batch" }),
+            json!({}),
+        )
+        .await;
     }
-    create_pod(&scope, "db", node, json!({ "app": "db" })).await;
-    create_pod(&scope, "both", node, json!({ "app": "db", "tier": "batch" })).await;
+    create_pod(&scope, "db", node, json!({ "app": "db" }), json!({})).await;
+    create_pod(
+        &scope,
+        "both",
+        node,
+        json!({ "app": "db", "tier": "batch" }),
+        json!({}),
+    )
+    .await;
     let blocker = PodBlocker::new(
         scope.client.clone(),
         node.clone(),
@@ -199,7 +185,7 @@ async fn pod_list_errors_block_and_say_why() {
     let node = scope.node_name(0);
 
     // The API server refuses: a user without the right to list pods.
-    let mut config = support::admin_config().await;
+    let mut config = admin_config().await;
     config.auth_info.impersonate = Some("kured-test-nobody".to_owned());
     let client = Client::try_from(config).expect("a client");
     let reasons = PodBlocker::new(client, node.clone(), vec![selector("app=long")])
@@ -257,7 +243,23 @@ fn client_for(addr: SocketAddr) -> Client {
 
 /// A loopback address nothing listens on (just released by the operating system).
 fn closed_port() -> SocketAddr {
-    free_port()
+    (Ipv4Addr::LOCALHOST, free_port()).into()
+}
+
+/// A Prometheus blocker on `url`, without filters.
+fn unfiltered(url: Url) -> PrometheusBlocker {
+    PrometheusBlocker::new(url, filter(None, false, false)).expect("a Prometheus client")
+}
+
+/// The one reason among `reasons`, an error querying the Prometheus at `url` (as the message
+/// shows it): what the message says after naming it.
+fn prometheus_error<'a>(reasons: &'a [BlockReason], url: &str) -> &'a str {
+    let reason = only_reason(reasons, BlockKind::PrometheusError);
+    let prefix = format!("cannot query Prometheus at {url}: ");
+    reason
+        .message
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{reason:?} does not start with {prefix:?}"))
 }
 
 fn filter(regexp: Option<&str>, match_only: bool, firing_only: bool) -> AlertFilter {
@@ -316,23 +318,16 @@ async fn prometheus_under_a_path_prefix() {
     // The same server without its prefix answers 404: blocked, saying so.
     let mut root = prometheus.url.clone();
     root.set_path("/");
-    let blocker = PrometheusBlocker::new(root.clone(), filter(None, false, false)).expect("a client");
-    let reasons = blocker.check().await;
-    let reason = only_reason(&reasons, BlockKind::PrometheusError);
-    assert!(
-        reason
-            .message
-            .starts_with(&format!("cannot query Prometheus at {root}: ")),
-        "{reason}"
-    );
-    assert!(reason.message.contains("HTTP status 404"), "{reason}");
+    let reasons = unfiltered(root.clone()).check().await;
+    let error = prometheus_error(&reasons, root.as_str());
+    assert!(error.contains("HTTP status 404"), "{error}");
 }
 
 #[tokio::test]
 async fn combined_blockers_report_every_reason() {
     let scope = Scope::new("block-all").await;
     let nodes = scope.create_nodes(1).await;
-    create_pod(&scope, "long", &nodes[0], json!({ "app": "long" })).await;
+    create_pod(&scope, "long", &nodes[0], json!({ "app": "long" }), json!({})).await;
     let prometheus = Prometheus::start(None).await;
     let settings = BlockerSettings {
         prometheus_url: Some(prometheus.url.clone()),
@@ -357,40 +352,21 @@ async fn unreachable_prometheus_blocks_naming_the_url() {
     let url: Url = format!("http://user:secret@{addr}/prometheus?token=t")
         .parse()
         .expect("a URL");
-    let blocker = PrometheusBlocker::new(url, filter(None, false, false)).expect("a client");
-    let reasons = blocker.check().await;
-    let reason = only_reason(&reasons, BlockKind::PrometheusError);
-    assert!(
-        reason
-            .message
-            .starts_with(&format!("cannot query Prometheus at http://{addr}/prometheus: ")),
-        "{reason}"
-    );
-    assert!(reason.message.contains("cannot send the query"), "{reason}");
-    assert!(
-        !reason.message.contains("secret") && !reason.message.contains("token"),
-        "{reason}"
-    );
+    let reasons = unfiltered(url).check().await;
+    let error = prometheus_error(&reasons, &format!("http://{addr}/prometheus"));
+    assert!(error.contains("cannot send the query"), "{error}");
+    assert!(!error.contains("secret") && !error.contains("token"), "{error}");
 }
 
 #[tokio::test]
 async fn prometheus_with_an_untrusted_certificate_blocks() {
     // The test cluster's API server speaks TLS with a certificate from the cluster's own CA,
     // which the system's CA bundle does not hold.
-    let config = support::admin_config().await;
+    let config = admin_config().await;
     let url: Url = config.cluster_url.to_string().parse().expect("a URL");
-    let reasons = PrometheusBlocker::new(url.clone(), filter(None, false, false))
-        .expect("a client")
-        .check()
-        .await;
-    let reason = only_reason(&reasons, BlockKind::PrometheusError);
-    assert!(
-        reason
-            .message
-            .starts_with(&format!("cannot query Prometheus at {url}: ")),
-        "{reason}"
-    );
-    assert!(reason.message.contains("UnknownIssuer"), "{reason}");
+    let reasons = unfiltered(url.clone()).check().await;
+    let error = prometheus_error(&reasons, url.as_str());
+    assert!(error.contains("UnknownIssuer"), "{error}");
 }
 
 /// Reads a request's head (up to its blank line); false if the connection ended first.
@@ -478,27 +454,14 @@ async fn servers_that_are_not_prometheus_block() {
     for &(case, response, want) in cases {
         let addr = canned_server(response).await;
         let url: Url = format!("http://{addr}").parse().expect("a URL");
-        let reasons = PrometheusBlocker::new(url, filter(None, false, false))
-            .expect("a client")
-            .check()
-            .await;
-        let reason = only_reason(&reasons, BlockKind::PrometheusError);
-        assert!(
-            reason
-                .message
-                .starts_with(&format!("cannot query Prometheus at http://{addr}/: ")),
-            "{case}: {reason}"
-        );
-        assert!(
-            reason.message.contains(want),
-            "{case}: {reason:?} should contain {want:?}"
-        );
+        let reasons = unfiltered(url).check().await;
+        let error = prometheus_error(&reasons, &format!("http://{addr}/"));
+        assert!(error.contains(want), "{case}: {error:?} should contain {want:?}");
     }
 
     let addr = silent_server().await;
     let url: Url = format!("http://{addr}").parse().expect("a URL");
-    let reasons = PrometheusBlocker::new(url, filter(None, false, false))
-        .expect("a client")
+    let reasons = unfiltered(url)
         .with_timeout(Duration::from_millis(300))
         .check()
         .await;
@@ -563,17 +526,10 @@ async fn an_oversized_answer_is_refused_naming_the_url_and_the_limit() {
         let url: Url = format!("http://user:secret@{addr}/prom?token=t")
             .parse()
             .expect("a URL");
-        let reasons = PrometheusBlocker::new(url, filter(None, false, false))
-            .expect("a client")
-            .check()
-            .await;
-        let reason = only_reason(&reasons, BlockKind::PrometheusError);
+        let reasons = unfiltered(url).check().await;
         assert_eq!(
-            reason.message,
-            format!(
-                "cannot query Prometheus at http://{addr}/prom: the answer is larger than 8 MiB, more \
-                 than an ALERTS query returns; not read further"
-            ),
+            prometheus_error(&reasons, &format!("http://{addr}/prom")),
+            "the answer is larger than 8 MiB, more than an ALERTS query returns; not read further",
             "Content-Length sent: {declared}"
         );
         if !declared {

@@ -4,39 +4,33 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::kured;
+use support::cli::{kured, run};
+use support::cluster::kubeconfig_path;
+use support::http::{free_port, get_blocking};
 
 #[test]
 fn bad_flags_exit_2_with_one_line_naming_flag_and_value() {
-    let out = kured()
-        .args(["--node-id=n1", "--start-time=25:00"])
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let out = run(kured().args(["--node-id=n1", "--start-time=25:00"]));
+    assert_eq!(out.code, Some(2));
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
     assert!(
-        stderr.starts_with("kured: invalid --start-time \"25:00\""),
-        "{stderr}"
+        out.stderr.starts_with("kured: invalid --start-time \"25:00\""),
+        "{out}"
     );
 
-    let out = kured()
-        .env("KURED_REBOOT_DAYS", "mo,funday")
-        .arg("--node-id=n1")
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("\"funday\""));
+    let out = run(kured().env("KURED_REBOOT_DAYS", "mo,funday").arg("--node-id=n1"));
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("\"funday\""));
 
-    let out = kured().output().expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
+    let out = run(&mut kured());
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("--node-id"));
 }
 
 /// As in upstream kured, which reads its variables after its flags, a `KURED_*` variable wins
@@ -44,7 +38,7 @@ fn bad_flags_exit_2_with_one_line_naming_flag_and_value() {
 #[test]
 fn a_variable_and_its_flag_meet_as_in_upstream_with_a_warning_naming_both() {
     let schedule = |vars: &[(&str, &str)]| {
-        let out = kured()
+        let out = run(kured()
             .envs(vars.iter().copied())
             .args([
                 "schedule",
@@ -52,14 +46,9 @@ fn a_variable_and_its_flag_meet_as_in_upstream_with_a_warning_naming_both() {
                 "--start-time=2:00",
                 "--end-time=4:00",
             ])
-            .args(["--at=2026-12-02T00:00:00Z", "--count=1"])
-            .output()
-            .expect("runs");
-        assert!(out.status.success(), "{out:?}");
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .args(["--at=2026-12-02T00:00:00Z", "--count=1"]));
+        assert_eq!(out.code, Some(0), "{out}");
+        (out.stdout, out.stderr)
     };
     let (stdout, stderr) = schedule(&[("KURED_TIME_ZONE", "Europe/Berlin")]);
     assert!(
@@ -81,47 +70,40 @@ fn a_variable_and_its_flag_meet_as_in_upstream_with_a_warning_naming_both() {
     );
 
     // A list variable adds to its flag's values.
-    let out = kured()
-        .env("KURED_REBOOT_DAYS", "tu")
-        .args([
-            "schedule",
-            "--reboot-days=mo",
-            "--at=2026-12-02T00:00:00Z",
-            "--count=1",
-        ])
-        .output()
-        .expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let out = run(kured().env("KURED_REBOOT_DAYS", "tu").args([
+        "schedule",
+        "--reboot-days=mo",
+        "--at=2026-12-02T00:00:00Z",
+        "--count=1",
+    ]));
     assert!(
-        stdout.contains("Window  ---MonTue------------ between"),
-        "{stdout}"
+        out.stdout.contains("Window  ---MonTue------------ between"),
+        "{out}"
     );
 
     // The agent logs the warning at start, the notification URL's values not shown.
-    let out = kured()
+    let out = run(kured()
         .env("KURED_NOTIFY_URL", "slack://hook:T000/B000/FROMVARIABLE@webhook")
         .args([
             "--node-id=n1",
             "--notify-url=slack://hook:T000/B000/FROMFLAG@webhook",
         ])
-        .arg("--kubeconfig=/nonexistent/kubeconfig")
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+        .arg("--kubeconfig=/nonexistent/kubeconfig"));
+    assert_eq!(out.code, Some(1), "{out}");
     assert!(
-        stderr.contains("both KURED_NOTIFY_URL and --notify-url are set, to different values"),
-        "{stderr}"
+        out.stderr
+            .contains("both KURED_NOTIFY_URL and --notify-url are set, to different values"),
+        "{out}"
     );
     assert!(
-        !stderr.contains("FROMFLAG") && !stderr.contains("FROMVARIABLE"),
-        "{stderr}"
+        !out.stderr.contains("FROMFLAG") && !out.stderr.contains("FROMVARIABLE"),
+        "{out}"
     );
 }
 
 #[test]
 fn schedule_prints_json_in_the_documented_shape() {
-    let out = kured()
+    let out = run(kured()
         .args([
             "schedule",
             "--at=2026-11-27T10:00:00Z",
@@ -133,11 +115,9 @@ fn schedule_prints_json_in_the_documented_shape() {
             "--start-time=22:00",
             "--end-time=04:00",
             "--time-zone=Europe/Berlin",
-        ])
-        .output()
-        .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        ]));
+    assert_eq!(out.code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
     assert_eq!(v["inside"], false);
     let windows = v["windows"].as_array().expect("windows");
     assert_eq!(windows.len(), 2);
@@ -157,18 +137,14 @@ fn schedule_prints_json_in_the_documented_shape() {
 
 #[test]
 fn schedule_text_says_whether_inside() {
-    let out = kured()
-        .args([
-            "schedule",
-            "--at=2026-11-27T12:00:00Z",
-            "--start-time=9am",
-            "--end-time=5pm",
-        ])
-        .output()
-        .expect("runs");
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Inside  yes"), "{text}");
+    let out = run(kured().args([
+        "schedule",
+        "--at=2026-11-27T12:00:00Z",
+        "--start-time=9am",
+        "--end-time=5pm",
+    ]));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("Inside  yes"), "{out}");
 }
 
 /// The agent process, killed on drop so a failing test leaves nothing behind.
@@ -181,35 +157,18 @@ impl Drop for Agent {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn get(port: u16, path: &str) -> Option<String> {
-    get_from(std::net::Ipv4Addr::LOCALHOST.into(), port, path)
-}
-
-fn get_from(ip: std::net::IpAddr, port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect((ip, port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
+/// The body of the agent's answer to `GET path` from `ip`, if it is a 200.
+fn get_ok(ip: IpAddr, port: u16, path: &str) -> Option<String> {
+    match get_blocking((ip, port), path, Duration::from_secs(2)) {
+        Ok((200, body)) => Some(body),
+        _ => None,
+    }
 }
 
 fn wait_for_metric(port: u16, line: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if get(port, "/metrics").is_some_and(|b| b.contains(line)) {
+        if get_ok(Ipv4Addr::LOCALHOST.into(), port, "/metrics").is_some_and(|b| b.contains(line)) {
             return;
         }
         assert!(Instant::now() < deadline, "/metrics never showed {line:?}");
@@ -225,7 +184,7 @@ fn start_agent(sentinel: &Path, port: u16, log_format: &str) -> Agent {
         .arg(format!("--reboot-sentinel={}", sentinel.display()))
         .arg(format!("--metrics-port={port}"))
         .arg("--notify-url=slack://hook:T000/B000/SECRETTOKEN@webhook")
-        .env("KURED_KUBECONFIG", support::kubeconfig_path())
+        .env("KURED_KUBECONFIG", kubeconfig_path())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starts");
@@ -240,17 +199,10 @@ fn agent_serves_reboot_required_from_the_sentinel_and_stops_on_sigterm() {
     let mut agent = start_agent(&sentinel, port, "json");
 
     wait_for_metric(port, "kured_reboot_required{node=\"test-node\"} 0");
-    let healthy = |b: &String| b.starts_with("HTTP/1.1 200") && b.ends_with("ok\n");
     // IPv6-only and IPv6-first clusters scrape and probe over IPv6, the others over IPv4.
-    for ip in [
-        std::net::Ipv6Addr::LOCALHOST.into(),
-        std::net::Ipv4Addr::LOCALHOST.into(),
-    ] {
-        let answer = get_from(ip, port, "/healthz");
-        assert!(
-            answer.as_ref().is_some_and(healthy),
-            "/healthz on {ip}: {answer:?}"
-        );
+    for ip in [Ipv6Addr::LOCALHOST.into(), Ipv4Addr::LOCALHOST.into()] {
+        let answer = get_ok(ip, port, "/healthz");
+        assert_eq!(answer.as_deref(), Some("ok\n"), "/healthz on {ip}");
     }
     std::fs::write(&sentinel, "").expect("creating the sentinel");
     wait_for_metric(port, "kured_reboot_required{node=\"test-node\"} 1");
@@ -259,9 +211,8 @@ fn agent_serves_reboot_required_from_the_sentinel_and_stops_on_sigterm() {
 
     let logs = stop(&mut agent);
     assert!(!logs.contains("SECRETTOKEN"), "a secret reached the log: {logs}");
-    for line in BufReader::new(logs.as_bytes()).lines() {
-        let line = line.expect("a line");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    for line in logs.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
         assert!(
             v["level"].is_string() && v["msg"].is_string() && v["time"].is_string(),
             "{line}"
@@ -307,22 +258,19 @@ fn a_taken_metrics_port_is_a_clear_error() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = holder.local_addr().expect("addr").port();
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = kured()
+    let out = run(kured()
         .args([
             "--node-id=n1",
             "--metrics-host=127.0.0.1",
             &format!("--metrics-port={port}"),
         ])
         .arg(format!("--reboot-sentinel={}", dir.path().join("s").display()))
-        .env("KURED_KUBECONFIG", support::kubeconfig_path())
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.lines().last().unwrap_or_default();
+        .env("KURED_KUBECONFIG", kubeconfig_path()));
+    assert_eq!(out.code, Some(1));
     assert!(
-        last.starts_with(&format!("kured: cannot listen on 127.0.0.1:{port}")),
-        "{stderr}"
+        out.last_error_line()
+            .starts_with(&format!("kured: cannot listen on 127.0.0.1:{port}")),
+        "{out}"
     );
 }
 
@@ -332,18 +280,15 @@ fn a_taken_metrics_port_is_a_clear_error() {
 #[test]
 fn an_invalid_prometheus_url_never_shows_its_password() {
     let script = r#"mount -t tmpfs kured-test /dev && : > /dev/termination-log && "$0" "$@"; code=$?; echo "exit $code"; echo "termination-log: $(cat /dev/termination-log)""#;
-    let out = Command::new("unshare")
+    let out = run(Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", script])
         .arg(env!("CARGO_BIN_EXE_kured"))
         .args([
             "--node-id=n1",
             "--prometheus-url=http://admin:hunter2@prom etheus:9090",
         ])
-        .env_clear()
-        .output()
-        .expect("running unshare (needs root)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .env_clear());
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     let line =
         "kured: invalid --prometheus-url \"http://<redacted>\": not a URL: invalid international domain name";
     assert!(stdout.contains("exit 2\n"), "stdout: {stdout}\nstderr: {stderr}");

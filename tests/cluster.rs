@@ -8,34 +8,19 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
 use kube::api::{EvictParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{Scope, eventually, wait_for};
-
-fn is_running(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-}
+use support::objects::{
+    budget_computed, create_deployment, create_pdb, is_ready, is_running, running, set_min_available,
+};
+use support::rbac::service_account_with_role;
+use support::scope::Scope;
+use support::wait::{eventually, wait_for};
 
 /// Running pods of app `app` in the scope, once there are exactly `count` of them.
 async fn running_pods(scope: &Scope, app: &str, count: usize) -> Vec<Pod> {
-    let pods: Api<Pod> = scope.api();
-    let by_app = ListParams::default().labels(&format!("app={app}"));
-    eventually(
-        &format!("{count} running pods of {app}"),
-        Duration::from_secs(60),
-        || {
-            let (pods, by_app) = (pods.clone(), by_app.clone());
-            async move {
-                let list = pods.list(&by_app).await.ok()?;
-                let running: Vec<Pod> = list.items.into_iter().filter(is_running).collect();
-                (running.len() == count).then_some(running)
-            }
-        },
-    )
-    .await
+    running(scope, &format!("app={app}"), count, None).await
 }
 
 #[tokio::test]
@@ -73,7 +58,7 @@ async fn kwok_node_becomes_ready_and_keeps_heartbeating() {
 async fn deployment_pods_run_on_kwok_nodes() {
     let scope = Scope::new("deploy").await;
     let nodes: BTreeSet<String> = scope.create_nodes(2).await.into_iter().collect();
-    support::create_deployment(&scope, "web", 2, None).await;
+    create_deployment(&scope, "web", 2, None).await;
     let pods = running_pods(&scope, "web", 2).await;
     for pod in &pods {
         let node = pod
@@ -85,20 +70,12 @@ async fn deployment_pods_run_on_kwok_nodes() {
             nodes.contains(&node),
             "pod scheduled on {node}, outside this test's nodes {nodes:?}"
         );
-        let ready = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        assert!(ready, "pod {:?} is Running but not Ready", pod.metadata.name);
+        assert!(
+            is_ready(pod),
+            "pod {:?} is Running but not Ready",
+            pod.metadata.name
+        );
     }
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The node-lifecycle controller marks every pod of a node that missed its heartbeats unready
@@ -109,7 +86,7 @@ fn is_ready(pod: &Pod) -> bool {
 async fn a_running_pod_marked_unready_becomes_ready_again() {
     let scope = Scope::new("pod-ready-again").await;
     scope.create_nodes(1).await;
-    support::create_deployment(&scope, "web", 1, None).await;
+    create_deployment(&scope, "web", 1, None).await;
     let pod = running_pods(&scope, "web", 1).await.remove(0);
     let name = pod.metadata.name.clone().expect("a named pod");
     assert!(is_ready(&pod), "pod {name} is Running but not Ready");
@@ -132,11 +109,11 @@ async fn a_running_pod_marked_unready_becomes_ready_again() {
 async fn pod_disruption_budget_refuses_eviction_until_relaxed() {
     let scope = Scope::new("pdb").await;
     scope.create_nodes(2).await;
-    support::create_deployment(&scope, "guarded", 2, None).await;
+    create_deployment(&scope, "guarded", 2, None).await;
     let pods = running_pods(&scope, "guarded", 2).await;
 
     // The disruption controller must have computed the budget, so a refusal below is its decision.
-    support::create_pdb(&scope, "guarded", 2, 2).await;
+    create_pdb(&scope, "guarded", 2, 2).await;
 
     let victim = pods[0].metadata.name.clone().expect("a pod name");
     let pod_api: Api<Pod> = scope.api();
@@ -153,27 +130,9 @@ async fn pod_disruption_budget_refuses_eviction_until_relaxed() {
         }
     }
 
-    let pdbs: Api<PodDisruptionBudget> = scope.api();
-    pdbs.patch(
-        "guarded",
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "spec": { "minAvailable": 1 } })),
-    )
-    .await
-    .expect("relaxing the PDB");
-    eventually(
-        "the disruption controller to allow 1 disruption",
-        Duration::from_secs(60),
-        || async {
-            let pdb = pdbs.get("guarded").await.ok()?;
-            let status = pdb.status?;
-            (status.observed_generation == pdb.metadata.generation
-                && status.current_healthy == Some(2)
-                && status.disruptions_allowed == Some(1))
-            .then_some(())
-        },
-    )
-    .await;
+    set_min_available(&scope, "guarded", 1).await;
+    // The disruption controller allows 1 disruption.
+    budget_computed(&scope, "guarded", 1, 2).await;
     pod_api
         .evict(&victim, &EvictParams::default())
         .await
@@ -203,7 +162,7 @@ async fn pod_disruption_budget_refuses_eviction_until_relaxed() {
 async fn rbac_is_enforced_for_a_service_account() {
     let scope = Scope::new("rbac").await;
     let dir = tempfile::tempdir().expect("a temp dir");
-    let narrow = support::service_account_with_role(
+    let narrow = service_account_with_role(
         &scope,
         "narrow",
         json!([{ "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"] }]),

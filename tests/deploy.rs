@@ -16,16 +16,22 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 use serde_json::json;
+use support::cli::agent_accepts;
+use support::cluster::{delete_cluster_rbac, kubectl};
+use support::nodes::{boot_id, unschedulable};
+use support::objects::{create_daemonset, create_deployment, create_pdb, pod_template, running_on};
 use support::observer::{held_by, read_lock, write_lock};
-use support::{Scope, SimulatedNode, create, eventually, kubectl, running_on};
+use support::rbac::service_account_client;
+use support::scope::{SCOPE_LABEL, Scope};
+use support::simulated::SimulatedNode;
+use support::wait::eventually;
 
 const REBOOT_IN_PROGRESS: &str = "weave.works/kured-reboot-in-progress";
 const MOST_RECENT_REBOOT_NEEDED: &str = "weave.works/kured-most-recent-reboot-needed";
@@ -183,8 +189,7 @@ fn every_flag_in_the_manifests_is_accepted() {
             manifest.path
         );
         let args = [&["--node-id=n1".to_owned()][..], &flags[..]].concat();
-        support::agent_accepts(&args, [])
-            .unwrap_or_else(|e| panic!("{}: {flags:?} refused: {e}", manifest.path));
+        agent_accepts(&args, []).unwrap_or_else(|e| panic!("{}: {flags:?} refused: {e}", manifest.path));
     }
 }
 
@@ -435,11 +440,7 @@ impl Isolated {
                     out.push_str(&format!("  name: {cluster_name}\n"));
                 } else if line == "        kubernetes.io/os: linux" && kind == "DaemonSet" {
                     count("nodeSelector");
-                    out.push_str(&format!(
-                        "{line}\n        {}: {}\n",
-                        support::SCOPE_LABEL,
-                        scope.id
-                    ));
+                    out.push_str(&format!("{line}\n        {}: {}\n", SCOPE_LABEL, scope.id));
                 } else if let Some(w) = withheld.filter(|w| w.kind == kind && w.line == line) {
                     count("withheld");
                     out.push_str(w.replacement);
@@ -490,24 +491,7 @@ impl Isolated {
 
 impl Drop for Isolated {
     fn drop(&mut self) {
-        // Namespaced objects go with the scope's namespace; these two are cluster-wide.
-        let kubeconfig = format!("--kubeconfig={}", support::kubeconfig_path().display());
-        for kind in ["clusterrolebinding", "clusterrole"] {
-            let result = std::process::Command::new("kubectl")
-                .args([
-                    &kubeconfig,
-                    "delete",
-                    kind,
-                    &self.cluster_name,
-                    "--ignore-not-found",
-                    "--wait=false",
-                ])
-                .stdout(Stdio::null())
-                .status();
-            if !result.is_ok_and(|s| s.success()) {
-                eprintln!("cleanup: deleting {kind} {} failed", self.cluster_name);
-            }
-        }
+        delete_cluster_rbac(&[&self.cluster_name]);
     }
 }
 
@@ -554,52 +538,18 @@ impl Cluster {
             started.elapsed()
         );
 
-        create::<DaemonSet>(
-            &scope,
-            json!({
-                "metadata": { "name": "logger" },
-                "spec": {
-                    "selector": { "matchLabels": { "app": "logger" } },
-                    "template": {
-                        "metadata": { "labels": { "app": "logger" } },
-                        "spec": {
-                            "nodeSelector": { support::SCOPE_LABEL: scope.id },
-                            "containers": [{ "name": "logger", "image": "registry.invalid/logger:1" }],
-                        },
-                    },
-                },
-            }),
-        )
-        .await;
+        create_daemonset(&scope, "logger", pod_template(&scope, "logger", None, json!({}))).await;
         // Node 1 closed, so that both of web's pods land on node 0, and stay there.
-        support::set_unschedulable(&scope, n1, true).await;
-        create::<Deployment>(
-            &scope,
-            json!({
-                "metadata": { "name": "web" },
-                "spec": {
-                    "replicas": 2,
-                    "selector": { "matchLabels": { "app": "web" } },
-                    "template": {
-                        "metadata": { "labels": { "app": "web" } },
-                        "spec": {
-                            "nodeSelector": { support::SCOPE_LABEL: scope.id },
-                            "terminationGracePeriodSeconds": 1,
-                            "containers": [{ "name": "web", "image": "registry.invalid/web:1" }],
-                        },
-                    },
-                },
-            }),
-        )
-        .await;
+        scope.set_unschedulable(n1, true).await;
+        create_deployment(&scope, "web", 2, None).await;
         running_on(&scope, "app=web", &[n0, n0]).await;
         // One disruption allowed: web's two pods are healthy, the budget keeps one.
-        support::create_pdb(&scope, "web", 1, 2).await;
+        create_pdb(&scope, "web", 1, 2).await;
         running_on(&scope, "app=logger", &[n0, n1]).await;
         // Cordoned nodes keep DaemonSet pods: they tolerate node.kubernetes.io/unschedulable.
 
         let dir = tempfile::tempdir().expect("a temp dir");
-        let (kubeconfig, _) = support::service_account_client(&scope, "kured", "kured", dir.path()).await;
+        let (kubeconfig, _) = service_account_client(&scope, "kured", "kured", dir.path()).await;
         eprintln!("{}: set up after {:?}", manifest.path, started.elapsed());
         Cluster {
             scope,
@@ -617,10 +567,7 @@ impl Cluster {
     }
 
     async fn node(&self, i: usize) -> Node {
-        Api::<Node>::all(self.scope.client.clone())
-            .get(&self.nodes[i])
-            .await
-            .expect("reading the node")
+        self.scope.node(&self.nodes[i]).await
     }
 }
 
@@ -665,15 +612,15 @@ async fn full_cycle_with_the_manifests_rbac(manifest: &Manifest, test: &str) {
         Duration::from_secs(60),
     )
     .await;
-    support::set_unschedulable(&cluster.scope, &cluster.nodes[1], false).await;
+    cluster.scope.set_unschedulable(&cluster.nodes[1], false).await;
     let node = eventually(
         "node 0 drained, rebooted, uncordoned, lock released",
         Duration::from_secs(120),
         || async {
             let node = cluster.node(0).await;
             let boots = sim.boot_ids();
-            let rebooted = sim.reboots() == 1 && boots.len() == 2 && support::boot_id(&node) == boots[1];
-            let back = rebooted && !sim.sentinel.exists() && !support::unschedulable(&node);
+            let rebooted = sim.reboots() == 1 && boots.len() == 2 && boot_id(&node) == boots[1];
+            let back = rebooted && !sim.sentinel.exists() && !unschedulable(&node);
             (back && read_lock(&cluster.scope).await.is_none()).then_some(node)
         },
     )
@@ -764,7 +711,7 @@ async fn withholding_fails_the_drain(withheld: Withhold, resource: &str, test: &
         Duration::from_secs(30),
         || async {
             let node = cluster.node(0).await;
-            (!support::unschedulable(&node) && read_lock(&cluster.scope).await.is_none()).then_some(())
+            (!unschedulable(&node) && read_lock(&cluster.scope).await.is_none()).then_some(())
         },
     )
     .await;

@@ -9,42 +9,32 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use kured::drain::{DrainError, DrainSettings, Drainer, PodRef, SkipReason};
+use kured::drain::{DrainError, DrainSettings, DrainSummary, Drainer, PodRef, SkipReason};
 use kured::node::OwnNode;
 use kured::selector::LabelSelector;
-use serde_json::{Value, json};
-use support::{Scope, create, eventually};
+use serde_json::json;
+use support::objects::{
+    STARTUP, create_daemonset, create_deployment, create_deployment_of, create_pdb, create_pod, node_of,
+    pod_template, pods_on, running, set_min_available,
+};
+use support::scope::Scope;
+use support::wait::eventually;
 use tokio::time::Instant;
 
 /// Bounds drains that are expected to succeed, so that a broken drain fails the test instead of
 /// hanging it.
 const GENEROUS: Duration = Duration::from_secs(120);
-/// How long pods may take to be created, scheduled and reported Running by kwok.
-const STARTUP: Duration = Duration::from_secs(60);
 
 fn settings() -> DrainSettings {
     DrainSettings {
         timeout: Some(GENEROUS),
         ..DrainSettings::default()
     }
-}
-
-fn is_running(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-}
-
-fn node_of(pod: &Pod) -> &str {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .unwrap_or_default()
 }
 
 fn refs(scope: &Scope, names: &[&str]) -> BTreeSet<PodRef> {
@@ -61,78 +51,20 @@ fn pod_refs(pods: &[Pod]) -> BTreeSet<PodRef> {
     pods.iter().map(PodRef::of).collect()
 }
 
-/// A pod bound to `node` directly, without a controller. `extra` is merged into its spec.
-async fn create_pod(scope: &Scope, node: &str, name: &str, labels: Value, extra: Value) {
-    let mut spec = json!({
-        "nodeName": node,
-        "containers": [{ "name": "app", "image": "registry.invalid/app:1" }],
-    });
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
-    }
-    create::<Pod>(
-        scope,
-        json!({ "metadata": { "name": name, "labels": labels }, "spec": spec }),
-    )
-    .await;
-}
-
-/// A template for pods of app `app`, confined to this scope's nodes.
-fn template(scope: &Scope, app: &str, extra: Value) -> Value {
-    let mut spec = json!({
-        "nodeSelector": { support::SCOPE_LABEL: scope.id },
-        "terminationGracePeriodSeconds": 1,
-        "containers": [{ "name": "app", "image": "registry.invalid/app:1" }],
-    });
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
-    }
-    json!({ "metadata": { "labels": { "app": app } }, "spec": spec })
-}
-
-async fn create_deployment(scope: &Scope, app: &str, replicas: i32, extra: Value) {
-    create::<Deployment>(
-        scope,
-        json!({
-            "metadata": { "name": app },
-            "spec": {
-                "replicas": replicas,
-                "selector": { "matchLabels": { "app": app } },
-                "template": template(scope, app, extra),
-            },
-        }),
-    )
-    .await;
-}
-
-/// Running pods matching `selector`, once there are exactly `count` of them, all on `node` if given.
-async fn running(scope: &Scope, selector: &str, count: usize, node: Option<&str>) -> Vec<Pod> {
-    let pods: Api<Pod> = scope.api();
-    let params = ListParams::default().labels(selector);
-    let on = node.unwrap_or("any node");
-    eventually(
-        &format!("{count} running pods of {selector} on {on}"),
-        STARTUP,
-        || {
-            let (pods, params) = (pods.clone(), params.clone());
-            async move {
-                let list = pods.list(&params).await.ok()?;
-                let running: Vec<Pod> = list.items.into_iter().filter(is_running).collect();
-                let placed = node.is_none_or(|n| running.iter().all(|p| node_of(p) == n));
-                (running.len() == count && placed).then_some(running)
-            }
-        },
-    )
-    .await
-}
-
-/// All pods on `node`, in any phase.
-async fn pods_on(scope: &Scope, node: &str) -> Vec<Pod> {
-    Api::<Pod>::all(scope.client.clone())
-        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
-        .await
-        .expect("listing the node's pods")
-        .items
+/// A drain of `node` with [`settings`], in a task of its own, checked to be still running after
+/// `wait` (`why` says what holds it).
+async fn held_drain(
+    scope: &Scope,
+    node: &str,
+    wait: Duration,
+    why: &str,
+) -> tokio::task::JoinHandle<Result<DrainSummary, DrainError>> {
+    let drainer = Drainer::new(scope.client.clone(), settings());
+    let node = node.to_owned();
+    let drain = tokio::spawn(async move { drainer.drain(&node).await });
+    tokio::time::sleep(wait).await;
+    assert!(!drain.is_finished(), "{why}");
+    drain
 }
 
 async fn exists(scope: &Scope, name: &str) -> bool {
@@ -155,26 +87,11 @@ async fn drain_evicts_workloads_and_leaves_daemon_set_pods() {
     );
     // Everything starts on A: B is cordoned until the drain.
     node_b.cordon().await.expect("cordoning B");
-    create_deployment(&scope, "web", 3, json!({})).await;
-    create_deployment(
-        &scope,
-        "cache",
-        1,
-        json!({ "volumes": [{ "name": "scratch", "emptyDir": {} }] }),
-    )
-    .await;
-    create::<DaemonSet>(
-        &scope,
-        json!({
-            "metadata": { "name": "agent" },
-            "spec": {
-                "selector": { "matchLabels": { "app": "agent" } },
-                "template": template(&scope, "agent", json!({})),
-            },
-        }),
-    )
-    .await;
-    create_pod(&scope, a, "bare", json!({ "app": "bare" }), json!({})).await;
+    create_deployment(&scope, "web", 3, None).await;
+    let scratch = json!({ "volumes": [{ "name": "scratch", "emptyDir": {} }] });
+    create_deployment_of(&scope, "cache", 1, pod_template(&scope, "cache", None, scratch)).await;
+    create_daemonset(&scope, "agent", pod_template(&scope, "agent", None, json!({}))).await;
+    create_pod(&scope, "bare", a, json!({ "app": "bare" }), json!({})).await;
 
     let web = running(&scope, "app=web", 3, Some(a)).await;
     let cache = running(&scope, "app=cache", 1, Some(a)).await;
@@ -225,7 +142,7 @@ async fn disruption_budget_holds_the_drain_until_relaxed() {
     let (a, b) = (nodes[0].clone(), nodes[1].as_str());
     let node_b = OwnNode::new(scope.client.clone(), b);
     node_b.cordon().await.expect("cordoning B");
-    create_deployment(&scope, "guarded", 2, json!({})).await;
+    create_deployment(&scope, "guarded", 2, None).await;
     let guarded = running(&scope, "app=guarded", 2, Some(&a)).await;
     node_b.uncordon().await.expect("uncordoning B");
     OwnNode::new(scope.client.clone(), &a)
@@ -234,8 +151,7 @@ async fn disruption_budget_holds_the_drain_until_relaxed() {
         .expect("cordoning A");
 
     // The disruption controller must have computed the budget, so the refusals are its decision.
-    support::create_pdb(&scope, "guarded", 2, 2).await;
-    let pdbs: Api<PodDisruptionBudget> = scope.api();
+    create_pdb(&scope, "guarded", 2, 2).await;
 
     // The budget never allows an eviction: the drain retries until its timeout and names the pods.
     let timeout = Duration::from_secs(8);
@@ -276,20 +192,14 @@ async fn disruption_budget_holds_the_drain_until_relaxed() {
     }
 
     // Relaxed while a drain retries, the budget lets the pods go one by one.
-    let drainer = Drainer::new(scope.client.clone(), settings());
-    let drain = tokio::spawn({
-        let a = a.clone();
-        async move { drainer.drain(&a).await }
-    });
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!drain.is_finished(), "the drain waits for the budget");
-    pdbs.patch(
-        "guarded",
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "spec": { "minAvailable": 1 } })),
+    let drain = held_drain(
+        &scope,
+        &a,
+        Duration::from_secs(2),
+        "the drain waits for the budget",
     )
-    .await
-    .expect("relaxing the budget");
+    .await;
+    set_min_available(&scope, "guarded", 1).await;
     let summary = drain
         .await
         .expect("the drain task")
@@ -305,24 +215,24 @@ async fn a_pod_replaced_under_its_name_is_not_evicted() {
     let scope = Scope::new("drain-replaced").await;
     let nodes = scope.create_nodes(2).await;
     let (a, b) = (nodes[0].clone(), nodes[1].as_str());
-    create_pod(&scope, &a, "db-0", json!({ "app": "db" }), json!({})).await;
+    create_pod(&scope, "db-0", &a, json!({ "app": "db" }), json!({})).await;
     let original = running(&scope, "app=db", 1, Some(&a)).await.remove(0);
-    support::create_pdb(&scope, "db", 1, 1).await;
+    create_pdb(&scope, "db", 1, 1).await;
     let pdbs: Api<PodDisruptionBudget> = scope.api();
     OwnNode::new(scope.client.clone(), &a)
         .cordon()
         .await
         .expect("cordoning A");
 
-    let drainer = Drainer::new(scope.client.clone(), settings());
-    let drain = tokio::spawn({
-        let a = a.clone();
-        async move { drainer.drain(&a).await }
-    });
+    let drain = held_drain(
+        &scope,
+        &a,
+        Duration::from_millis(1500),
+        "the budget holds the drain",
+    )
+    .await;
     // While the drain waits to retry the refused eviction, the pod is replaced by one of the same
     // name on B (as a StatefulSet does), and the budget no longer stands in the way.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!drain.is_finished(), "the budget holds the drain");
     scope
         .api::<Pod>()
         .delete("db-0", &kube::api::DeleteParams::default().grace_period(0))
@@ -332,7 +242,7 @@ async fn a_pod_replaced_under_its_name_is_not_evicted() {
         (!exists(&scope, "db-0").await).then_some(())
     })
     .await;
-    create_pod(&scope, b, "db-0", json!({ "app": "db" }), json!({})).await;
+    create_pod(&scope, "db-0", b, json!({ "app": "db" }), json!({})).await;
     pdbs.delete("db", &Default::default())
         .await
         .expect("deleting the budget");
@@ -353,17 +263,17 @@ async fn a_pod_replaced_under_its_name_is_not_evicted() {
 async fn pod_selector_limits_the_drain() {
     let scope = Scope::new("drain-selector").await;
     let a = scope.create_nodes(1).await.remove(0);
-    create_pod(&scope, &a, "picked", json!({ "drain": "yes" }), json!({})).await;
+    create_pod(&scope, "picked", &a, json!({ "drain": "yes" }), json!({})).await;
     create_pod(
         &scope,
-        &a,
         "also-picked",
+        &a,
         json!({ "drain": "yes", "tier": "x" }),
         json!({}),
     )
     .await;
-    create_pod(&scope, &a, "kept", json!({ "drain": "no" }), json!({})).await;
-    create_pod(&scope, &a, "unlabelled", json!({}), json!({})).await;
+    create_pod(&scope, "kept", &a, json!({ "drain": "no" }), json!({})).await;
+    create_pod(&scope, "unlabelled", &a, json!({}), json!({})).await;
     let before = running(&scope, "", 4, Some(&a)).await;
     OwnNode::new(scope.client.clone(), &a)
         .cordon()
@@ -429,8 +339,8 @@ async fn grace_period_reaches_the_evicted_pods() {
     let scope = Scope::new("drain-grace").await;
     let nodes = scope.create_nodes(2).await;
     let own_grace = json!({ "terminationGracePeriodSeconds": 30 });
-    create_pod(&scope, &nodes[0], "shortened", json!({}), own_grace.clone()).await;
-    create_pod(&scope, &nodes[1], "own", json!({}), own_grace).await;
+    create_pod(&scope, "shortened", &nodes[0], json!({}), own_grace.clone()).await;
+    create_pod(&scope, "own", &nodes[1], json!({}), own_grace).await;
     running(&scope, "", 2, None).await;
     let seen = record_grace_periods(&scope);
     // The recorder's watch must be established before the pods start terminating.
@@ -463,7 +373,7 @@ async fn skip_wait_for_delete_and_timeout_while_waiting() {
     let scope = Scope::new("drain-skip-wait").await;
     let a = scope.create_nodes(1).await.remove(0);
     // A finalizer keeps the pod terminating until the test removes it.
-    create_pod(&scope, &a, "stuck", json!({}), json!({})).await;
+    create_pod(&scope, "stuck", &a, json!({}), json!({})).await;
     scope
         .api::<Pod>()
         .patch(
@@ -538,7 +448,7 @@ async fn drain_returns_as_soon_as_the_last_pod_is_gone() {
     let scope = Scope::new("drain-latency").await;
     let a = scope.create_nodes(1).await.remove(0);
     for i in 0..PODS {
-        create_pod(&scope, &a, &format!("p{i}"), json!({}), json!({})).await;
+        create_pod(&scope, &format!("p{i}"), &a, json!({}), json!({})).await;
     }
     running(&scope, "", PODS, Some(&a)).await;
     OwnNode::new(scope.client.clone(), &a)

@@ -6,8 +6,7 @@
 
 mod support;
 
-use std::path::PathBuf;
-
+use support::cluster::{run_dir, testcluster};
 use support::rig::Rig;
 
 /// The pid of the etcd the test cluster runs, from the pid file `scripts/testcluster` keeps.
@@ -22,27 +21,11 @@ fn etcd_pid(run_dir: &std::path::Path) -> String {
 #[tokio::test]
 async fn the_agent_finishes_its_cycle_across_an_etcd_restart_mid_drain() {
     let rig = Rig::new("etcd-restart").await;
-    rig.hold_the_drain().await;
-    let sim = rig.start(&[]);
-    rig.draining(&sim).await;
+    let sim = rig.start_held(&[]).await;
 
-    let run_dir = support::kubeconfig_path()
-        .parent()
-        .map(PathBuf::from)
-        .expect("the test cluster's run directory");
+    let run_dir = run_dir();
     let before = etcd_pid(&run_dir);
-    let restart =
-        tokio::process::Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/testcluster"))
-            .args(["restart", "etcd"])
-            .env("KURED_TESTCLUSTER_DIR", &run_dir)
-            .output()
-            .await
-            .expect("running scripts/testcluster restart etcd");
-    assert!(
-        restart.status.success(),
-        "scripts/testcluster restart etcd: {}",
-        String::from_utf8_lossy(&restart.stderr)
-    );
+    testcluster(&["restart", "etcd"]).await;
     assert_ne!(etcd_pid(&run_dir), before, "etcd runs as a new process");
 
     rig.let_the_drain_go().await;

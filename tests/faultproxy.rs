@@ -13,8 +13,12 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{EvictParams, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
+use support::agents::{Agents, Fleet};
+use support::cluster::{client_from_kubeconfig, config_from_kubeconfig};
 use support::faultproxy::{Call, Fault, FaultProxy, Rule};
-use support::{Agents, Scope, eventually};
+use support::objects::create_pod;
+use support::scope::Scope;
+use support::wait::eventually;
 
 /// A scope with one node, the agents' ServiceAccount (the RBAC of deploy/kured.yaml), a proxy,
 /// and a client that reaches the API server through the proxy with nothing but that account's
@@ -27,27 +31,25 @@ struct Setup {
     /// The kubeconfig of `client`.
     kubeconfig: std::path::PathBuf,
     _agents: Agents,
-    _dir: tempfile::TempDir,
 }
 
 impl Setup {
     async fn new(test: &str) -> Setup {
-        let scope = Scope::new(test).await;
-        let node = scope.create_nodes(1).await.remove(0);
-        let agents = Agents::new(&scope).await;
+        let Fleet {
+            scope,
+            mut names,
+            agents,
+        } = Fleet::new(test, 1).await;
         let proxy = FaultProxy::start().await;
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let kubeconfig = dir.path().join("via-proxy.kubeconfig");
-        proxy.kubeconfig(&agents.kubeconfig, &kubeconfig);
-        let client = support::client_from_kubeconfig(&kubeconfig).await;
+        let kubeconfig = agents.kubeconfig_through(&proxy);
+        let client = client_from_kubeconfig(&kubeconfig).await;
         Setup {
             scope,
-            node,
+            node: names.remove(0),
             proxy,
             client,
             kubeconfig,
             _agents: agents,
-            _dir: dir,
         }
     }
 
@@ -282,17 +284,7 @@ async fn status_faults_reach_the_client_as_api_errors_on_the_chosen_requests_onl
     assert_eq!(broken_watch.fired(), 1);
 
     // A subresource: evictions fail, the pod stays.
-    support::create::<Pod>(
-        &setup.scope,
-        json!({
-            "metadata": { "name": "victim" },
-            "spec": {
-                "nodeName": setup.node,
-                "containers": [{ "name": "c", "image": "registry.invalid/c:1" }],
-            },
-        }),
-    )
-    .await;
+    create_pod(&setup.scope, "victim", &setup.node, json!({}), json!({})).await;
     let evictions = setup
         .proxy
         .inject(Rule::new("create", "pods/eviction", Fault::Status(503)));
@@ -318,8 +310,7 @@ async fn resets_and_holds_end_the_connection_without_an_answer() {
     let error = connection_error(nodes.patch(&setup.node, &PatchParams::default(), &label).await);
     assert!(error.contains("reset"), "a reset: {error}");
     assert_eq!(reset.fired(), 1);
-    let node = setup.scope.client.clone();
-    let node = Api::<Node>::all(node).get(&setup.node).await.expect("the node");
+    let node = setup.scope.node(&setup.node).await;
     assert!(
         !node.labels().contains_key("kured.test/patched"),
         "the reset request never reached the API server"
@@ -338,11 +329,7 @@ async fn resets_and_holds_end_the_connection_without_an_answer() {
     assert_eq!(hold.fired(), 1);
 
     // A client with a read time-out shorter than the hold gives up on its own.
-    let kubeconfig = kube::config::Kubeconfig::read_from(&setup.kubeconfig).expect("the proxy kubeconfig");
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("a usable kubeconfig");
-    config.default_retry = false;
+    let mut config = config_from_kubeconfig(&setup.kubeconfig).await;
     config.read_timeout = Some(Duration::from_secs(1));
     let impatient = Client::try_from(config).expect("a client");
     let long_hold = setup

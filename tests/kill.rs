@@ -9,13 +9,12 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
-use serde_json::json;
+use support::agents::Fleet;
+use support::nodes::{boot_id, unschedulable};
+use support::objects::{create_deployment, create_pdb, running_on, set_min_available};
 use support::observer::{Observer, Snapshot, lock_holders, read_lock};
-use support::{Agents, NodeOptions, Scope, SimulatedNode, eventually};
+use support::simulated::{NodeOptions, SimulatedNode};
+use support::wait::eventually;
 
 /// Generous: a reboot cycle of one node takes seconds, plus whatever delay a test adds.
 const SETTLE: Duration = Duration::from_secs(120);
@@ -23,59 +22,50 @@ const SETTLE: Duration = Duration::from_secs(120);
 /// One node that needs a reboot, the agents' credentials and lock, and an observer at
 /// concurrency 1, started before the agent.
 struct OneNode {
-    scope: Scope,
-    agents: Agents,
+    fleet: Fleet,
     name: String,
     observer: Observer,
 }
 
 impl OneNode {
     async fn new(test: &str) -> OneNode {
-        let scope = Scope::new(test).await;
-        let name = scope.create_nodes(1).await.remove(0);
-        let agents = Agents::new(&scope).await;
-        let observer = Observer::start(&scope, 1, &[]).await;
+        let fleet = Fleet::new(test, 1).await;
+        let name = fleet.names[0].clone();
+        let observer = Observer::start(&fleet.scope, 1, &[]).await;
         OneNode {
-            scope,
-            agents,
+            fleet,
             name,
             observer,
         }
     }
 
     fn start(&self, options: &NodeOptions, args: &[&str]) -> SimulatedNode {
-        self.agents.start_with(&self.scope, &self.name, options, args)
+        self.fleet.start_with(0, options, args)
     }
 
     /// A pod on the node whose budget refuses its eviction: it holds the drain until
     /// [`OneNode::relax_the_budget`].
     async fn pin_a_pod(&self) {
-        support::create_deployment(&self.scope, "pinned", 1, Some(&self.name)).await;
-        support::create_pdb(&self.scope, "pinned", 1, 1).await;
+        create_deployment(&self.fleet.scope, "pinned", 1, Some(&self.name)).await;
+        create_pdb(&self.fleet.scope, "pinned", 1, 1).await;
     }
 
     async fn relax_the_budget(&self) {
-        self.scope
-            .api::<PodDisruptionBudget>()
-            .patch(
-                "pinned",
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": { "minAvailable": 0 } })),
-            )
-            .await
-            .expect("relaxing the budget");
+        set_min_available(&self.fleet.scope, "pinned", 0).await;
+    }
+
+    /// The restarted agent finishes the cycle: one reboot, and everything settled.
+    async fn settled(&self, sim: &SimulatedNode) {
+        self.observer.assert_settled(&[(sim, 1)], SETTLE).await;
     }
 
     /// The node's cordon, its boot ID and the lock, read fresh from the API server.
     async fn fresh(&self) -> Fresh {
-        let node = Api::<Node>::all(self.scope.client.clone())
-            .get(&self.name)
-            .await
-            .expect("reading the node");
-        let lock = read_lock(&self.scope).await;
+        let node = self.fleet.scope.node(&self.name).await;
+        let lock = read_lock(&self.fleet.scope).await;
         Fresh {
-            cordoned: support::unschedulable(&node),
-            boot_id: support::boot_id(&node),
+            cordoned: unschedulable(&node),
+            boot_id: boot_id(&node),
             holders: lock
                 .as_deref()
                 .map(|l| lock_holders(l).expect("a readable lock"))
@@ -126,7 +116,7 @@ async fn killed_after_taking_the_lock_before_the_cordon() {
     let sim = case.start(&NodeOptions::default(), &["--drain-delay=8s"]);
     let phase = "after taking the lock, before the cordon";
     case.kill_at(&sim, phase, |s| s.holds(&case.name), false, 0).await;
-    case.observer.assert_settled(&[(&sim, 1)], SETTLE).await;
+    case.settled(&sim).await;
 }
 
 #[tokio::test]
@@ -137,11 +127,11 @@ async fn killed_mid_drain() {
     let sim = case.start(&NodeOptions::default(), &[]);
     let refused = |_: &Snapshot| sim.log().contains("eviction refused for now; retrying");
     case.kill_at(&sim, "mid-drain", refused, true, 0).await;
-    support::running_on(&case.scope, "app=pinned", &[&case.name]).await;
+    running_on(&case.fleet.scope, "app=pinned", &[&case.name]).await;
 
     // Now the budget allows the eviction.
     case.relax_the_budget().await;
-    case.observer.assert_settled(&[(&sim, 1)], SETTLE).await;
+    case.settled(&sim).await;
 }
 
 #[tokio::test]
@@ -156,7 +146,7 @@ async fn killed_after_requesting_the_reboot_before_it_happens() {
     let requested = |_: &Snapshot| sim.reboot_requests() == 1;
     case.kill_at(&sim, "after requesting the reboot", requested, true, 0)
         .await;
-    case.observer.assert_settled(&[(&sim, 1)], SETTLE).await;
+    case.settled(&sim).await;
 }
 
 #[tokio::test]
@@ -179,7 +169,7 @@ async fn killed_after_the_reboot_before_the_uncordon() {
         2,
         "the agent killed is the one started after the reboot"
     );
-    case.observer.assert_settled(&[(&sim, 1)], SETTLE).await;
+    case.settled(&sim).await;
 }
 
 #[tokio::test]
@@ -192,7 +182,7 @@ async fn killed_between_the_uncordon_and_the_release() {
         |s: &Snapshot| sim.reboots() == 1 && s.nodes.contains_key(name) && !s.cordoned(name) && s.holds(name);
     case.kill_at(&sim, "between the uncordon and the release", back, false, 1)
         .await;
-    case.observer.assert_settled(&[(&sim, 1)], SETTLE).await;
+    case.settled(&sim).await;
 }
 
 /// The Node's status reports the new boot ID only 20 s after the reboot, while the new agent
@@ -205,7 +195,7 @@ async fn a_boot_id_the_node_reports_late_means_one_reboot() {
         ..NodeOptions::default()
     };
     let sim = case.start(&options, &[]);
-    let first_boot = support::first_boot_id(&case.scope, &case.name).await;
+    let first_boot = case.fleet.scope.first_boot_id(&case.name).await;
     eventually("the agent after the reboot to start", SETTLE, || async {
         (sim.agent_starts() == 2).then_some(())
     })
@@ -217,7 +207,7 @@ async fn a_boot_id_the_node_reports_late_means_one_reboot() {
          has a new one: {fresh:?}, node's own {}",
         sim.local_boot_id()
     );
-    case.observer.assert_settled(&[(&sim, 1)], SETTLE).await;
+    case.settled(&sim).await;
 }
 
 /// A tiny xorshift generator: the soak's choices, reproducible from the seed it prints.
@@ -237,22 +227,18 @@ impl Random {
 #[tokio::test]
 async fn a_rolling_reboot_with_agents_killed_every_few_seconds() {
     const NODES: usize = 8;
-    let scope = Scope::new("kill-soak").await;
-    let names = scope.create_nodes(NODES).await;
-    let agents = Agents::new(&scope).await;
+    let fleet = Fleet::new("kill-soak", NODES).await;
+    let scope = &fleet.scope;
     // Pods to evict, and hosts that take a moment to go down and come back: cycles long enough
     // for kills to land in every phase.
-    support::create_deployment(&scope, "web", NODES as i32, None).await;
+    create_deployment(scope, "web", NODES as i32, None).await;
     let options = NodeOptions {
         downtime: Duration::from_secs(2),
         reboot_delay: Duration::from_secs(2),
         ..NodeOptions::default()
     };
-    let observer = Observer::start(&scope, 2, &[]).await;
-    let sims: Vec<SimulatedNode> = names
-        .iter()
-        .map(|n| agents.start_with(&scope, n, &options, &["--concurrency=2"]))
-        .collect();
+    let observer = Observer::start(scope, 2, &[]).await;
+    let sims = fleet.start_all(&options, &["--concurrency=2"]);
 
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -289,8 +275,9 @@ async fn a_rolling_reboot_with_agents_killed_every_few_seconds() {
         holder_kills >= 2,
         "kills hit lock holders mid-cycle: {holder_kills} of {kills}"
     );
-    let expected: Vec<(&SimulatedNode, usize)> = sims.iter().map(|s| (s, 1)).collect();
-    observer.assert_settled(&expected, Duration::from_secs(180)).await;
+    observer
+        .assert_each_rebooted_once(&sims, Duration::from_secs(180))
+        .await;
     assert!(
         observer.max_cordoned_by_kured() == 2,
         "concurrency 2 was used: at most {} cordoned at once",
@@ -326,5 +313,5 @@ async fn terminated_mid_drain_exits_at_once_and_the_next_agent_resumes() {
     );
 
     case.relax_the_budget().await;
-    case.observer.assert_settled(&[(&sim, 1)], SETTLE).await;
+    case.settled(&sim).await;
 }

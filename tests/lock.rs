@@ -15,10 +15,14 @@ use kured::duration::GoDuration;
 use kured::lock::record::Change;
 use kured::lock::{Acquire, Claim, DaemonSetLock, LockSettings, RebootLock, Release, Seen};
 use serde_json::json;
+use support::cluster::admin_client;
+use support::objects::scope_with_lock;
 use support::observer::{LOCK_ANNOTATION, Observer, read_lock, upstream_entry, write_lock};
-use support::{Scope, create_lock_daemonset, wait_for};
+use support::rbac::service_account_with_role;
+use support::scope::Scope;
+use support::wait::{eventually, wait_for};
 
-/// The lock's DaemonSet, as [`create_lock_daemonset`] names it.
+/// The lock's DaemonSet, as [`support::objects::create_lock_daemonset`] names it.
 const DS: &str = "kured";
 
 /// The fixed clock of the wire-format tests.
@@ -45,11 +49,6 @@ fn lock(scope: &Scope, node: &str, concurrency: u32) -> DaemonSetLock {
     lock_with(scope.client.clone(), scope, settings(node, concurrency))
 }
 
-/// A client of its own, as a separate agent would have.
-async fn own_client() -> Client {
-    Client::try_from(support::admin_config().await).expect("a client for the test cluster")
-}
-
 fn node_ids(holders: &[kured::lock::LockEntry]) -> Vec<&str> {
     holders.iter().map(|e| e.node_id.as_str()).collect()
 }
@@ -62,6 +61,17 @@ fn until(t: Timestamp) -> Duration {
 fn minute_ago() -> String {
     let t = Timestamp::now() - SignedDuration::from_secs(60);
     kured::lock::record::format_time(t)
+}
+
+/// Asserts that `lock` takes a slot for `claim`.
+async fn expect_acquired(lock: &DaemonSetLock, claim: &Claim) {
+    match lock.acquire(claim).await.expect("acquiring") {
+        Acquire::Acquired(_) => {}
+        other => panic!(
+            "{} should acquire the lock, got {other:?}",
+            lock.settings().node_id
+        ),
+    }
 }
 
 async fn expect_blocked(lock: &DaemonSetLock) -> (Vec<String>, u32) {
@@ -78,8 +88,7 @@ async fn expect_blocked(lock: &DaemonSetLock) -> (Vec<String>, u32) {
 /// of the annotation it sees against the limit.
 async fn contention(test: &str, concurrency: u32) {
     const AGENTS: usize = 20;
-    let scope = Scope::new(test).await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock(test).await;
 
     let observer = Observer::start(&scope, concurrency as usize, &[]).await;
 
@@ -88,7 +97,7 @@ async fn contention(test: &str, concurrency: u32) {
     let mut agents = Vec::new();
     for i in 0..AGENTS {
         let lock = lock_with(
-            own_client().await,
+            admin_client().await,
             &scope,
             settings(&scope.node_name(i), concurrency),
         );
@@ -189,8 +198,7 @@ async fn twenty_agents_at_concurrency_3_hold_it_at_most_three_at_a_time() {
 
 #[tokio::test]
 async fn an_abandoned_lock_is_taken_over_after_its_ttl_and_not_before() {
-    let scope = Scope::new("lock-ttl").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-ttl").await;
     let ttl = Duration::from_secs(2);
     let gone = lock_with(
         scope.client.clone(),
@@ -248,8 +256,7 @@ async fn an_abandoned_lock_is_taken_over_after_its_ttl_and_not_before() {
 
 #[tokio::test]
 async fn the_release_delay_survives_an_agent_restart() {
-    let scope = Scope::new("lock-delay").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-delay").await;
     let delay = Duration::from_secs(3);
     let first = lock_with(
         scope.client.clone(),
@@ -263,10 +270,7 @@ async fn the_release_delay_survives_an_agent_restart() {
         unschedulable: true,
         boot_id: Some("boot-before".into()),
     };
-    assert!(matches!(
-        first.acquire(&claim).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&first, &claim).await;
     let asked = Timestamp::now();
     let Release::NotBefore(after) = first.release().await.expect("releasing") else {
         panic!("a release delay defers the release")
@@ -279,7 +283,7 @@ async fn the_release_delay_survives_an_agent_restart() {
     drop(first);
 
     // The restarted agent: a new client, a new lock, and no delay configured any more.
-    let restarted = lock_with(own_client().await, &scope, settings("rebooted", 1));
+    let restarted = lock_with(admin_client().await, &scope, settings("rebooted", 1));
     let entry = restarted
         .holding()
         .await
@@ -315,16 +319,12 @@ async fn the_release_delay_survives_an_agent_restart() {
     tokio::time::sleep(until(after)).await;
     assert_eq!(restarted.release().await.expect("releasing"), Release::Released);
     assert_eq!(read_lock(&scope).await, None);
-    assert!(matches!(
-        other.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&other, &Claim::default()).await;
 }
 
 #[tokio::test]
 async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires() {
-    let scope = Scope::new("lock-up1").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-up1").await;
     let live = upstream_entry("upstream-1", &minute_ago(), 0);
     write_lock(&scope, Some(&live)).await;
     for concurrency in [1, 3] {
@@ -353,10 +353,7 @@ async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires() {
     )
     .await;
     let ours = lock(&scope, "ours", 1).with_clock(fixed_now);
-    assert!(matches!(
-        ours.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&ours, &Claim::default()).await;
     assert_eq!(
         read_lock(&scope).await,
         Some(upstream_entry("ours", FIXED_NOW, 0))
@@ -365,8 +362,7 @@ async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires() {
 
 #[tokio::test]
 async fn upstream_multi_form_limits_every_concurrency() {
-    let scope = Scope::new("lock-upm").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-upm").await;
     let now = kured::lock::record::format_time(fixed_now());
     let n1 = upstream_entry("n1", &now, 3_600_000_000_000);
     let n2 = upstream_entry("n2", &now, 3_600_000_000_000);
@@ -386,10 +382,7 @@ async fn upstream_multi_form_limits_every_concurrency() {
     )
     .await;
     let ours = lock(&scope, "ours", 3).with_clock(fixed_now);
-    assert!(matches!(
-        ours.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&ours, &Claim::default()).await;
     let ours_entry = upstream_entry("ours", FIXED_NOW, 0);
     assert_eq!(
         read_lock(&scope).await,
@@ -407,8 +400,7 @@ async fn upstream_multi_form_limits_every_concurrency() {
 
 #[tokio::test]
 async fn a_manual_lock_blocks_every_agent() {
-    let scope = Scope::new("lock-manual").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-manual").await;
     let manual = r#"{"nodeID":"manual"}"#;
     write_lock(&scope, Some(manual)).await;
     for concurrency in [1, 2, 5] {
@@ -438,10 +430,7 @@ async fn a_manual_lock_blocks_every_agent() {
         (vec!["manual".to_owned()], 1)
     );
     let ours = lock(&scope, "ours", 2).with_clock(fixed_now);
-    assert!(matches!(
-        ours.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&ours, &Claim::default()).await;
     assert_eq!(
         read_lock(&scope).await.as_deref(),
         Some(concat!(
@@ -459,14 +448,10 @@ async fn a_manual_lock_blocks_every_agent() {
 
 #[tokio::test]
 async fn what_we_write_is_byte_identical_to_upstream() {
-    let scope = Scope::new("lock-bytes").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-bytes").await;
 
     let plain = lock(&scope, "n1", 1).with_clock(fixed_now);
-    assert!(matches!(
-        plain.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&plain, &Claim::default()).await;
     assert_eq!(
         read_lock(&scope).await.as_deref(),
         Some(
@@ -493,10 +478,7 @@ async fn what_we_write_is_byte_identical_to_upstream() {
         unschedulable: true,
         boot_id: None,
     };
-    assert!(matches!(
-        cordoned.acquire(&claim).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&cordoned, &claim).await;
     assert_eq!(
         read_lock(&scope).await.as_deref(),
         Some(
@@ -506,10 +488,7 @@ async fn what_we_write_is_byte_identical_to_upstream() {
     assert_eq!(cordoned.release().await.expect("releasing"), Release::Released);
 
     let multi = lock(&scope, "n2", 2).with_clock(fixed_now);
-    assert!(matches!(
-        multi.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&multi, &Claim::default()).await;
     assert_eq!(
         read_lock(&scope).await.as_deref(),
         Some(
@@ -523,10 +502,7 @@ async fn what_we_write_is_byte_identical_to_upstream() {
         unschedulable: false,
         boot_id: Some("6c1f2c3a-3b2d-4a55-9d33-0b6f3f0c2a11".into()),
     };
-    assert!(matches!(
-        with_boot.acquire(&claim).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&with_boot, &claim).await;
     assert_eq!(
         read_lock(&scope).await.as_deref(),
         Some(concat!(
@@ -540,8 +516,7 @@ async fn what_we_write_is_byte_identical_to_upstream() {
 
 #[tokio::test]
 async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
-    let scope = Scope::new("lock-corrupt").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-corrupt").await;
     write_lock(&scope, Some("not json")).await;
     let ours = lock(&scope, "ours", 1);
 
@@ -574,19 +549,15 @@ async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
         .await
         .expect("waiting for a change");
     assert_eq!(now, Seen::new(None));
-    assert!(matches!(
-        ours.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&ours, &Claim::default()).await;
 }
 
 #[tokio::test]
 async fn of_two_writes_based_on_the_same_read_exactly_one_wins() {
-    let scope = Scope::new("lock-409").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-409").await;
     let (a, b) = (
-        lock_with(own_client().await, &scope, settings("a", 1)),
-        lock_with(own_client().await, &scope, settings("b", 1)),
+        lock_with(admin_client().await, &scope, settings("a", 1)),
+        lock_with(admin_client().await, &scope, settings("b", 1)),
     );
     for round in 0..5 {
         let (read_a, read_b) = tokio::join!(a.snapshot(), b.snapshot());
@@ -614,14 +585,10 @@ async fn of_two_writes_based_on_the_same_read_exactly_one_wins() {
 
 #[tokio::test]
 async fn a_waiting_agent_sees_a_freed_lock_at_once() {
-    let scope = Scope::new("lock-wake").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-wake").await;
     let holder = lock(&scope, "holder", 1);
-    let waiter = lock_with(own_client().await, &scope, settings("waiter", 1));
-    assert!(matches!(
-        holder.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    let waiter = lock_with(admin_client().await, &scope, settings("waiter", 1));
+    expect_acquired(&holder, &Claim::default()).await;
     let Acquire::Blocked { seen, .. } = waiter.acquire(&Claim::default()).await.expect("acquiring") else {
         panic!("the waiter is blocked")
     };
@@ -645,10 +612,9 @@ async fn a_waiting_agent_sees_a_freed_lock_at_once() {
 /// that, and waiting falls back from watching to polling.
 #[tokio::test]
 async fn the_lock_works_with_upstreams_rbac() {
-    let scope = Scope::new("lock-rbac").await;
-    create_lock_daemonset(&scope).await;
+    let scope = scope_with_lock("lock-rbac").await;
     let dir = tempfile::tempdir().expect("a temp dir");
-    let client = support::service_account_with_role(
+    let client = service_account_with_role(
         &scope,
         "kured",
         json!([
@@ -662,16 +628,13 @@ async fn the_lock_works_with_upstreams_rbac() {
     let agent = lock_with(client.clone(), &scope, settings("a", 1));
     // RoleBindings take effect through the RBAC informer: allow a moment.
     let agent_ref = &agent;
-    support::eventually(
+    eventually(
         "the Role to take effect",
         Duration::from_secs(10),
         || async move { agent_ref.read().await.ok() },
     )
     .await;
-    assert!(matches!(
-        agent.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&agent, &Claim::default()).await;
 
     let waiter = lock_with(client, &scope, settings("b", 1));
     let Acquire::Blocked { seen, .. } = waiter.acquire(&Claim::default()).await.expect("acquiring") else {
@@ -688,8 +651,5 @@ async fn the_lock_works_with_upstreams_rbac() {
     .await
     .expect("waiting by polling");
     assert_eq!(now, Seen::new(None));
-    assert!(matches!(
-        waiter.acquire(&Claim::default()).await.expect("acquiring"),
-        Acquire::Acquired(_)
-    ));
+    expect_acquired(&waiter, &Claim::default()).await;
 }

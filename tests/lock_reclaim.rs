@@ -7,11 +7,11 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::Api;
-use kube::api::DeleteParams;
+use support::agents::Fleet;
+use support::nodes::{boot_id, unschedulable};
 use support::observer::{read_lock, upstream_entry, write_lock};
-use support::{Scope, SimulatedNode, eventually};
+use support::simulated::SimulatedNode;
+use support::wait::eventually;
 
 /// An entry as an agent at concurrency 1 writes it: created a minute ago, TTL 0 (never expires).
 fn entry(node: &str) -> String {
@@ -19,34 +19,10 @@ fn entry(node: &str) -> String {
     upstream_entry(node, &kured::lock::record::format_time(created), 0)
 }
 
-/// Deletes Node `name` and waits until the API server answers 404 for it.
-async fn delete_node(scope: &Scope, name: &str) {
-    let nodes: Api<Node> = Api::all(scope.client.clone());
-    nodes
-        .delete(name, &DeleteParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("deleting node {name}: {e}"));
-    eventually(
-        &format!("node {name} to be gone"),
-        Duration::from_secs(30),
-        || {
-            let nodes = nodes.clone();
-            async move {
-                match nodes.get(name).await {
-                    Err(kube::Error::Api(s)) if s.code == 404 => Some(()),
-                    _ => None,
-                }
-            }
-        },
-    )
-    .await;
-}
-
 /// The lines of the agent's JSON log whose message is `message`.
 fn log_lines(sim: &SimulatedNode, message: &str) -> Vec<serde_json::Value> {
-    sim.log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    sim.log_entries()
+        .into_iter()
         .filter(|v| v["msg"] == message)
         .collect()
 }
@@ -57,24 +33,23 @@ const RECLAIMED: &str = "the lock holder's node no longer exists; its entry was 
 /// never expires (TTL 0), so without reclaiming no other node would ever reboot.
 #[tokio::test]
 async fn the_entry_of_a_deleted_node_is_reclaimed_and_the_waiting_node_reboots() {
-    let scope = Scope::new("reclaim-gone").await;
-    let names = scope.create_nodes(2).await;
-    let agents = support::Agents::new(&scope).await;
+    let fleet = Fleet::new("reclaim-gone", 2).await;
+    let (scope, names) = (&fleet.scope, &fleet.names);
     let gone = names[1].clone();
     let held = entry(&gone);
-    write_lock(&scope, Some(&held)).await;
-    delete_node(&scope, &gone).await;
+    write_lock(scope, Some(&held)).await;
+    scope.delete_node(&gone).await;
 
-    let sim = agents.start(&scope, &names[0], &[]);
-    let first_boot = support::first_boot_id(&scope, &names[0]).await;
-    let nodes: Api<Node> = Api::all(scope.client.clone());
+    let sim = fleet.start(0, &[]);
+    let first_boot = scope.first_boot_id(&names[0]).await;
+    let nodes = scope.nodes();
     eventually(
         "the waiting node to reboot and release the lock",
         Duration::from_secs(120),
         || async {
             let node = nodes.get(&names[0]).await.ok()?;
-            let back = support::boot_id(&node) != first_boot && sim.reboots() == 1;
-            (back && read_lock(&scope).await.is_none()).then_some(())
+            let back = boot_id(&node) != first_boot && sim.reboots() == 1;
+            (back && read_lock(scope).await.is_none()).then_some(())
         },
     )
     .await;
@@ -85,8 +60,8 @@ async fn the_entry_of_a_deleted_node_is_reclaimed_and_the_waiting_node_reboots()
     assert_eq!(reclaimed[0]["holder"], gone.as_str());
     assert_eq!(reclaimed[0]["entry"], held.as_str(), "the entry, as it was");
     assert_eq!(reclaimed[0]["node"], names[0].as_str());
-    let node = nodes.get(&names[0]).await.expect("the node");
-    assert!(!support::unschedulable(&node), "uncordoned after its reboot");
+    let node = scope.node(&names[0]).await;
+    assert!(!unschedulable(&node), "uncordoned after its reboot");
     // One reboot, no more: the sentinel is gone.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(sim.reboots(), 1, "agent log:\n{}", sim.log());
@@ -97,32 +72,35 @@ async fn the_entry_of_a_deleted_node_is_reclaimed_and_the_waiting_node_reboots()
 /// however often the waiting agent looks, and the waiting node does not reboot.
 #[tokio::test]
 async fn the_entry_of_an_existing_node_is_never_reclaimed() {
-    let scope = Scope::new("reclaim-alive").await;
-    let names = scope.create_nodes(3).await;
-    let agents = support::Agents::new(&scope).await;
+    let fleet = Fleet::new("reclaim-alive", 3).await;
+    let (scope, names) = (&fleet.scope, &fleet.names);
     let (alive, gone) = (names[1].clone(), names[2].clone());
     let alive_entry = entry(&alive);
     write_lock(
-        &scope,
+        scope,
         Some(&format!(
             r#"{{"maxOwners":1,"locks":[{alive_entry},{}]}}"#,
             entry(&gone)
         )),
     )
     .await;
-    delete_node(&scope, &gone).await;
+    scope.delete_node(&gone).await;
 
-    let sim = agents.start(&scope, &names[0], &[]);
+    let sim = fleet.start(0, &[]);
     let want = format!(r#"{{"maxOwners":1,"locks":[{alive_entry}]}}"#);
     eventually(
         "the deleted node's entry to be removed",
         Duration::from_secs(60),
-        || async { (read_lock(&scope).await.as_deref() == Some(want.as_str())).then_some(()) },
+        || async { (read_lock(scope).await.as_deref() == Some(want.as_str())).then_some(()) },
     )
     .await;
     let reclaimed = format!("kured_lock_reclaimed_total{{node=\"{}\"}} 1", names[0]);
     eventually("the reclaim to be counted", Duration::from_secs(30), || async {
-        sim.metrics().ok().filter(|m| m.contains(&reclaimed)).map(|_| ())
+        sim.metrics()
+            .await
+            .ok()
+            .filter(|m| m.contains(&reclaimed))
+            .map(|_| ())
     })
     .await;
 
@@ -134,7 +112,7 @@ async fn the_entry_of_an_existing_node_is_never_reclaimed() {
     )
     .await;
     assert_eq!(
-        read_lock(&scope).await.as_deref(),
+        read_lock(scope).await.as_deref(),
         Some(want.as_str()),
         "the existing node's entry stays, byte for byte"
     );
@@ -142,6 +120,6 @@ async fn the_entry_of_an_existing_node_is_never_reclaimed() {
     assert_eq!(lines.len(), 1, "only the deleted node's entry:\n{}", sim.log());
     assert_eq!(lines[0]["holder"], gone.as_str());
     assert_eq!(sim.reboots(), 0, "the slot is still taken");
-    let metrics = sim.metrics().expect("the agent's /metrics");
+    let metrics = sim.metrics().await.expect("the agent's /metrics");
     assert!(metrics.contains(&reclaimed), "{reclaimed} in:\n{metrics}");
 }

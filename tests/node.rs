@@ -10,18 +10,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Taint};
-use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use kured::node::NodeLabel;
 use kured::node::{self, Cordon, MOST_RECENT_REBOOT_NEEDED, OwnNode, PREFER_NO_SCHEDULE, REBOOT_IN_PROGRESS};
 use serde_json::json;
-use support::Scope;
+use support::scope::Scope;
+use support::wait::eventually;
 use tracing_subscriber::layer::SubscriberExt;
 
 const TAINT: &str = "weave.works/kured-node-reboot";
 
-async fn read(nodes: &Api<Node>, name: &str) -> Node {
-    nodes.get(name).await.expect("reading the node")
+/// A scope with one node, and the node as its agent handles it.
+async fn own_node(test: &str) -> (Scope, String, OwnNode) {
+    let scope = Scope::new(test).await;
+    let name = scope.create_nodes(1).await.remove(0);
+    let own = OwnNode::new(scope.client.clone(), &name);
+    (scope, name, own)
 }
 
 fn labels(node: &Node) -> BTreeMap<String, String> {
@@ -30,6 +34,14 @@ fn labels(node: &Node) -> BTreeMap<String, String> {
 
 fn annotations(node: &Node) -> BTreeMap<String, String> {
     node.metadata.annotations.clone().unwrap_or_default()
+}
+
+/// The values of the reboot annotations: (in progress, most recent reboot needed).
+fn reboot_annotations(a: &BTreeMap<String, String>) -> (Option<&str>, Option<&str>) {
+    (
+        a.get(REBOOT_IN_PROGRESS).map(String::as_str),
+        a.get(MOST_RECENT_REBOOT_NEEDED).map(String::as_str),
+    )
 }
 
 fn taints(node: &Node) -> Vec<Taint> {
@@ -48,13 +60,10 @@ fn label(key: &str, value: &str) -> NodeLabel {
 
 #[tokio::test]
 async fn cordon_and_uncordon_report_what_they_changed() {
-    let scope = Scope::new("node-cordon").await;
-    let name = scope.create_nodes(1).await.remove(0);
-    let nodes: Api<Node> = Api::all(scope.client.clone());
-    let own = OwnNode::new(scope.client.clone(), &name);
+    let (scope, name, own) = own_node("node-cordon").await;
 
     assert_eq!(own.cordon().await.expect("cordoning"), Cordon::Cordoned);
-    let cordoned = read(&nodes, &name).await;
+    let cordoned = scope.node(&name).await;
     assert!(node::is_unschedulable(&cordoned));
     assert!(
         node::cordoned_by_kured(&cordoned),
@@ -63,7 +72,7 @@ async fn cordon_and_uncordon_report_what_they_changed() {
     // A second cordon (an agent restarted mid-drain) finds kured's own cordon.
     assert_eq!(own.cordon().await.expect("cordoning again"), Cordon::Cordoned);
     assert!(own.uncordon().await.expect("uncordoning"));
-    let uncordoned = read(&nodes, &name).await;
+    let uncordoned = scope.node(&name).await;
     assert!(!node::is_unschedulable(&uncordoned));
     assert!(
         !node::cordoned_by_kured(&uncordoned),
@@ -75,35 +84,27 @@ async fn cordon_and_uncordon_report_what_they_changed() {
 /// The record outlives an operator's uncordon: the next uncordon removes it, and nothing else.
 #[tokio::test]
 async fn a_stale_cordon_record_is_removed_by_the_next_uncordon() {
-    let scope = Scope::new("node-stale-cordon").await;
-    let name = scope.create_nodes(1).await.remove(0);
-    let nodes: Api<Node> = Api::all(scope.client.clone());
-    let own = OwnNode::new(scope.client.clone(), &name);
+    let (scope, name, own) = own_node("node-stale-cordon").await;
     own.cordon().await.expect("cordoning");
-    support::set_unschedulable(&scope, &name, false).await;
-    assert!(node::cordoned_by_kured(&read(&nodes, &name).await));
+    scope.set_unschedulable(&name, false).await;
+    assert!(node::cordoned_by_kured(&scope.node(&name).await));
     assert!(
         own.uncordon().await.expect("uncordoning"),
         "the record was removed"
     );
-    let node = read(&nodes, &name).await;
+    let node = scope.node(&name).await;
     assert!(!node::cordoned_by_kured(&node) && !node::is_unschedulable(&node));
 }
 
 #[tokio::test]
 async fn cordoning_a_node_cordoned_by_someone_else_says_so() {
-    let scope = Scope::new("node-precordoned").await;
-    let name = scope.create_nodes(1).await.remove(0);
-    let nodes: Api<Node> = Api::all(scope.client.clone());
+    let (scope, name, own) = own_node("node-precordoned").await;
     // An administrator cordoned it, as `kubectl cordon` does.
-    support::set_unschedulable(&scope, &name, true).await;
+    scope.set_unschedulable(&name, true).await;
 
-    let cordon = OwnNode::new(scope.client.clone(), &name)
-        .cordon()
-        .await
-        .expect("cordoning");
+    let cordon = own.cordon().await.expect("cordoning");
     assert_eq!(cordon, Cordon::AlreadyCordoned);
-    let node = read(&nodes, &name).await;
+    let node = scope.node(&name).await;
     assert!(node::is_unschedulable(&node));
     assert!(
         !node::cordoned_by_kured(&node),
@@ -113,11 +114,8 @@ async fn cordoning_a_node_cordoned_by_someone_else_says_so() {
 
 #[tokio::test]
 async fn pre_and_post_reboot_labels_touch_only_their_keys() {
-    let scope = Scope::new("node-labels").await;
-    let name = scope.create_nodes(1).await.remove(0);
-    let nodes: Api<Node> = Api::all(scope.client.clone());
-    let own = OwnNode::new(scope.client.clone(), &name);
-    let before = labels(&read(&nodes, &name).await);
+    let (scope, name, own) = own_node("node-labels").await;
+    let before = labels(&scope.node(&name).await);
 
     own.set_labels(&[
         label("kured.dev/state", "rebooting"),
@@ -125,14 +123,14 @@ async fn pre_and_post_reboot_labels_touch_only_their_keys() {
     ])
     .await
     .expect("setting pre-reboot labels");
-    let pre = labels(&read(&nodes, &name).await);
+    let pre = labels(&scope.node(&name).await);
     assert_eq!(pre.get("kured.dev/state").map(String::as_str), Some("rebooting"));
     assert_eq!(pre.get("example.com/pre-only").map(String::as_str), Some("x"));
 
     own.set_labels(&[label("kured.dev/state", "ready")])
         .await
         .expect("setting post-reboot labels");
-    let post = labels(&read(&nodes, &name).await);
+    let post = labels(&scope.node(&name).await);
     assert_eq!(post.get("kured.dev/state").map(String::as_str), Some("ready"));
     // Upstream only sets the post-reboot labels; a key only in the pre-reboot labels stays.
     assert_eq!(post.get("example.com/pre-only").map(String::as_str), Some("x"));
@@ -144,22 +142,13 @@ async fn pre_and_post_reboot_labels_touch_only_their_keys() {
 
 #[tokio::test]
 async fn reboot_annotations_follow_upstream() {
-    let scope = Scope::new("node-annotations").await;
-    let name = scope.create_nodes(1).await.remove(0);
-    let nodes: Api<Node> = Api::all(scope.client.clone());
-    let own = OwnNode::new(scope.client.clone(), &name);
+    let (scope, name, own) = own_node("node-annotations").await;
 
     let first: jiff::Timestamp = "2026-03-01T02:03:04.5Z".parse().expect("a time");
     assert!(own.annotate_reboot_started(first).await.expect("annotating"));
-    let a = annotations(&read(&nodes, &name).await);
-    assert_eq!(
-        a.get(REBOOT_IN_PROGRESS).map(String::as_str),
-        Some("2026-03-01T02:03:04Z")
-    );
-    assert_eq!(
-        a.get(MOST_RECENT_REBOOT_NEEDED).map(String::as_str),
-        Some("2026-03-01T02:03:04Z")
-    );
+    let a = annotations(&scope.node(&name).await);
+    let started = Some("2026-03-01T02:03:04Z");
+    assert_eq!(reboot_annotations(&a), (started, started));
     assert_eq!(
         a.get("kwok.x-k8s.io/node").map(String::as_str),
         Some("fake"),
@@ -173,20 +162,13 @@ async fn reboot_annotations_follow_upstream() {
             .await
             .expect("annotating again")
     );
-    let a = annotations(&read(&nodes, &name).await);
-    assert_eq!(
-        a.get(REBOOT_IN_PROGRESS).map(String::as_str),
-        Some("2026-03-01T02:03:04Z")
-    );
+    let a = annotations(&scope.node(&name).await);
+    assert_eq!(reboot_annotations(&a).0, started);
 
     // After the reboot only the in-progress annotation goes.
     assert!(own.annotate_reboot_finished().await.expect("removing"));
-    let a = annotations(&read(&nodes, &name).await);
-    assert!(!a.contains_key(REBOOT_IN_PROGRESS));
-    assert_eq!(
-        a.get(MOST_RECENT_REBOOT_NEEDED).map(String::as_str),
-        Some("2026-03-01T02:03:04Z")
-    );
+    let a = annotations(&scope.node(&name).await);
+    assert_eq!(reboot_annotations(&a), (None, started));
     assert_eq!(a.get("kwok.x-k8s.io/node").map(String::as_str), Some("fake"));
     assert!(!own.annotate_reboot_finished().await.expect("removing again"));
 
@@ -196,33 +178,23 @@ async fn reboot_annotations_follow_upstream() {
             .await
             .expect("annotating the next reboot")
     );
-    let a = annotations(&read(&nodes, &name).await);
-    assert_eq!(
-        a.get(REBOOT_IN_PROGRESS).map(String::as_str),
-        Some("2026-03-01T02:08:04Z")
-    );
-    assert_eq!(
-        a.get(MOST_RECENT_REBOOT_NEEDED).map(String::as_str),
-        Some("2026-03-01T02:08:04Z")
-    );
+    let a = annotations(&scope.node(&name).await);
+    let next = Some("2026-03-01T02:08:04Z");
+    assert_eq!(reboot_annotations(&a), (next, next));
 }
 
 #[tokio::test]
 async fn taint_is_added_and_removed_among_other_taints() {
-    let scope = Scope::new("node-taint").await;
-    let name = scope.create_nodes(1).await.remove(0);
-    let nodes: Api<Node> = Api::all(scope.client.clone());
-    let own = OwnNode::new(scope.client.clone(), &name);
+    let (scope, name, own) = own_node("node-taint").await;
+    let nodes = scope.nodes();
 
     // On a node without taints, once the node controller has removed its not-ready taint.
-    support::eventually("the node to have no taints", Duration::from_secs(30), || {
-        let nodes = nodes.clone();
-        let name = name.clone();
-        async move { taints(&read(&nodes, &name).await).is_empty().then_some(()) }
+    eventually("the node to have no taints", Duration::from_secs(30), || async {
+        taints(&scope.node(&name).await).is_empty().then_some(())
     })
     .await;
     assert!(own.add_prefer_no_schedule_taint(TAINT).await.expect("adding"));
-    let node = read(&nodes, &name).await;
+    let node = scope.node(&name).await;
     let ours = node::prefer_no_schedule_taint(&node, TAINT).expect("our taint");
     assert_eq!(
         (ours.effect.as_str(), ours.value.as_deref()),
@@ -233,14 +205,14 @@ async fn taint_is_added_and_removed_among_other_taints() {
             .await
             .expect("adding again")
     );
-    let now = taints(&read(&nodes, &name).await);
+    let now = taints(&scope.node(&name).await);
     assert_eq!(now.len(), 1, "{now:?}");
     assert!(
         own.remove_prefer_no_schedule_taint(TAINT)
             .await
             .expect("removing")
     );
-    assert!(taints(&read(&nodes, &name).await).is_empty());
+    assert!(taints(&scope.node(&name).await).is_empty());
     assert!(
         !own.remove_prefer_no_schedule_taint(TAINT)
             .await
@@ -261,13 +233,13 @@ async fn taint_is_added_and_removed_among_other_taints() {
         )
         .await
         .expect("adding others' taints");
-    let others = taints(&read(&nodes, &name).await);
+    let others = taints(&scope.node(&name).await);
     assert!(
         own.add_prefer_no_schedule_taint(TAINT)
             .await
             .expect("adding among others")
     );
-    let with_ours = taints(&read(&nodes, &name).await);
+    let with_ours = taints(&scope.node(&name).await);
     assert_eq!(with_ours.len(), 4);
     assert_eq!(
         &with_ours[..3],
@@ -279,15 +251,13 @@ async fn taint_is_added_and_removed_among_other_taints() {
             .await
             .expect("removing among others")
     );
-    assert_eq!(taints(&read(&nodes, &name).await), others);
+    assert_eq!(taints(&scope.node(&name).await), others);
 }
 
 #[tokio::test]
 async fn boot_id_is_read_from_node_status() {
-    let scope = Scope::new("node-boot-id").await;
-    let name = scope.create_nodes(1).await.remove(0);
-    let nodes: Api<Node> = Api::all(scope.client.clone());
-    let own = OwnNode::new(scope.client.clone(), &name);
+    let (scope, name, own) = own_node("node-boot-id").await;
+    let nodes = scope.nodes();
     // kwok reports an empty boot ID until one is set, and keeps the one it finds.
     assert_eq!(own.boot_id().await.expect("reading the boot ID"), None);
     nodes
@@ -332,10 +302,8 @@ async fn concurrent_writers_never_lose_each_others_changes() {
     let retries = RetryCounter::default();
     // The test runtime runs on this thread, so a thread-local subscriber sees every event.
     let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(retries.clone()));
-    let scope = Scope::new("node-race").await;
-    let name = scope.create_nodes(1).await.remove(0);
-    let nodes: Api<Node> = Api::all(scope.client.clone());
-    let own = OwnNode::new(scope.client.clone(), &name);
+    let (scope, name, own) = own_node("node-race").await;
+    let nodes = scope.nodes();
 
     // Ours: toggle the taint, cordon state and our labels, checking each change took.
     let ours = async {
@@ -355,7 +323,7 @@ async fn concurrent_writers_never_lose_each_others_changes() {
             own.set_labels(&[label("kured.dev/round", &round.to_string())])
                 .await
                 .expect("setting our label");
-            let node = read(&nodes, &name).await;
+            let node = scope.node(&name).await;
             assert_eq!(
                 node::prefer_no_schedule_taint(&node, TAINT).is_some(),
                 add,
@@ -370,7 +338,7 @@ async fn concurrent_writers_never_lose_each_others_changes() {
         let mut conflicts = 0;
         for round in 0..ROUNDS {
             loop {
-                let mut node = read(&nodes, &name).await;
+                let mut node = scope.node(&name).await;
                 let spec = node.spec.get_or_insert_default();
                 spec.taints.get_or_insert_default().push(Taint {
                     key: format!("other.example/round-{round}"),
@@ -402,7 +370,7 @@ async fn concurrent_writers_never_lose_each_others_changes() {
         retries.0.load(Ordering::Relaxed)
     );
 
-    let node = read(&nodes, &name).await;
+    let node = scope.node(&name).await;
     let keys: Vec<String> = taints(&node).into_iter().map(|t| t.key).collect();
     let node_labels = labels(&node);
     for round in 0..ROUNDS {

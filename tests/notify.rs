@@ -13,7 +13,7 @@ use kured::metrics::NotificationFailures;
 use kured::notify::{Delivery, Event, Notifications, Notifier, Options, RetryPolicy, Target};
 use receivers::{HttpReceiver, Reply, SmtpServer, TestCa};
 use serde_json::json;
-use support::kured;
+use support::cli::{Ran, kured, run};
 
 const MESSAGE: &str = "Draining node n1";
 const TITLE: &str = "Starting drain";
@@ -39,6 +39,16 @@ fn notifier(targets: Vec<Target>, server: &HttpReceiver, failures: &Notification
         ..Options::default()
     };
     Notifications::new(targets, options, failures.clone()).expect("a notifier")
+}
+
+/// `kured notify` to each of `urls`, with `args` besides.
+fn kured_notify(urls: &[&str], args: &[&str]) -> Ran {
+    let mut command = kured();
+    command.arg("notify");
+    for url in urls {
+        command.arg(format!("--notify-url={url}"));
+    }
+    run(command.args(args))
 }
 
 fn assert_all_sent(deliveries: &[Delivery]) {
@@ -296,21 +306,21 @@ async fn a_silent_receiver_holds_the_agent_for_a_bounded_time() {
     let port = server.addr.port();
     server.respond("/silent", Reply::hang(Duration::from_secs(30)));
     let failures = NotificationFailures::default();
-    let options = Options {
-        retry: RetryPolicy {
-            attempts: 2,
-            attempt_timeout: Duration::from_millis(300),
-            first_backoff: Duration::from_millis(50),
-            deadline: Duration::from_secs(5),
-        },
-        ..Options::default()
+    // A notifier to the silent receiver alone, retrying as `retry` says.
+    let silent = |retry: RetryPolicy| {
+        let options = Options {
+            retry,
+            ..Options::default()
+        };
+        let url = format!("generic+http://127.0.0.1:{port}/silent");
+        Notifications::new(vec![target(&url)], options, failures.clone()).expect("a notifier")
     };
-    let n = Notifications::new(
-        vec![target(&format!("generic+http://127.0.0.1:{port}/silent"))],
-        options,
-        failures.clone(),
-    )
-    .expect("a notifier");
+    let n = silent(RetryPolicy {
+        attempts: 2,
+        attempt_timeout: Duration::from_millis(300),
+        first_backoff: Duration::from_millis(50),
+        deadline: Duration::from_secs(5),
+    });
     let started = Instant::now();
     n.notify(Event::Reboot, "Rebooting node n1").await;
     let took = started.elapsed();
@@ -323,21 +333,12 @@ async fn a_silent_receiver_holds_the_agent_for_a_bounded_time() {
     );
 
     // The deadline cuts retries short whatever the policy says.
-    let options = Options {
-        retry: RetryPolicy {
-            attempts: 50,
-            attempt_timeout: Duration::from_millis(200),
-            first_backoff: Duration::from_millis(10),
-            deadline: Duration::from_millis(800),
-        },
-        ..Options::default()
-    };
-    let n = Notifications::new(
-        vec![target(&format!("generic+http://127.0.0.1:{port}/silent"))],
-        options,
-        failures.clone(),
-    )
-    .expect("a notifier");
+    let n = silent(RetryPolicy {
+        attempts: 50,
+        attempt_timeout: Duration::from_millis(200),
+        first_backoff: Duration::from_millis(10),
+        deadline: Duration::from_millis(800),
+    });
     let started = Instant::now();
     let d = n.send(TITLE, MESSAGE).await;
     assert!(
@@ -489,19 +490,10 @@ fn kured_notify_reports_each_url_and_exits_0_only_if_all_got_it() {
     );
     let bad = format!("generic://127.0.0.1:{port}/refused/S3CRETTOO?disabletls=yes");
 
-    let out = kured()
-        .args([
-            "notify",
-            &format!("--notify-url={good}"),
-            "--message=Hello from the test",
-        ])
-        .output()
-        .expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let out = kured_notify(&[&good], &["--message=Hello from the test"]);
+    assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(
-        stdout,
+        out.stdout,
         format!("ok      generic+http://127.0.0.1:{port}/<redacted> (1 attempt)\n")
     );
     let r = only(&server, "/hook/");
@@ -514,31 +506,14 @@ fn kured_notify_reports_each_url_and_exits_0_only_if_all_got_it() {
     );
 
     // Through the environment, as in the agent's pod.
-    let out = kured()
-        .arg("notify")
-        .env("KURED_NOTIFY_URL", &good)
-        .output()
-        .expect("runs");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run(kured().arg("notify").env("KURED_NOTIFY_URL", &good));
+    assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(server.requests_to("/hook/").len(), 2);
 
     // One URL refused: both reported, exit 1.
-    let out = kured()
-        .args([
-            "notify",
-            &format!("--notify-url={good}"),
-            &format!("--notify-url={bad}"),
-        ])
-        .output()
-        .expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let out = kured_notify(&[&good, &bad], &[]);
+    assert_eq!(out.code, Some(1), "{out}");
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
     assert!(lines[0].starts_with("ok "), "{stdout}");
@@ -549,7 +524,7 @@ fn kured_notify_reports_each_url_and_exits_0_only_if_all_got_it() {
         "{stdout}"
     );
     assert!(stderr.contains("1 of 2 notification URLs failed"), "{stderr}");
-    for text in [&stdout, &stderr] {
+    for text in [stdout, stderr] {
         assert!(!text.contains("S3CRET"), "a secret in the output: {text}");
     }
     assert_eq!(
@@ -561,38 +536,32 @@ fn kured_notify_reports_each_url_and_exits_0_only_if_all_got_it() {
 
 #[test]
 fn kured_notify_refuses_a_bad_url_naming_the_scheme_and_not_the_secret() {
-    let out = kured()
-        .args(["notify", "--notify-url=nosuch://shoutrrr:S3CRET@user"])
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let out = kured_notify(&["nosuch://shoutrrr:S3CRET@user"], &[]);
+    assert_eq!(out.code, Some(2), "{out}");
+    let stderr = &out.stderr;
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("unknown notification scheme \"nosuch\""),
         "{stderr}"
     );
     assert!(!stderr.contains("S3CRET"), "{stderr}");
-    let out = kured().arg("notify").output().expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--notify-url"));
+    let out = kured_notify(&[], &[]);
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("--notify-url"));
 }
 
 /// A notification URL that cannot be used never stops the agent: it starts (and gets as far as
 /// its kubeconfig), logging the URL redacted with the reason.
 #[test]
 fn the_agent_starts_with_a_bad_notify_url_and_logs_it() {
-    let out = kured()
-        .args([
-            "--node-id=n1",
-            "--notify-url=nosuch://shoutrrr:S3CRET@user",
-            "--notify-url=gotify://gotify.example.com/S3CRETTOOSHORT",
-            "--kubeconfig=/nonexistent/kubeconfig",
-        ])
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = run(kured().args([
+        "--node-id=n1",
+        "--notify-url=nosuch://shoutrrr:S3CRET@user",
+        "--notify-url=gotify://gotify.example.com/S3CRETTOOSHORT",
+        "--kubeconfig=/nonexistent/kubeconfig",
+    ]));
+    assert_eq!(out.code, Some(1), "{out}");
+    let stderr = &out.stderr;
     assert!(
         stderr.contains("--kubeconfig /nonexistent/kubeconfig"),
         "{stderr}"
@@ -895,22 +864,13 @@ fn kured_notify_sends_to_a_gotify_server() {
     let server = HttpReceiver::start();
     let port = server.addr.port();
     let url = format!("gotify://127.0.0.1:{port}/AzyoeNS.D4iJLVa?disabletls=yes&priority=2");
-    let out = kured()
-        .args([
-            "notify",
-            &format!("--notify-url={url}"),
-            "--message=Hello from the test",
-        ])
-        .output()
-        .expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let out = kured_notify(&[&url], &["--message=Hello from the test"]);
+    assert_eq!(out.code, Some(0), "{out}");
     assert_eq!(
-        stdout,
+        out.stdout,
         format!("ok      gotify://127.0.0.1:{port}/<redacted> (1 attempt)\n")
     );
-    assert!(!format!("{stdout}{stderr}").contains("AzyoeNS"));
+    assert!(!format!("{}{}", out.stdout, out.stderr).contains("AzyoeNS"));
     let r = only(&server, "/message");
     assert_eq!(r.header("x-gotify-key"), Some("AzyoeNS.D4iJLVa"));
     assert_eq!(
@@ -1171,17 +1131,10 @@ fn kured_notify_reaches_self_hosted_services_over_tls_with_a_private_ca() {
             Some(path) => command.env("SSL_CERT_FILE", path),
             None => command.env_remove("SSL_CERT_FILE"),
         };
-        let out = command.output().expect("runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run(&mut command);
+        let text = format!("{}{}", out.stdout, out.stderr);
         assert!(!text.contains("S3CRET"), "a secret in the output: {text}");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        (out.code, out.stdout)
     };
 
     let (code, report) = notify(Some(&ca.ca_pem));

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use support::Scope;
+use support::objects::{create_deployment, scope_with_lock};
 use support::observer::{Observer, REBOOTING_LABEL, STATE_ANNOTATION, lock_holders, write_lock};
 
 #[test]
@@ -45,10 +45,9 @@ fn lock_holders_reads_both_forms() {
 /// cordons (but not a pre-cordoned node's) and the holders, and records each excess.
 #[tokio::test]
 async fn the_observer_records_too_many_cordons_and_holders() {
-    let scope = Scope::new("observer").await;
+    let scope = scope_with_lock("observer").await;
     let names = scope.create_nodes(3).await;
-    support::create_lock_daemonset(&scope).await;
-    support::set_unschedulable(&scope, &names[2], true).await;
+    scope.set_unschedulable(&names[2], true).await;
     let observer = Observer::start(&scope, 1, &[&names[2]]).await;
     assert_eq!(
         observer.max_cordoned_by_kured(),
@@ -56,14 +55,14 @@ async fn the_observer_records_too_many_cordons_and_holders() {
         "the pre-cordoned node does not count"
     );
 
-    support::set_unschedulable(&scope, &names[0], true).await;
+    scope.set_unschedulable(&names[0], true).await;
     observer
         .until("one node cordoned by kured", Duration::from_secs(10), |s| {
             s.cordoned_by_kured == [names[0].clone()]
         })
         .await;
     assert!(observer.violations().is_empty(), "{:?}", observer.violations());
-    support::set_unschedulable(&scope, &names[1], true).await;
+    scope.set_unschedulable(&names[1], true).await;
     observer
         .until("two nodes cordoned by kured", Duration::from_secs(10), |s| {
             s.cordoned_by_kured.len() == 2
@@ -76,7 +75,7 @@ async fn the_observer_records_too_many_cordons_and_holders() {
     );
 
     for name in &names[..2] {
-        support::set_unschedulable(&scope, name, false).await;
+        scope.set_unschedulable(name, false).await;
     }
     observer
         .until("no node cordoned by kured", Duration::from_secs(10), |s| {
@@ -115,9 +114,8 @@ async fn the_observer_records_too_many_cordons_and_holders() {
 /// node's boot IDs and published phases in order, an unchanged value once.
 #[tokio::test]
 async fn the_observer_keeps_each_nodes_boot_ids_and_phases() {
-    let scope = Scope::new("observer-history").await;
+    let scope = scope_with_lock("observer-history").await;
     let name = scope.create_nodes(1).await.remove(0);
-    support::create_lock_daemonset(&scope).await;
     let observer = Observer::start(&scope, 1, &[]).await;
     let nodes: Api<Node> = Api::all(scope.client.clone());
     let steps = [
@@ -154,10 +152,9 @@ async fn the_observer_keeps_each_nodes_boot_ids_and_phases() {
 /// it: the observer records the violation, and `assert_settled` fails on it at once.
 #[tokio::test]
 async fn the_observer_records_a_broken_budget() {
-    let scope = Scope::new("observer-budget").await;
+    let scope = scope_with_lock("observer-budget").await;
     scope.create_nodes(2).await;
-    support::create_lock_daemonset(&scope).await;
-    support::create_deployment(&scope, "web", 3, None).await;
+    create_deployment(&scope, "web", 3, None).await;
     let mut observer = Observer::start(&scope, 1, &[]).await;
     observer.watch_budget(&scope, "web", 3).await;
     observer
@@ -200,9 +197,8 @@ async fn the_observer_records_a_broken_budget() {
 /// waits for it to go, and fails naming it when it does not.
 #[tokio::test]
 async fn a_lock_annotation_left_without_holders_is_not_settled() {
-    let scope = Scope::new("observer-leftover").await;
+    let scope = scope_with_lock("observer-leftover").await;
     scope.create_nodes(1).await;
-    support::create_lock_daemonset(&scope).await;
     let observer = Observer::start(&scope, 2, &[]).await;
     let empty = r#"{"maxOwners":2,"locks":[]}"#;
     write_lock(&scope, Some(empty)).await;
@@ -238,9 +234,8 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 /// reboot (node-init's label) while schedulable is a violation, one that is cordoned is not.
 #[tokio::test]
 async fn the_observer_counts_cordons_and_records_a_reboot_while_schedulable() {
-    let scope = Scope::new("observer-reboot").await;
+    let scope = scope_with_lock("observer-reboot").await;
     let names = scope.create_nodes(2).await;
-    support::create_lock_daemonset(&scope).await;
     let observer = Observer::start(&scope, 2, &[]).await;
     let set_rebooting = |name: String, on: bool| {
         let nodes: Api<Node> = Api::all(scope.client.clone());
@@ -255,7 +250,7 @@ async fn the_observer_counts_cordons_and_records_a_reboot_while_schedulable() {
     };
 
     for cordoned in [true, false, true] {
-        support::set_unschedulable(&scope, &names[0], cordoned).await;
+        scope.set_unschedulable(&names[0], cordoned).await;
         observer
             .until("the cordon seen", Duration::from_secs(10), |s| {
                 s.cordoned(&names[0]) == cordoned

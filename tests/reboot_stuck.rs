@@ -5,38 +5,15 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::io::Read;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use support::agents::Fleet;
+use support::http::free_port;
 use support::observer::read_lock;
-use support::{Scope, SimulatedNode, eventually};
-
-/// `GET path` on the agent's metrics port: status code and body.
-fn get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connecting: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .map_err(|e| format!("asking: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("reading: {e}"))?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {response:?}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
+use support::simulated::{SimulatedNode, in_pid_namespace};
+use support::wait::eventually;
 
 /// A process (not a zombie) whose command line is `cmdline` (its arguments, each ended by NUL).
 fn running(cmdline: &str) -> Option<u32> {
@@ -54,9 +31,8 @@ fn running(cmdline: &str) -> Option<u32> {
 /// again later; the loop goes on, so `/healthz` stays ok.
 #[tokio::test]
 async fn a_hung_reboot_command_is_killed_and_reported_as_a_failed_reboot() {
-    let scope = Scope::new("reboot-hung").await;
-    let names = scope.create_nodes(1).await;
-    let agents = support::Agents::new(&scope).await;
+    let fleet = Fleet::new("reboot-hung", 1).await;
+    let (scope, names) = (&fleet.scope, &fleet.names);
     let dir = tempfile::tempdir().expect("a temp dir");
     let ran = dir.path().join("ran");
     // Runs in the simulated node's mount namespace (node-init is its PID 1), which shares our
@@ -67,9 +43,9 @@ async fn a_hung_reboot_command_is_killed_and_reported_as_a_failed_reboot() {
         ran.display()
     );
     let sim = SimulatedNode::start_as(
-        &scope,
+        scope,
         &names[0],
-        &agents.kubeconfig,
+        &fleet.agents.kubeconfig,
         &["--reboot-method=command", &command],
     );
 
@@ -79,7 +55,10 @@ async fn a_hung_reboot_command_is_killed_and_reported_as_a_failed_reboot() {
     })
     .await;
     // The round is within its bound (the command's time-out): /healthz says so meanwhile.
-    let (status, body) = get(sim.metrics_port, "/healthz").expect("/healthz during the hang");
+    let (status, body) = sim
+        .get("/healthz", Duration::from_secs(10))
+        .await
+        .expect("/healthz during the hang");
     assert_eq!(
         (status, body.as_str()),
         (200, "ok\n"),
@@ -89,9 +68,8 @@ async fn a_hung_reboot_command_is_killed_and_reported_as_a_failed_reboot() {
         "the hung reboot command to be killed and the reboot reported as failed",
         Duration::from_secs(240),
         || async {
-            sim.log()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            sim.log_entries()
+                .into_iter()
                 .find(|v| v["msg"] == "reboot failed; the node stays drained and the lock held; trying again")
         },
     )
@@ -122,14 +100,17 @@ async fn a_hung_reboot_command_is_killed_and_reported_as_a_failed_reboot() {
         names[0]
     );
     let metrics = eventually("the failure to be counted", Duration::from_secs(30), || async {
-        sim.metrics().ok().filter(|m| m.contains(&timeouts))
+        sim.metrics().await.ok().filter(|m| m.contains(&timeouts))
     })
     .await;
     assert!(metrics.contains(&timeouts), "{metrics}");
-    let (status, body) = get(sim.metrics_port, "/healthz").expect("/healthz");
+    let (status, body) = sim
+        .get("/healthz", Duration::from_secs(10))
+        .await
+        .expect("/healthz");
     assert_eq!((status, body.as_str()), (200, "ok\n"), "the loop goes on");
     assert_eq!(sim.reboots(), 0, "nothing rebooted");
-    let lock = read_lock(&scope).await.unwrap_or_default();
+    let lock = read_lock(scope).await.unwrap_or_default();
     assert!(
         lock.contains(&format!("\"nodeID\":\"{}\"", names[0])),
         "the node keeps the lock to try again: {lock}"
@@ -152,22 +133,10 @@ fn an_agent_that_is_pid_1_refuses_the_signal_method() {
     .expect("writing a kubeconfig");
     let sentinel = dir.path().join("reboot-required");
     std::fs::write(&sentinel, "").expect("creating the sentinel");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     // `exec` keeps the shell's PID, 1 in the new PID namespace: the script prints it first.
-    let mut child = Command::new("unshare")
-        .args([
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-            "sh",
-            "-c",
-            r#"echo "pid $$"; exec "$@""#,
-            "sh",
-        ])
+    let mut child = in_pid_namespace()
+        .args(["sh", "-c", r#"echo "pid $$"; exec "$@""#, "sh"])
         .arg(env!("CARGO_BIN_EXE_kured"))
         .args([
             "--node-id=n1",
@@ -227,20 +196,17 @@ fn an_agent_that_is_pid_1_refuses_the_signal_method() {
 /// start and goes on: the reboot happens.
 #[tokio::test]
 async fn an_init_that_is_not_systemd_is_warned_about_and_still_signalled() {
-    let scope = Scope::new("reboot-not-systemd").await;
-    let names = scope.create_nodes(1).await;
-    let agents = support::Agents::new(&scope).await;
-    let sim = agents.start(&scope, &names[0], &[]);
+    let fleet = Fleet::new("reboot-not-systemd", 1).await;
+    let sim = fleet.start(0, &[]);
     eventually("the reboot", Duration::from_secs(120), || async {
         (sim.reboots() == 1).then_some(())
     })
     .await;
-    let log = sim.log();
-    let warning = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let warning = sim
+        .log_entries()
+        .into_iter()
         .find(|v| v["level"] == "WARN" && v["msg"].as_str().is_some_and(|m| m.contains("not systemd")))
-        .unwrap_or_else(|| panic!("no warning about PID 1 in:\n{log}"));
+        .unwrap_or_else(|| panic!("no warning about PID 1 in:\n{}", sim.log()));
     assert!(
         warning["msg"]
             .as_str()

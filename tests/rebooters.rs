@@ -2,6 +2,8 @@
 //! a PID namespace this test creates, and commands run in a mount namespace this test creates.
 //! Needs root (for `unshare`); never touches the machine's own PID 1.
 
+mod support;
+
 use std::error::Error;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use kured::reboot::{DEFAULT_SIGNAL, HostCommandError, HostNamespace, RebootError, RebootLimits, Rebooter};
 use kured::sentinel::Sentinel;
+use support::simulated::in_pid_namespace;
 
 /// Long enough for `unshare` and a shell to start on a loaded machine.
 const STARTUP: Duration = Duration::from_secs(15);
@@ -23,13 +26,12 @@ struct Spawned {
 }
 
 impl Spawned {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(args[0])
-            .args(&args[1..])
+    fn start(command: &mut Command) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {args:?}: {error}"));
+            .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
         let stdout = child.stdout.take().unwrap();
         let (sender, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -129,16 +131,7 @@ async fn the_reboot_signal_reaches_the_init_of_a_pid_namespace() {
         "trap 'echo got > {}; exit 0' {DEFAULT_SIGNAL}; echo ready; while :; do sleep 0.1; done",
         quote(&mark)
     );
-    let mut node = Spawned::start(&[
-        "unshare",
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--kill-child",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let mut node = Spawned::start(in_pid_namespace().args(["sh", "-c", &script]));
     node.wait_for_line("ready");
     let init = node.inner_pid();
     let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
@@ -195,8 +188,7 @@ async fn commands_run_in_the_mount_namespace_of_the_target_process() {
         point = quote(&point),
         inside = quote(&inside)
     );
-    let node = Spawned::start(&[
-        "unshare",
+    let node = Spawned::start(Command::new("unshare").args([
         "--mount",
         "--propagation",
         "private",
@@ -205,7 +197,7 @@ async fn commands_run_in_the_mount_namespace_of_the_target_process() {
         "sh",
         "-c",
         &script,
-    ]);
+    ]));
     node.wait_for_line("ready");
     let host = HostNamespace::of_pid(node.inner_pid());
     assert!(!host.is_ours().unwrap());
@@ -323,16 +315,7 @@ async fn a_request_without_effect_is_a_failed_reboot() {
 /// the reboot is reported as failed.
 #[tokio::test]
 async fn a_signal_the_init_ignores_is_a_failed_reboot() {
-    let mut node = Spawned::start(&[
-        "unshare",
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--kill-child",
-        "sh",
-        "-c",
-        "echo ready; exec sleep 600",
-    ]);
+    let mut node = Spawned::start(in_pid_namespace().args(["sh", "-c", "echo ready; exec sleep 600"]));
     node.wait_for_line("ready");
     let init = node.inner_pid();
     let limits = RebootLimits {

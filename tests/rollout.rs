@@ -1,5 +1,5 @@
 //! End-to-end rolling reboots: many simulated nodes, each with its own real agent, all needing a
-//! reboot at once. The shared observer (`support::observer`) watches the Nodes, the lock and, where
+//! reboot at once. The shared observer (`observer`) watches the Nodes, the lock and, where
 //! a test has one, the budgeted workload's pods throughout, and the rollout must settle as it
 //! requires: every node rebooted exactly once, nothing left cordoned by kured, the lock gone.
 //! Needs `scripts/testcluster up` and root (for `unshare`).
@@ -11,46 +11,27 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use serde_json::json;
+use support::agents::Fleet;
+use support::objects::{create_deployment, create_pdb, create_pod};
 use support::observer::Observer;
-use support::{Scope, SimulatedNode, eventually};
+use support::simulated::{NodeOptions, SimulatedNode};
+use support::wait::eventually;
 
-struct Rollout {
-    agents: support::Agents,
-    scope: Scope,
-    names: Vec<String>,
-}
-
-impl Rollout {
-    async fn new(test: &str, nodes: usize) -> Rollout {
-        let scope = Scope::new(test).await;
-        let names = scope.create_nodes(nodes).await;
-        let agents = support::Agents::new(&scope).await;
-        Rollout { agents, scope, names }
-    }
-
-    fn start_agents(&self, concurrency: u32, extra: &[&str]) -> Vec<SimulatedNode> {
-        let c = format!("--concurrency={concurrency}");
-        let args: Vec<&str> = [&[c.as_str()], extra].concat();
-        self.names
-            .iter()
-            .map(|n| self.agents.start(&self.scope, n, &args))
-            .collect()
-    }
-}
-
-/// Waits, for at most `limit`, until every node in `sims` has rebooted exactly once and the
-/// rollout has settled, as `observer` sees it (see [`Observer::assert_settled`]).
-async fn assert_each_rebooted_once(observer: &Observer, sims: &[SimulatedNode], limit: Duration) {
-    let expected: Vec<(&SimulatedNode, usize)> = sims.iter().map(|s| (s, 1)).collect();
-    observer.assert_settled(&expected, limit).await;
+/// Starts the agents of all the fleet's nodes at `concurrency`, with `extra` arguments.
+fn start_agents(fleet: &Fleet, concurrency: u32, extra: &[&str]) -> Vec<SimulatedNode> {
+    let c = format!("--concurrency={concurrency}");
+    let args: Vec<&str> = [&[c.as_str()], extra].concat();
+    fleet.start_all(&NodeOptions::default(), &args)
 }
 
 async fn rolling_reboot(test: &str, nodes: usize, concurrency: u32) {
-    let rollout = Rollout::new(test, nodes).await;
-    let observer = Observer::start(&rollout.scope, concurrency as usize, &[]).await;
-    let sims = rollout.start_agents(concurrency, &[]);
+    let fleet = Fleet::new(test, nodes).await;
+    let observer = Observer::start(&fleet.scope, concurrency as usize, &[]).await;
+    let sims = start_agents(&fleet, concurrency, &[]);
     let started = std::time::Instant::now();
-    assert_each_rebooted_once(&observer, &sims, Duration::from_secs(240)).await;
+    observer
+        .assert_each_rebooted_once(&sims, Duration::from_secs(240))
+        .await;
     eprintln!(
         "{nodes} nodes at concurrency {concurrency}: settled after {:?}",
         started.elapsed()
@@ -76,32 +57,29 @@ async fn eight_nodes_three_at_a_time() {
 
 #[tokio::test]
 async fn pre_cordoned_and_blocked_nodes_and_a_budgeted_workload() {
-    let rollout = Rollout::new("rollout-mixed", 5).await;
-    let (scope, names) = (&rollout.scope, &rollout.names);
+    let fleet = Fleet::new("rollout-mixed", 5).await;
+    let (scope, names) = (&fleet.scope, &fleet.names);
 
     // names[0] is cordoned by an operator before the rollout.
-    support::set_unschedulable(scope, &names[0], true).await;
+    scope.set_unschedulable(&names[0], true).await;
 
     // A workload of 6 replicas over the scope's nodes with a budget of 5 available.
-    support::create_deployment(scope, "web", 6, None).await;
-    support::create_pdb(scope, "web", 5, 6).await;
+    create_deployment(scope, "web", 6, None).await;
+    create_pdb(scope, "web", 5, 6).await;
 
     // names[1] runs a pod that blocks its reboot.
-    support::create::<Pod>(
+    create_pod(
         scope,
-        json!({
-            "metadata": { "name": "long-job", "labels": { "runtime": "long" } },
-            "spec": {
-                "nodeName": names[1],
-                "containers": [{ "name": "job", "image": "registry.invalid/job:1" }],
-            },
-        }),
+        "long-job",
+        &names[1],
+        json!({ "runtime": "long" }),
+        json!({}),
     )
     .await;
 
     let mut observer = Observer::start(scope, 1, &[&names[0]]).await;
     observer.watch_budget(scope, "web", 5).await;
-    let sims = rollout.start_agents(1, &["--blocking-pod-selector=runtime=long"]);
+    let sims = start_agents(&fleet, 1, &["--blocking-pod-selector=runtime=long"]);
 
     // Everyone but the blocked node finishes; the blocked one waits.
     let others: Vec<&SimulatedNode> = sims
@@ -124,7 +102,9 @@ async fn pre_cordoned_and_blocked_nodes_and_a_budgeted_workload() {
         .delete("long-job", &Default::default())
         .await
         .expect("deleting the blocking pod");
-    assert_each_rebooted_once(&observer, &sims, Duration::from_secs(240)).await;
+    observer
+        .assert_each_rebooted_once(&sims, Duration::from_secs(240))
+        .await;
     let min_ready = observer.lowest_ready("web");
     assert!(
         min_ready.is_some_and(|m| m >= 5),
@@ -142,8 +122,8 @@ async fn pre_cordoned_and_blocked_nodes_and_a_budgeted_workload() {
 
 #[tokio::test]
 async fn a_closed_window_holds_the_rollout_until_it_opens() {
-    let rollout = Rollout::new("rollout-window", 3).await;
-    let observer = Observer::start(&rollout.scope, 1, &[]).await;
+    let fleet = Fleet::new("rollout-window", 3).await;
+    let observer = Observer::start(&fleet.scope, 1, &[]).await;
     // A window that opens a little from now and lasts an hour. Windows are set in whole minutes:
     // take the first minute boundary at least 20 s away, so that the window is surely still
     // closed when the check below looks (8 s after the agents start).
@@ -158,7 +138,7 @@ async fn a_closed_window_holds_the_rollout_until_it_opens() {
     let end = format!("{:02}:{:02}", closes.hour(), closes.minute());
     let window = [format!("--start-time={start}"), format!("--end-time={end}")];
     let args: Vec<&str> = window.iter().map(String::as_str).collect();
-    let sims = rollout.start_agents(1, &args);
+    let sims = start_agents(&fleet, 1, &args);
 
     tokio::time::sleep(Duration::from_secs(8)).await;
     for sim in &sims {
@@ -169,5 +149,7 @@ async fn a_closed_window_holds_the_rollout_until_it_opens() {
             sim.log()
         );
     }
-    assert_each_rebooted_once(&observer, &sims, Duration::from_secs(180)).await;
+    observer
+        .assert_each_rebooted_once(&sims, Duration::from_secs(180))
+        .await;
 }

@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::http::free_port;
+
 /// The Python that Debian's `python3-aiosmtpd` installs into (a `python3` earlier on PATH, such
 /// as pyenv's, does not have it).
 pub const PYTHON: &str = "/usr/bin/python3";
@@ -427,14 +429,6 @@ pub fn require_aiosmtpd() {
         "the SMTP tests need a real SMTP server: install the Debian package python3-aiosmtpd \
          (apt-get install -y python3-aiosmtpd; scripts/test does this)"
     );
-}
-
-/// A free loopback port, for servers that take their port on the command line.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// An SMTP server process; its output goes to a file the test reads. Killed when dropped.

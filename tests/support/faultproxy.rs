@@ -238,7 +238,7 @@ enum Ending {
 impl FaultProxy {
     /// Starts a proxy to the test cluster's API server, on a free loopback port.
     pub async fn start() -> FaultProxy {
-        let mut config = super::admin_config().await;
+        let mut config = super::cluster::admin_config().await;
         // No credentials of its own (the admin's client certificate is in here): each request
         // carries its client's.
         config.auth_info = AuthInfo::default();

@@ -21,7 +21,11 @@ use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
-use super::{SCOPE_LABEL, Scope, SimulatedNode};
+use super::nodes::{boot_id, unschedulable};
+use super::objects::is_ready;
+use super::scope::{SCOPE_LABEL, Scope};
+use super::simulated::SimulatedNode;
+use super::wait::eventually;
 
 /// The lock annotation upstream kured and ours write.
 pub const LOCK_ANNOTATION: &str = "weave.works/kured-node-lock";
@@ -112,8 +116,8 @@ impl NodeState {
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
             .and_then(|v| v["phase"].as_str().map(str::to_owned));
         NodeState {
-            unschedulable: super::unschedulable(node),
-            boot_id: super::boot_id(node),
+            unschedulable: unschedulable(node),
+            boot_id: boot_id(node),
             rebooting: node.labels().contains_key(REBOOTING_LABEL),
             phase,
         }
@@ -306,7 +310,7 @@ impl Observer {
             node_selector: format!("{SCOPE_LABEL}={}", scope.id),
             daemonsets: scope.api(),
         };
-        super::eventually(
+        eventually(
             "the observer's watches of the Nodes and the lock to list them",
             Duration::from_secs(30),
             || async {
@@ -331,7 +335,7 @@ impl Observer {
             },
         );
         self.tasks.push(watch_pods(scope, app, self.seen.clone()));
-        super::eventually(
+        eventually(
             &format!("the observer's watch of the pods of {app} to list them"),
             Duration::from_secs(30),
             || async { self.seen().budgets[app].synced.then_some(()) },
@@ -447,6 +451,12 @@ impl Observer {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// [`Observer::assert_settled`], each of `nodes` rebooted exactly once.
+    pub async fn assert_each_rebooted_once(&self, nodes: &[SimulatedNode], limit: Duration) {
+        let expected: Vec<(&SimulatedNode, usize)> = nodes.iter().map(|s| (s, 1)).collect();
+        self.assert_settled(&expected, limit).await;
     }
 
     /// The most seen at once, against the limits.
@@ -624,12 +634,7 @@ fn watch_nodes(scope: &Scope, limit: usize, seen: Arc<Mutex<Seen>>) -> tokio::ta
 
 /// Whether the pod counts for its budget: Ready, and not on its way out.
 fn ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    pod.metadata.deletion_timestamp.is_none() && is_ready(pod)
 }
 
 fn watch_pods(scope: &Scope, app: &str, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {

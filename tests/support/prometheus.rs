@@ -3,15 +3,16 @@
 //! (`LongPending`).
 
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kured::blockers::PrometheusBlocker;
 use kured::blockers::prometheus::AlertFilter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
+
+use super::http::{free_port, get};
 
 pub const PROMETHEUS: &str = "/usr/bin/prometheus";
 
@@ -63,7 +64,7 @@ impl Prometheus {
             "global:\n  evaluation_interval: 1s\nrule_files: [rules.yml]\n",
         )
         .expect("writing the configuration");
-        let port = free_port().port();
+        let port = free_port();
         let base = format!("http://127.0.0.1:{port}{}", prefix.unwrap_or(""));
         let log = std::fs::File::create(dir.path().join("log")).expect("a log file");
         let mut command = Command::new(PROMETHEUS);
@@ -98,7 +99,7 @@ impl Prometheus {
     /// True once both alerts are in `ALERTS`; false if Prometheus exited (a port taken).
     async fn wait_ready(&mut self) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), self.url.port().expect("a port"));
+        let addr = (Ipv4Addr::LOCALHOST, self.url.port().expect("a port"));
         let path = format!(
             "{}/api/v1/query?query=ALERTS",
             self.url.path().trim_end_matches('/')
@@ -108,7 +109,7 @@ impl Prometheus {
                 eprintln!("Prometheus exited with {status}:\n{}", self.log());
                 return false;
             }
-            if let Some((200, body)) = http_get(addr, &path).await
+            if let Ok((200, body)) = get(addr, &path, Duration::from_secs(5)).await
                 && body.contains("\"RebootRequired\"")
                 && body.contains("\"LongPending\"")
             {
@@ -143,23 +144,4 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A plain HTTP/1.0 GET, independent of the client under test: status and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
-
-pub fn free_port() -> SocketAddr {
-    let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding a loopback port");
-    listener.local_addr().expect("a local address")
 }

@@ -5,14 +5,17 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::DeleteParams;
 
+use super::agents::{Agents, Fleet};
 use super::faultproxy::FaultProxy;
+use super::objects::{create_deployment, create_pdb, pods_on, running_on};
 use super::observer::Observer;
-use super::{Agents, Scope, SimulatedNode, eventually};
+use super::scope::Scope;
+use super::simulated::SimulatedNode;
+use super::wait::eventually;
 
 /// Ample time for a whole cycle (drain, reboot, return) after a fault has passed.
 pub const SETTLE: Duration = Duration::from_secs(180);
@@ -27,11 +30,14 @@ pub struct Rig {
 
 impl Rig {
     pub async fn new(test: &str) -> Rig {
-        let scope = Scope::new(test).await;
-        let node = scope.create_nodes(1).await.remove(0);
-        let agents = Agents::new(&scope).await;
-        super::create_deployment(&scope, "web", 2, Some(&node)).await;
-        super::running_on(&scope, "app=web", &[&node, &node]).await;
+        let Fleet {
+            scope,
+            mut names,
+            agents,
+        } = Fleet::new(test, 1).await;
+        let node = names.remove(0);
+        create_deployment(&scope, "web", 2, Some(&node)).await;
+        running_on(&scope, "app=web", &[&node, &node]).await;
         let proxy = FaultProxy::start().await;
         let observer = Observer::start(&scope, 1, &[]).await;
         Rig {
@@ -51,7 +57,7 @@ impl Rig {
 
     /// A PodDisruptionBudget that refuses every eviction of the pods, holding the drain back.
     pub async fn hold_the_drain(&self) {
-        super::create_pdb(&self.scope, "web", 2, 2).await;
+        create_pdb(&self.scope, "web", 2, 2).await;
     }
 
     /// Deletes the budget. Retried: the API server may still be recovering from a fault.
@@ -69,6 +75,15 @@ impl Rig {
             },
         )
         .await;
+    }
+
+    /// Holds the drain ([`Rig::hold_the_drain`]), starts the agent with `args` and waits until it
+    /// is draining ([`Rig::draining`]).
+    pub async fn start_held(&self, args: &[&str]) -> SimulatedNode {
+        self.hold_the_drain().await;
+        let sim = self.start(args);
+        self.draining(&sim).await;
+        sim
     }
 
     /// Waits until the agent has cordoned the node and asked for an eviction.
@@ -98,12 +113,7 @@ impl Rig {
 
     /// The UIDs of the pods on the node now.
     pub async fn pods_on_the_node(&self) -> BTreeSet<String> {
-        let pods = self
-            .scope
-            .api::<Pod>()
-            .list(&ListParams::default().fields(&format!("spec.nodeName={}", self.node)))
-            .await
-            .expect("listing the pods");
-        pods.items.iter().filter_map(|p| p.uid()).collect()
+        let pods = pods_on(&self.scope, &self.node).await;
+        pods.iter().filter_map(|p| p.uid()).collect()
     }
 }

@@ -1,0 +1,132 @@
+//! The agents of a scope as a real install of deploy/kured.yaml has them: the lock's DaemonSet,
+//! and a ServiceAccount bound to the manifest's own RBAC rules, whose token is all an agent on a
+//! simulated node authenticates with; and [`Fleet`], the setting of a test of whole agents.
+
+use std::path::{Path, PathBuf};
+
+use super::cluster::{delete_cluster_rbac, testcluster};
+use super::faultproxy::FaultProxy;
+use super::objects::create_lock_daemonset;
+use super::scope::Scope;
+use super::simulated::{NodeOptions, SimulatedNode};
+
+/// What the agents of a scope share, as in a real install of deploy/kured.yaml: DaemonSet `kured`
+/// in the scope's namespace, which carries their lock, and ServiceAccount `kured` there, bound to
+/// the manifest's own RBAC rules, whose token is all the agents authenticate with
+/// (`scripts/testcluster agent-kubeconfig`). A permission the agent needs and the manifest lacks
+/// fails the test. The cluster-wide RBAC objects are deleted on drop (the rest goes with the
+/// namespace).
+pub struct Agents {
+    /// A kubeconfig holding nothing but the ServiceAccount's token.
+    pub kubeconfig: PathBuf,
+    namespace: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Agents {
+    pub async fn new(scope: &Scope) -> Agents {
+        create_lock_daemonset(scope).await;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let kubeconfig = dir.path().join("kured.kubeconfig");
+        let path = kubeconfig.display().to_string();
+        testcluster(&["agent-kubeconfig", &scope.namespace, &path]).await;
+        Agents {
+            kubeconfig,
+            namespace: scope.namespace.clone(),
+            _dir: dir,
+        }
+    }
+
+    /// Starts the agent for `node` with the ServiceAccount's token, the lock on DaemonSet `kured`
+    /// in the scope's namespace, and `--reboot-method=signal`, plus `extra_args`.
+    pub fn start(&self, scope: &Scope, node: &str, extra_args: &[&str]) -> SimulatedNode {
+        self.start_with(scope, node, &NodeOptions::default(), extra_args)
+    }
+
+    /// [`Agents::start`], on a node that behaves as `options` say.
+    pub fn start_with(
+        &self,
+        scope: &Scope,
+        node: &str,
+        options: &NodeOptions,
+        extra_args: &[&str],
+    ) -> SimulatedNode {
+        self.launch(scope, node, &self.kubeconfig, options, extra_args)
+    }
+
+    /// Like [`Agents::start`], but the agent reaches the API server through `proxy`, with the
+    /// same token.
+    pub fn start_through(
+        &self,
+        scope: &Scope,
+        node: &str,
+        proxy: &FaultProxy,
+        extra_args: &[&str],
+    ) -> SimulatedNode {
+        let kubeconfig = self.kubeconfig_through(proxy);
+        self.launch(scope, node, &kubeconfig, &NodeOptions::default(), extra_args)
+    }
+
+    /// A kubeconfig with the ServiceAccount's token that reaches the API server through `proxy`.
+    pub fn kubeconfig_through(&self, proxy: &FaultProxy) -> PathBuf {
+        let kubeconfig = self
+            .kubeconfig
+            .with_file_name(format!("kured-via-{}.kubeconfig", proxy.port));
+        proxy.kubeconfig(&self.kubeconfig, &kubeconfig);
+        kubeconfig
+    }
+
+    fn launch(
+        &self,
+        scope: &Scope,
+        node: &str,
+        kubeconfig: &Path,
+        options: &NodeOptions,
+        extra_args: &[&str],
+    ) -> SimulatedNode {
+        let args = [&["--reboot-method=signal"], extra_args].concat();
+        SimulatedNode::start_with(scope, node, kubeconfig, &args, options)
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        delete_cluster_rbac(&["-l", &format!("kured.test/agent-rbac={}", self.namespace)]);
+    }
+}
+
+/// The setting of a test of whole agents: a scope with `count` kwok nodes and the agents' lock
+/// and credentials ([`Agents`]). No agent runs until the test starts one.
+pub struct Fleet {
+    pub scope: Scope,
+    /// The nodes' names, node 0 first.
+    pub names: Vec<String>,
+    pub agents: Agents,
+}
+
+impl Fleet {
+    pub async fn new(test: &str, count: usize) -> Fleet {
+        let scope = Scope::new(test).await;
+        let names = scope.create_nodes(count).await;
+        let agents = Agents::new(&scope).await;
+        Fleet { scope, names, agents }
+    }
+
+    /// Starts the agent of node `i` ([`Agents::start`]).
+    pub fn start(&self, i: usize, extra_args: &[&str]) -> SimulatedNode {
+        self.agents.start(&self.scope, &self.names[i], extra_args)
+    }
+
+    /// Starts the agents of all the nodes, on nodes that behave as `options` say; node 0's first.
+    pub fn start_all(&self, options: &NodeOptions, extra_args: &[&str]) -> Vec<SimulatedNode> {
+        (0..self.names.len())
+            .map(|i| self.start_with(i, options, extra_args))
+            .collect()
+    }
+
+    /// Starts the agent of node `i` on a node that behaves as `options` say.
+    pub fn start_with(&self, i: usize, options: &NodeOptions, extra_args: &[&str]) -> SimulatedNode {
+        self.agents
+            .start_with(&self.scope, &self.names[i], options, extra_args)
+    }
+}

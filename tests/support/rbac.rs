@@ -1,0 +1,107 @@
+//! RBAC as the agents meet it: ServiceAccounts whose tokens are all a client has, bound to the
+//! rules a test gives or a manifest holds, and the clients and kubeconfigs made from those tokens.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::Client;
+use kube::api::PostParams;
+use kube::config::Kubeconfig;
+
+use super::access;
+use super::cluster::{client_from_kubeconfig, kubeconfig_path};
+use super::objects::create;
+use super::scope::Scope;
+use super::wait::eventually;
+
+/// Writes a kubeconfig for ServiceAccount `service_account` of the scope's namespace into `dir`,
+/// with a token from the TokenRequest API (valid for an hour) and the test cluster's server and CA,
+/// and returns its path: the credentials an agent running in a pod under that account would have.
+pub async fn service_account_kubeconfig(scope: &Scope, service_account: &str, dir: &Path) -> PathBuf {
+    let request: TokenRequest =
+        serde_json::from_value(serde_json::json!({ "spec": { "audiences": [], "expirationSeconds": 3600 } }))
+            .expect("a valid TokenRequest");
+    let issued: TokenRequest = scope
+        .api::<ServiceAccount>()
+        .create_subresource("token", service_account, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("issuing a token for ServiceAccount {service_account}: {e}"));
+    let token = issued
+        .status
+        .and_then(|s| s.token)
+        .expect("a token in the TokenRequest's status");
+    let admin = Kubeconfig::read_from(kubeconfig_path()).expect("reading the admin kubeconfig");
+    let cluster = admin
+        .clusters
+        .first()
+        .expect("a cluster in the admin kubeconfig")
+        .clone();
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{ "name": service_account, "user": { "token": token } }],
+        "contexts": [{
+            "name": service_account,
+            "context": { "cluster": cluster.name, "user": service_account },
+        }],
+        "current-context": service_account,
+    });
+    let path = dir.join(format!("{service_account}.kubeconfig"));
+    std::fs::write(&path, kubeconfig.to_string()).expect("writing the ServiceAccount's kubeconfig");
+    path
+}
+
+/// ServiceAccount `name` in the scope, bound to a Role of the same name that grants `rules` (JSON,
+/// as in a Role), and a client with nothing but a token of it (its kubeconfig written into `dir`).
+/// The binding takes effect through the API server's RBAC informer, a moment later: callers wait
+/// for what they need.
+pub async fn service_account_with_role(
+    scope: &Scope,
+    name: &str,
+    rules: serde_json::Value,
+    dir: &Path,
+) -> Client {
+    create::<ServiceAccount>(scope, serde_json::json!({ "metadata": { "name": name } })).await;
+    create::<Role>(
+        scope,
+        serde_json::json!({ "metadata": { "name": name }, "rules": rules }),
+    )
+    .await;
+    create::<RoleBinding>(
+        scope,
+        serde_json::json!({
+            "metadata": { "name": name },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+            "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": scope.namespace }],
+        }),
+    )
+    .await;
+    client_from_kubeconfig(&service_account_kubeconfig(scope, name, dir).await).await
+}
+
+/// A kubeconfig (written into `dir`) and a client with nothing but a token of the scope's
+/// ServiceAccount `service_account`, once its bindings have reached the API server's authorizer
+/// (they take effect through an informer): it may read Nodes (its ClusterRoleBinding) and update
+/// DaemonSet `daemonset` in the scope's namespace, the lock (its RoleBinding).
+pub async fn service_account_client(
+    scope: &Scope,
+    service_account: &str,
+    daemonset: &str,
+    dir: &Path,
+) -> (PathBuf, Client) {
+    let kubeconfig = service_account_kubeconfig(scope, service_account, dir).await;
+    let client = client_from_kubeconfig(&kubeconfig).await;
+    let nodes = access::request("get", "/nodes", "", "");
+    let lock = access::request("update", "apps/daemonsets", &scope.namespace, daemonset);
+    eventually(
+        &format!("{service_account}'s bindings to take effect"),
+        Duration::from_secs(30),
+        || async { (access::may(&client, &nodes).await && access::may(&client, &lock).await).then_some(()) },
+    )
+    .await;
+    (kubeconfig, client)
+}
