@@ -3,6 +3,7 @@
 //!
 //! - The top-level modules import each other without a cycle.
 //! - Only `main`, `agent` and `config` itself name `config`: every other module owns its settings.
+//! - No file's production code is longer than a reader takes in at once ([`LONGEST_FILE`]).
 //! - The pure modules (decisions, the window, durations, the lock's wire format and policy, label
 //!   selectors, the published agent state) name no crate that does I/O and import only each
 //!   other, so their tests need no runtime, no cluster and no clock.
@@ -44,6 +45,10 @@ const IO_PATHS: &[&str] = &[
     "Instant::now",
 ];
 
+/// The most lines of production code (before the tests) a file may have. A module that grows
+/// past it is doing more than one thing and is split by what it does.
+const LONGEST_FILE: usize = 550;
+
 /// Modules that may name `config`.
 const CONFIG_USERS: &[&str] = &["config", "agent"];
 
@@ -52,6 +57,10 @@ struct SourceFile {
     module: String,
     /// The production code, comments removed.
     code: String,
+    /// Lines of production code, comments and blank lines included.
+    lines: usize,
+    /// The path, for messages: `src/lock/record.rs`.
+    path: String,
 }
 
 fn src_dir() -> PathBuf {
@@ -85,6 +94,7 @@ fn sources() -> Vec<SourceFile> {
                 std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
             let relative = path.strip_prefix(&root).expect("below src/").with_extension("");
             let module = relative.to_string_lossy().trim_end_matches("/mod").to_owned();
+            let lines = text.lines().take_while(|l| l.trim() != "#[cfg(test)]").count();
             let code = text
                 .lines()
                 .take_while(|l| l.trim() != "#[cfg(test)]")
@@ -96,7 +106,13 @@ fn sources() -> Vec<SourceFile> {
                 })
                 .collect::<Vec<_>>()
                 .join("\n");
-            SourceFile { module, code }
+            let path = format!("src/{}", relative.with_extension("rs").display());
+            SourceFile {
+                module,
+                code,
+                lines,
+                path,
+            }
         })
         .collect()
 }
@@ -248,6 +264,20 @@ fn the_top_level_modules_import_each_other_without_a_cycle() {
     if let Some(cycle) = find_cycle(&modules) {
         panic!("an import cycle between modules: {}", cycle.join(" -> "));
     }
+}
+
+#[test]
+fn no_file_is_longer_than_a_reader_takes_in() {
+    let long: Vec<String> = sources()
+        .iter()
+        .filter(|f| f.lines > LONGEST_FILE)
+        .map(|f| format!("{}: {} lines before its tests", f.path, f.lines))
+        .collect();
+    assert!(
+        long.is_empty(),
+        "split these by what they do (at most {LONGEST_FILE} lines each):\n{}",
+        long.join("\n")
+    );
 }
 
 #[test]
