@@ -5,13 +5,16 @@
 //! (`--reboot-sentinel-command`): exit code 0 means needed, 1 means not needed, and anything else is
 //! a failed check, never a reason to reboot. (RHEL's `needs-restarting -r` exits the other way
 //! round; the README gives the translation.)
+//!
+//! A file sentinel is also watched ([`SentinelWatch`], inotify), so that a reboot becomes
+//! needed the moment the file appears, not at the next check period.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::reboot::host::{Ending, stderr_note};
 use crate::reboot::{HostCommand, HostCommandError, HostNamespace};
@@ -148,6 +151,70 @@ impl fmt::Display for Sentinel {
             Sentinel::File(path) => write!(f, "file {}", path.display()),
             Sentinel::Command { command, timeout } => {
                 write!(f, "command {command}, killed after {timeout:?}")
+            }
+        }
+    }
+}
+
+/// Changes to the sentinel file, through inotify on its directory (the file itself comes and
+/// goes). Without a file sentinel, or if inotify is unavailable, it never fires and the period
+/// does the work.
+pub struct SentinelWatch {
+    events: Option<(inotify::EventStream<Vec<u8>>, std::ffi::OsString)>,
+}
+
+impl SentinelWatch {
+    /// Watches `path` ([`Sentinel::watch_path`]); `None`: nothing to watch.
+    pub fn new(path: Option<&Path>) -> SentinelWatch {
+        let events = path.and_then(|path| match Self::watch(path) {
+            Ok(events) => Some(events),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot watch the sentinel file; checking it every period");
+                None
+            }
+        });
+        SentinelWatch { events }
+    }
+
+    fn watch(path: &Path) -> io::Result<(inotify::EventStream<Vec<u8>>, std::ffi::OsString)> {
+        use inotify::{Inotify, WatchMask};
+        let dir: PathBuf = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("/"))
+            .to_owned();
+        let name = path.file_name().map(ToOwned::to_owned).unwrap_or_default();
+        let inotify = Inotify::init()?;
+        inotify.watches().add(
+            &dir,
+            WatchMask::CREATE
+                | WatchMask::DELETE
+                | WatchMask::MOVED_TO
+                | WatchMask::MOVED_FROM
+                | WatchMask::CLOSE_WRITE,
+        )?;
+        Ok((inotify.into_event_stream(vec![0u8; 4096])?, name))
+    }
+
+    /// Resolves when the sentinel file is created, removed or replaced.
+    pub async fn changed(&mut self) {
+        use futures_util::StreamExt;
+        let Some((events, name)) = &mut self.events else {
+            return std::future::pending().await;
+        };
+        loop {
+            match events.next().await {
+                Some(Ok(event)) if event.name.as_deref() == Some(name.as_os_str()) => return,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    warn!(error = %e, "reading sentinel file events; checking it every period from now on");
+                    self.events = None;
+                    return std::future::pending().await;
+                }
+                None => {
+                    self.events = None;
+                    return std::future::pending().await;
+                }
             }
         }
     }
@@ -414,5 +481,26 @@ mod tests {
         crate::sys::send_signal(left_behind, libc::SIGKILL).unwrap();
         assert!(!needed.unwrap());
         assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn the_watch_wakes_for_the_sentinel_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reboot-required");
+        let mut watch = SentinelWatch::new(Some(&path));
+        std::fs::write(dir.path().join("other"), "").unwrap();
+        let woken = tokio::time::timeout(Duration::from_millis(200), watch.changed()).await;
+        assert!(woken.is_err(), "another file in the directory");
+        std::fs::write(&path, "").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("woken by the sentinel file");
+    }
+
+    #[tokio::test]
+    async fn without_a_file_to_watch_the_watch_never_wakes() {
+        let mut watch = SentinelWatch::new(None);
+        let woken = tokio::time::timeout(Duration::from_millis(50), watch.changed()).await;
+        assert!(woken.is_err());
     }
 }

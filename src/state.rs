@@ -1,6 +1,7 @@
 //! What each agent publishes about itself, for `kured status`: one annotation on its own Node,
 //! [`STATE_ANNOTATION`], holding a small JSON object. Written only when it changes.
 
+use k8s_openapi::api::core::v1::Node;
 use serde::{Deserialize, Serialize};
 
 /// The annotation on each Node that carries its agent's state.
@@ -79,6 +80,13 @@ impl AgentState {
     pub fn parse(text: &str) -> Result<AgentState, serde_json::Error> {
         serde_json::from_str(text)
     }
+
+    /// The state published on `node` ([`STATE_ANNOTATION`]); `None` when there is none, or it
+    /// is not one this build can read.
+    pub fn published_on(node: &Node) -> Option<AgentState> {
+        let text = node.metadata.annotations.as_ref()?.get(STATE_ANNOTATION)?;
+        AgentState::parse(text).ok()
+    }
 }
 
 #[cfg(test)]
@@ -101,5 +109,30 @@ mod tests {
         let idle = AgentState::parse(r#"{"rebootRequired":null,"phase":"sentinel-error"}"#).unwrap();
         assert_eq!(idle.phase, Phase::SentinelError);
         assert!(AgentState::parse(r#"{"phase":"dancing"}"#).is_err());
+    }
+
+    #[test]
+    fn the_state_is_read_from_the_nodes_annotation() {
+        let node = |annotation: Option<&str>| {
+            let mut node = Node::default();
+            if let Some(text) = annotation {
+                node.metadata.annotations = Some([(STATE_ANNOTATION.to_owned(), text.to_owned())].into());
+            }
+            node
+        };
+        let published = node(Some(
+            r#"{"rebootRequired":false,"phase":"idle","lastReboot":"2026-01-01T00:00:00Z"}"#,
+        ));
+        assert_eq!(
+            AgentState::published_on(&published),
+            Some(AgentState {
+                reboot_required: Some(false),
+                phase: Phase::Idle,
+                detail: String::new(),
+                last_reboot: Some("2026-01-01T00:00:00Z".into()),
+            })
+        );
+        assert_eq!(AgentState::published_on(&node(None)), None, "nothing published");
+        assert_eq!(AgentState::published_on(&node(Some("{"))), None, "unreadable");
     }
 }

@@ -1,5 +1,6 @@
 //! `kured status`: a cluster-wide view for operators — one row per node with its reboot need,
-//! the agent's phase (published in [`STATE_ANNOTATION`]), lock holders, cordon and last reboot.
+//! the agent's phase (published in [`STATE_ANNOTATION`](crate::state::STATE_ANNOTATION)), lock
+//! holders, cordon and last reboot.
 //! Needs only `get`/`list` on nodes and `get` on the agents' DaemonSet.
 
 use std::collections::BTreeSet;
@@ -13,7 +14,7 @@ use kube::{Api, Client};
 use serde::Serialize;
 
 use crate::lock::record::LockRecord;
-use crate::state::{AgentState, Phase, STATE_ANNOTATION};
+use crate::state::{AgentState, Phase};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -108,12 +109,7 @@ fn assemble(nodes: &[Node], annotation: Option<&str>, lock: &LockLocation, now: 
         .iter()
         .map(|node| {
             let name = node.metadata.name.clone().unwrap_or_default();
-            let state = node
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(STATE_ANNOTATION))
-                .and_then(|text| AgentState::parse(text).ok());
+            let state = AgentState::published_on(node);
             NodeStatus {
                 lock_holder: holders.contains(name.as_str()),
                 cordoned: crate::node::is_unschedulable(node),
@@ -226,6 +222,7 @@ pub fn render_text(status: &ClusterStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::STATE_ANNOTATION;
 
     fn node(name: &str, state: Option<&str>) -> Node {
         let mut node = Node::default();

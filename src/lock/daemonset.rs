@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 use super::record::{self, Change, Decision, RecordError};
 use super::{
     Acquire, Claim, LockEntry, LockError, LockObject, LockSettings, LockState, RebootLock, Reclaim, Release,
-    Result, Seen,
+    Result, Seen, Slot, Standing, reclaim, turn,
 };
 
 /// Writes in a row that may meet a conflict before we give up. Each conflict means another agent's
@@ -285,23 +285,6 @@ impl DaemonSetLock {
         }
     }
 
-    /// Read, decide, write; on a conflict, again from the read.
-    /// Releases our slot at once, ignoring `--lock-release-delay`: for a node that never went
-    /// down (a drain that failed), where the delay would only hold the next node back.
-    pub async fn release_now(&self) -> Result<Release> {
-        let settings = LockSettings {
-            release_delay: Duration::ZERO,
-            ..self.settings.clone()
-        };
-        let outcome = self
-            .update(false, |current, now| {
-                record::decide_release(current, &settings, now)
-            })
-            .await?;
-        info!(object = %self.object, node = %settings.node_id, ?outcome, "lock released without delay");
-        Ok(outcome)
-    }
-
     /// Removes `entry`, a holder whose Node no longer exists, if the lock still holds it as it
     /// is (see [`record::decide_reclaim`]); read, decide, write as every change.
     pub async fn reclaim(&self, entry: &LockEntry) -> Result<Reclaim> {
@@ -314,6 +297,7 @@ impl DaemonSetLock {
         self.api.clone().into_client()
     }
 
+    /// Read, decide, write; on a conflict, again from the read.
     /// `fresh`: decide the first attempt on a read from the API server rather than the watched
     /// copy, for a decision nothing stale may enter.
     async fn update<T>(
@@ -330,7 +314,7 @@ impl DaemonSetLock {
                 self.fresh_snapshot().await?
             };
             let decision = decide(snapshot.annotation(), (self.clock)())
-                .map_err(|source| self.record_error(&snapshot, source))?;
+                .map_err(|source| self.record_error(snapshot.annotation(), source))?;
             let Some(change) = decision.change else {
                 return Ok(decision.outcome);
             };
@@ -364,7 +348,8 @@ impl DaemonSetLock {
         }
     }
 
-    fn record_error(&self, snapshot: &Snapshot, source: RecordError) -> LockError {
+    /// The error of the record `value` (the annotation as read), naming the lock object.
+    fn record_error(&self, value: Option<&str>, source: RecordError) -> LockError {
         match source {
             RecordError::Encode { .. } => LockError::Encode {
                 object: self.object.clone(),
@@ -373,7 +358,7 @@ impl DaemonSetLock {
             RecordError::Parse { .. } | RecordError::Decode { .. } => LockError::Decode {
                 object: self.object.clone(),
                 annotation: self.annotation.clone(),
-                value: snapshot.annotation().unwrap_or_default().to_owned(),
+                value: value.unwrap_or_default().to_owned(),
                 source,
             },
         }
@@ -479,17 +464,39 @@ impl RebootLock for DaemonSetLock {
     async fn holding(&self) -> Result<Option<LockEntry>> {
         let snapshot = self.snapshot().await?;
         record::holding(snapshot.annotation(), &self.settings.node_id, (self.clock)())
-            .map_err(|source| self.record_error(&snapshot, source))
+            .map_err(|source| self.record_error(snapshot.annotation(), source))
     }
 
     async fn read(&self) -> Result<LockState> {
         let snapshot = self.snapshot().await?;
-        let record =
-            record::read(snapshot.annotation()).map_err(|source| self.record_error(&snapshot, source))?;
+        let record = record::read(snapshot.annotation())
+            .map_err(|source| self.record_error(snapshot.annotation(), source))?;
         Ok(LockState {
             record,
             seen: Seen::new(snapshot.annotation),
         })
+    }
+
+    fn standing(&self, seen: &Seen, now: Timestamp) -> Result<Standing> {
+        let current = seen.annotation();
+        let error = |source| self.record_error(current, source);
+        let node_id = &self.settings.node_id;
+        let own = record::read(current).map_err(error)?.and_then(|record| {
+            record
+                .held_by(node_id, now)
+                .or_else(|| record.entries().iter().find(|e| &e.node_id == node_id))
+                .cloned()
+        });
+        let slot = match record::decide_acquire(current, &self.settings, &Claim::default(), now)
+            .map_err(error)?
+            .outcome
+        {
+            Acquire::Blocked {
+                holders, next_expiry, ..
+            } => Slot::Taken { holders, next_expiry },
+            Acquire::Acquired(_) | Acquire::AlreadyHeld(_) => Slot::Free,
+        };
+        Ok(Standing { own, slot })
     }
 
     async fn release(&self) -> Result<Release> {
@@ -509,6 +516,28 @@ impl RebootLock for DaemonSetLock {
             }
         }
         Ok(outcome)
+    }
+
+    async fn release_now(&self) -> Result<Release> {
+        let settings = LockSettings {
+            release_delay: Duration::ZERO,
+            ..self.settings.clone()
+        };
+        let outcome = self
+            .update(false, |current, now| {
+                record::decide_release(current, &settings, now)
+            })
+            .await?;
+        info!(object = %self.object, node = %settings.node_id, ?outcome, "lock released without delay");
+        Ok(outcome)
+    }
+
+    fn turn_delay(&self, seen: &Seen, salt: u64) -> Duration {
+        turn::turn_delay(seen.annotation(), &self.settings.node_id, salt)
+    }
+
+    async fn reclaim_gone_holders(&self, seen: &Seen, now: Timestamp) -> Vec<LockEntry> {
+        reclaim::reclaim_gone_holders(self, seen, now).await
     }
 
     async fn changed(&self, seen: &Seen) -> Result<Seen> {

@@ -13,7 +13,12 @@
 //!   [`RebootLock::changed`] (bounded by the blocked answer's `next_expiry`) and try again;
 //! - [`RebootLock::release`] after the reboot, repeated until it answers [`Release::Released`]
 //!   (or [`Release::NotHeld`]): with a release delay it first answers [`Release::NotBefore`];
-//! - [`RebootLock::read`] for the holders, as `kured status` shows them.
+//! - [`RebootLock::read`] for the holders, as `kured status` shows them, and
+//!   [`RebootLock::standing`] for where our node stands in what was read: its own entry, or
+//!   whether [`RebootLock::acquire`] would find a slot;
+//! - while waiting, [`RebootLock::turn_delay`] before taking a freed slot ([`turn`]), and
+//!   [`RebootLock::reclaim_gone_holders`] for slots held by Nodes that no longer exist;
+//! - [`RebootLock::release_now`] instead of `release` for a node that never went down.
 
 use std::fmt;
 use std::future::Future;
@@ -102,6 +107,28 @@ pub enum Acquire {
         next_expiry: Option<Timestamp>,
         /// What was read; pass it to [`RebootLock::changed`].
         seen: Seen,
+    },
+}
+
+/// Where our node stands in the lock as read; see [`RebootLock::standing`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// Our node's entry, live or expired by its TTL (the live one, when there are both).
+    pub own: Option<LockEntry>,
+    /// What [`RebootLock::acquire`] would find for our node.
+    pub slot: Slot,
+}
+
+/// Whether the lock has a slot for our node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// A slot is free, or our live entry holds one.
+    Free,
+    /// Every slot is taken by these live holders; the first of them expires by its TTL at
+    /// `next_expiry`, which frees a slot without any write.
+    Taken {
+        holders: Vec<LockEntry>,
+        next_expiry: Option<Timestamp>,
     },
 }
 
@@ -260,8 +287,30 @@ pub trait RebootLock {
     /// The lock as it is now, every holder included.
     fn read(&self) -> impl Future<Output = Result<LockState>> + Send;
 
+    /// Where our node stands in the lock as `seen`, judged by the rules [`RebootLock::acquire`]
+    /// follows, so that a free slot means exactly what `acquire` would conclude. No request: an
+    /// error means that `seen` is not a lock record.
+    fn standing(&self, seen: &Seen, now: Timestamp) -> Result<Standing>;
+
     /// Releases our slot, honouring the release delay durably (see [`Release`]).
     fn release(&self) -> impl Future<Output = Result<Release>> + Send;
+
+    /// Releases our slot at once, ignoring the release delay: for a node that never went down
+    /// (a drain that failed), where the delay would only hold the next node back.
+    fn release_now(&self) -> impl Future<Output = Result<Release>> + Send;
+
+    /// How long our node waits, once the lock as `seen` has a free slot, before it takes it;
+    /// `salt` is drawn afresh for every change of the lock (see [`turn`]).
+    fn turn_delay(&self, seen: &Seen, salt: u64) -> Duration;
+
+    /// Removes the entries, in the lock as `seen`, of other holders whose Node no longer
+    /// exists (see [`reclaim`]), and returns them. Never fails: whatever cannot be checked or
+    /// written is logged and left for the next call.
+    fn reclaim_gone_holders(
+        &self,
+        seen: &Seen,
+        now: Timestamp,
+    ) -> impl Future<Output = Vec<LockEntry>> + Send;
 
     /// Waits until the lock object differs from `seen`, and returns what it is then. Returns at
     /// once when it already differs. Does not time out: bound it with `tokio::time::timeout`, and

@@ -45,7 +45,11 @@ pub fn says_node_is_gone(status: &Status, node: &str) -> bool {
 /// Looks up the Node of every other live holder in `seen` (the lock as the caller read it) and
 /// removes the entries of those that no longer exist. Returns the entries removed by this call.
 /// Never fails: whatever cannot be checked or written is logged and left for the next round.
-pub async fn reclaim_gone_holders(lock: &DaemonSetLock, seen: &Seen, now: Timestamp) -> Vec<LockEntry> {
+pub(super) async fn reclaim_gone_holders(
+    lock: &DaemonSetLock,
+    seen: &Seen,
+    now: Timestamp,
+) -> Vec<LockEntry> {
     let own = &lock.settings().node_id;
     // An unreadable annotation is for the caller's round to report.
     let Ok(mut candidates) = record::reclaim_candidates(seen.annotation(), own, now) else {

@@ -1,7 +1,15 @@
-//! What the agent does next, decided from what it has observed. Pure: no I/O and no clock —
-//! `now` is an argument — so every branch of the agent's behaviour is a table row in the tests.
+//! What the agent does next, decided from what it has observed, and how long it then waits
+//! ([`next_wait`]). Pure: no I/O and no clock — `now` is an argument — so every branch of the
+//! agent's behaviour is a table row in the tests.
 
 use jiff::Timestamp;
+
+mod wait;
+
+pub use wait::{
+    BLOCKER_RECHECK, ERROR_RETRY, METRIC_REFRESH, REBOOT_RETRY_MAX, Situation, WINDOW_JITTER, Wait,
+    next_wait, time_until,
+};
 
 /// What the sentinel says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,8 +96,9 @@ pub enum Step {
     /// The release delay is over.
     ReleaseLock,
     /// We hold the lock but the node has not rebooted yet (the agent restarted during a drain or
-    /// before the reboot took effect): cordon, drain and reboot again.
-    ResumeReboot,
+    /// before the reboot took effect): cordon, drain and reboot again. `boot_id`: the boot our
+    /// entry records, the one running now.
+    ResumeReboot { boot_id: String },
     /// The node is not (or no longer) entitled to be out of service: our entry expired before
     /// the reboot, or kured's cordon outlived the lock entry. Uncordon if `uncordon`, then drop
     /// our entry if `release`; the reboot, if still needed, starts again from the lock.
@@ -189,7 +198,9 @@ fn continue_holding(entry: &OurEntry, obs: &Observation, now: Timestamp) -> Step
                 release: true,
             }
         }
-        (None, Some(recorded)) if recorded == &obs.boot_id => Step::ResumeReboot,
+        (None, Some(recorded)) if recorded == &obs.boot_id => Step::ResumeReboot {
+            boot_id: recorded.clone(),
+        },
         // A different boot ID, or an entry that does not record one: the node rebooted. An
         // expired entry still is ours to finish: the node must come back into service.
         (None, _) => Step::FinishReboot { uncordon },
@@ -333,7 +344,7 @@ mod tests {
              Step::FinishReboot { uncordon: true }),
             ("ours, same boot: the agent restarted before the reboot; carry on",
              Observation { lock: ours(Some("boot-2"), false, None), ..base() }, &plain,
-             Step::ResumeReboot),
+             Step::ResumeReboot { boot_id: "boot-2".into() }),
             ("ours, finished, release delay running",
              Observation { lock: ours(Some("boot-1"), false, Some("2026-11-27T10:05:00Z")), ..base() }, &plain,
              Step::ReleaseLockAt(t("2026-11-27T10:05:00Z"))),

@@ -1,0 +1,171 @@
+//! What a round looks at: the sentinel, our Node (read, or reused while waiting for the lock),
+//! the boot ID, the lock as it stands for this node, and the reboot window — gathered into the
+//! [`Observation`] that [`decide`](crate::decide::decide) takes.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Node;
+use tracing::warn;
+
+use super::Agent;
+use crate::decide::{LockView, Observation, OurEntry, SentinelView};
+use crate::lock::{RebootLock, Seen, Slot, Standing};
+use crate::node;
+use crate::notify::Notifier;
+
+/// A Node read while waiting for the lock stands in for a new read at the next waiting round for
+/// at most this long (see [`Agent::observe`]).
+const WAITING_NODE_REUSE: Duration = Duration::from_secs(600);
+
+impl<N: Notifier, L: RebootLock> Agent<N, L> {
+    pub(super) async fn check_sentinel(&self) -> SentinelView {
+        match self.config.sentinel.check().await {
+            Ok(required) => {
+                self.metrics.set_reboot_required(required);
+                if required {
+                    SentinelView::Required
+                } else {
+                    SentinelView::NotRequired
+                }
+            }
+            Err(e) => {
+                self.metrics.count_sentinel_error();
+                SentinelView::Failed(crate::error_chain(&e))
+            }
+        }
+    }
+
+    pub(super) async fn refresh_metric(&self) {
+        if let SentinelView::Failed(e) = self.check_sentinel().await {
+            warn!(node = %self.config.node_id, error = %e, "sentinel check failed");
+        }
+    }
+
+    /// Gathers what `decide` needs. The lock is read in full and judged by the lock's own rules
+    /// ([`RebootLock::standing`]), so "available" means exactly what `acquire` would conclude.
+    ///
+    /// While the agent waits for the lock, holding nothing, the Node read at an earlier waiting
+    /// round stands in (up to [`WAITING_NODE_REUSE`]): nothing the decision takes from it changes
+    /// meanwhile but by this agent's own writes (kured's cordon record, our taint), and the round
+    /// that takes the lock reads the Node afresh for what it records (the cordon of others).
+    pub(super) async fn observe(
+        &self,
+        now: Timestamp,
+        sentinel: SentinelView,
+    ) -> Result<(Observation, Seen), String> {
+        let reuse = self.waiting.swap(false, Ordering::Relaxed);
+        let node = match self.known_node(WAITING_NODE_REUSE).filter(|_| reuse) {
+            Some(node) => node,
+            None => self.read_node().await.map_err(|e| crate::error_chain(&e))?,
+        };
+        self.adopt_published(&node);
+        let boot_id = self.boot_id_of(&node).unwrap_or_default();
+        let taint_present = self
+            .config
+            .prefer_no_schedule_taint
+            .as_deref()
+            .is_some_and(|key| node::prefer_no_schedule_taint(&node, key).is_some());
+        let (lock, seen) = match self.lock.read().await {
+            Ok(state) => (self.lock_view(&state.seen, now), state.seen),
+            Err(e) if e.is_corrupt() => {
+                let seen = e.seen().unwrap_or_else(|| Seen::new(None));
+                (LockView::Unreadable(crate::error_chain(&e)), seen)
+            }
+            Err(e) => (LockView::ReadFailed(crate::error_chain(&e)), Seen::new(None)),
+        };
+        let (window_open, window_opens) = if self.config.window.contains(now) {
+            (true, None)
+        } else {
+            (
+                false,
+                self.config
+                    .window
+                    .next_windows(now, 1)
+                    .first()
+                    .and_then(|w| w.opens),
+            )
+        };
+        let observation = Observation {
+            sentinel,
+            window_open,
+            window_opens,
+            blockers: None,
+            lock,
+            boot_id,
+            taint_present,
+            kured_cordon: node::cordoned_by_kured(&node),
+            drain_failed: self.drain_failed.load(Ordering::Relaxed),
+        };
+        Ok((observation, seen))
+    }
+
+    /// The lock as `seen`, as this node sees it. Our own entry counts as ours also once its TTL
+    /// has run out: the node it put out of service must be brought back either way.
+    fn lock_view(&self, seen: &Seen, now: Timestamp) -> LockView {
+        match self.lock.standing(seen, now) {
+            Ok(Standing { own: Some(entry), .. }) => LockView::Ours(OurEntry {
+                expired: entry.is_expired(now),
+                boot_id: entry.boot_id,
+                was_unschedulable: entry.metadata.unschedulable,
+                release_after: entry.release_after,
+            }),
+            Ok(Standing { slot: Slot::Free, .. }) => LockView::Available,
+            Ok(Standing {
+                slot: Slot::Taken { holders, next_expiry },
+                ..
+            }) => LockView::HeldByOthers {
+                holders: holders.into_iter().map(|h| h.node_id).collect(),
+                next_expiry,
+            },
+            Err(e) => LockView::Unreadable(crate::error_chain(&e)),
+        }
+    }
+
+    /// When the reboot window closes: `None` when it stays open, now when it is closed already.
+    /// Waiting for the lock ends there, so the taint comes off and nothing is taken outside the
+    /// window.
+    pub(super) fn window_closes(&self) -> Option<Timestamp> {
+        let now = Timestamp::now();
+        match self.config.window.next_windows(now, 1).first() {
+            Some(w) if w.contains(now) => w.closes,
+            _ => Some(now),
+        }
+    }
+
+    /// The boot ID of the running kernel; the Node's reported one only when the kernel's cannot
+    /// be read. The kubelet reports a new boot ID only some time after the boot, and an agent
+    /// that judged by a stale one would take its finished reboot for one still to do.
+    pub(super) fn boot_id_of(&self, node: &Node) -> Option<String> {
+        match node::local_boot_id() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                if !self.boot_id_warned.swap(true, Ordering::Relaxed) {
+                    warn!(node = %self.config.node_id, path = node::BOOT_ID_PATH, error = %e,
+                        "cannot read the kernel's boot ID; using the one the kubelet reports");
+                }
+                node::boot_id(node).map(str::to_owned)
+            }
+        }
+    }
+
+    /// Reads our Node, and keeps it (see [`Agent::known_node`]).
+    pub(super) async fn read_node(&self) -> Result<Node, node::NodeError> {
+        let node = self.node.get().await?;
+        self.keep_node(&node, tokio::time::Instant::now());
+        Ok(node)
+    }
+
+    pub(super) fn keep_node(&self, node: &Node, at: tokio::time::Instant) {
+        *self.last_node.lock().unwrap_or_else(|e| e.into_inner()) = Some((node.clone(), at));
+    }
+
+    /// Our Node as last read or written, if that was at most `max_age` ago.
+    pub(super) fn known_node(&self, max_age: Duration) -> Option<Node> {
+        let last = self.last_node.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(_, at)| at.elapsed() <= max_age)
+            .map(|(node, _)| node.clone())
+    }
+}

@@ -1,0 +1,109 @@
+//! The agent's state, published on its own Node ([`STATE_ANNOTATION`]) for `kured status`:
+//! written only when it changes, on its own or along with another write of the Node.
+
+use k8s_openapi::api::core::v1::Node;
+use tracing::warn;
+
+use super::Agent;
+use crate::decide::Step;
+use crate::lock::RebootLock;
+use crate::notify::Notifier;
+use crate::state::{AgentState, Phase, STATE_ANNOTATION};
+
+impl<N: Notifier, L: RebootLock> Agent<N, L> {
+    /// Publishes our state on our Node for `kured status`, when it changed.
+    pub(super) async fn publish(&self, reboot_required: Option<bool>, phase: Phase, detail: String) {
+        if let Some(next) = self.stage(reboot_required, phase, detail) {
+            self.write_state(next).await;
+        }
+    }
+
+    /// Enters `phase` and returns the state to publish for it, `None` when it is published
+    /// already. The caller writes it, on its own ([`Agent::write_state`]) or along with another
+    /// write of the Node (then [`Agent::published_as`]).
+    pub(super) fn stage(
+        &self,
+        reboot_required: Option<bool>,
+        phase: Phase,
+        detail: String,
+    ) -> Option<AgentState> {
+        // The phases published are the ones /healthz bounds.
+        self.liveness.entering(phase);
+        let published = self.published.lock().ok()?;
+        let last_reboot = published.as_ref().and_then(|p| p.last_reboot.clone());
+        let next = AgentState {
+            reboot_required,
+            phase,
+            detail,
+            last_reboot,
+        };
+        (published.as_ref() != Some(&next)).then_some(next)
+    }
+
+    /// Writes `state` to our Node on its own.
+    pub(super) async fn write_state(&self, state: AgentState) {
+        match self.node.set_annotation(STATE_ANNOTATION, &state.to_json()).await {
+            Ok(node) => {
+                self.keep_node(&node, tokio::time::Instant::now());
+                self.published_as(state);
+            }
+            Err(e) => {
+                warn!(node = %self.config.node_id, error = %crate::error_chain(&e), "publishing the agent state")
+            }
+        }
+    }
+
+    /// Records that `state` is what our Node says.
+    pub(super) fn published_as(&self, state: AgentState) {
+        if let Ok(mut published) = self.published.lock() {
+            *published = Some(state);
+        }
+    }
+
+    /// Takes over the last reboot time from what a previous agent on this node published.
+    pub(super) fn adopt_published(&self, node: &Node) {
+        let Ok(mut published) = self.published.lock() else {
+            return;
+        };
+        if published.is_some() {
+            return;
+        }
+        if let Some(previous) = AgentState::published_on(node) {
+            *published = Some(previous);
+        }
+    }
+}
+
+pub(super) fn idle_state() -> AgentState {
+    AgentState {
+        reboot_required: Some(false),
+        phase: Phase::Idle,
+        detail: String::new(),
+        last_reboot: None,
+    }
+}
+
+/// The phase a step puts the agent in, for `kured status`; `None` for steps that are only a
+/// moment (their procedures publish their own phases).
+pub(super) fn phase_of(step: &Step) -> Option<(Phase, String)> {
+    Some(match step {
+        Step::Idle { .. } => (Phase::Idle, String::new()),
+        Step::SentinelFailed(e) => (Phase::SentinelError, e.clone()),
+        Step::WaitForWindow { opens, .. } => (
+            Phase::WaitingForWindow,
+            opens.map(|t| format!("opens {t}")).unwrap_or_default(),
+        ),
+        Step::Blocked(reasons) => (Phase::Blocked, reasons.join("; ")),
+        // Not the holders: they change at every hand-off, and waiting agents do not look at each
+        // one (see `Agent::lock_may_admit`); `kured status` names them from the lock itself.
+        Step::WaitForLock { .. } => (Phase::WaitingForLock, String::new()),
+        Step::LockUnreadable(e) | Step::LockReadFailed(e) => (Phase::LockUnreadable, e.clone()),
+        Step::ReleaseLockAt(at) => (Phase::Releasing, format!("until {at}")),
+        Step::CheckBlockers
+        | Step::AcquireLock
+        | Step::FinishReboot { .. }
+        | Step::ResumeReboot { .. }
+        | Step::GiveBack { .. }
+        | Step::ReleaseLock => return None,
+    })
+}
