@@ -4,7 +4,6 @@
 //! The request is the Bark server's `POST <path>/push` with a JSON body: `device_key`, `body`,
 //! `title` and the optional fields the URL sets.
 
-use std::fmt;
 
 use serde_json::{Map, Value, json};
 use url::Url;
@@ -30,11 +29,7 @@ pub struct Bark {
     pub(crate) fields: Vec<(&'static str, String)>,
 }
 
-impl fmt::Debug for Bark {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Bark);
 
 /// The payload fields a URL parameter of the same name sets.
 const FIELDS: &[&str] = &["sound", "icon", "group", "url", "category", "copy"];
@@ -107,7 +102,7 @@ impl Service for Bark {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::services::testing::{assert_redacted, err, one, parsed};
+    use crate::notify::services::testing::{assert_redacted, assert_request, err, one, parsed};
 
     #[test]
     fn bark_forms_and_defaults() {
@@ -143,10 +138,7 @@ mod tests {
     #[test]
     fn bark_requests_and_redaction() {
         let r = one("bark://:K3YK3Y@api.day.app?sound=alarm&badge=1");
-        assert_eq!(
-            (r.method.as_str(), r.url.as_str()),
-            ("POST", "https://api.day.app/push")
-        );
+        assert_request(&r, "POST", "https://api.day.app/push");
         assert_eq!(
             r.json_body(),
             json!({ "device_key": "K3YK3Y", "body": "Draining node n1", "title": "Starting drain", "badge": 1, "sound": "alarm" })

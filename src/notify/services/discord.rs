@@ -1,6 +1,5 @@
 //! Discord: a channel webhook, `discord://token@webhookid`.
 
-use std::fmt;
 
 use serde_json::{Map, Value};
 
@@ -26,11 +25,7 @@ pub struct Discord {
     pub(crate) raw_json: bool,
 }
 
-impl fmt::Debug for Discord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Discord);
 
 /// `discord://token@webhookid`.
 pub(crate) fn parse(_scheme: &str, value: &str) -> Result<Target, TargetError> {

@@ -2,7 +2,6 @@
 //! `generic+https://…` / `generic+http://…`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use reqwest::Method;
 use serde_json::{Map, Value};
@@ -37,11 +36,7 @@ pub struct Generic {
     pub(crate) extra: Vec<(String, String)>,
 }
 
-impl fmt::Debug for Generic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Generic);
 
 pub(crate) fn parse(scheme: &str, value: &str) -> Result<Target, TargetError> {
     let explicit = match scheme {

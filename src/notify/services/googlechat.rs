@@ -1,7 +1,6 @@
 //! Google Chat: an incoming webhook, `googlechat://chat.googleapis.com/v1/spaces/…/messages?key=…&token=…`
 //! (the webhook URL with `https` replaced); `hangouts://` is its old name.
 
-use std::fmt;
 
 use serde_json::json;
 use url::Url;
@@ -18,11 +17,7 @@ pub struct GoogleChat {
     pub(crate) url: Url,
 }
 
-impl fmt::Debug for GoogleChat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(GoogleChat);
 
 pub(crate) fn parse(_scheme: &str, value: &str) -> Result<Target, TargetError> {
     const S: &str = "googlechat";

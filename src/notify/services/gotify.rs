@@ -5,7 +5,6 @@
 //! header (Gotify also takes it as a `token` query parameter; a header keeps it out of access
 //! logs), and a JSON body of `message`, `title` and `priority`.
 
-use std::fmt;
 
 use serde_json::json;
 use url::Url;
@@ -28,11 +27,7 @@ pub struct Gotify {
     pub(crate) title: Option<String>,
 }
 
-impl fmt::Debug for Gotify {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Gotify);
 
 /// Gotify's application tokens: `A` and 14 more of letters, digits, `.`, `-` and `_` (the rule
 /// of Gotify's server, which shoutrrr checks too).
@@ -104,7 +99,7 @@ impl Service for Gotify {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::services::testing::{assert_redacted, err, one, parsed};
+    use crate::notify::services::testing::{assert_redacted, assert_request, err, one, parsed};
 
     #[test]
     fn gotify_forms_and_defaults() {
@@ -135,10 +130,7 @@ mod tests {
     #[test]
     fn gotify_requests_and_redaction() {
         let r = one("gotify://gotify.example.com/AzyoeNS.D4iJLVa?priority=5");
-        assert_eq!(
-            (r.method.as_str(), r.url.as_str()),
-            ("POST", "https://gotify.example.com/message")
-        );
+        assert_request(&r, "POST", "https://gotify.example.com/message");
         assert_eq!(r.header_value("X-Gotify-Key"), Some("AzyoeNS.D4iJLVa"));
         assert_eq!(
             r.json_body(),

@@ -5,7 +5,6 @@
 //! of `value1`, `value2` and `value3`; the message fills the value `messagevalue` names (2 by
 //! default), the title the one `titlevalue` names (none by default).
 
-use std::fmt;
 
 use serde_json::json;
 
@@ -34,11 +33,7 @@ pub struct Ifttt {
     pub(crate) title: Option<String>,
 }
 
-impl fmt::Debug for Ifttt {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Ifttt);
 
 pub(crate) fn parse(_scheme: &str, value: &str) -> Result<Target, TargetError> {
     let url = parse_url(S, value)?;

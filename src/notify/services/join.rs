@@ -3,7 +3,6 @@
 //! The request is Join's `sendPush` API: a POST whose query carries `apikey`, `deviceIds`,
 //! `text` and the optional `title` and `icon`, as Join's API documents (and shoutrrr sends).
 
-use std::fmt;
 
 use reqwest::Method;
 
@@ -27,11 +26,7 @@ pub struct Join {
     pub(crate) icon: Option<String>,
 }
 
-impl fmt::Debug for Join {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Join);
 
 pub(crate) fn parse(_scheme: &str, value: &str) -> Result<Target, TargetError> {
     let url = parse_url(S, value)?;

@@ -17,7 +17,6 @@
 //! The token travels as `Authorization: Bearer`, as the Matrix specification has it. A room
 //! that fails does not stop the others; the first failure is reported.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -53,11 +52,7 @@ pub struct Matrix {
     pub(crate) title: Option<String>,
 }
 
-impl fmt::Debug for Matrix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Matrix);
 
 pub(crate) fn parse(_scheme: &str, value: &str) -> Result<Target, TargetError> {
     let url = parse_url(S, value)?;

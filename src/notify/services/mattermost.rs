@@ -1,7 +1,6 @@
 //! Mattermost: an incoming webhook,
 //! `mattermost://[username@]host[:port]/token[/channel][?icon=…&disabletls=yes&title=…]`.
 
-use std::fmt;
 
 use serde_json::{Map, Value};
 use url::Url;
@@ -25,11 +24,7 @@ pub struct Mattermost {
     pub(crate) title: Option<String>,
 }
 
-impl fmt::Debug for Mattermost {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Mattermost);
 
 pub(crate) fn parse(_scheme: &str, value: &str) -> Result<Target, TargetError> {
     const S: &str = "mattermost";

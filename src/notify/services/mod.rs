@@ -14,7 +14,7 @@
 //!      without secrets), `secrets` (what logs must never show) and `requests` (the HTTP
 //!      requests one message becomes, as the service's API documents them) — or `deliver` for a
 //!      service that must read answers (Matrix logs in first) or does not speak HTTP (SMTP).
-//!      Its `Debug`, if any, shows no secret.
+//!      Its `Debug` comes from `debug_as_shown!`, which shows no secret.
 //!    - unit tests: each URL form, defaults, bad values, redaction, the requests.
 //! 2. Add its name to the [`registry!`] list below.
 //!
@@ -36,6 +36,18 @@ pub(crate) fn host_is_secret(scheme: &str) -> bool {
     [pushbullet::SCHEMES, pushover::SCHEMES]
         .iter()
         .any(|schemes| schemes.contains(&scheme.as_str()))
+}
+
+/// `Debug` for a service type as [`Service::shown`](super::target::Service::shown) gives it: the
+/// URL without its secrets, so that no `{:?}` can leak one.
+macro_rules! debug_as_shown {
+    ($service:ty) => {
+        impl std::fmt::Debug for $service {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&crate::notify::target::Service::shown(self))
+            }
+        }
+    };
 }
 
 /// Declares each service's module and lists it in [`REGISTRY`].
@@ -109,6 +121,11 @@ pub(crate) mod testing {
         let mut all = requests(url, "Draining node n1");
         assert_eq!(all.len(), 1, "{url}");
         all.remove(0)
+    }
+
+    /// The request's method and URL.
+    pub(crate) fn assert_request(request: &HttpRequest, method: &str, url: &str) {
+        assert_eq!((request.method.as_str(), request.url.as_str()), (method, url));
     }
 
     /// Neither the shown form, `Debug`, `Display` nor an error scrubbed with its secrets carries

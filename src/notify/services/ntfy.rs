@@ -6,7 +6,6 @@
 //! as ntfy's headers (`Title`, `Priority`, `Tags`, `Actions`, `Click`, `Attach`, `Filename`,
 //! `Delay`, `Email`, `Icon`, `Cache: no`, `Firebase: no`), credentials as HTTP basic auth.
 
-use std::fmt;
 
 use reqwest::Method;
 use url::Url;
@@ -33,11 +32,7 @@ pub struct Ntfy {
     pub(crate) headers: Vec<(&'static str, String)>,
 }
 
-impl fmt::Debug for Ntfy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Ntfy);
 
 /// ntfy's priorities by name and number.
 fn priority(value: &str) -> Option<u8> {
@@ -193,7 +188,7 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::services::testing::{assert_redacted, err, one, parsed};
+    use crate::notify::services::testing::{assert_redacted, assert_request, err, one, parsed};
 
     #[test]
     fn ntfy_forms_and_defaults() {
@@ -235,10 +230,7 @@ mod tests {
     #[test]
     fn ntfy_requests_and_redaction() {
         let r = one("ntfy://u:p4ss@ntfy.example.com/ops?priority=max&tags=warning&title=Kured+%E2%9C%93");
-        assert_eq!(
-            (r.method.as_str(), r.url.as_str()),
-            ("POST", "https://ntfy.example.com/ops")
-        );
+        assert_request(&r, "POST", "https://ntfy.example.com/ops");
         assert_eq!(r.body, b"Draining node n1");
         assert_eq!(r.basic_auth, Some(("u".to_owned(), "p4ss".to_owned())));
         assert_eq!(r.header_value("Title"), Some("=?UTF-8?B?S3VyZWQg4pyT?="));

@@ -10,7 +10,6 @@
 //! `type:name,…` (a UUID is an id; `team:NOC`, `user:jane@example.com`).
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde_json::{Map, Value, json};
 use url::Url;
@@ -79,11 +78,7 @@ pub struct Opsgenie {
     pub(crate) details: BTreeMap<String, String>,
 }
 
-impl fmt::Debug for Opsgenie {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Opsgenie);
 
 const S: &str = "opsgenie";
 

@@ -5,7 +5,6 @@
 //! its `device_iden`, a channel by its `channel_tag` (`#` in the URL), anyone by `email`.
 //! Without targets one push goes to all of the token owner's devices.
 
-use std::fmt;
 
 use serde_json::{Map, Value};
 
@@ -71,11 +70,7 @@ impl PushTarget {
     }
 }
 
-impl fmt::Debug for Pushbullet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Pushbullet);
 
 /// `pushbullet://token[/target…]`: the access token is the host, each path segment (and a
 /// `#channel` fragment, which may hold more segments) a target.

@@ -6,7 +6,6 @@
 //! go in one `device` field, comma-separated; without them Pushover delivers to all of the
 //! user's devices.
 
-use std::fmt;
 
 use crate::notify::request::{HttpRequest, url};
 use crate::notify::target::{REDACTED, Service, Target, TargetError};
@@ -32,11 +31,7 @@ pub struct Pushover {
     pub(crate) title: Option<String>,
 }
 
-impl fmt::Debug for Pushover {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Pushover);
 
 /// `pushover://shoutrrr:apiToken@userKey/?devices=…&priority=…&title=…` (the user name before
 /// the token is not used).

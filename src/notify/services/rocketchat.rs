@@ -5,7 +5,6 @@
 //! as JSON `text`, with `username` and `channel` overriding the integration's defaults where the
 //! URL names them. A channel is sent as `#channel`, a person as `@user`.
 
-use std::fmt;
 
 use serde_json::{Map, Value};
 use url::Url;
@@ -28,11 +27,7 @@ pub struct RocketChat {
     pub(crate) channel: Option<String>,
 }
 
-impl fmt::Debug for RocketChat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(RocketChat);
 
 pub(crate) fn parse(_scheme: &str, value: &str) -> Result<Target, TargetError> {
     const S: &str = "rocketchat";

@@ -37,11 +37,7 @@ pub(crate) enum SlackDest {
 }
 
 
-impl fmt::Debug for Slack {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Slack);
 
 impl fmt::Debug for SlackDest {
     /// The host only: the path or token is the secret.

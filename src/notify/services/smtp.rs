@@ -1,7 +1,6 @@
 //! E-mail through an SMTP server: `smtp://[user:password@]host[:port]/?from=…&to=…[,…]` with
 //! shoutrrr's parameters, sent with lettre over rustls (the ring provider).
 
-use std::fmt;
 use std::time::Duration;
 
 use lettre::message::header::ContentType;
@@ -91,11 +90,7 @@ impl Smtp {
 }
 
 
-impl fmt::Debug for Smtp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Smtp);
 
 pub(crate) fn parse(_scheme: &str, value: &str) -> Result<Target, TargetError> {
     parse_smtp(value).map(Target::new)

@@ -34,11 +34,7 @@ pub(crate) enum TeamsDest {
 }
 
 
-impl fmt::Debug for Teams {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Teams);
 
 impl fmt::Debug for TeamsDest {
     /// The host only: path and query are the secret.

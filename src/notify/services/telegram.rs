@@ -1,7 +1,6 @@
 //! Telegram: the Bot API's `sendMessage`, once per chat;
 //! `telegram://token@telegram?chats=@channel,-1001234[:thread]`.
 
-use std::fmt;
 
 use serde_json::json;
 
@@ -41,11 +40,7 @@ pub(crate) enum ParseMode {
 }
 
 
-impl fmt::Debug for Telegram {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Telegram);
 
 pub(crate) fn parse(_scheme: &str, value: &str) -> Result<Target, TargetError> {
     parse_telegram(value).map(Target::new)

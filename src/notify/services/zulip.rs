@@ -5,7 +5,6 @@
 //! `content`, and `topic` if the URL names one) with the bot's address and API key as HTTP basic
 //! authentication, as Zulip's API documents it.
 
-use std::fmt;
 
 use url::Url;
 
@@ -31,11 +30,7 @@ pub struct Zulip {
     pub(crate) topic: Option<String>,
 }
 
-impl fmt::Debug for Zulip {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
+debug_as_shown!(Zulip);
 
 pub(crate) fn parse(_scheme: &str, value: &str) -> Result<Target, TargetError> {
     const S: &str = "zulip";
