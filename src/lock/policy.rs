@@ -4,11 +4,114 @@
 //! on condition that the annotation has not changed since it was read. Pure: no I/O, no clock.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
 use super::record::{LockEntry, LockRecord, MultiRecord, NodeMeta, Result, read};
-use super::{Acquire, Claim, LockSettings, Reclaim, Release, Seen};
+use crate::duration::GoDuration;
+
+/// How this agent takes and releases the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockSettings {
+    /// Our node's name, the `nodeID` of our entry.
+    pub node_id: String,
+    /// How many nodes may hold the lock at once (`--concurrency`); 0 counts as 1.
+    pub concurrency: u32,
+    /// The TTL recorded in our entry (`--lock-ttl`); zero: never expires.
+    pub ttl: GoDuration,
+    /// How long to keep the lock once releasing starts (`--lock-release-delay`).
+    pub release_delay: Duration,
+}
+
+/// What we record about our node when we take the lock.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// The node was unschedulable before we cordon it: leave it cordoned after the reboot.
+    pub unschedulable: bool,
+    /// The node's current boot ID (`/proc/sys/kernel/random/boot_id`), to recognise the reboot.
+    pub boot_id: Option<String>,
+}
+
+/// What the lock object looked like when it was read: [`RebootLock::changed`](super::RebootLock::changed) waits for it to
+/// look different. For the DaemonSet lock, the annotation's text (`None`: absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen(Option<String>);
+
+impl Seen {
+    pub fn new(annotation: Option<String>) -> Seen {
+        Seen(annotation)
+    }
+
+    /// The annotation's text, `None` when it was absent.
+    pub fn annotation(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+/// The answer to [`RebootLock::acquire`](super::RebootLock::acquire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire {
+    /// We wrote this entry: the lock is ours.
+    Acquired(LockEntry),
+    /// The lock already held our live entry, written before (by this agent before a restart, or
+    /// before the reboot). Nothing was written.
+    AlreadyHeld(LockEntry),
+    /// No slot is free.
+    Blocked {
+        /// The live holders.
+        holders: Vec<LockEntry>,
+        /// How many holders the record admits for us (1 for a single-form holder).
+        limit: u32,
+        /// When the first of `holders` expires by its TTL, which frees a slot without any write.
+        next_expiry: Option<Timestamp>,
+        /// What was read; pass it to [`RebootLock::changed`](super::RebootLock::changed).
+        seen: Seen,
+    },
+}
+
+/// Where our node stands in the lock as read; see [`RebootLock::standing`](super::RebootLock::standing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// Our node's entry, live or expired by its TTL (the live one, when there are both).
+    pub own: Option<LockEntry>,
+    /// What [`RebootLock::acquire`](super::RebootLock::acquire) would find for our node.
+    pub slot: Slot,
+}
+
+/// Whether the lock has a slot for our node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// A slot is free, or our live entry holds one.
+    Free,
+    /// Every slot is taken by these live holders; the first of them expires by its TTL at
+    /// `next_expiry`, which frees a slot without any write.
+    Taken {
+        holders: Vec<LockEntry>,
+        next_expiry: Option<Timestamp>,
+    },
+}
+
+/// The answer to [`RebootLock::release`](super::RebootLock::release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Our entry is gone.
+    Released,
+    /// Our entry stays until this time (its `releaseAfter`); call again then.
+    NotBefore(Timestamp),
+    /// There was no entry of ours to remove.
+    NotHeld,
+}
+
+/// The answer to [`DaemonSetLock::reclaim`](super::DaemonSetLock::reclaim).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reclaim {
+    /// The entry was removed: its slot is free.
+    Reclaimed,
+    /// The lock no longer holds that entry (another agent reclaimed it first, or its holder
+    /// rewrote it); nothing was written.
+    NotPresent,
+}
 
 /// What to do to the annotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
