@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod agent_state;
 pub mod blockers;
 pub mod config;
 pub mod decide;
@@ -24,7 +25,6 @@ pub mod notify;
 pub mod reboot;
 pub mod selector;
 pub mod sentinel;
-pub mod state;
 pub mod status;
 mod sys;
 pub mod window;

@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use crate::state::Phase;
+use crate::agent_state::Phase;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {

@@ -1,5 +1,5 @@
 //! `kured status`: a cluster-wide view for operators — one row per node with its reboot need,
-//! the agent's phase (published in [`STATE_ANNOTATION`](crate::state::STATE_ANNOTATION)), lock
+//! the agent's phase (published in [`STATE_ANNOTATION`](crate::agent_state::STATE_ANNOTATION)), lock
 //! holders, cordon and last reboot.
 //! Needs only `get`/`list` on nodes and `get` on the agents' DaemonSet.
 
@@ -13,8 +13,8 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use serde::Serialize;
 
+use crate::agent_state::{AgentState, Phase};
 use crate::lock::record::LockRecord;
-use crate::state::{AgentState, Phase};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -222,7 +222,7 @@ pub fn render_text(status: &ClusterStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::STATE_ANNOTATION;
+    use crate::agent_state::STATE_ANNOTATION;
 
     fn node(name: &str, state: Option<&str>) -> Node {
         let mut node = Node::default();

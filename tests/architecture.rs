@@ -22,7 +22,7 @@ const PURE: &[&str] = &[
     "lock/record",
     "lock/policy",
     "selector",
-    "state",
+    "agent_state",
 ];
 
 /// Crates and standard modules whose use means I/O (or a runtime) in a pure file. The Kubernetes

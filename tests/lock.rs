@@ -13,7 +13,7 @@ use jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use kured::duration::GoDuration;
 use kured::lock::record::Change;
-use kured::lock::{Acquire, Claim, DaemonSetLock, LockSettings, RebootLock, Release, Seen};
+use kured::lock::{Acquire, Claim, DaemonSetLock, LockSettings, LockSnapshot, RebootLock, Release};
 use serde_json::json;
 use support::cluster::admin_client;
 use support::objects::scope_with_lock;
@@ -540,7 +540,7 @@ async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
 
     // The agent waits for the annotation to change; an operator fixes it.
     let seen = error.seen().expect("the corrupt value");
-    assert_eq!(seen, Seen::new(Some("not json".to_owned())));
+    assert_eq!(seen, LockSnapshot::new(Some("not json".to_owned())));
     let waiting = tokio::spawn(async move { ours.changed(&seen).await.map(|now| (ours, now)) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "nothing changed yet");
@@ -548,7 +548,7 @@ async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
     let (ours, now) = wait_for("the fix to be seen", Duration::from_secs(10), waiting)
         .await
         .expect("waiting for a change");
-    assert_eq!(now, Seen::new(None));
+    assert_eq!(now, LockSnapshot::new(None));
     expect_acquired(&ours, &Claim::default()).await;
 }
 
@@ -601,7 +601,7 @@ async fn a_waiting_agent_sees_a_freed_lock_at_once() {
     assert_eq!(holder.release().await.expect("releasing"), Release::Released);
     let released = Instant::now();
     let (woke, now) = wait_for("the waiter to wake", Duration::from_secs(10), waiting).await;
-    assert_eq!(now.expect("waiting"), Seen::new(None));
+    assert_eq!(now.expect("waiting"), LockSnapshot::new(None));
     println!(
         "a waiting agent saw the freed lock {:?} after the release",
         woke - released
@@ -650,6 +650,6 @@ async fn the_lock_works_with_upstreams_rbac() {
     )
     .await
     .expect("waiting by polling");
-    assert_eq!(now, Seen::new(None));
+    assert_eq!(now, LockSnapshot::new(None));
     expect_acquired(&waiter, &Claim::default()).await;
 }

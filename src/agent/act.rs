@@ -1,4 +1,4 @@
-//! Carrying out a [`Step`]: taking the lock, cordon, drain and reboot, the slot confirmed before
+//! Carrying out a [`Action`]: taking the lock, cordon, drain and reboot, the slot confirmed before
 //! the reboot, giving the node back, finishing a reboot, releasing the lock, the taint.
 
 use std::sync::atomic::Ordering;
@@ -10,12 +10,12 @@ use tracing::{error, info, warn};
 
 use super::publish::idle_state;
 use super::{Agent, LOCK_READ_REUSE, Wait};
-use crate::decide::{self, AfterDrainFailure, Situation, Step};
+use crate::agent_state::{AgentState, Phase, STATE_ANNOTATION};
+use crate::decide::{self, Action, AfterDrainFailure, Situation};
 use crate::kube_error;
-use crate::lock::{Acquire, Claim, RebootLock, Release, Seen};
+use crate::lock::{Acquire, Claim, LockSnapshot, RebootLock, Release};
 use crate::node::{self, Annotations, Cordon};
 use crate::notify::{self, Event, Notifier};
-use crate::state::{AgentState, Phase, STATE_ANNOTATION};
 
 /// How long a write that must happen (a cordon without `--drain-timeout`, an uncordon) retries
 /// transient API errors within one round: an API server outage of a few minutes costs no
@@ -23,23 +23,23 @@ use crate::state::{AgentState, Phase, STATE_ANNOTATION};
 const API_RETRY_LIMIT: Duration = Duration::from_secs(180);
 
 impl<N: Notifier, L: RebootLock> Agent<N, L> {
-    pub(super) async fn execute(&self, step: Step, seen: Seen, required: Option<bool>) -> Wait {
+    pub(super) async fn execute(&self, step: Action, seen: LockSnapshot, required: Option<bool>) -> Wait {
         let node = &self.config.node_id;
         // Whether this agent's turn for a free slot came up during the last pause, and with the
         // lock as it was then; good for this round only.
         let turn = self.turn.lock().unwrap_or_else(|e| e.into_inner()).take();
         match step {
-            Step::Idle { remove_taint } => {
+            Action::Idle { remove_taint } => {
                 if remove_taint {
                     self.remove_taint().await;
                 }
                 self.wait(Situation::Idle)
             }
-            Step::SentinelFailed(e) => {
+            Action::SentinelFailed(e) => {
                 warn!(node = %node, error = %e, "sentinel check failed; no reboot until it succeeds");
                 self.wait(Situation::SentinelFailed)
             }
-            Step::WaitForWindow { opens, remove_taint } => {
+            Action::WaitForWindow { opens, remove_taint } => {
                 if remove_taint {
                     self.remove_taint().await;
                 }
@@ -49,12 +49,12 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                     draw: self.jitter.draw(),
                 })
             }
-            Step::CheckBlockers => self.wait(Situation::LookAgain),
-            Step::Blocked(reasons) => {
+            Action::CheckBlockers => self.wait(Situation::LookAgain),
+            Action::Blocked(reasons) => {
                 info!(node = %node, blockers = %reasons.join("; "), "reboot required, but blocked");
                 self.wait(Situation::Blocked)
             }
-            Step::WaitForLock {
+            Action::WaitForLock {
                 holders,
                 next_expiry,
                 add_taint,
@@ -79,35 +79,35 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                     window_closes: self.window_closes(),
                 })
             }
-            Step::LockUnreadable(e) => {
+            Action::LockUnreadable(e) => {
                 error!(node = %node, error = %e, "cannot read the lock; leaving it as it is and checking again");
                 self.wait(Situation::LockUnreadable { seen })
             }
-            Step::LockReadFailed(e) => {
+            Action::LockReadFailed(e) => {
                 error!(node = %node, error = %e, "reading the lock failed; trying again");
                 self.wait(Situation::ApiError)
             }
             // A free slot is taken in turns (see `lock_may_admit`): a round that finds one without
             // its turn having come up for the lock as it is now waits for it first.
-            Step::AcquireLock if turn.as_ref() == Some(&seen) => self.acquire_and_reboot().await,
-            Step::AcquireLock => {
+            Action::AcquireLock if turn.as_ref() == Some(&seen) => self.acquire_and_reboot().await,
+            Action::AcquireLock => {
                 self.waiting.store(true, Ordering::Relaxed);
                 self.wait(Situation::AwaitingTurn {
                     seen,
                     window_closes: self.window_closes(),
                 })
             }
-            Step::ResumeReboot { boot_id } => {
+            Action::ResumeReboot { boot_id } => {
                 info!(node = %node, "holding the lock from before a restart; the node has not rebooted yet");
                 self.drain_and_reboot(None, Some(boot_id)).await
             }
-            Step::GiveBack { uncordon, release } => self.give_back(uncordon, release).await,
-            Step::FinishReboot { uncordon } => self.finish_reboot(required, uncordon).await,
-            Step::ReleaseLockAt(at) => {
+            Action::GiveBack { uncordon, release } => self.give_back(uncordon, release).await,
+            Action::FinishReboot { uncordon } => self.finish_reboot(required, uncordon).await,
+            Action::ReleaseLockAt(at) => {
                 info!(node = %node, at = %at, "node is back; keeping the lock for the release delay");
                 self.wait(Situation::ReleaseDelay { until: at })
             }
-            Step::ReleaseLock => self.release().await,
+            Action::ReleaseLock => self.release().await,
         }
     }
 
@@ -443,7 +443,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
 
     /// Removes the lock entries of holders whose Node no longer exists
     /// ([`RebootLock::reclaim_gone_holders`]), and counts them; true when a slot was freed.
-    async fn reclaim_gone_holders(&self, seen: &Seen) -> bool {
+    async fn reclaim_gone_holders(&self, seen: &LockSnapshot) -> bool {
         let reclaimed = self.lock.reclaim_gone_holders(seen, Timestamp::now()).await;
         for _ in &reclaimed {
             self.metrics.count_lock_reclaimed();

@@ -1,6 +1,6 @@
 //! The agent: one per node. Each round it gathers an
 //! [`Observation`](crate::decide::Observation) (`observe`), asks [`decide`] for the next
-//! [`Step`] and carries it out (`act`), publishing its state on its Node as it goes
+//! [`Action`] and carries it out (`act`), publishing its state on its Node as it goes
 //! (`publish`). Between rounds it waits for whatever can change the answer — the sentinel file
 //! ([`SentinelWatch`]), the lock object (a watch), the window's next opening (a timer), or the
 //! period (the fallback, and the clock for sentinel commands and blockers). How long it waits
@@ -16,16 +16,16 @@ use kube::Client;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::agent_state::{AgentState, Phase};
 use crate::blockers::{Blocker, BlockerError, Blockers};
 use crate::config::Config;
-use crate::decide::{self, LockView, Policy, SentinelView, Situation, Step};
+use crate::decide::{self, Action, LockView, Policy, SentinelView, Situation};
 use crate::drain::Drainer;
-use crate::lock::{DaemonSetLock, LockError, RebootLock, Seen, Slot};
+use crate::lock::{DaemonSetLock, LockError, LockSnapshot, RebootLock, Slot};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::node::OwnNode;
 use crate::notify::Notifier;
 use crate::sentinel::SentinelWatch;
-use crate::state::{AgentState, Phase};
 
 mod act;
 mod jitter;
@@ -39,7 +39,7 @@ use jitter::Jitter;
 const LOCK_READ_REUSE: Duration = Duration::from_secs(2);
 
 /// What the agent waits for before it looks again.
-type Wait = decide::Wait<Seen>;
+type Wait = decide::Wait<LockSnapshot>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -78,7 +78,7 @@ struct Agent<N, L> {
     waiting: AtomicBool,
     /// The lock as it was when this agent's turn to take a free slot came up (see
     /// [`Agent::lock_may_admit`]); taken by the next round.
-    turn: std::sync::Mutex<Option<Seen>>,
+    turn: std::sync::Mutex<Option<LockSnapshot>>,
     /// The last full round found the node idle with nothing of its own anywhere: no lock entry,
     /// no cordon of kured's, no taint. Only this node's agent writes those, so while the sentinel
     /// keeps saying "not needed", a round asks the API server nothing (see [`Agent::step`]).
@@ -223,7 +223,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
     }
 
     /// The wait for `situation`, from now.
-    fn wait(&self, situation: Situation<Seen>) -> Wait {
+    fn wait(&self, situation: Situation<LockSnapshot>) -> Wait {
         decide::next_wait(situation, self.period(), Timestamp::now())
     }
 
@@ -256,7 +256,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
     /// object; the caller bounds the wait for that, and the round after it waits its turn the
     /// same way. An unreadable lock is waited on until it changes, and left for the round to
     /// report.
-    async fn lock_may_admit(&self, mut seen: Seen) -> Result<(), LockError> {
+    async fn lock_may_admit(&self, mut seen: LockSnapshot) -> Result<(), LockError> {
         loop {
             match self.lock_admits(&seen) {
                 Some(true) => {}
@@ -281,7 +281,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
     }
 
     /// Whether the lock as `seen` leaves a slot to this node; `None` when it is unreadable.
-    fn lock_admits(&self, seen: &Seen) -> Option<bool> {
+    fn lock_admits(&self, seen: &LockSnapshot) -> Option<bool> {
         self.lock
             .standing(seen, Timestamp::now())
             .ok()
@@ -312,14 +312,14 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         }
         let mut step = decide::decide(&obs, &self.policy, now);
         self.settled.store(
-            step == Step::Idle { remove_taint: false }
+            step == Action::Idle { remove_taint: false }
                 && !matches!(obs.lock, LockView::Ours(_))
                 && !obs.kured_cordon
                 && !obs.taint_present
                 && !self.drain_failed.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
-        if step == Step::CheckBlockers {
+        if step == Action::CheckBlockers {
             if self.config.annotate_nodes {
                 self.best_effort(
                     "annotating the reboot as needed",

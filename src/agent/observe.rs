@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::Agent;
 use crate::decide::{LockView, Observation, OurEntry, SentinelView};
-use crate::lock::{RebootLock, Seen, Slot, Standing};
+use crate::lock::{LockSnapshot, RebootLock, Slot, Standing};
 use crate::node;
 use crate::notify::Notifier;
 
@@ -54,7 +54,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         &self,
         now: Timestamp,
         sentinel: SentinelView,
-    ) -> Result<(Observation, Seen), String> {
+    ) -> Result<(Observation, LockSnapshot), String> {
         let reuse = self.waiting.swap(false, Ordering::Relaxed);
         let node = match self.known_node(WAITING_NODE_REUSE).filter(|_| reuse) {
             Some(node) => node,
@@ -70,10 +70,13 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         let (lock, seen) = match self.lock.read().await {
             Ok(state) => (self.lock_view(&state.seen, now), state.seen),
             Err(e) if e.is_corrupt() => {
-                let seen = e.seen().unwrap_or_else(|| Seen::new(None));
+                let seen = e.seen().unwrap_or_else(|| LockSnapshot::new(None));
                 (LockView::Unreadable(crate::error_chain(&e)), seen)
             }
-            Err(e) => (LockView::ReadFailed(crate::error_chain(&e)), Seen::new(None)),
+            Err(e) => (
+                LockView::ReadFailed(crate::error_chain(&e)),
+                LockSnapshot::new(None),
+            ),
         };
         let (window_open, window_opens) = if self.config.window.contains(now) {
             (true, None)
@@ -103,7 +106,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
 
     /// The lock as `seen`, as this node sees it. Our own entry counts as ours also once its TTL
     /// has run out: the node it put out of service must be brought back either way.
-    fn lock_view(&self, seen: &Seen, now: Timestamp) -> LockView {
+    fn lock_view(&self, seen: &LockSnapshot, now: Timestamp) -> LockView {
         match self.lock.standing(seen, now) {
             Ok(Standing { own: Some(entry), .. }) => LockView::Ours(OurEntry {
                 expired: entry.is_expired(now),

@@ -5,10 +5,10 @@ use k8s_openapi::api::core::v1::Node;
 use tracing::warn;
 
 use super::Agent;
-use crate::decide::Step;
+use crate::agent_state::{AgentState, Phase, STATE_ANNOTATION};
+use crate::decide::Action;
 use crate::lock::RebootLock;
 use crate::notify::Notifier;
-use crate::state::{AgentState, Phase, STATE_ANNOTATION};
 
 impl<N: Notifier, L: RebootLock> Agent<N, L> {
     /// Publishes our state on our Node for `kured status`, when it changed.
@@ -85,25 +85,25 @@ pub(super) fn idle_state() -> AgentState {
 
 /// The phase a step puts the agent in, for `kured status`; `None` for steps that are only a
 /// moment (their procedures publish their own phases).
-pub(super) fn phase_of(step: &Step) -> Option<(Phase, String)> {
+pub(super) fn phase_of(step: &Action) -> Option<(Phase, String)> {
     Some(match step {
-        Step::Idle { .. } => (Phase::Idle, String::new()),
-        Step::SentinelFailed(e) => (Phase::SentinelError, e.clone()),
-        Step::WaitForWindow { opens, .. } => (
+        Action::Idle { .. } => (Phase::Idle, String::new()),
+        Action::SentinelFailed(e) => (Phase::SentinelError, e.clone()),
+        Action::WaitForWindow { opens, .. } => (
             Phase::WaitingForWindow,
             opens.map(|t| format!("opens {t}")).unwrap_or_default(),
         ),
-        Step::Blocked(reasons) => (Phase::Blocked, reasons.join("; ")),
+        Action::Blocked(reasons) => (Phase::Blocked, reasons.join("; ")),
         // Not the holders: they change at every hand-off, and waiting agents do not look at each
         // one (see `Agent::lock_may_admit`); `kured status` names them from the lock itself.
-        Step::WaitForLock { .. } => (Phase::WaitingForLock, String::new()),
-        Step::LockUnreadable(e) | Step::LockReadFailed(e) => (Phase::LockUnreadable, e.clone()),
-        Step::ReleaseLockAt(at) => (Phase::Releasing, format!("until {at}")),
-        Step::CheckBlockers
-        | Step::AcquireLock
-        | Step::FinishReboot { .. }
-        | Step::ResumeReboot { .. }
-        | Step::GiveBack { .. }
-        | Step::ReleaseLock => return None,
+        Action::WaitForLock { .. } => (Phase::WaitingForLock, String::new()),
+        Action::LockUnreadable(e) | Action::LockReadFailed(e) => (Phase::LockUnreadable, e.clone()),
+        Action::ReleaseLockAt(at) => (Phase::Releasing, format!("until {at}")),
+        Action::CheckBlockers
+        | Action::AcquireLock
+        | Action::FinishReboot { .. }
+        | Action::ResumeReboot { .. }
+        | Action::GiveBack { .. }
+        | Action::ReleaseLock => return None,
     })
 }

@@ -86,7 +86,7 @@ pub struct Policy {
 
 /// The one thing to do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub enum Action {
     /// We hold the lock from before a reboot and the node has booted since: return it to service
     /// (uncordon unless it was unschedulable before, post-reboot labels, remove our annotation
     /// and taint, notify), then set the lock's release time.
@@ -132,49 +132,49 @@ pub enum Step {
 }
 
 /// Decides the next step.
-pub fn decide(obs: &Observation, policy: &Policy, now: Timestamp) -> Step {
+pub fn decide(obs: &Observation, policy: &Policy, now: Timestamp) -> Action {
     // A lock we hold comes first: it means a reboot is in progress or just happened, whatever
     // the window, the blockers or the sentinel say now.
     let taken_by_others = match &obs.lock {
         LockView::Ours(entry) => return continue_holding(entry, obs, now),
         LockView::Available => None,
         LockView::HeldByOthers { holders, next_expiry } => Some(Ok((holders, *next_expiry))),
-        LockView::Unreadable(e) => Some(Err(Step::LockUnreadable(e.clone()))),
+        LockView::Unreadable(e) => Some(Err(Action::LockUnreadable(e.clone()))),
         // Whether this node holds the lock is unknown: change nothing until it is known.
-        LockView::ReadFailed(e) => return Step::LockReadFailed(e.clone()),
+        LockView::ReadFailed(e) => return Action::LockReadFailed(e.clone()),
     };
     // kured cordoned this node, and the node holds no entry (its TTL ran out and someone took the
     // slot, the annotation was removed, the DaemonSet re-created): it must not stay cordoned. An
     // unreadable lock may still hold our entry: then nothing is touched.
     if obs.kured_cordon && !matches!(taken_by_others, Some(Err(_))) {
-        return Step::GiveBack {
+        return Action::GiveBack {
             uncordon: true,
             release: false,
         };
     }
     match &obs.sentinel {
         SentinelView::NotRequired => {
-            return Step::Idle {
+            return Action::Idle {
                 remove_taint: obs.taint_present,
             };
         }
-        SentinelView::Failed(e) => return Step::SentinelFailed(e.clone()),
+        SentinelView::Failed(e) => return Action::SentinelFailed(e.clone()),
         SentinelView::Required => {}
     }
     if !obs.window_open {
-        return Step::WaitForWindow {
+        return Action::WaitForWindow {
             opens: obs.window_opens,
             remove_taint: obs.taint_present,
         };
     }
     match &obs.blockers {
-        None => return Step::CheckBlockers,
-        Some(reasons) if !reasons.is_empty() => return Step::Blocked(reasons.clone()),
+        None => return Action::CheckBlockers,
+        Some(reasons) if !reasons.is_empty() => return Action::Blocked(reasons.clone()),
         Some(_) => {}
     }
     match taken_by_others {
-        None => Step::AcquireLock,
-        Some(Ok((holders, next_expiry))) => Step::WaitForLock {
+        None => Action::AcquireLock,
+        Some(Ok((holders, next_expiry))) => Action::WaitForLock {
             holders: holders.clone(),
             next_expiry,
             add_taint: policy.taint_while_waiting && !obs.taint_present,
@@ -183,27 +183,27 @@ pub fn decide(obs: &Observation, policy: &Policy, now: Timestamp) -> Step {
     }
 }
 
-fn continue_holding(entry: &OurEntry, obs: &Observation, now: Timestamp) -> Step {
+fn continue_holding(entry: &OurEntry, obs: &Observation, now: Timestamp) -> Action {
     // Uncordon what kured cordoned: the node's own record says so; an entry written without that
     // record (by upstream, or before it existed) says whether the node was schedulable before.
     let uncordon = obs.kured_cordon || !entry.was_unschedulable;
     match (&entry.release_after, &entry.boot_id) {
-        (Some(at), _) if now >= *at || entry.expired => Step::ReleaseLock,
-        (Some(at), _) => Step::ReleaseLockAt(*at),
+        (Some(at), _) if now >= *at || entry.expired => Action::ReleaseLock,
+        (Some(at), _) => Action::ReleaseLockAt(*at),
         // Not rebooted, and the slot may be someone else's by now: the node goes back into
         // service and takes its turn again.
         (None, Some(recorded)) if recorded == &obs.boot_id && (entry.expired || obs.drain_failed) => {
-            Step::GiveBack {
+            Action::GiveBack {
                 uncordon,
                 release: true,
             }
         }
-        (None, Some(recorded)) if recorded == &obs.boot_id => Step::ResumeReboot {
+        (None, Some(recorded)) if recorded == &obs.boot_id => Action::ResumeReboot {
             boot_id: recorded.clone(),
         },
         // A different boot ID, or an entry that does not record one: the node rebooted. An
         // expired entry still is ours to finish: the node must come back into service.
-        (None, _) => Step::FinishReboot { uncordon },
+        (None, _) => Action::FinishReboot { uncordon },
     }
 }
 
@@ -286,95 +286,95 @@ mod tests {
         };
         let plain = Policy::default();
         #[rustfmt::skip]
-        let cases: Vec<(&str, Observation, &Policy, Step)> = vec![
+        let cases: Vec<(&str, Observation, &Policy, Action)> = vec![
             ("reboot needed, window open, nothing blocks, lock free: take it",
-             base(), &plain, Step::AcquireLock),
+             base(), &plain, Action::AcquireLock),
             ("no reboot needed: idle",
              Observation { sentinel: SentinelView::NotRequired, ..base() }, &plain,
-             Step::Idle { remove_taint: false }),
+             Action::Idle { remove_taint: false }),
             ("no reboot needed and our taint is there: idle and remove it",
              Observation { sentinel: SentinelView::NotRequired, taint_present: true, ..base() }, &taint,
-             Step::Idle { remove_taint: true }),
+             Action::Idle { remove_taint: true }),
             ("sentinel failed: never a reboot",
              Observation { sentinel: SentinelView::Failed("exit 2".into()), ..base() }, &plain,
-             Step::SentinelFailed("exit 2".into())),
+             Action::SentinelFailed("exit 2".into())),
             ("window closed: wait for it and drop the taint",
              Observation { window_open: false, window_opens: Some(t("2026-11-27T22:00:00Z")), taint_present: true, ..base() }, &taint,
-             Step::WaitForWindow { opens: Some(t("2026-11-27T22:00:00Z")), remove_taint: true }),
+             Action::WaitForWindow { opens: Some(t("2026-11-27T22:00:00Z")), remove_taint: true }),
             ("window closed wins over blockers",
              Observation { window_open: false, blockers: Some(vec!["alert X".into()]), ..base() }, &plain,
-             Step::WaitForWindow { opens: None, remove_taint: false }),
+             Action::WaitForWindow { opens: None, remove_taint: false }),
             ("blockers not consulted yet: consult them",
-             Observation { blockers: None, ..base() }, &plain, Step::CheckBlockers),
+             Observation { blockers: None, ..base() }, &plain, Action::CheckBlockers),
             ("blocked: say why, do not touch the lock",
              Observation { blockers: Some(vec!["pod db/x".into(), "alert Y".into()]), ..base() }, &plain,
-             Step::Blocked(vec!["pod db/x".into(), "alert Y".into()])),
+             Action::Blocked(vec!["pod db/x".into(), "alert Y".into()])),
             ("lock held by others: wait, adding the taint when configured",
              Observation { lock: others(&["n1"], None), ..base() }, &taint,
-             Step::WaitForLock { holders: vec!["n1".into()], next_expiry: None, add_taint: true }),
+             Action::WaitForLock { holders: vec!["n1".into()], next_expiry: None, add_taint: true }),
             ("lock held by others, taint already there: wait until the holder expires at the latest",
              Observation { lock: others(&["n1"], Some("2026-11-27T10:30:00Z")), taint_present: true, ..base() }, &taint,
-             Step::WaitForLock { holders: vec!["n1".into()], next_expiry: Some(t("2026-11-27T10:30:00Z")), add_taint: false }),
+             Action::WaitForLock { holders: vec!["n1".into()], next_expiry: Some(t("2026-11-27T10:30:00Z")), add_taint: false }),
             ("lock held by others, no taint configured",
              Observation { lock: others(&["manual"], None), ..base() }, &plain,
-             Step::WaitForLock { holders: vec!["manual".into()], next_expiry: None, add_taint: false }),
+             Action::WaitForLock { holders: vec!["manual".into()], next_expiry: None, add_taint: false }),
             ("lock unreadable: leave it alone",
              Observation { lock: LockView::Unreadable("not JSON".into()), ..base() }, &plain,
-             Step::LockUnreadable("not JSON".into())),
+             Action::LockUnreadable("not JSON".into())),
             ("lock read failed: read again, whatever else holds",
              Observation { lock: LockView::ReadFailed("503".into()), kured_cordon: true, ..base() }, &plain,
-             Step::LockReadFailed("503".into())),
+             Action::LockReadFailed("503".into())),
             ("kured's cordon without an entry, lock free: give the node back first",
              Observation { kured_cordon: true, ..base() }, &plain,
-             Step::GiveBack { uncordon: true, release: false }),
+             Action::GiveBack { uncordon: true, release: false }),
             ("kured's cordon without an entry, lock taken by others: give the node back",
              Observation { kured_cordon: true, lock: others(&["n1"], None), sentinel: SentinelView::NotRequired, ..base() }, &plain,
-             Step::GiveBack { uncordon: true, release: false }),
+             Action::GiveBack { uncordon: true, release: false }),
             ("kured's cordon, lock unreadable: leave both alone",
              Observation { kured_cordon: true, lock: LockView::Unreadable("x".into()), ..base() }, &plain,
-             Step::LockUnreadable("x".into())),
+             Action::LockUnreadable("x".into())),
             ("ours, booted since: finish the reboot and uncordon",
              Observation { lock: ours(Some("boot-1"), false, None), ..base() }, &plain,
-             Step::FinishReboot { uncordon: true }),
+             Action::FinishReboot { uncordon: true }),
             ("ours, booted since, node was cordoned before kured: stay cordoned",
              Observation { lock: ours(Some("boot-1"), true, None), ..base() }, &plain,
-             Step::FinishReboot { uncordon: false }),
+             Action::FinishReboot { uncordon: false }),
             ("ours without a boot ID (upstream's entry): the reboot happened",
              Observation { lock: ours(None, false, None), ..base() }, &plain,
-             Step::FinishReboot { uncordon: true }),
+             Action::FinishReboot { uncordon: true }),
             ("ours, same boot: the agent restarted before the reboot; carry on",
              Observation { lock: ours(Some("boot-2"), false, None), ..base() }, &plain,
-             Step::ResumeReboot { boot_id: "boot-2".into() }),
+             Action::ResumeReboot { boot_id: "boot-2".into() }),
             ("ours, finished, release delay running",
              Observation { lock: ours(Some("boot-1"), false, Some("2026-11-27T10:05:00Z")), ..base() }, &plain,
-             Step::ReleaseLockAt(t("2026-11-27T10:05:00Z"))),
+             Action::ReleaseLockAt(t("2026-11-27T10:05:00Z"))),
             ("ours, finished, release delay over",
              Observation { lock: ours(Some("boot-1"), false, Some("2026-11-27T09:59:59Z")), ..base() }, &plain,
-             Step::ReleaseLock),
+             Action::ReleaseLock),
             ("ours, release time is exactly now: release",
              Observation { lock: ours(Some("boot-1"), false, Some(NOW)), ..base() }, &plain,
-             Step::ReleaseLock),
+             Action::ReleaseLock),
             ("ours, booted since, node carries kured's cordon though the entry says unschedulable: uncordon",
              Observation { lock: ours(Some("boot-1"), true, None), kured_cordon: true, ..base() }, &plain,
-             Step::FinishReboot { uncordon: true }),
+             Action::FinishReboot { uncordon: true }),
             ("ours but expired, booted since: still ours to finish",
              Observation { lock: expired(ours(Some("boot-1"), false, None)), kured_cordon: true, ..base() }, &plain,
-             Step::FinishReboot { uncordon: true }),
+             Action::FinishReboot { uncordon: true }),
             ("ours but expired, same boot: give the node back and the entry up",
              Observation { lock: expired(ours(Some("boot-2"), false, None)), kured_cordon: true, ..base() }, &plain,
-             Step::GiveBack { uncordon: true, release: true }),
+             Action::GiveBack { uncordon: true, release: true }),
             ("ours, same boot, our drain failed and the node is not given back yet: finish that",
              Observation { lock: ours(Some("boot-2"), false, None), kured_cordon: true, drain_failed: true, ..base() }, &plain,
-             Step::GiveBack { uncordon: true, release: true }),
+             Action::GiveBack { uncordon: true, release: true }),
             ("ours but expired, same boot, cordoned by someone else before: keep their cordon",
              Observation { lock: expired(ours(Some("boot-2"), true, None)), ..base() }, &plain,
-             Step::GiveBack { uncordon: false, release: true }),
+             Action::GiveBack { uncordon: false, release: true }),
             ("ours but expired during the release delay: release now",
              Observation { lock: expired(ours(Some("boot-1"), false, Some("2026-11-27T10:05:00Z"))), ..base() }, &plain,
-             Step::ReleaseLock),
+             Action::ReleaseLock),
             ("ours wins over a closed window and a failing sentinel",
              Observation { lock: ours(Some("boot-1"), false, None), window_open: false, sentinel: SentinelView::Failed("x".into()), ..base() }, &plain,
-             Step::FinishReboot { uncordon: true }),
+             Action::FinishReboot { uncordon: true }),
         ];
         for (name, obs, policy, want) in cases {
             assert_eq!(decide(&obs, policy, t(NOW)), want, "{name}");

@@ -26,7 +26,7 @@ pub const WINDOW_JITTER: Duration = Duration::from_millis(500);
 pub const REBOOT_RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// What the agent waits for before it looks again. `S` is the lock as last read (the agent's
-/// [`Seen`](crate::lock::Seen)), for waiting until it changes.
+/// [`LockSnapshot`](crate::lock::LockSnapshot)), for waiting until it changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wait<S> {
     /// Look again at once.

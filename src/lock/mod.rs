@@ -35,7 +35,7 @@ pub mod record;
 pub mod turn;
 
 pub use daemonset::DaemonSetLock;
-pub use policy::{Acquire, Claim, LockSettings, Reclaim, Release, Seen, Slot, Standing};
+pub use policy::{Acquire, Claim, LockSettings, LockSnapshot, Reclaim, Release, Slot, Standing};
 pub use record::{LockEntry, LockRecord, NodeMeta, RecordError};
 
 /// Where the DaemonSet lock is kept: the annotation `annotation` of DaemonSet
@@ -58,7 +58,7 @@ impl fmt::Display for LockObject {
 pub struct LockState {
     /// `None`: nobody holds the lock.
     pub record: Option<LockRecord>,
-    pub seen: Seen,
+    pub seen: LockSnapshot,
 }
 
 /// Errors of using the lock. `object` names the lock object, e.g. `DaemonSet kube-system/kured`.
@@ -130,9 +130,9 @@ impl LockError {
 
     /// For an unreadable annotation, what was read: pass it to [`RebootLock::changed`] to wait for
     /// the annotation to be fixed.
-    pub fn seen(&self) -> Option<Seen> {
+    pub fn seen(&self) -> Option<LockSnapshot> {
         match self {
-            LockError::Decode { value, .. } => Some(Seen::new(Some(value.clone()))),
+            LockError::Decode { value, .. } => Some(LockSnapshot::new(Some(value.clone()))),
             _ => None,
         }
     }
@@ -160,7 +160,7 @@ pub trait RebootLock {
     /// Where our node stands in the lock as `seen`, judged by the rules [`RebootLock::acquire`]
     /// follows, so that a free slot means exactly what `acquire` would conclude. No request: an
     /// error means that `seen` is not a lock record.
-    fn standing(&self, seen: &Seen, now: Timestamp) -> Result<Standing>;
+    fn standing(&self, seen: &LockSnapshot, now: Timestamp) -> Result<Standing>;
 
     /// Releases our slot, honouring the release delay durably (see [`Release`]).
     fn release(&self) -> impl Future<Output = Result<Release>> + Send;
@@ -171,19 +171,19 @@ pub trait RebootLock {
 
     /// How long our node waits, once the lock as `seen` has a free slot, before it takes it;
     /// `salt` is drawn afresh for every change of the lock (see [`turn`]).
-    fn turn_delay(&self, seen: &Seen, salt: u64) -> Duration;
+    fn turn_delay(&self, seen: &LockSnapshot, salt: u64) -> Duration;
 
     /// Removes the entries, in the lock as `seen`, of other holders whose Node no longer
     /// exists (see [`reclaim`]), and returns them. Never fails: whatever cannot be checked or
     /// written is logged and left for the next call.
     fn reclaim_gone_holders(
         &self,
-        seen: &Seen,
+        seen: &LockSnapshot,
         now: Timestamp,
     ) -> impl Future<Output = Vec<LockEntry>> + Send;
 
     /// Waits until the lock object differs from `seen`, and returns what it is then. Returns at
     /// once when it already differs. Does not time out: bound it with `tokio::time::timeout`, and
     /// by the blocked answer's `next_expiry`, since an expiry changes nothing in the object.
-    fn changed(&self, seen: &Seen) -> impl Future<Output = Result<Seen>> + Send;
+    fn changed(&self, seen: &LockSnapshot) -> impl Future<Output = Result<LockSnapshot>> + Send;
 }

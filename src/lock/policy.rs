@@ -36,11 +36,11 @@ pub struct Claim {
 /// What the lock object looked like when it was read: [`RebootLock::changed`](super::RebootLock::changed) waits for it to
 /// look different. For the DaemonSet lock, the annotation's text (`None`: absent).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Seen(Option<String>);
+pub struct LockSnapshot(Option<String>);
 
-impl Seen {
-    pub fn new(annotation: Option<String>) -> Seen {
-        Seen(annotation)
+impl LockSnapshot {
+    pub fn new(annotation: Option<String>) -> LockSnapshot {
+        LockSnapshot(annotation)
     }
 
     /// The annotation's text, `None` when it was absent.
@@ -66,7 +66,7 @@ pub enum Acquire {
         /// When the first of `holders` expires by its TTL, which frees a slot without any write.
         next_expiry: Option<Timestamp>,
         /// What was read; pass it to [`RebootLock::changed`](super::RebootLock::changed).
-        seen: Seen,
+        seen: LockSnapshot,
     },
 }
 
@@ -179,7 +179,7 @@ pub fn decide_acquire(
         boot_id: claim.boot_id.clone(),
         ..LockEntry::new(settings.node_id.clone(), now, settings.ttl)
     };
-    let seen = Seen::new(current.map(str::to_owned));
+    let seen = LockSnapshot::new(current.map(str::to_owned));
     let Some(record) = read(current)? else {
         return Decision::write(&fresh(ours.clone(), concurrency), Acquire::Acquired(ours));
     };

@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 use super::policy;
 use super::record::LockRecord;
-use super::{DaemonSetLock, LockEntry, Reclaim, Seen};
+use super::{DaemonSetLock, LockEntry, LockSnapshot, Reclaim};
 use crate::kube_error;
 
 /// Entries younger than this are not checked (see the [module documentation](self)).
@@ -48,7 +48,7 @@ fn says_node_is_gone(status: &Status, node: &str) -> bool {
 /// Never fails: whatever cannot be checked or written is logged and left for the next round.
 pub(super) async fn reclaim_gone_holders(
     lock: &DaemonSetLock,
-    seen: &Seen,
+    seen: &LockSnapshot,
     now: Timestamp,
 ) -> Vec<LockEntry> {
     let own = &lock.settings().node_id;

@@ -167,7 +167,7 @@ struct Budget {
 }
 
 #[derive(Debug, Default)]
-struct Seen {
+struct LockSnapshot {
     now: Snapshot,
     pre_cordoned: BTreeSet<String>,
     max_cordoned_by_kured: usize,
@@ -188,7 +188,7 @@ struct Seen {
     lock_synced: bool,
 }
 
-impl Seen {
+impl LockSnapshot {
     /// Checks the invariants against the state just seen.
     fn check(&mut self, limit: usize) {
         let cordoned: Vec<String> = self
@@ -271,7 +271,7 @@ impl Seen {
 
 /// Watches a scope's Nodes and lock until dropped.
 pub struct Observer {
-    seen: Arc<Mutex<Seen>>,
+    seen: Arc<Mutex<LockSnapshot>>,
     limit: usize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// For a fresh read at the end: the scope's Nodes, and the lock's DaemonSets.
@@ -295,9 +295,9 @@ impl Observer {
     /// listed what is there. Start it before the nodes' agents: [`Observer::assert_settled`]
     /// expects to have seen every boot ID the nodes reported.
     pub async fn start(scope: &Scope, concurrency: usize, pre_cordoned: &[&str]) -> Observer {
-        let seen = Arc::new(Mutex::new(Seen {
+        let seen = Arc::new(Mutex::new(LockSnapshot {
             pre_cordoned: pre_cordoned.iter().map(|n| (*n).to_owned()).collect(),
-            ..Seen::default()
+            ..LockSnapshot::default()
         }));
         let observer = Observer {
             tasks: vec![
@@ -343,7 +343,7 @@ impl Observer {
         .await;
     }
 
-    fn seen(&self) -> MutexGuard<'_, Seen> {
+    fn seen(&self) -> MutexGuard<'_, LockSnapshot> {
         // A panic while holding the lock can only come from a bug here; the record is still
         // the best there is.
         self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -598,7 +598,7 @@ impl Observer {
     }
 }
 
-fn watch_nodes(scope: &Scope, limit: usize, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
+fn watch_nodes(scope: &Scope, limit: usize, seen: Arc<Mutex<LockSnapshot>>) -> tokio::task::JoinHandle<()> {
     let nodes: Api<Node> = Api::all(scope.client.clone());
     let cfg = watcher::Config::default().labels(&format!("{SCOPE_LABEL}={}", scope.id));
     tokio::spawn(async move {
@@ -637,7 +637,7 @@ fn ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none() && is_ready(pod)
 }
 
-fn watch_pods(scope: &Scope, app: &str, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
+fn watch_pods(scope: &Scope, app: &str, seen: Arc<Mutex<LockSnapshot>>) -> tokio::task::JoinHandle<()> {
     let pods: Api<Pod> = scope.api();
     let cfg = watcher::Config::default().labels(&format!("app={app}"));
     let app = app.to_owned();
@@ -686,7 +686,7 @@ fn watch_pods(scope: &Scope, app: &str, seen: Arc<Mutex<Seen>>) -> tokio::task::
     })
 }
 
-fn watch_lock(scope: &Scope, limit: usize, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
+fn watch_lock(scope: &Scope, limit: usize, seen: Arc<Mutex<LockSnapshot>>) -> tokio::task::JoinHandle<()> {
     let daemonsets: Api<DaemonSet> = scope.api();
     let cfg = watcher::Config::default().fields("metadata.name=kured");
     tokio::spawn(async move {

@@ -31,8 +31,8 @@ use tracing::{debug, info};
 use self::cache::{Cached, POLL_INTERVAL};
 use super::record::{self, Change, Decision, RecordError};
 use super::{
-    Acquire, Claim, LockEntry, LockError, LockObject, LockSettings, LockState, RebootLock, Reclaim, Release,
-    Result, Seen, Slot, Standing, reclaim, turn,
+    Acquire, Claim, LockEntry, LockError, LockObject, LockSettings, LockSnapshot, LockState, RebootLock,
+    Reclaim, Release, Result, Slot, Standing, reclaim, turn,
 };
 
 mod cache;
@@ -375,11 +375,11 @@ impl RebootLock for DaemonSetLock {
             .map_err(|source| self.record_error(snapshot.annotation(), source))?;
         Ok(LockState {
             record,
-            seen: Seen::new(snapshot.annotation),
+            seen: LockSnapshot::new(snapshot.annotation),
         })
     }
 
-    fn standing(&self, seen: &Seen, now: Timestamp) -> Result<Standing> {
+    fn standing(&self, seen: &LockSnapshot, now: Timestamp) -> Result<Standing> {
         let current = seen.annotation();
         let error = |source| self.record_error(current, source);
         let node_id = &self.settings.node_id;
@@ -434,15 +434,15 @@ impl RebootLock for DaemonSetLock {
         Ok(outcome)
     }
 
-    fn turn_delay(&self, seen: &Seen, salt: u64) -> Duration {
+    fn turn_delay(&self, seen: &LockSnapshot, salt: u64) -> Duration {
         turn::turn_delay(seen.annotation(), &self.settings.node_id, salt)
     }
 
-    async fn reclaim_gone_holders(&self, seen: &Seen, now: Timestamp) -> Vec<LockEntry> {
+    async fn reclaim_gone_holders(&self, seen: &LockSnapshot, now: Timestamp) -> Vec<LockEntry> {
         reclaim::reclaim_gone_holders(self, seen, now).await
     }
 
-    async fn changed(&self, seen: &Seen) -> Result<Seen> {
+    async fn changed(&self, seen: &LockSnapshot) -> Result<LockSnapshot> {
         if !self.poll.load(Ordering::Relaxed) {
             self.start_watch();
             let mut cache = self.cache.subscribe();
@@ -453,7 +453,7 @@ impl RebootLock for DaemonSetLock {
                 if let Some(now) = cache.borrow_and_update().annotation()
                     && now != seen.annotation()
                 {
-                    return Ok(Seen::new(now.map(str::to_owned)));
+                    return Ok(LockSnapshot::new(now.map(str::to_owned)));
                 }
                 // The sender lives in `self`, so this waits for the watch's next word.
                 if cache.changed().await.is_err() {
@@ -464,7 +464,7 @@ impl RebootLock for DaemonSetLock {
         loop {
             let snapshot = self.snapshot().await?;
             if snapshot.annotation() != seen.annotation() {
-                return Ok(Seen::new(snapshot.annotation));
+                return Ok(LockSnapshot::new(snapshot.annotation));
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
