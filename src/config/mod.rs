@@ -64,7 +64,7 @@ impl Cli {
 
     /// Parses arguments and `KURED_*` environment variables, read now. A variable that is set
     /// (and not empty) and its flag given on the command line meet as in upstream kured, which
-    /// reads the variables after the flags (see [`Meeting`]).
+    /// reads the variables after the flags (see `env::Meeting`).
     pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
     where
         I: IntoIterator<Item = T>,

@@ -1,8 +1,8 @@
 //! Notification URLs in shoutrrr's syntax, parsed once at start-up into a [`Target`]: one
 //! configured service, whatever it is.
 //!
-//! A [`Target`] holds one [`Service`] — the parsed URL of one of the services in
-//! [`super::services`] — behind a trait object, so the rest of the notifier never names a
+//! A [`Target`] holds one `Service` — the parsed URL of one of the services in
+//! `notify::services` — behind a trait object, so the rest of the notifier never names a
 //! service. Parsing never echoes a URL's secrets: errors name the scheme and the offending part or
 //! parameter, not its value, and a target's `Debug`, `Display` and [`Target::shown`] forms are
 //! redacted.
