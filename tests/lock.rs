@@ -13,7 +13,9 @@ use jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use kured::duration::GoDuration;
 use kured::lock::record::Change;
-use kured::lock::{Acquire, Claim, DaemonSetLock, LockSettings, LockSnapshot, RebootLock, Release};
+use kured::lock::{
+    Acquire, Claim, DaemonSetLock, LockEntry, LockError, LockSettings, LockSnapshot, RebootLock, Release,
+};
 use serde_json::json;
 use support::cluster::admin_client;
 use support::objects::scope_with_lock;
@@ -39,6 +41,14 @@ fn settings(node: &str, concurrency: u32) -> LockSettings {
         ttl: GoDuration::ZERO,
         release_delay: Duration::ZERO,
     }
+}
+
+/// The live entry of `node` in the lock as read now.
+async fn live_entry(lock: &DaemonSetLock, node: &str) -> Result<Option<LockEntry>, LockError> {
+    let state = lock.read().await?;
+    Ok(state
+        .record
+        .and_then(|record| record.held_by(node, Timestamp::now()).cloned()))
 }
 
 fn lock_with(client: Client, scope: &Scope, settings: LockSettings) -> DaemonSetLock {
@@ -243,13 +253,16 @@ async fn an_abandoned_lock_is_taken_over_after_its_ttl_and_not_before() {
         "taken over at {taken_at}, before the expiry at {expires}"
     );
     assert_eq!(
-        gone.holding().await.expect("reading"),
+        live_entry(&gone, "gone").await.expect("reading"),
         None,
         "the old holder lost it"
     );
     assert_eq!(gone.release().await.expect("releasing"), Release::NotHeld);
     assert_eq!(
-        next.holding().await.expect("reading").map(|e| e.node_id),
+        live_entry(&next, "next")
+            .await
+            .expect("reading")
+            .map(|e| e.node_id),
         Some("next".to_owned())
     );
 }
@@ -284,8 +297,7 @@ async fn the_release_delay_survives_an_agent_restart() {
 
     // The restarted agent: a new client, a new lock, and no delay configured any more.
     let restarted = lock_with(admin_client().await, &scope, settings("rebooted", 1));
-    let entry = restarted
-        .holding()
+    let entry = live_entry(&restarted, "rebooted")
         .await
         .expect("reading")
         .expect("still held after the restart");
@@ -531,7 +543,7 @@ async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
         "the error names the object and the annotation: {message}"
     );
     assert!(ours.release().await.expect_err("releasing").is_corrupt());
-    assert!(ours.holding().await.expect_err("reading").is_corrupt());
+    assert!(live_entry(&ours, "ours").await.expect_err("reading").is_corrupt());
     assert_eq!(
         read_lock(&scope).await.as_deref(),
         Some("not json"),

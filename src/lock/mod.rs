@@ -151,9 +151,6 @@ pub trait RebootLock {
     /// answers [`Acquire::AlreadyHeld`]; an expired one of ours is renewed if a slot is free.
     fn confirm(&self, claim: &Claim) -> impl Future<Output = Result<Acquire>> + Send;
 
-    /// Our live entry, if our node holds the lock.
-    fn holding(&self) -> impl Future<Output = Result<Option<LockEntry>>> + Send;
-
     /// The lock as it is now, every holder included.
     fn read(&self) -> impl Future<Output = Result<LockState>> + Send;
 

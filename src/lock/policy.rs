@@ -145,11 +145,6 @@ impl<T> Decision<T> {
     }
 }
 
-/// Our live entry in the annotation, if we hold the lock at `now`.
-pub fn holding(current: Option<&str>, node_id: &str, now: Timestamp) -> Result<Option<LockEntry>> {
-    Ok(read(current)?.and_then(|record| record.held_by(node_id, now).cloned()))
-}
-
 /// Decides how `settings.node_id` takes a slot of the lock whose annotation is `current`.
 ///
 /// - Our own live entry (single or multi form): [`Acquire::AlreadyHeld`], nothing is written.
@@ -777,18 +772,6 @@ mod tests {
         ] {
             assert!(matches!(decision, Err(RecordError::Parse { .. })), "{decision:?}");
         }
-    }
-
-    #[test]
-    fn holding_finds_our_live_entry() {
-        let now = ts(NOW);
-        let current = multi(3, &[entry("a", NOW, 0), entry("me", "2020-05-05T14:15:00Z", 60)]);
-        assert_eq!(
-            holding(Some(&current), "a", now).unwrap().map(|e| e.node_id),
-            Some("a".into())
-        );
-        assert_eq!(holding(Some(&current), "me", now).unwrap(), None, "expired");
-        assert_eq!(holding(None, "me", now).unwrap(), None, "absent");
     }
 
     /// What reclaiming `gone` (an entry as text) did, in short: "reclaimed: <annotation>|removed",

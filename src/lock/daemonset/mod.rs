@@ -363,12 +363,6 @@ impl RebootLock for DaemonSetLock {
         Ok(outcome)
     }
 
-    async fn holding(&self) -> Result<Option<LockEntry>> {
-        let snapshot = self.snapshot().await?;
-        record::holding(snapshot.annotation(), &self.settings.node_id, (self.clock)())
-            .map_err(|source| self.record_error(snapshot.annotation(), source))
-    }
-
     async fn read(&self) -> Result<LockState> {
         let snapshot = self.snapshot().await?;
         let record = record::read(snapshot.annotation())
