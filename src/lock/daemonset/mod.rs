@@ -311,6 +311,19 @@ impl DaemonSetLock {
         }
     }
 
+    /// Takes (or keeps) a slot for our node, as [`RebootLock::acquire`]; `fresh` as for
+    /// [`DaemonSetLock::update`]: [`RebootLock::confirm`] decides on a fresh read.
+    async fn take_slot(&self, claim: &Claim, fresh: bool) -> Result<Acquire> {
+        let settings = &self.settings;
+        let outcome = self
+            .update(fresh, |current, now| {
+                record::decide_acquire(current, settings, claim, now)
+            })
+            .await?;
+        self.log_acquire(&outcome);
+        Ok(outcome)
+    }
+
     fn log_acquire(&self, outcome: &Acquire) {
         let node = &self.settings.node_id;
         match outcome {
@@ -342,25 +355,11 @@ impl DaemonSetLock {
 
 impl RebootLock for DaemonSetLock {
     async fn acquire(&self, claim: &Claim) -> Result<Acquire> {
-        let settings = &self.settings;
-        let outcome = self
-            .update(false, |current, now| {
-                record::decide_acquire(current, settings, claim, now)
-            })
-            .await?;
-        self.log_acquire(&outcome);
-        Ok(outcome)
+        self.take_slot(claim, false).await
     }
 
     async fn confirm(&self, claim: &Claim) -> Result<Acquire> {
-        let settings = &self.settings;
-        let outcome = self
-            .update(true, |current, now| {
-                record::decide_acquire(current, settings, claim, now)
-            })
-            .await?;
-        self.log_acquire(&outcome);
-        Ok(outcome)
+        self.take_slot(claim, true).await
     }
 
     async fn read(&self) -> Result<LockState> {
