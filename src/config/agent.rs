@@ -108,9 +108,9 @@ impl AgentArgs {
         let drain_delay = non_negative("drain-delay", self.drain_delay)?;
         let reboot_delay = non_negative("reboot-delay", self.reboot_delay)?;
         let drain = self.drain()?;
-        let lock = self.lock_settings()?;
+        let lock_ttl = zero_is_none("lock-ttl", self.lock_ttl)?;
         warnings.extend(lock_ttl_warning(
-            lock.ttl.to_std().filter(|ttl| !ttl.is_zero()),
+            lock_ttl,
             drain_delay + reboot_delay,
             drain.timeout,
         ));
@@ -142,10 +142,7 @@ impl AgentArgs {
             drain_delay,
             drain,
             lock_object,
-            lock: LockSettings {
-                node_id: node_id.to_owned(),
-                ..lock
-            },
+            lock: self.lock_settings(node_id)?,
             blockers,
             prefer_no_schedule_taint,
             window,
@@ -224,16 +221,13 @@ impl AgentArgs {
         })
     }
 
-    /// `--concurrency`, `--lock-ttl`, `--lock-release-delay`; the node is filled in by the caller.
-    fn lock_settings(&self) -> Result<LockSettings, ConfigError> {
-        let ttl = zero_is_none("lock-ttl", self.lock_ttl)?;
+    /// The lock settings of `node_id`: `--concurrency`, `--lock-ttl` (checked by the caller: not
+    /// negative), `--lock-release-delay`.
+    fn lock_settings(&self, node_id: &str) -> Result<LockSettings, ConfigError> {
         Ok(LockSettings {
-            node_id: String::new(),
+            node_id: node_id.to_owned(),
             concurrency: self.concurrency,
-            // A TTL beyond Go's range (about 292 years) cannot expire in practice anyway.
-            ttl: ttl.map_or(GoDuration::ZERO, |ttl| {
-                GoDuration::from_std(ttl).unwrap_or(GoDuration::MAX)
-            }),
+            ttl: self.lock_ttl,
             release_delay: non_negative("lock-release-delay", self.lock_release_delay)?,
         })
     }
