@@ -774,6 +774,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn held_by_finds_a_live_entry_only() {
+        let now = ts(NOW);
+        let current = multi(3, &[entry("a", NOW, 0), entry("me", "2020-05-05T14:15:00Z", 60)]);
+        let record = read(Some(&current)).unwrap().expect("a record");
+        assert_eq!(
+            record.held_by("a", now).map(|e| e.node_id.clone()),
+            Some("a".into())
+        );
+        assert_eq!(record.held_by("me", now), None, "expired");
+        assert_eq!(read(None).unwrap(), None, "absent: no record, so no holder");
+    }
+
     /// What reclaiming `gone` (an entry as text) did, in short: "reclaimed: <annotation>|removed",
     /// "not present".
     fn reclaim(current: Option<&str>, gone: &str) -> String {
