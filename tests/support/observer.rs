@@ -585,12 +585,13 @@ impl Observer {
         for (sim, _) in nodes {
             if problems.iter().any(|p| p.contains(&sim.name)) {
                 report.push_str(&format!(
-                    "\n--- {}: {} reboots, {} kills, {} agent starts; last agent log lines:\n{}",
+                    "\n--- {}: {} reboots, {} kills, {} agent starts; last node-init events:\n{}\nlast agent log lines:\n{}",
                     sim.name,
                     sim.reboots(),
                     sim.kills(),
                     sim.agent_starts(),
-                    sim.log_tail(20)
+                    sim.events_tail(15),
+                    sim.log_tail(30)
                 ));
             }
         }

@@ -333,6 +333,12 @@ impl SimulatedNode {
         .await
     }
 
+    /// The last `lines` events node-init recorded, for a failure report.
+    pub fn events_tail(&self, lines: usize) -> String {
+        let events = self.events();
+        events[events.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// The last `lines` lines of the agent's output, for a failure report.
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self.log();
