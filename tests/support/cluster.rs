@@ -128,22 +128,20 @@ pub async fn kubectl(args: &[&str], stdin: &str) -> String {
 /// and a label selector), without waiting; for a `Drop`, so a failure is only reported. The
 /// namespaced objects of a test go with its scope's namespace; these are cluster-wide.
 pub fn delete_cluster_rbac(selection: &[&str]) {
+    delete_cluster_wide("clusterrolebinding,clusterrole", selection);
+}
+
+/// Deletes the cluster-wide objects of `kinds` (kubectl's comma-separated resource list) that
+/// `selection` names, as [`delete_cluster_rbac`] does.
+pub fn delete_cluster_wide(kinds: &str, selection: &[&str]) {
     let result = std::process::Command::new("kubectl")
         .arg(format!("--kubeconfig={}", kubeconfig_path().display()))
-        .args([
-            "delete",
-            "clusterrolebinding,clusterrole",
-            "--ignore-not-found",
-            "--wait=false",
-        ])
+        .args(["delete", kinds, "--ignore-not-found", "--wait=false"])
         .args(selection)
         .stdout(Stdio::null())
         .status();
     if !result.is_ok_and(|s| s.success()) {
-        eprintln!(
-            "cleanup: deleting the ClusterRoleBindings and ClusterRoles {} failed",
-            selection.join(" ")
-        );
+        eprintln!("cleanup: deleting the {kinds} {} failed", selection.join(" "));
     }
 }
 

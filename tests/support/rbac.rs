@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::Client;
 use kube::api::PostParams;
 use kube::config::Kubeconfig;
+use kube::{Client, ResourceExt};
 
 use super::access;
 use super::cluster::{client_from_kubeconfig, kubeconfig_path};
@@ -21,18 +21,52 @@ use super::wait::eventually;
 /// with a token from the TokenRequest API (valid for an hour) and the test cluster's server and CA,
 /// and returns its path: the credentials an agent running in a pod under that account would have.
 pub async fn service_account_kubeconfig(scope: &Scope, service_account: &str, dir: &Path) -> PathBuf {
-    let request: TokenRequest =
-        serde_json::from_value(serde_json::json!({ "spec": { "audiences": [], "expirationSeconds": 3600 } }))
-            .expect("a valid TokenRequest");
+    let token = issue_token(scope, service_account, serde_json::json!({})).await;
+    token_kubeconfig(
+        &token,
+        service_account,
+        &dir.join(format!("{service_account}.kubeconfig")),
+    )
+}
+
+/// [`service_account_kubeconfig`], with a token bound to `pod` (which runs under that account),
+/// as the kubelet mounts into the pod: valid only while the pod exists, and naming the pod and its
+/// node in the user's extra fields (`authentication.kubernetes.io/node-name`).
+pub async fn pod_bound_kubeconfig(scope: &Scope, service_account: &str, pod: &Pod, dir: &Path) -> PathBuf {
+    let name = pod.name_any();
+    let bound = serde_json::json!({
+        "boundObjectRef": { "kind": "Pod", "apiVersion": "v1", "name": name, "uid": pod.uid() },
+    });
+    let token = issue_token(scope, service_account, bound).await;
+    token_kubeconfig(
+        &token,
+        service_account,
+        &dir.join(format!("{service_account}-{name}.kubeconfig")),
+    )
+}
+
+/// A token of the scope's ServiceAccount `service_account` from the TokenRequest API, valid for an
+/// hour, for the API server's own audience; `spec` adds to the request's spec.
+async fn issue_token(scope: &Scope, service_account: &str, spec: serde_json::Value) -> String {
+    let mut request = serde_json::json!({ "spec": { "audiences": [], "expirationSeconds": 3600 } });
+    if let (Some(base), serde_json::Value::Object(extra)) = (request["spec"].as_object_mut(), spec) {
+        base.extend(extra);
+    }
+    let request: TokenRequest = serde_json::from_value(request).expect("a valid TokenRequest");
     let issued: TokenRequest = scope
         .api::<ServiceAccount>()
         .create_subresource("token", service_account, &PostParams::default(), &request)
         .await
         .unwrap_or_else(|e| panic!("issuing a token for ServiceAccount {service_account}: {e}"));
-    let token = issued
+    issued
         .status
         .and_then(|s| s.token)
-        .expect("a token in the TokenRequest's status");
+        .expect("a token in the TokenRequest's status")
+}
+
+/// Writes to `path` a kubeconfig with nothing but `token` as user `user`, and the test cluster's
+/// server and CA from the admin kubeconfig; returns `path`.
+fn token_kubeconfig(token: &str, user: &str, path: &Path) -> PathBuf {
     let admin = Kubeconfig::read_from(kubeconfig_path()).expect("reading the admin kubeconfig");
     let cluster = admin
         .clusters
@@ -43,16 +77,15 @@ pub async fn service_account_kubeconfig(scope: &Scope, service_account: &str, di
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [cluster],
-        "users": [{ "name": service_account, "user": { "token": token } }],
+        "users": [{ "name": user, "user": { "token": token } }],
         "contexts": [{
-            "name": service_account,
-            "context": { "cluster": cluster.name, "user": service_account },
+            "name": user,
+            "context": { "cluster": cluster.name, "user": user },
         }],
-        "current-context": service_account,
+        "current-context": user,
     });
-    let path = dir.join(format!("{service_account}.kubeconfig"));
-    std::fs::write(&path, kubeconfig.to_string()).expect("writing the ServiceAccount's kubeconfig");
-    path
+    std::fs::write(path, kubeconfig.to_string()).expect("writing the ServiceAccount's kubeconfig");
+    path.to_owned()
 }
 
 /// ServiceAccount `name` in the scope, bound to a Role of the same name that grants `rules` (JSON,

@@ -1,0 +1,621 @@
+//! deploy/kured-admission-policy.yaml on the real API server, against the agents' ServiceAccount
+//! with deploy/kured.yaml's RBAC and a token bound to a pod on node A, as the kubelet mounts it:
+//! - refused, with a 403 naming the policy and what the write changes: a hostPath volume of `/` in
+//!   the DaemonSet's pod template, a label or a foreign annotation on the DaemonSet, a cordon or
+//!   uncordon of another node, a foreign label or annotation on node A. The same writes from the
+//!   same token are accepted before the policies are installed, so the refusals are theirs;
+//! - allowed: the lock's write, every write of a whole reboot cycle of a simulated node whose agent
+//!   has nothing but that token (with pre- and post-reboot labels, the waiting taint and node
+//!   annotations), and anything the admin does;
+//! - a token bound to no pod is held to the same fields, on any node.
+//!
+//! The policies are cluster-wide objects: each test installs the shipped file rendered for its
+//! scope ([`Policies`]: names of its own, its namespace's ServiceAccount, its flags) and deletes
+//! them on drop. Needs `scripts/testcluster up`, kubectl, and root (for the simulated node).
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use support::agents::Fleet;
+use support::cluster::{client_from_kubeconfig, delete_cluster_wide, kubectl};
+use support::nodes::unschedulable;
+use support::objects::{create_daemonset, create_deployment, pod_template, running_on};
+use support::observer::{LOCK_ANNOTATION, Observer, STATE_ANNOTATION, held_by, read_lock, write_lock};
+use support::rbac::pod_bound_kubeconfig;
+use support::scope::Scope;
+use support::simulated::SimulatedNode;
+use support::wait::eventually;
+
+const POLICY_FILE: &str = "deploy/kured-admission-policy.yaml";
+const POLICY: &str = include_str!("../deploy/kured-admission-policy.yaml");
+/// The shipped policies' names; each is also the name of its binding.
+const DAEMONSET_POLICY: &str = "kured-daemonset";
+const NODE_POLICY: &str = "kured-node";
+/// The user the shipped policies match, as a CEL literal in their matchConditions.
+const SHIPPED_USER: &str = "'system:serviceaccount:kube-system:kured'";
+/// Label on a test's policies and bindings, with its scope's id, to delete them by.
+const POLICY_LABEL: &str = "kured.test/admission";
+
+/// The full cycle's `--prefer-no-schedule-taint` and reboot labels.
+const WAITING_TAINT: &str = "kured.test/waiting";
+const BEFORE_LABEL: (&str, &str) = ("kured.test/before", "rebooting");
+const AFTER_LABEL: (&str, &str) = ("kured.test/after", "done");
+
+/// How long a new policy and binding may take to reach the API server's admission plugin (through
+/// its informers).
+const ENFORCED_WITHIN: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// The shipped policies, rendered for a scope
+
+/// The agent settings the policies carry besides the lock's location, which in a scope is
+/// DaemonSet `kured` in the scope's namespace with the default lock annotation.
+#[derive(Default)]
+struct Flags {
+    /// `--prefer-no-schedule-taint`.
+    taint: Option<&'static str>,
+    /// The keys of `--pre-reboot-node-labels` and `--post-reboot-node-labels`.
+    labels: &'static [&'static str],
+}
+
+/// The policies and bindings of deploy/kured-admission-policy.yaml, installed for a scope and
+/// deleted on drop. Rendered from the file's objects, each change checked against what the file
+/// ships so that a reshaped file fails here rather than being installed half-rendered:
+/// - every object's name (and a binding's policyName) gets the suffix `-<scope id>`;
+/// - matchConditions name the scope's ServiceAccount `kured` instead of kube-system's;
+/// - the variables that stand for flags get the scope's values: `dsNamespace`, and the
+///   [`Flags`]; `dsName` and `lockAnnotation` keep the defaults, which the scope uses too.
+struct Policies {
+    id: String,
+}
+
+impl Policies {
+    async fn install(scope: &Scope, flags: &Flags) -> Policies {
+        let objects = render(scope, flags);
+        let list = json!({ "apiVersion": "v1", "kind": "List", "items": objects });
+        kubectl(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=kured-admission-test",
+                "-f",
+                "-",
+            ],
+            &list.to_string(),
+        )
+        .await;
+        Policies { id: scope.id.clone() }
+    }
+
+    /// The installed name of shipped policy `policy`, and of its binding.
+    fn name(&self, policy: &str) -> String {
+        format!("{policy}-{}", self.id)
+    }
+}
+
+impl Drop for Policies {
+    fn drop(&mut self) {
+        delete_cluster_wide(
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            &["-l", &format!("{POLICY_LABEL}={}", self.id)],
+        );
+    }
+}
+
+/// CEL's literal of `text`.
+fn cel(text: &str) -> String {
+    format!("'{text}'")
+}
+
+fn render(scope: &Scope, flags: &Flags) -> Vec<Value> {
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(POLICY).unwrap_or_else(|e| panic!("reading {POLICY_FILE}: {e}"));
+    let mut objects: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
+    let labels: Vec<String> = flags.labels.iter().map(|l| cel(l)).collect();
+    // (policy, variable, as shipped, as rendered), each used exactly once.
+    let variables = [
+        (
+            DAEMONSET_POLICY,
+            "dsNamespace",
+            cel("kube-system"),
+            cel(&scope.namespace),
+        ),
+        (DAEMONSET_POLICY, "dsName", cel("kured"), cel("kured")),
+        (
+            DAEMONSET_POLICY,
+            "lockAnnotation",
+            cel(LOCK_ANNOTATION),
+            cel(LOCK_ANNOTATION),
+        ),
+        (
+            NODE_POLICY,
+            "taint",
+            cel(""),
+            cel(flags.taint.unwrap_or_default()),
+        ),
+        (
+            NODE_POLICY,
+            "labels",
+            "[]".to_owned(),
+            format!("[{}]", labels.join(", ")),
+        ),
+    ];
+    let mut used = vec![0; variables.len()];
+    let user = cel(&format!("system:serviceaccount:{}:kured", scope.namespace));
+    let mut seen = Vec::new();
+    for object in &mut objects {
+        let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        seen.push((kind.clone(), name.clone()));
+        object["metadata"]["name"] = json!(format!("{name}-{}", scope.id));
+        object["metadata"]["labels"] = json!({ POLICY_LABEL: scope.id });
+        let spec = &mut object["spec"];
+        if kind == "ValidatingAdmissionPolicyBinding" {
+            assert_eq!(spec["policyName"], json!(name), "{POLICY_FILE}: binding {name}");
+            spec["policyName"] = json!(format!("{name}-{}", scope.id));
+            continue;
+        }
+        let conditions = spec["matchConditions"].as_array_mut().expect("matchConditions");
+        assert_eq!(conditions.len(), 1, "{POLICY_FILE}: {name}'s matchConditions");
+        let condition = conditions[0]["expression"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(
+            condition.matches(SHIPPED_USER).count(),
+            1,
+            "{POLICY_FILE}: {name} matches {SHIPPED_USER}: {condition}"
+        );
+        conditions[0]["expression"] = json!(condition.replace(SHIPPED_USER, &user));
+        for variable in spec["variables"].as_array_mut().expect("variables") {
+            for (i, (policy, var, shipped, rendered)) in variables.iter().enumerate() {
+                if *policy == name && variable["name"] == *var {
+                    assert_eq!(
+                        variable["expression"],
+                        json!(shipped),
+                        "{POLICY_FILE}: {name}'s variable {var}"
+                    );
+                    variable["expression"] = json!(rendered);
+                    used[i] += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        used,
+        vec![1; variables.len()],
+        "{POLICY_FILE}: each variable rendered once"
+    );
+    seen.sort();
+    let mut expected: Vec<(String, String)> = [DAEMONSET_POLICY, NODE_POLICY]
+        .iter()
+        .flat_map(|n| {
+            ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+                .map(|k| (k.to_owned(), (*n).to_owned()))
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected, "{POLICY_FILE}: its objects");
+    objects
+}
+
+// ---------------------------------------------------------------------------------------------
+// The setting: two nodes, the agents' ServiceAccount, and its token bound to a pod on node A
+
+/// A scope with nodes A and B (node 0 and 1), the lock's DaemonSet and ServiceAccount `kured`
+/// bound to deploy/kured.yaml's RBAC ([`Fleet`]), and a token of that account bound to a pod on
+/// node A: the pod of DaemonSet `agent`, running under the account as the agent's own pod does
+/// in a real install. A drain leaves a DaemonSet's pod alone, so the pod, and with it the token,
+/// outlives node A's reboot cycle.
+struct Setting {
+    fleet: Fleet,
+    /// A kubeconfig holding nothing but the pod-bound token.
+    kubeconfig: PathBuf,
+    client: Client,
+    token_pod: Pod,
+    _dir: tempfile::TempDir,
+}
+
+impl Setting {
+    async fn new(test: &str) -> Setting {
+        let fleet = Fleet::new(test, 2).await;
+        let a = fleet.names[0].as_str();
+        let spec = json!({ "serviceAccountName": "kured", "automountServiceAccountToken": false });
+        create_daemonset(
+            &fleet.scope,
+            "agent",
+            pod_template(&fleet.scope, "agent", Some(a), spec),
+        )
+        .await;
+        let token_pod = running_on(&fleet.scope, "app=agent", &[a]).await.remove(0);
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let kubeconfig = pod_bound_kubeconfig(&fleet.scope, "kured", &token_pod, dir.path()).await;
+        let client = client_from_kubeconfig(&kubeconfig).await;
+        Setting {
+            fleet,
+            kubeconfig,
+            client,
+            token_pod,
+            _dir: dir,
+        }
+    }
+
+    fn scope(&self) -> &Scope {
+        &self.fleet.scope
+    }
+
+    fn a(&self) -> &str {
+        &self.fleet.names[0]
+    }
+
+    fn b(&self) -> &str {
+        &self.fleet.names[1]
+    }
+
+    /// Waits until both policies refuse the token's writes: the API server's admission plugin
+    /// learns of new policies and bindings through informers, a moment after they are created.
+    async fn until_enforced(&self, policies: &Policies) {
+        for probe in [Probe::DaemonSetAnnotation, Probe::OwnNodeAnnotation] {
+            let refused = eventually(
+                &format!("the policies to refuse {probe:?}"),
+                ENFORCED_WITHIN,
+                || async { probe.write(self, &self.client).await.err() },
+            )
+            .await;
+            assert_refused(probe, &Err(refused), self, policies);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes a stolen token could make
+
+/// A value no earlier write used, so that every write is a change.
+fn fresh() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    COUNTER.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+/// What root on node A could do with the agent's token, which RBAC allows.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    /// A hostPath volume of `/` mounted into the DaemonSet's pods: a root shell on every node.
+    HostPathVolume,
+    DaemonSetLabel,
+    DaemonSetAnnotation,
+    /// Node B cordoned, or uncordoned when it is cordoned.
+    OtherNodeCordon,
+    OwnNodeLabel,
+    OwnNodeAnnotation,
+}
+
+impl Probe {
+    const ALL: [Probe; 6] = [
+        Probe::HostPathVolume,
+        Probe::DaemonSetLabel,
+        Probe::DaemonSetAnnotation,
+        Probe::OtherNodeCordon,
+        Probe::OwnNodeLabel,
+        Probe::OwnNodeAnnotation,
+    ];
+
+    /// The shipped policy that refuses it, and what its refusal says.
+    fn refusal(self, setting: &Setting) -> (&'static str, String) {
+        let lock = format!(
+            "kured may change annotation {LOCK_ANNOTATION} of DaemonSet {}/kured and nothing else; this write changes ",
+            setting.scope().namespace
+        );
+        let own = format!(
+            "kured may change spec.unschedulable, its own taint, labels and annotations of Node {} and nothing else; this write changes ",
+            setting.a()
+        );
+        match self {
+            Probe::HostPathVolume => (DAEMONSET_POLICY, format!("{lock}spec")),
+            Probe::DaemonSetLabel => (DAEMONSET_POLICY, format!("{lock}labels")),
+            Probe::DaemonSetAnnotation => (DAEMONSET_POLICY, format!("{lock}annotation example.com/probe")),
+            Probe::OtherNodeCordon => (
+                NODE_POLICY,
+                format!(
+                    "kured may change its own Node, {} (where the pod its token is bound to runs), and no other; not Node {}",
+                    setting.a(),
+                    setting.b()
+                ),
+            ),
+            Probe::OwnNodeLabel => (NODE_POLICY, format!("{own}label example.com/probe")),
+            Probe::OwnNodeAnnotation => (NODE_POLICY, format!("{own}annotation example.com/probe")),
+        }
+    }
+
+    /// Makes the write with `client`'s credentials: the DaemonSet read, changed and written back
+    /// whole (an update, as the lock's writes are), a Node patched (as the agent patches).
+    async fn write(self, setting: &Setting, client: &Client) -> Result<(), kube::Error> {
+        let value = fresh();
+        match self {
+            Probe::HostPathVolume => {
+                update_lock_daemonset(setting, client, |ds| {
+                    let pod = &mut ds.data["spec"]["template"]["spec"];
+                    let name = format!("host-{value}");
+                    push(
+                        &mut pod["volumes"],
+                        json!({ "name": name, "hostPath": { "path": "/" } }),
+                    );
+                    push(
+                        &mut pod["containers"][0]["volumeMounts"],
+                        json!({ "name": name, "mountPath": format!("/host-{value}") }),
+                    );
+                })
+                .await
+            }
+            Probe::DaemonSetLabel => {
+                update_lock_daemonset(setting, client, |ds| {
+                    ds.labels_mut().insert("example.com/probe".into(), value.clone());
+                })
+                .await
+            }
+            Probe::DaemonSetAnnotation => {
+                update_lock_daemonset(setting, client, |ds| {
+                    ds.annotations_mut()
+                        .insert("example.com/probe".into(), value.clone());
+                })
+                .await
+            }
+            Probe::OtherNodeCordon => {
+                let nodes = Api::<Node>::all(client.clone());
+                let cordoned = unschedulable(&nodes.get(setting.b()).await?);
+                patch_node(
+                    client,
+                    setting.b(),
+                    json!({ "spec": { "unschedulable": !cordoned } }),
+                )
+                .await
+            }
+            Probe::OwnNodeLabel => {
+                let patch = json!({ "metadata": { "labels": { "example.com/probe": value } } });
+                patch_node(client, setting.a(), patch).await
+            }
+            Probe::OwnNodeAnnotation => {
+                let patch = json!({ "metadata": { "annotations": { "example.com/probe": value } } });
+                patch_node(client, setting.a(), patch).await
+            }
+        }
+    }
+}
+
+/// Appends `item` to the list at `list`, which may be absent.
+fn push(list: &mut Value, item: Value) {
+    match list.as_array_mut() {
+        Some(items) => items.push(item),
+        None => *list = json!([item]),
+    }
+}
+
+/// Reads the lock's DaemonSet with `client`, applies `change` and writes it back whole, on
+/// condition of the resourceVersion read, as the agent writes its lock: untyped, so that no field
+/// this build does not know is lost. A conflict (the DaemonSet controller writing its status
+/// meanwhile) reads again, a few times.
+async fn update_lock_daemonset(
+    setting: &Setting,
+    client: &Client,
+    change: impl Fn(&mut DynamicObject),
+) -> Result<(), kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &setting.scope().namespace,
+        &ApiResource::erase::<DaemonSet>(&()),
+    );
+    let mut attempts = 0;
+    loop {
+        let mut ds = api.get("kured").await?;
+        change(&mut ds);
+        match api.replace("kured", &PostParams::default(), &ds).await {
+            Err(kube::Error::Api(status)) if status.code == 409 && attempts < 5 => attempts += 1,
+            result => return result.map(drop),
+        }
+    }
+}
+
+async fn patch_node(client: &Client, node: &str, patch: Value) -> Result<(), kube::Error> {
+    Api::<Node>::all(client.clone())
+        .patch(node, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(drop)
+}
+
+/// Asserts that `result` is the refusal of `probe` by its policy: 403 Forbidden, naming the
+/// installed policy and binding, and saying what the write changes.
+fn assert_refused(probe: Probe, result: &Result<(), kube::Error>, setting: &Setting, policies: &Policies) {
+    let (policy, says) = probe.refusal(setting);
+    let name = policies.name(policy);
+    let named = format!("ValidatingAdmissionPolicy '{name}' with binding '{name}' denied request: ");
+    match result {
+        Err(kube::Error::Api(status)) => assert!(
+            status.code == 403 && status.message.contains(&named) && status.message.contains(&says),
+            "{probe:?}: expected a 403 saying {named}{says}...; got {} {}: {}",
+            status.code,
+            status.reason,
+            status.message
+        ),
+        other => panic!("{probe:?}: expected the refusal of {name}, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+
+#[tokio::test]
+async fn the_policies_refuse_what_a_stolen_token_could_do_and_allow_the_lock_and_the_admin() {
+    let setting = Setting::new("admission-refuse").await;
+    let scope = setting.scope();
+
+    // Before: deploy/kured.yaml's RBAC lets the token make every one of these writes.
+    for probe in Probe::ALL {
+        probe
+            .write(&setting, &setting.client)
+            .await
+            .unwrap_or_else(|e| panic!("without the policies, {probe:?} is accepted: {e}"));
+    }
+
+    let policies = Policies::install(scope, &Flags::default()).await;
+    setting.until_enforced(&policies).await;
+    for probe in Probe::ALL {
+        let result = probe.write(&setting, &setting.client).await;
+        assert_refused(probe, &result, &setting, &policies);
+    }
+
+    // The lock's writes, taking it and releasing it, as the agent makes them.
+    for lock in [Some(held_by(setting.a())), None] {
+        update_lock_daemonset(&setting, &setting.client, |ds| {
+            let annotations = ds.annotations_mut();
+            match &lock {
+                Some(text) => annotations.insert(LOCK_ANNOTATION.into(), text.clone()),
+                None => annotations.remove(LOCK_ANNOTATION),
+            };
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the lock's write ({lock:?}) is allowed: {e}"));
+        assert_eq!(read_lock(scope).await, lock);
+    }
+
+    // The admin is not the agents' ServiceAccount: the policies do not look at its writes.
+    for probe in Probe::ALL {
+        probe
+            .write(&setting, &scope.client)
+            .await
+            .unwrap_or_else(|e| panic!("the admin's {probe:?} is accepted: {e}"));
+    }
+
+    // A token bound to no pod names no node: it is held to the same fields, on any node.
+    let unbound = client_from_kubeconfig(&setting.fleet.agents.kubeconfig).await;
+    Probe::OtherNodeCordon
+        .write(&setting, &unbound)
+        .await
+        .unwrap_or_else(|e| panic!("an unbound token may cordon another node: {e}"));
+    let label = json!({ "metadata": { "labels": { "example.com/probe": fresh() } } });
+    match patch_node(&unbound, setting.b(), label).await {
+        Err(kube::Error::Api(status)) => assert!(
+            status.code == 403
+                && status
+                    .message
+                    .contains(&format!("'{}'", policies.name(NODE_POLICY)))
+                && status
+                    .message
+                    .contains("this write changes label example.com/probe"),
+            "{}: {}",
+            status.code,
+            status.message
+        ),
+        other => panic!("a foreign label on node B from an unbound token: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn under_the_policies_a_node_goes_through_a_whole_reboot_cycle_with_its_pod_bound_token() {
+    let setting = Setting::new("admission-cycle").await;
+    let (scope, a, b) = (setting.scope(), setting.a(), setting.b());
+    let flags = Flags {
+        taint: Some(WAITING_TAINT),
+        labels: &[BEFORE_LABEL.0, AFTER_LABEL.0],
+    };
+    let policies = Policies::install(scope, &flags).await;
+    setting.until_enforced(&policies).await;
+
+    // Something to drain, and node B holding the lock, so that the agent waits for it, tainted.
+    create_deployment(scope, "web", 1, Some(a)).await;
+    running_on(scope, "app=web", &[a]).await;
+    write_lock(scope, Some(&held_by(b))).await;
+    let observer = Observer::start(scope, 1, &[]).await;
+    let before = format!("--pre-reboot-node-labels={}={}", BEFORE_LABEL.0, BEFORE_LABEL.1);
+    let after = format!("--post-reboot-node-labels={}={}", AFTER_LABEL.0, AFTER_LABEL.1);
+    let taint = format!("--prefer-no-schedule-taint={WAITING_TAINT}");
+    let sims = vec![SimulatedNode::start_as(
+        scope,
+        a,
+        &setting.kubeconfig,
+        &[
+            "--reboot-method=signal",
+            "--annotate-nodes",
+            &before,
+            &after,
+            &taint,
+        ],
+    )];
+    let sim = &sims[0];
+    eventually(
+        "the agent to wait for the lock, tainted",
+        Duration::from_secs(30),
+        || async {
+            let waiting = sim
+                .log()
+                .contains("\"msg\":\"reboot required; waiting for the lock\"");
+            (waiting && has_taint(&scope.node(a).await)).then_some(())
+        },
+    )
+    .await;
+    write_lock(scope, None).await;
+    observer
+        .assert_each_rebooted_once(&sims, Duration::from_secs(180))
+        .await;
+
+    let log = sim.log();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("denied request") || l.to_lowercase().contains("forbidden"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the agent was refused:\n{}",
+        refused.join("\n")
+    );
+    for step in [
+        "\"msg\":\"PreferNoSchedule taint added\"",
+        "\"msg\":\"lock acquired\"",
+        "\"msg\":\"labels set\"",
+        "\"msg\":\"annotated reboot in progress\"",
+        "\"msg\":\"cordoned\"",
+        "\"msg\":\"drained\"",
+        "\"msg\":\"uncordoned\"",
+        "\"msg\":\"removed reboot-in-progress annotation\"",
+        "\"msg\":\"PreferNoSchedule taint removed\"",
+        "\"msg\":\"lock released\"",
+    ] {
+        assert!(log.contains(step), "no {step} in the agent's log:\n{log}");
+    }
+    let node = scope.node(a).await;
+    for (key, value) in [BEFORE_LABEL, AFTER_LABEL] {
+        assert_eq!(
+            node.labels().get(key).map(String::as_str),
+            Some(value),
+            "label {key}"
+        );
+    }
+    let annotations = node.annotations();
+    assert!(annotations.contains_key("weave.works/kured-most-recent-reboot-needed"));
+    assert!(annotations.contains_key(STATE_ANNOTATION));
+    assert!(!annotations.contains_key("weave.works/kured-reboot-in-progress"));
+    assert!(!annotations.contains_key("kured.dev/cordoned"));
+    assert!(!has_taint(&node) && !unschedulable(&node), "{:?}", node.spec);
+
+    // The token's pod lived through the cycle, and the policies were in force to the end.
+    let pod = running_on(scope, "app=agent", &[a]).await.remove(0);
+    assert_eq!(pod.uid(), setting.token_pod.uid());
+    let last = Probe::OwnNodeAnnotation.write(&setting, &setting.client).await;
+    assert_refused(Probe::OwnNodeAnnotation, &last, &setting, &policies);
+}
+
+fn has_taint(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|ts| {
+            ts.iter()
+                .any(|t| t.key == WAITING_TAINT && t.effect == "PreferNoSchedule")
+        })
+}
