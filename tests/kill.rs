@@ -258,7 +258,9 @@ async fn a_rolling_reboot_with_agents_killed_every_few_seconds() {
         if tokio::time::Instant::now() >= deadline {
             // Fails, naming what is unfinished, with node-init's events and the agents' logs.
             observer.assert_each_rebooted_once(&sims, Duration::ZERO).await;
-            panic!("the rollout did not finish within 300s under kills, yet the observer saw it settled: {now:?}");
+            panic!(
+                "the rollout did not finish within 300s under kills, yet the observer saw it settled: {now:?}"
+            );
         }
         let holders: Vec<&SimulatedNode> = sims.iter().filter(|s| now.holds(&s.name)).collect();
         let victim = if kills % 2 == 0 && !holders.is_empty() {
