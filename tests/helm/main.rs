@@ -11,12 +11,16 @@
 //! - the reboot method and the sentinel choose the security context and the hostPath volume;
 //!   notification URLs come from a value or a Secret, never both; a ServiceMonitor without the
 //!   Prometheus Operator's API stops rendering with a message saying so;
+//! - the admission policies render only where the cluster serves ValidatingAdmissionPolicy: with
+//!   default values exactly deploy/kured-admission-policy.yaml, otherwise with the release's names,
+//!   account and agent settings, and the API server accepts them;
 //! - applied to the test cluster, in a scope of its own, the DaemonSets' pods run on the scope's kwok
 //!   nodes, and each release's ServiceAccount may do what the agent needs and nothing more: its
 //!   own lock, not another release's.
 //!
 //! By subject: [`values`] (lint, schema, flags), [`defaults`], [`representative`], [`options`]
-//! (what single values choose) and [`cluster`], all rendering through [`render`].
+//! (what single values choose), [`admission`] (the policies) and [`cluster`], all rendering
+//! through [`render`].
 //!
 //! Needs helm (`testenv/build`); the tests in [`cluster`] need the test cluster (`scripts/testcluster up`)
 //! and kubectl.
@@ -24,6 +28,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admission;
 mod cluster;
 mod defaults;
 mod options;

@@ -138,6 +138,11 @@ impl Rendered {
             .collect()
     }
 
+    /// Every object of `kind`, in order.
+    pub fn all(&self, kind: &str) -> Vec<&Value> {
+        self.objects.iter().filter(|o| o["kind"] == kind).collect()
+    }
+
     pub fn has(&self, kind: &str) -> bool {
         self.objects.iter().any(|o| o["kind"] == kind)
     }
