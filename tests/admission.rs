@@ -26,7 +26,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use support::agents::Fleet;
 use support::cluster::{client_from_kubeconfig, delete_cluster_wide, kubectl};
-use support::nodes::unschedulable;
+use support::nodes::{has_prefer_no_schedule_taint, unschedulable};
 use support::objects::{create_daemonset, create_deployment, pod_template, running_on};
 use support::observer::{LOCK_ANNOTATION, Observer, STATE_ANNOTATION, held_by, read_lock, write_lock};
 use support::rbac::pod_bound_kubeconfig;
@@ -429,21 +429,25 @@ async fn patch_node(client: &Client, node: &str, patch: Value) -> Result<(), kub
         .map(drop)
 }
 
-/// Asserts that `result` is the refusal of `probe` by its policy: 403 Forbidden, naming the
-/// installed policy and binding, and saying what the write changes.
+/// Asserts that `result` is the refusal of `probe` by its policy: see [`assert_refused_by`].
 fn assert_refused(probe: Probe, result: &Result<(), kube::Error>, setting: &Setting, policies: &Policies) {
     let (policy, says) = probe.refusal(setting);
-    let name = policies.name(policy);
+    assert_refused_by(&format!("{probe:?}"), result, &policies.name(policy), &says);
+}
+
+/// Asserts that `result`, of the write `what`, is a refusal by installed policy `name`: 403
+/// Forbidden, naming the policy and its binding, and saying `says`.
+fn assert_refused_by(what: &str, result: &Result<(), kube::Error>, name: &str, says: &str) {
     let named = format!("ValidatingAdmissionPolicy '{name}' with binding '{name}' denied request: ");
     match result {
         Err(kube::Error::Api(status)) => assert!(
-            status.code == 403 && status.message.contains(&named) && status.message.contains(&says),
-            "{probe:?}: expected a 403 saying {named}{says}...; got {} {}: {}",
+            status.code == 403 && status.message.contains(&named) && status.message.contains(says),
+            "{what}: expected a 403 saying {named}{says}...; got {} {}: {}",
             status.code,
             status.reason,
             status.message
         ),
-        other => panic!("{probe:?}: expected the refusal of {name}, got {other:?}"),
+        other => panic!("{what}: expected the refusal of {name}, got {other:?}"),
     }
 }
 
@@ -499,21 +503,16 @@ async fn the_policies_refuse_what_a_stolen_token_could_do_and_allow_the_lock_and
         .await
         .unwrap_or_else(|e| panic!("an unbound token may cordon another node: {e}"));
     let label = json!({ "metadata": { "labels": { "example.com/probe": fresh() } } });
-    match patch_node(&unbound, setting.b(), label).await {
-        Err(kube::Error::Api(status)) => assert!(
-            status.code == 403
-                && status
-                    .message
-                    .contains(&format!("'{}'", policies.name(NODE_POLICY)))
-                && status
-                    .message
-                    .contains("this write changes label example.com/probe"),
-            "{}: {}",
-            status.code,
-            status.message
-        ),
-        other => panic!("a foreign label on node B from an unbound token: {other:?}"),
-    }
+    let says = format!(
+        "kured may change spec.unschedulable, its own taint, labels and annotations of Node {} and nothing else; this write changes label example.com/probe",
+        setting.b()
+    );
+    assert_refused_by(
+        "a foreign label on node B from an unbound token",
+        &patch_node(&unbound, setting.b(), label).await,
+        &policies.name(NODE_POLICY),
+        &says,
+    );
 }
 
 #[tokio::test]
@@ -548,17 +547,7 @@ async fn under_the_policies_a_node_goes_through_a_whole_reboot_cycle_with_its_po
         ],
     )];
     let sim = &sims[0];
-    eventually(
-        "the agent to wait for the lock, tainted",
-        Duration::from_secs(30),
-        || async {
-            let waiting = sim
-                .log()
-                .contains("\"msg\":\"reboot required; waiting for the lock\"");
-            (waiting && has_taint(&scope.node(a).await)).then_some(())
-        },
-    )
-    .await;
+    sim.waiting_for_lock_tainted(scope, WAITING_TAINT).await;
     write_lock(scope, None).await;
     observer
         .assert_each_rebooted_once(&sims, Duration::from_secs(180))
@@ -601,21 +590,15 @@ async fn under_the_policies_a_node_goes_through_a_whole_reboot_cycle_with_its_po
     assert!(annotations.contains_key(STATE_ANNOTATION));
     assert!(!annotations.contains_key("weave.works/kured-reboot-in-progress"));
     assert!(!annotations.contains_key("kured.dev/cordoned"));
-    assert!(!has_taint(&node) && !unschedulable(&node), "{:?}", node.spec);
+    assert!(
+        !has_prefer_no_schedule_taint(&node, WAITING_TAINT) && !unschedulable(&node),
+        "{:?}",
+        node.spec
+    );
 
     // The token's pod lived through the cycle, and the policies were in force to the end.
     let pod = running_on(scope, "app=agent", &[a]).await.remove(0);
     assert_eq!(pod.uid(), setting.token_pod.uid());
     let last = Probe::OwnNodeAnnotation.write(&setting, &setting.client).await;
     assert_refused(Probe::OwnNodeAnnotation, &last, &setting, &policies);
-}
-
-fn has_taint(node: &Node) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|ts| {
-            ts.iter()
-                .any(|t| t.key == WAITING_TAINT && t.effect == "PreferNoSchedule")
-        })
 }

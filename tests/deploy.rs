@@ -25,7 +25,7 @@ use kube::ResourceExt;
 use serde_json::json;
 use support::cli::agent_accepts;
 use support::cluster::{delete_cluster_rbac, kubectl};
-use support::nodes::{boot_id, unschedulable};
+use support::nodes::{boot_id, has_prefer_no_schedule_taint, unschedulable};
 use support::objects::{create_daemonset, create_deployment, create_pdb, pod_template, running_on};
 use support::observer::{held_by, read_lock, write_lock};
 use support::rbac::service_account_client;
@@ -498,13 +498,6 @@ impl Drop for Isolated {
 /// The `--prefer-no-schedule-taint` the full-cycle tests give the agent.
 const WAITING_TAINT: &str = "kured.test/waiting";
 
-fn has_taint(node: &Node, key: &str) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|ts| ts.iter().any(|t| t.key == key && t.effect == "PreferNoSchedule"))
-}
-
 /// A scope with two kwok nodes and what a drain of node 0 meets in a real cluster, with the
 /// manifest applied (isolated) and the agent's kubeconfig holding only the ServiceAccount's token:
 /// - the kured DaemonSet's pods on both nodes (the drain leaves its own pod alone);
@@ -594,17 +587,7 @@ async fn full_cycle_with_the_manifests_rbac(manifest: &Manifest, test: &str) {
             &format!("--prefer-no-schedule-taint={WAITING_TAINT}"),
         ],
     );
-    eventually(
-        "the agent to wait for the lock, tainted",
-        Duration::from_secs(30),
-        || async {
-            let waiting = sim
-                .log()
-                .contains("\"msg\":\"reboot required; waiting for the lock\"");
-            (waiting && has_taint(&cluster.node(0).await, WAITING_TAINT)).then_some(())
-        },
-    )
-    .await;
+    sim.waiting_for_lock_tainted(&cluster.scope, WAITING_TAINT).await;
     write_lock(&cluster.scope, None).await;
     // Refused by web's budget.
     sim.logged(
@@ -667,7 +650,7 @@ async fn full_cycle_with_the_manifests_rbac(manifest: &Manifest, test: &str) {
     assert!(node.annotations().contains_key(MOST_RECENT_REBOOT_NEEDED));
     assert!(!node.annotations().contains_key(REBOOT_IN_PROGRESS));
     assert!(
-        !has_taint(&node, WAITING_TAINT),
+        !has_prefer_no_schedule_taint(&node, WAITING_TAINT),
         "the waiting taint is gone: {:?}",
         node.spec
     );

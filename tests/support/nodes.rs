@@ -130,3 +130,11 @@ pub fn boot_id(node: &Node) -> String {
 pub fn unschedulable(node: &Node) -> bool {
     node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
 }
+
+/// Whether the node carries the taint `key` with effect PreferNoSchedule (`--prefer-no-schedule-taint`).
+pub fn has_prefer_no_schedule_taint(node: &Node, key: &str) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|ts| ts.iter().any(|t| t.key == key && t.effect == "PreferNoSchedule"))
+}

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::cluster::{kubeconfig_path, repo};
+use super::nodes::has_prefer_no_schedule_taint;
 use super::scope::Scope;
 use super::wait::{eventually, eventually_or};
 
@@ -331,6 +332,23 @@ impl SimulatedNode {
             },
         )
         .await
+    }
+
+    /// Waits, for at most 30 s, until the agent has logged that it waits for the lock and its Node
+    /// carries the `--prefer-no-schedule-taint` taint `key`.
+    pub async fn waiting_for_lock_tainted(&self, scope: &Scope, key: &str) {
+        eventually(
+            "the agent to wait for the lock, tainted",
+            Duration::from_secs(30),
+            || async {
+                let waiting = self
+                    .log()
+                    .contains("\"msg\":\"reboot required; waiting for the lock\"");
+                let node = scope.node(&self.name).await;
+                (waiting && has_prefer_no_schedule_taint(&node, key)).then_some(())
+            },
+        )
+        .await;
     }
 
     /// The last `lines` events node-init recorded, for a failure report.
