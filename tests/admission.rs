@@ -2,8 +2,9 @@
 //! with deploy/kured.yaml's RBAC and a token bound to a pod on node A, as the kubelet mounts it:
 //! - refused, with a 403 naming the policy and what the write changes: a hostPath volume of `/` in
 //!   the DaemonSet's pod template, a label or a foreign annotation on the DaemonSet, a cordon or
-//!   uncordon of another node, a foreign label or annotation on node A. The same writes from the
-//!   same token are accepted before the policies are installed, so the refusals are theirs;
+//!   uncordon of another node, a foreign label, annotation or taint on node A. The same writes
+//!   from the same token are accepted before the policies are installed, so the refusals are
+//!   theirs;
 //! - allowed: the lock's write, every write of a whole reboot cycle of a simulated node whose agent
 //!   has nothing but that token (with pre- and post-reboot labels, the waiting taint and node
 //!   annotations), and anything the admin does;
@@ -93,6 +94,40 @@ impl Policies {
         )
         .await;
         Policies { id: scope.id.clone() }
+    }
+
+    /// Waits until the API server has type-checked both policies against the types they match
+    /// (it does so after creating them), and asserts that it found nothing to warn about: a
+    /// misspelt field would only show there, as the expression evaluating to an error.
+    async fn assert_type_checked(&self) {
+        let selector = format!("{POLICY_LABEL}={}", self.id);
+        let args = [
+            "get",
+            "validatingadmissionpolicies",
+            "-l",
+            &selector,
+            "-o",
+            "json",
+        ];
+        let items = eventually("the policies' type checking", ENFORCED_WITHIN, || async {
+            let list: Value = serde_json::from_str(&kubectl(&args, "").await).ok()?;
+            let items = list["items"].as_array()?.clone();
+            let checked = items.len() == 2
+                && items.iter().all(|p| {
+                    p["status"]["observedGeneration"] == p["metadata"]["generation"]
+                        && p["status"].get("typeChecking").is_some()
+                });
+            checked.then_some(items)
+        })
+        .await;
+        for policy in items {
+            assert_eq!(
+                policy["status"]["typeChecking"]["expressionWarnings"],
+                Value::Null,
+                "{}: type-checking warnings",
+                policy["metadata"]["name"]
+            );
+        }
     }
 
     /// The installed name of shipped policy `policy`, and of its binding.
@@ -272,6 +307,7 @@ impl Setting {
             .await;
             assert_refused(probe, &Err(refused), self, policies);
         }
+        policies.assert_type_checked().await;
     }
 }
 
@@ -295,16 +331,19 @@ enum Probe {
     OtherNodeCordon,
     OwnNodeLabel,
     OwnNodeAnnotation,
+    /// A NoSchedule taint of its own on node A, beside the others.
+    OwnNodeTaint,
 }
 
 impl Probe {
-    const ALL: [Probe; 6] = [
+    const ALL: [Probe; 7] = [
         Probe::HostPathVolume,
         Probe::DaemonSetLabel,
         Probe::DaemonSetAnnotation,
         Probe::OtherNodeCordon,
         Probe::OwnNodeLabel,
         Probe::OwnNodeAnnotation,
+        Probe::OwnNodeTaint,
     ];
 
     /// The shipped policy that refuses it, and what its refusal says.
@@ -331,6 +370,7 @@ impl Probe {
             ),
             Probe::OwnNodeLabel => (NODE_POLICY, format!("{own}label example.com/probe")),
             Probe::OwnNodeAnnotation => (NODE_POLICY, format!("{own}annotation example.com/probe")),
+            Probe::OwnNodeTaint => (NODE_POLICY, format!("{own}spec.taints")),
         }
     }
 
@@ -383,6 +423,19 @@ impl Probe {
             }
             Probe::OwnNodeAnnotation => {
                 let patch = json!({ "metadata": { "annotations": { "example.com/probe": value } } });
+                patch_node(client, setting.a(), patch).await
+            }
+            Probe::OwnNodeTaint => {
+                let node = Api::<Node>::all(client.clone()).get(setting.a()).await?;
+                let mut taints = json!(node.spec.and_then(|s| s.taints).unwrap_or_default());
+                push(
+                    &mut taints,
+                    json!({ "key": format!("example.com/probe-{value}"), "effect": "NoSchedule" }),
+                );
+                let patch = json!({
+                    "metadata": { "resourceVersion": node.metadata.resource_version },
+                    "spec": { "taints": taints },
+                });
                 patch_node(client, setting.a(), patch).await
             }
         }
