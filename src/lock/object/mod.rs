@@ -120,6 +120,10 @@ pub struct ObjectLock {
     other_checked: AtomicBool,
     /// That the other object cannot be read has been logged.
     other_warned: AtomicBool,
+    /// The live holders of other nodes in the other object as last read: [`RebootLock::standing`]
+    /// counts them (it makes no request), and while there are any, every [`RebootLock::read`]
+    /// reads that object again.
+    outside: std::sync::Mutex<Vec<LockEntry>>,
 }
 
 impl Drop for ObjectLock {
@@ -151,6 +155,7 @@ impl ObjectLock {
             other: None,
             other_checked: AtomicBool::new(false),
             other_warned: AtomicBool::new(false),
+            outside: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -395,7 +400,7 @@ impl ObjectLock {
         let now = (self.clock)();
         let record = record::read(snapshot.annotation())
             .map_err(|source| other.record_error(snapshot.annotation(), source))?;
-        Ok(record
+        let outside: Vec<LockEntry> = record
             .map(|r| {
                 r.holders(now)
                     .into_iter()
@@ -403,7 +408,15 @@ impl ObjectLock {
                     .cloned()
                     .collect()
             })
-            .unwrap_or_default())
+            .unwrap_or_default();
+        *self.outside.lock().unwrap_or_else(|e| e.into_inner()) = outside.clone();
+        Ok(outside)
+    }
+
+    /// The other object's holders as last read, those still live at `now`.
+    fn outside_at(&self, now: Timestamp) -> Vec<LockEntry> {
+        let outside = self.outside.lock().unwrap_or_else(|e| e.into_inner());
+        outside.iter().filter(|e| !e.is_expired(now)).cloned().collect()
     }
 
     /// The other object as the API server has it now; `None` when it does not exist or we may
@@ -532,6 +545,9 @@ impl RebootLock for ObjectLock {
 
     async fn read(&self) -> Result<LockState> {
         self.adopt_from_other().await?;
+        if !self.outside_at((self.clock)()).is_empty() {
+            self.holders_beside().await?;
+        }
         let snapshot = self.snapshot().await?;
         let record = record::read(snapshot.annotation())
             .map_err(|source| self.record_error(snapshot.annotation(), source))?;
@@ -551,15 +567,17 @@ impl RebootLock for ObjectLock {
                 .or_else(|| record.entries().iter().find(|e| &e.node_id == node_id))
                 .cloned()
         });
-        let slot = match record::decide_acquire(current, &self.settings, &Claim::default(), now)
-            .map_err(error)?
-            .outcome
-        {
-            Acquire::Blocked {
-                holders, next_expiry, ..
-            } => Slot::Taken { holders, next_expiry },
-            Acquire::Acquired(_) | Acquire::AlreadyHeld(_) => Slot::Free,
-        };
+        let outside = self.outside_at(now);
+        let slot =
+            match record::decide_acquire_beside(current, &outside, &self.settings, &Claim::default(), now)
+                .map_err(error)?
+                .outcome
+            {
+                Acquire::Blocked {
+                    holders, next_expiry, ..
+                } => Slot::Taken { holders, next_expiry },
+                Acquire::Acquired(_) | Acquire::AlreadyHeld(_) => Slot::Free,
+            };
         Ok(Standing { own, slot })
     }
 
