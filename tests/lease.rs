@@ -11,13 +11,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 use serde_json::json;
 use support::access;
 use support::agents::Fleet;
-use support::cluster::client_from_kubeconfig;
+use support::cluster::{client_from_kubeconfig, kubectl};
 use support::objects::{create_deployment_of, create_pdb, pod_template, running_on, set_min_available};
 use support::observer::{LOCK_ANNOTATION, Observer, Snapshot, lock_holders};
 use support::rbac::{bind_role, lease_rules};
@@ -53,16 +52,11 @@ async fn rbac_in_effect(fleet: &Fleet, daemonset_update: bool) {
 async fn lease_fleet(test: &str, nodes: usize) -> Fleet {
     let fleet = Fleet::new(test, nodes).await;
     let scope = &fleet.scope;
-    scope
-        .api::<RoleBinding>()
-        .delete("kured", &DeleteParams::default())
-        .await
-        .expect("deleting the manifest's RoleBinding");
-    scope
-        .api::<Role>()
-        .delete("kured", &DeleteParams::default())
-        .await
-        .expect("deleting the manifest's Role");
+    kubectl(
+        &["-n", &scope.namespace, "delete", "rolebinding,role", "kured"],
+        "",
+    )
+    .await;
     bind_role(scope, "kured-lease", "kured", lease_rules()).await;
     rbac_in_effect(&fleet, false).await;
     fleet
@@ -138,11 +132,7 @@ async fn a_rolling_reboot_on_the_lease_with_no_write_on_daemonsets() {
         fleet.names.len(),
         "every node held the Lease"
     );
-    assert!(
-        observer.max_cordoned_by_kured() == 2,
-        "concurrency 2 was used: at most {} cordoned at once",
-        observer.max_cordoned_by_kured()
-    );
+    observer.assert_concurrency_used(2);
 }
 
 /// The DaemonSet's rolling update that sets `--lock-backend=lease`, while one node holds the

@@ -435,6 +435,16 @@ impl Observer {
         self.seen().max_cordoned_by_kured
     }
 
+    /// Asserts that `concurrency` nodes were cordoned by kured at once at some point: a test of
+    /// that concurrency used it.
+    pub fn assert_concurrency_used(&self, concurrency: usize) {
+        let most = self.max_cordoned_by_kured();
+        assert!(
+            most == concurrency,
+            "concurrency {concurrency} was used: at most {most} cordoned at once"
+        );
+    }
+
     /// The most lock holders at once so far.
     pub fn max_holders(&self) -> usize {
         self.seen().max_holders
