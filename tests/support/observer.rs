@@ -609,10 +609,10 @@ impl Observer {
         ] {
             match lock {
                 Some(text) if !holders.is_empty() => {
-                    pending.push(format!("the {kind}'s lock is held: {text}"))
+                    pending.push(format!("the lock is held on the {kind}: {text}"))
                 }
                 Some(text) => pending.push(format!(
-                    "the {kind}'s lock annotation is left, with no holder: {text}"
+                    "the lock annotation is left on the {kind}, with no holder: {text}"
                 )),
                 None => {}
             }
