@@ -291,11 +291,7 @@ async fn a_rolling_reboot_with_agents_killed_every_few_seconds() {
     observer
         .assert_each_rebooted_once(&sims, Duration::from_secs(180))
         .await;
-    assert!(
-        observer.max_cordoned_by_kured() == 2,
-        "concurrency 2 was used: at most {} cordoned at once",
-        observer.max_cordoned_by_kured()
-    );
+    observer.assert_concurrency_used(2);
 }
 
 /// A kubelet stopping the pod mid-drain (a DaemonSet update) sends SIGTERM: the agent ends the

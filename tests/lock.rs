@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kured::duration::GoDuration;
 use kured::lock::record::Change;
@@ -18,10 +19,11 @@ use kured::lock::{
     RebootLock, Release,
 };
 use serde_json::json;
+use support::access;
 use support::cluster::admin_client;
 use support::objects::scope_with_lock;
-use support::observer::{LOCK_ANNOTATION, Observer, read_lock, upstream_entry, write_lock};
-use support::rbac::service_account_with_role;
+use support::observer::{LOCK_ANNOTATION, Observer, read_lock_in, upstream_entry, write_lock_in};
+use support::rbac::{lease_rules, service_account_with_role};
 use support::scope::Scope;
 use support::wait::{eventually, wait_for};
 
@@ -52,18 +54,46 @@ async fn live_entry(lock: &ObjectLock, node: &str) -> Result<Option<LockEntry>, 
         .and_then(|record| record.held_by(node, Timestamp::now()).cloned()))
 }
 
-fn lock_with(client: Client, scope: &Scope, settings: LockSettings) -> ObjectLock {
-    let object = LockObject {
-        backend: Backend::DaemonSet,
-        namespace: scope.namespace.clone(),
-        name: DS.to_owned(),
-        annotation: LOCK_ANNOTATION.to_owned(),
-    };
-    ObjectLock::new(client, &object, settings)
+/// One case's scope with the lock's DaemonSet, and the backend whose object keeps the lock.
+struct Case {
+    scope: Scope,
+    backend: Backend,
 }
 
-fn lock(scope: &Scope, node: &str, concurrency: u32) -> ObjectLock {
-    lock_with(scope.client.clone(), scope, settings(node, concurrency))
+impl Case {
+    async fn new(test: &str, backend: Backend) -> Case {
+        Case {
+            scope: scope_with_lock(test).await,
+            backend,
+        }
+    }
+
+    fn object(&self) -> LockObject {
+        LockObject {
+            backend: self.backend,
+            namespace: self.scope.namespace.clone(),
+            name: DS.to_owned(),
+            annotation: LOCK_ANNOTATION.to_owned(),
+        }
+    }
+
+    fn lock_with(&self, client: Client, settings: LockSettings) -> ObjectLock {
+        ObjectLock::new(client, &self.object(), settings)
+    }
+
+    fn lock(&self, node: &str, concurrency: u32) -> ObjectLock {
+        self.lock_with(self.scope.client.clone(), settings(node, concurrency))
+    }
+
+    /// The lock annotation as the API server has it now.
+    async fn read(&self) -> Option<String> {
+        read_lock_in(&self.scope, self.backend).await
+    }
+
+    /// Sets the lock annotation, as an operator would.
+    async fn write(&self, text: Option<&str>) {
+        write_lock_in(&self.scope, self.backend, text).await
+    }
 }
 
 fn node_ids(holders: &[kured::lock::LockEntry]) -> Vec<&str> {
@@ -100,23 +130,58 @@ async fn expect_blocked(lock: &ObjectLock) -> (Vec<String>, u32) {
     }
 }
 
+/// Runs each lock case on both backends, as `<case>::daemonset` and `<case>::lease`: the lock
+/// means the same on the DaemonSet and on the Lease.
+macro_rules! on_both_backends {
+    ($($([$($runtime:tt)*])? $case:ident;)*) => {$(
+        mod $case {
+            use super::*;
+
+            #[tokio::test$(($($runtime)*))?]
+            async fn daemonset() {
+                super::$case(Backend::DaemonSet).await;
+            }
+
+            #[tokio::test$(($($runtime)*))?]
+            async fn lease() {
+                super::$case(Backend::Lease).await;
+            }
+        }
+    )*};
+}
+
+on_both_backends! {
+    [flavor = "multi_thread", worker_threads = 4]
+    twenty_agents_at_concurrency_1_hold_the_lock_one_at_a_time;
+    [flavor = "multi_thread", worker_threads = 4]
+    twenty_agents_at_concurrency_3_hold_it_at_most_three_at_a_time;
+    an_abandoned_lock_is_taken_over_after_its_ttl_and_not_before;
+    the_release_delay_survives_an_agent_restart;
+    upstream_single_form_blocks_at_every_concurrency_until_it_expires;
+    upstream_multi_form_limits_every_concurrency;
+    a_manual_lock_blocks_every_agent;
+    what_we_write_is_byte_identical_to_upstream;
+    a_corrupt_annotation_is_reported_and_never_overwritten;
+    of_two_writes_based_on_the_same_read_exactly_one_wins;
+    a_waiting_agent_sees_a_freed_lock_at_once;
+}
+
 /// Twenty agents, each with a client of its own, try again and again to take the lock, hold it
 /// briefly and release it, until each has held it once. The shared observer checks every version
 /// of the annotation it sees against the limit.
-async fn contention(test: &str, concurrency: u32) {
+async fn contention(test: &str, backend: Backend, concurrency: u32) {
     const AGENTS: usize = 20;
-    let scope = scope_with_lock(test).await;
+    let case = Case::new(test, backend).await;
 
-    let observer = Observer::start(&scope, concurrency as usize, &[]).await;
+    let observer = Observer::start(&case.scope, concurrency as usize, &[]).await;
 
     let started = Instant::now();
     let contended = Arc::new(AtomicUsize::new(0));
     let mut agents = Vec::new();
     for i in 0..AGENTS {
-        let lock = lock_with(
+        let lock = case.lock_with(
             admin_client().await,
-            &scope,
-            settings(&scope.node_name(i), concurrency),
+            settings(&case.scope.node_name(i), concurrency),
         );
         let contended = contended.clone();
         agents.push(tokio::spawn(async move {
@@ -178,7 +243,7 @@ async fn contention(test: &str, concurrency: u32) {
     // version before.
     observer
         .until("the lock to be free", Duration::from_secs(10), |s| {
-            s.lock.is_none()
+            s.lock.is_none() && s.lease_lock.is_none()
         })
         .await;
 
@@ -200,26 +265,22 @@ async fn contention(test: &str, concurrency: u32) {
         all,
         "the observer saw every agent hold the lock"
     );
-    assert_eq!(read_lock(&scope).await, None, "the lock is free at the end");
+    assert_eq!(case.read().await, None, "the lock is free at the end");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twenty_agents_at_concurrency_1_hold_the_lock_one_at_a_time() {
-    contention("lock-c1", 1).await;
+async fn twenty_agents_at_concurrency_1_hold_the_lock_one_at_a_time(backend: Backend) {
+    contention("lock-c1", backend, 1).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twenty_agents_at_concurrency_3_hold_it_at_most_three_at_a_time() {
-    contention("lock-c3", 3).await;
+async fn twenty_agents_at_concurrency_3_hold_it_at_most_three_at_a_time(backend: Backend) {
+    contention("lock-c3", backend, 3).await;
 }
 
-#[tokio::test]
-async fn an_abandoned_lock_is_taken_over_after_its_ttl_and_not_before() {
-    let scope = scope_with_lock("lock-ttl").await;
+async fn an_abandoned_lock_is_taken_over_after_its_ttl_and_not_before(backend: Backend) {
+    let case = Case::new("lock-ttl", backend).await;
     let ttl = Duration::from_secs(2);
-    let gone = lock_with(
-        scope.client.clone(),
-        &scope,
+    let gone = case.lock_with(
+        case.scope.client.clone(),
         LockSettings {
             ttl: GoDuration::from_std(ttl).expect("a small duration"),
             ..settings("gone", 1)
@@ -230,7 +291,7 @@ async fn an_abandoned_lock_is_taken_over_after_its_ttl_and_not_before() {
     };
     let expires = entry.created.expect("created is set") + SignedDuration::try_from(ttl).expect("fits");
 
-    let next = lock(&scope, "next", 1);
+    let next = case.lock("next", 1);
     let mut blocked = 0;
     let taken_at = loop {
         match next.acquire(&Claim::default()).await.expect("acquiring") {
@@ -274,13 +335,11 @@ async fn an_abandoned_lock_is_taken_over_after_its_ttl_and_not_before() {
     );
 }
 
-#[tokio::test]
-async fn the_release_delay_survives_an_agent_restart() {
-    let scope = scope_with_lock("lock-delay").await;
+async fn the_release_delay_survives_an_agent_restart(backend: Backend) {
+    let case = Case::new("lock-delay", backend).await;
     let delay = Duration::from_secs(3);
-    let first = lock_with(
-        scope.client.clone(),
-        &scope,
+    let first = case.lock_with(
+        case.scope.client.clone(),
         LockSettings {
             release_delay: delay,
             ..settings("rebooted", 1)
@@ -303,7 +362,7 @@ async fn the_release_delay_survives_an_agent_restart() {
     drop(first);
 
     // The restarted agent: a new client, a new lock, and no delay configured any more.
-    let restarted = lock_with(admin_client().await, &scope, settings("rebooted", 1));
+    let restarted = case.lock_with(admin_client().await, settings("rebooted", 1));
     let entry = live_entry(&restarted, "rebooted")
         .await
         .expect("reading")
@@ -316,10 +375,10 @@ async fn the_release_delay_survives_an_agent_restart() {
         Acquire::AlreadyHeld(_)
     ));
 
-    let other = lock(&scope, "other", 1);
+    let other = case.lock("other", 1);
     assert_eq!(expect_blocked(&other).await, (vec!["rebooted".to_owned()], 1));
 
-    let before = read_lock(&scope).await;
+    let before = case.read().await;
     assert!(
         Timestamp::now() < after,
         "the test got here too slowly to check an early release"
@@ -328,26 +387,21 @@ async fn the_release_delay_survives_an_agent_restart() {
         restarted.release().await.expect("releasing"),
         Release::NotBefore(after)
     );
-    assert_eq!(
-        read_lock(&scope).await,
-        before,
-        "an early release changes nothing"
-    );
+    assert_eq!(case.read().await, before, "an early release changes nothing");
     assert_eq!(expect_blocked(&other).await.0, ["rebooted"]);
 
     tokio::time::sleep(until(after)).await;
     assert_eq!(restarted.release().await.expect("releasing"), Release::Released);
-    assert_eq!(read_lock(&scope).await, None);
+    assert_eq!(case.read().await, None);
     expect_acquired(&other, &Claim::default()).await;
 }
 
-#[tokio::test]
-async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires() {
-    let scope = scope_with_lock("lock-up1").await;
+async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires(backend: Backend) {
+    let case = Case::new("lock-up1", backend).await;
     let live = upstream_entry("upstream-1", &minute_ago(), 0);
-    write_lock(&scope, Some(&live)).await;
+    case.write(Some(&live)).await;
     for concurrency in [1, 3] {
-        let ours = lock(&scope, "ours", concurrency);
+        let ours = case.lock("ours", concurrency);
         assert_eq!(
             expect_blocked(&ours).await,
             (vec!["upstream-1".to_owned()], 1),
@@ -356,55 +410,45 @@ async fn upstream_single_form_blocks_at_every_concurrency_until_it_expires() {
         assert_eq!(ours.release().await.expect("releasing"), Release::NotHeld);
     }
     assert_eq!(
-        read_lock(&scope).await.as_deref(),
+        case.read().await.as_deref(),
         Some(live.as_str()),
         "left as it was"
     );
 
     // Upstream's TestTtlExpired vector: created 2020-05-05T14:15:00Z with a TTL of one second.
-    write_lock(
-        &scope,
-        Some(&upstream_entry(
-            "upstream-1",
-            "2020-05-05T14:15:00Z",
-            1_000_000_000,
-        )),
-    )
+    case.write(Some(&upstream_entry(
+        "upstream-1",
+        "2020-05-05T14:15:00Z",
+        1_000_000_000,
+    )))
     .await;
-    let ours = lock(&scope, "ours", 1).with_clock(fixed_now);
+    let ours = case.lock("ours", 1).with_clock(fixed_now);
     expect_acquired(&ours, &Claim::default()).await;
-    assert_eq!(
-        read_lock(&scope).await,
-        Some(upstream_entry("ours", FIXED_NOW, 0))
-    );
+    assert_eq!(case.read().await, Some(upstream_entry("ours", FIXED_NOW, 0)));
 }
 
-#[tokio::test]
-async fn upstream_multi_form_limits_every_concurrency() {
-    let scope = scope_with_lock("lock-upm").await;
+async fn upstream_multi_form_limits_every_concurrency(backend: Backend) {
+    let case = Case::new("lock-upm", backend).await;
     let now = kured::lock::record::format_time(fixed_now());
     let n1 = upstream_entry("n1", &now, 3_600_000_000_000);
     let n2 = upstream_entry("n2", &now, 3_600_000_000_000);
     let full = format!(r#"{{"maxOwners":2,"locks":[{n1},{n2}]}}"#);
-    write_lock(&scope, Some(&full)).await;
+    case.write(Some(&full)).await;
     for concurrency in [1, 2, 3] {
-        let ours = lock(&scope, "ours", concurrency).with_clock(fixed_now);
+        let ours = case.lock("ours", concurrency).with_clock(fixed_now);
         let want = (vec!["n1".to_owned(), "n2".to_owned()], concurrency.min(2));
         assert_eq!(expect_blocked(&ours).await, want, "concurrency {concurrency}");
     }
 
     // Upstream's full_with_one_expired_lock: the expired entry makes room and is dropped.
     let expired = upstream_entry("n1", "2026-11-27T08:00:00Z", 60_000_000_000);
-    write_lock(
-        &scope,
-        Some(&format!(r#"{{"maxOwners":2,"locks":[{expired},{n2}]}}"#)),
-    )
-    .await;
-    let ours = lock(&scope, "ours", 3).with_clock(fixed_now);
+    case.write(Some(&format!(r#"{{"maxOwners":2,"locks":[{expired},{n2}]}}"#)))
+        .await;
+    let ours = case.lock("ours", 3).with_clock(fixed_now);
     expect_acquired(&ours, &Claim::default()).await;
     let ours_entry = upstream_entry("ours", FIXED_NOW, 0);
     assert_eq!(
-        read_lock(&scope).await,
+        case.read().await,
         Some(format!(r#"{{"maxOwners":2,"locks":[{n2},{ours_entry}]}}"#)),
         "their smaller maxOwners is kept while n2 holds"
     );
@@ -412,18 +456,17 @@ async fn upstream_multi_form_limits_every_concurrency() {
     // Releasing removes our entry only, and leaves upstream's bytes as they were.
     assert_eq!(ours.release().await.expect("releasing"), Release::Released);
     assert_eq!(
-        read_lock(&scope).await,
+        case.read().await,
         Some(format!(r#"{{"maxOwners":2,"locks":[{n2}]}}"#))
     );
 }
 
-#[tokio::test]
-async fn a_manual_lock_blocks_every_agent() {
-    let scope = scope_with_lock("lock-manual").await;
+async fn a_manual_lock_blocks_every_agent(backend: Backend) {
+    let case = Case::new("lock-manual", backend).await;
     let manual = r#"{"nodeID":"manual"}"#;
-    write_lock(&scope, Some(manual)).await;
+    case.write(Some(manual)).await;
     for concurrency in [1, 2, 5] {
-        let ours = lock(&scope, "ours", concurrency);
+        let ours = case.lock("ours", concurrency);
         assert_eq!(
             expect_blocked(&ours).await,
             (vec!["manual".to_owned()], 1),
@@ -431,7 +474,7 @@ async fn a_manual_lock_blocks_every_agent() {
         );
         assert_eq!(ours.release().await.expect("releasing"), Release::NotHeld);
     }
-    let state = lock(&scope, "status", 1).read().await.expect("reading");
+    let state = case.lock("status", 1).read().await.expect("reading");
     let holders: Vec<&str> = state
         .record
         .iter()
@@ -439,19 +482,19 @@ async fn a_manual_lock_blocks_every_agent() {
         .map(|e| e.node_id.as_str())
         .collect();
     assert_eq!(holders, ["manual"]);
-    assert_eq!(read_lock(&scope).await.as_deref(), Some(manual), "left as it was");
+    assert_eq!(case.read().await.as_deref(), Some(manual), "left as it was");
 
     // A hand-written entry in the multi form takes one slot, as upstream counts it.
     let manual = r#"{"maxOwners":2,"locks":[{"nodeID":"manual"}]}"#;
-    write_lock(&scope, Some(manual)).await;
+    case.write(Some(manual)).await;
     assert_eq!(
-        expect_blocked(&lock(&scope, "ours", 1)).await,
+        expect_blocked(&case.lock("ours", 1)).await,
         (vec!["manual".to_owned()], 1)
     );
-    let ours = lock(&scope, "ours", 2).with_clock(fixed_now);
+    let ours = case.lock("ours", 2).with_clock(fixed_now);
     expect_acquired(&ours, &Claim::default()).await;
     assert_eq!(
-        read_lock(&scope).await.as_deref(),
+        case.read().await.as_deref(),
         Some(concat!(
             r#"{"maxOwners":2,"locks":[{"nodeID":"manual","metadata":{"unschedulable":false},"TTL":0},"#,
             r#"{"nodeID":"ours","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0}]}"#
@@ -459,71 +502,70 @@ async fn a_manual_lock_blocks_every_agent() {
     );
     assert_eq!(ours.release().await.expect("releasing"), Release::Released);
     assert_eq!(
-        read_lock(&scope).await.as_deref(),
+        case.read().await.as_deref(),
         Some(r#"{"maxOwners":2,"locks":[{"nodeID":"manual","metadata":{"unschedulable":false},"TTL":0}]}"#),
         "the manual entry stays"
     );
 }
 
-#[tokio::test]
-async fn what_we_write_is_byte_identical_to_upstream() {
-    let scope = scope_with_lock("lock-bytes").await;
+async fn what_we_write_is_byte_identical_to_upstream(backend: Backend) {
+    let case = Case::new("lock-bytes", backend).await;
 
-    let plain = lock(&scope, "n1", 1).with_clock(fixed_now);
+    let plain = case.lock("n1", 1).with_clock(fixed_now);
     expect_acquired(&plain, &Claim::default()).await;
     assert_eq!(
-        read_lock(&scope).await.as_deref(),
+        case.read().await.as_deref(),
         Some(
             r#"{"nodeID":"n1","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0}"#
         )
     );
     assert_eq!(plain.release().await.expect("releasing"), Release::Released);
     assert_eq!(
-        read_lock(&scope).await,
+        case.read().await,
         None,
         "upstream deletes the annotation on release"
     );
 
-    let cordoned = lock_with(
-        scope.client.clone(),
-        &scope,
-        LockSettings {
-            ttl: GoDuration::from_secs(3600),
-            ..settings("n1", 1)
-        },
-    )
-    .with_clock(fixed_now);
+    let cordoned = case
+        .lock_with(
+            case.scope.client.clone(),
+            LockSettings {
+                ttl: GoDuration::from_secs(3600),
+                ..settings("n1", 1)
+            },
+        )
+        .with_clock(fixed_now);
     let claim = Claim {
         unschedulable: true,
         boot_id: None,
     };
     expect_acquired(&cordoned, &claim).await;
     assert_eq!(
-        read_lock(&scope).await.as_deref(),
+        case.read().await.as_deref(),
         Some(
             r#"{"nodeID":"n1","metadata":{"unschedulable":true},"created":"2026-11-27T09:00:00.123456789Z","TTL":3600000000000}"#
         )
     );
     assert_eq!(cordoned.release().await.expect("releasing"), Release::Released);
 
-    let multi = lock(&scope, "n2", 2).with_clock(fixed_now);
+    let multi = case.lock("n2", 2).with_clock(fixed_now);
     expect_acquired(&multi, &Claim::default()).await;
     assert_eq!(
-        read_lock(&scope).await.as_deref(),
+        case.read().await.as_deref(),
         Some(
             r#"{"maxOwners":2,"locks":[{"nodeID":"n2","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0}]}"#
         )
     );
 
     // Our own fields come after upstream's, only when set.
-    let with_boot = lock(&scope, "n3", 2).with_clock(fixed_now);
+    let with_boot = case.lock("n3", 2).with_clock(fixed_now);
     let claim = Claim {
         unschedulable: false,
         boot_id: Some("6c1f2c3a-3b2d-4a55-9d33-0b6f3f0c2a11".into()),
     };
     expect_acquired(&with_boot, &claim).await;
     assert_eq!(
-        read_lock(&scope).await.as_deref(),
+        case.read().await.as_deref(),
         Some(concat!(
             r#"{"maxOwners":2,"locks":["#,
             r#"{"nodeID":"n2","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0},"#,
@@ -533,11 +575,10 @@ async fn what_we_write_is_byte_identical_to_upstream() {
     );
 }
 
-#[tokio::test]
-async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
-    let scope = scope_with_lock("lock-corrupt").await;
-    write_lock(&scope, Some("not json")).await;
-    let ours = lock(&scope, "ours", 1);
+async fn a_corrupt_annotation_is_reported_and_never_overwritten(backend: Backend) {
+    let case = Case::new("lock-corrupt", backend).await;
+    case.write(Some("not json")).await;
+    let ours = case.lock("ours", 1);
 
     let error = ours
         .acquire(&Claim::default())
@@ -546,16 +587,13 @@ async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
     assert!(error.is_corrupt(), "{error:?}");
     let message = kured::error_chain(&error);
     assert!(
-        message.contains(&format!("DaemonSet {}/{DS}", scope.namespace)) && message.contains(LOCK_ANNOTATION),
+        message.contains(&format!("{} {}/{DS}", backend.kind(), case.scope.namespace))
+            && message.contains(LOCK_ANNOTATION),
         "the error names the object and the annotation: {message}"
     );
     assert!(ours.release().await.expect_err("releasing").is_corrupt());
     assert!(live_entry(&ours, "ours").await.expect_err("reading").is_corrupt());
-    assert_eq!(
-        read_lock(&scope).await.as_deref(),
-        Some("not json"),
-        "left untouched"
-    );
+    assert_eq!(case.read().await.as_deref(), Some("not json"), "left untouched");
 
     // The agent waits for the annotation to change; an operator fixes it.
     let seen = error.seen().expect("the corrupt value");
@@ -563,7 +601,7 @@ async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
     let waiting = tokio::spawn(async move { ours.changed(&seen).await.map(|now| (ours, now)) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "nothing changed yet");
-    write_lock(&scope, None).await;
+    case.write(None).await;
     let (ours, now) = wait_for("the fix to be seen", Duration::from_secs(10), waiting)
         .await
         .expect("waiting for a change");
@@ -571,12 +609,11 @@ async fn a_corrupt_annotation_is_reported_and_never_overwritten() {
     expect_acquired(&ours, &Claim::default()).await;
 }
 
-#[tokio::test]
-async fn of_two_writes_based_on_the_same_read_exactly_one_wins() {
-    let scope = scope_with_lock("lock-409").await;
+async fn of_two_writes_based_on_the_same_read_exactly_one_wins(backend: Backend) {
+    let case = Case::new("lock-409", backend).await;
     let (a, b) = (
-        lock_with(admin_client().await, &scope, settings("a", 1)),
-        lock_with(admin_client().await, &scope, settings("b", 1)),
+        case.lock_with(admin_client().await, settings("a", 1)),
+        case.lock_with(admin_client().await, settings("b", 1)),
     );
     for round in 0..5 {
         let (read_a, read_b) = tokio::join!(a.snapshot(), b.snapshot());
@@ -593,20 +630,19 @@ async fn of_two_writes_based_on_the_same_read_exactly_one_wins() {
             (Err(e), Ok(())) if e.is_conflict() => format!("b{round}"),
             other => panic!("round {round}: exactly one write must win: {other:?}"),
         };
-        assert_eq!(read_lock(&scope).await, Some(winner), "round {round}");
+        assert_eq!(case.read().await, Some(winner), "round {round}");
     }
     // A write based on a stale read fails too, without a race.
     let stale = a.snapshot().await.expect("reading");
-    write_lock(&scope, None).await;
+    case.write(None).await;
     let error = a.write(&stale, &Change::Remove).await.expect_err("a stale write");
     assert!(error.is_conflict(), "{error:?}");
 }
 
-#[tokio::test]
-async fn a_waiting_agent_sees_a_freed_lock_at_once() {
-    let scope = scope_with_lock("lock-wake").await;
-    let holder = lock(&scope, "holder", 1);
-    let waiter = lock_with(admin_client().await, &scope, settings("waiter", 1));
+async fn a_waiting_agent_sees_a_freed_lock_at_once(backend: Backend) {
+    let case = Case::new("lock-wake", backend).await;
+    let holder = case.lock("holder", 1);
+    let waiter = case.lock_with(admin_client().await, settings("waiter", 1));
     expect_acquired(&holder, &Claim::default()).await;
     let Acquire::Blocked { seen, .. } = waiter.acquire(&Claim::default()).await.expect("acquiring") else {
         panic!("the waiter is blocked")
@@ -631,10 +667,10 @@ async fn a_waiting_agent_sees_a_freed_lock_at_once() {
 /// that, and waiting falls back from watching to polling.
 #[tokio::test]
 async fn the_lock_works_with_upstreams_rbac() {
-    let scope = scope_with_lock("lock-rbac").await;
+    let case = Case::new("lock-rbac", Backend::DaemonSet).await;
     let dir = tempfile::tempdir().expect("a temp dir");
     let client = service_account_with_role(
-        &scope,
+        &case.scope,
         "kured",
         json!([
             { "apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"] },
@@ -644,7 +680,7 @@ async fn the_lock_works_with_upstreams_rbac() {
     )
     .await;
 
-    let agent = lock_with(client.clone(), &scope, settings("a", 1));
+    let agent = case.lock_with(client.clone(), settings("a", 1));
     // RoleBindings take effect through the RBAC informer: allow a moment.
     let agent_ref = &agent;
     eventually(
@@ -655,7 +691,7 @@ async fn the_lock_works_with_upstreams_rbac() {
     .await;
     expect_acquired(&agent, &Claim::default()).await;
 
-    let waiter = lock_with(client, &scope, settings("b", 1));
+    let waiter = case.lock_with(client, settings("b", 1));
     let Acquire::Blocked { seen, .. } = waiter.acquire(&Claim::default()).await.expect("acquiring") else {
         panic!("b is blocked")
     };
@@ -671,4 +707,157 @@ async fn the_lock_works_with_upstreams_rbac() {
     .expect("waiting by polling");
     assert_eq!(now, LockSnapshot::new(None));
     expect_acquired(&waiter, &Claim::default()).await;
+}
+
+/// The Lease's `spec.holderIdentity`, `None` without a Lease or without the field.
+async fn holder_identity(case: &Case) -> Option<String> {
+    let lease = case
+        .scope
+        .api::<Lease>()
+        .get_opt(DS)
+        .await
+        .expect("reading the Lease")?;
+    lease.spec?.holder_identity
+}
+
+#[tokio::test]
+async fn the_first_acquire_creates_the_lease_and_holder_identity_follows_the_holders() {
+    let case = Case::new("lease-holders", Backend::Lease).await;
+    let leases = case.scope.api::<Lease>();
+    assert!(
+        leases.get_opt(DS).await.expect("reading").is_none(),
+        "no Lease before the first acquire"
+    );
+    let (a, b) = (case.lock("a", 2), case.lock("b", 2));
+    // Reading and waiting need no Lease: nobody holds it.
+    assert_eq!(a.read().await.expect("reading").record, None);
+    assert_eq!(a.release().await.expect("releasing"), Release::NotHeld);
+    assert!(
+        leases.get_opt(DS).await.expect("reading").is_none(),
+        "a release of nothing creates nothing"
+    );
+
+    expect_acquired(&a, &Claim::default()).await;
+    assert_eq!(holder_identity(&case).await.as_deref(), Some("a"));
+    expect_acquired(&b, &Claim::default()).await;
+    assert_eq!(holder_identity(&case).await.as_deref(), Some("a,b"));
+    assert_eq!(
+        expect_blocked(&case.lock("c", 2)).await,
+        (vec!["a".to_owned(), "b".to_owned()], 2)
+    );
+    assert_eq!(a.release().await.expect("releasing"), Release::Released);
+    assert_eq!(holder_identity(&case).await.as_deref(), Some("b"));
+    assert_eq!(b.release().await.expect("releasing"), Release::Released);
+    assert_eq!(holder_identity(&case).await, None, "nobody holds it");
+    assert_eq!(
+        case.read().await,
+        None,
+        "the annotation goes with the last holder"
+    );
+    assert!(
+        leases.get_opt(DS).await.expect("reading").is_some(),
+        "the Lease stays for the next cycle"
+    );
+    assert_eq!(
+        read_lock_in(&case.scope, Backend::DaemonSet).await,
+        None,
+        "the DaemonSet is never written"
+    );
+}
+
+/// Two agents that find no Lease both create it: one create wins, the other meets 409
+/// AlreadyExists, which counts as a conflict, reads again and finds the lock taken.
+#[tokio::test]
+async fn of_two_agents_creating_the_lease_one_wins_and_the_other_is_blocked() {
+    for round in 0..3 {
+        let case = Case::new("lease-create", Backend::Lease).await;
+        let (a, b) = (
+            case.lock_with(admin_client().await, settings("a", 1)),
+            case.lock_with(admin_client().await, settings("b", 1)),
+        );
+        let claim = Claim::default();
+        let (got_a, got_b) = tokio::join!(a.acquire(&claim), b.acquire(&claim));
+        let outcomes = [("a", got_a), ("b", got_b)];
+        let mut winners = Vec::new();
+        for (node, outcome) in &outcomes {
+            match outcome {
+                Ok(Acquire::Acquired(_)) => winners.push(*node),
+                Ok(Acquire::Blocked { holders, .. }) => assert_eq!(holders.len(), 1, "round {round}"),
+                Err(e) if e.is_conflict() => {}
+                other => panic!("round {round}: {node} answered {other:?}"),
+            }
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one holds it: {outcomes:?}"
+        );
+        assert_eq!(
+            holder_identity(&case).await.as_deref(),
+            Some(winners[0]),
+            "round {round}"
+        );
+        println!(
+            "round {round}: {} won; conflicts met: a {}, b {}",
+            winners[0],
+            a.conflicts(),
+            b.conflicts()
+        );
+    }
+}
+
+/// The rules the README gives for `--lock-backend=lease`: `get`, `update`, `list` and `watch` on
+/// the one Lease, `create` on leases, and nothing but `get` on DaemonSets. The agent's lock, kept
+/// beside the DaemonSet's as the agent keeps it, creates the Lease, counts the DaemonSet's
+/// holders, and waits by watching.
+#[tokio::test]
+async fn the_lease_lock_works_with_the_leases_rbac_and_no_write_on_daemonsets() {
+    let case = Case::new("lease-rbac", Backend::Lease).await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let client = service_account_with_role(&case.scope, "kured", lease_rules(), dir.path()).await;
+    let update_ds = access::request("update", "apps/daemonsets", &case.scope.namespace, DS);
+    let create_lease = access::request("create", "coordination.k8s.io/leases", &case.scope.namespace, "");
+    eventually("the Role to take effect", Duration::from_secs(30), || async {
+        access::may(&client, &create_lease).await.then_some(())
+    })
+    .await;
+    assert!(
+        !access::may(&client, &update_ds).await,
+        "no write on the DaemonSet"
+    );
+
+    let beside = |node: &str| {
+        let own = case.lock_with(client.clone(), settings(node, 1));
+        let daemonset = LockObject {
+            backend: Backend::DaemonSet,
+            ..case.object()
+        };
+        own.beside(ObjectLock::new(client.clone(), &daemonset, settings(node, 1)))
+    };
+    // A holder in the DaemonSet's annotation (an agent not switched yet) counts.
+    write_lock_in(
+        &case.scope,
+        Backend::DaemonSet,
+        Some(&upstream_entry("old", &minute_ago(), 0)),
+    )
+    .await;
+    let agent = beside("a");
+    assert_eq!(expect_blocked(&agent).await, (vec!["old".to_owned()], 1));
+    write_lock_in(&case.scope, Backend::DaemonSet, None).await;
+
+    expect_acquired(&agent, &Claim::default()).await;
+    let waiter = beside("b");
+    let Acquire::Blocked { seen, .. } = waiter.acquire(&Claim::default()).await.expect("acquiring") else {
+        panic!("b is blocked")
+    };
+    let waiting = tokio::spawn(async move { waiter.changed(&seen).await.map(|now| (waiter, now)) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "nothing changed yet");
+    assert_eq!(agent.release().await.expect("releasing"), Release::Released);
+    let (waiter, now) = wait_for("the waiter to see the release", Duration::from_secs(10), waiting)
+        .await
+        .expect("waiting by watching");
+    assert_eq!(now, LockSnapshot::new(None));
+    expect_acquired(&waiter, &Claim::default()).await;
+    assert_eq!(holder_identity(&case).await.as_deref(), Some("b"));
 }

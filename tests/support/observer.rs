@@ -1,7 +1,8 @@
 //! An independent observer of a scope's reboots: it watches the scope's Nodes and the lock (the
-//! annotation on DaemonSet `kured` in the scope's namespace) with the admin client, never the
-//! agents' logs, and records continuously what must never happen, whatever faults a test injects:
-//! more nodes cordoned by kured, or more lock holders, than the concurrency allows; a node going
+//! annotation on DaemonSet `kured` in the scope's namespace, and on the Lease of that name that
+//! `--lock-backend=lease` keeps it on) with the admin client, never the agents' logs, and records
+//! continuously what must never happen, whatever faults a test injects: more nodes cordoned by
+//! kured, or more lock holders across both objects, than the concurrency allows; a node going
 //! down for its reboot while not cordoned; optionally ([`Observer::watch_budget`]) fewer ready
 //! pods of a workload than its budget keeps. It also keeps each node's history: how often it was
 //! cordoned, the boot IDs its Node reported and the phases its agent published. At the end,
@@ -16,10 +17,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
+use kured::lock::Backend;
 
 use super::nodes::{boot_id, unschedulable};
 use super::objects::is_ready;
@@ -58,28 +61,69 @@ pub fn lock_holders(text: &str) -> Result<Vec<String>, String> {
 /// set after the node's agent is gone.
 pub const REBOOTING_LABEL: &str = "kured.test/not-ready";
 
-/// The lock annotation as the API server has it now; `None` when absent.
+/// The lock annotation on DaemonSet `kured` as the API server has it now; `None` when absent.
 pub async fn read_lock(scope: &Scope) -> Option<String> {
-    let ds = scope
-        .api::<DaemonSet>()
-        .get("kured")
-        .await
-        .expect("reading the lock's DaemonSet");
-    ds.annotations().get(LOCK_ANNOTATION).cloned()
+    read_lock_in(scope, Backend::DaemonSet).await
 }
 
-/// Sets the lock annotation to `text` (`None` removes it), as the admin.
+/// Sets the lock annotation on DaemonSet `kured` to `text` (`None` removes it), as the admin.
 pub async fn write_lock(scope: &Scope, text: Option<&str>) {
+    write_lock_in(scope, Backend::DaemonSet, text).await
+}
+
+/// The lock annotation on `backend`'s object `kured` as the API server has it now; `None` when
+/// absent, or when the Lease does not exist.
+pub async fn read_lock_in(scope: &Scope, backend: Backend) -> Option<String> {
+    let annotations = match backend {
+        Backend::DaemonSet => {
+            scope
+                .api::<DaemonSet>()
+                .get("kured")
+                .await
+                .expect("reading the lock's DaemonSet")
+                .metadata
+                .annotations
+        }
+        Backend::Lease => scope
+            .api::<Lease>()
+            .get_opt("kured")
+            .await
+            .expect("reading the lock's Lease")
+            .and_then(|lease| lease.metadata.annotations),
+    };
+    annotations?.get(LOCK_ANNOTATION).cloned()
+}
+
+/// Sets the lock annotation on `backend`'s object `kured` to `text` (`None` removes it), as the
+/// admin; a Lease that does not exist yet is created with it.
+pub async fn write_lock_in(scope: &Scope, backend: Backend, text: Option<&str>) {
     let patch = serde_json::json!({ "metadata": { "annotations": { LOCK_ANNOTATION: text } } });
-    scope
-        .api::<DaemonSet>()
-        .patch(
-            "kured",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(patch),
-        )
-        .await
-        .expect("setting the lock annotation");
+    let params = PatchParams::default();
+    let written = match backend {
+        Backend::DaemonSet => scope
+            .api::<DaemonSet>()
+            .patch("kured", &params, &Patch::Merge(patch))
+            .await
+            .map(drop),
+        Backend::Lease => {
+            let leases = scope.api::<Lease>();
+            match leases.get_opt("kured").await.expect("reading the lock's Lease") {
+                Some(_) => leases
+                    .patch("kured", &params, &Patch::Merge(patch))
+                    .await
+                    .map(drop),
+                None => {
+                    let lease: Lease = serde_json::from_value(serde_json::json!({
+                        "metadata": { "name": "kured", "annotations": { LOCK_ANNOTATION: text } },
+                        "spec": {},
+                    }))
+                    .expect("a valid Lease");
+                    leases.create(&PostParams::default(), &lease).await.map(drop)
+                }
+            }
+        }
+    };
+    written.unwrap_or_else(|e| panic!("setting the lock annotation on the {} kured: {e}", backend.kind()));
 }
 
 /// A lock entry exactly as upstream's `json.Marshal` writes it at concurrency 1: `node` holding
@@ -128,9 +172,13 @@ impl NodeState {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub nodes: BTreeMap<String, NodeState>,
-    /// The lock annotation's text; `None` when absent.
+    /// The lock annotation's text on the DaemonSet; `None` when absent.
     pub lock: Option<String>,
-    /// The lock's holders (empty when it is absent or unreadable).
+    /// The lock annotation's text on the Lease; `None` when absent (or no Lease).
+    pub lease_lock: Option<String>,
+    /// The lock's holders across both objects, each node once (empty when both are absent or
+    /// unreadable): a node whose entry is being moved from one object to the other holds one
+    /// slot.
     pub holders: Vec<String>,
     /// Nodes cordoned now and not cordoned before the test began.
     pub cordoned_by_kured: Vec<String>,
@@ -149,9 +197,10 @@ impl Snapshot {
 
     fn describe(&self) -> String {
         format!(
-            "cordoned by kured: {:?}; lock: {}",
+            "cordoned by kured: {:?}; lock: {}; lease lock: {}",
             self.cordoned_by_kured,
-            self.lock.as_deref().unwrap_or("(absent)")
+            self.lock.as_deref().unwrap_or("(absent)"),
+            self.lease_lock.as_deref().unwrap_or("(absent)")
         )
     }
 }
@@ -180,12 +229,16 @@ struct LockSnapshot {
     phases: BTreeMap<String, Vec<String>>,
     /// Every node that held a slot of the lock.
     holders_seen: BTreeSet<String>,
+    /// The holders in the DaemonSet's annotation, and in the Lease's.
+    daemonset_holders: Vec<String>,
+    lease_holders: Vec<String>,
     /// app → its budget.
     budgets: BTreeMap<String, Budget>,
     /// Everything seen that must never happen, each with what was seen then.
     violations: Vec<String>,
     nodes_synced: bool,
     lock_synced: bool,
+    lease_lock_synced: bool,
 }
 
 impl LockSnapshot {
@@ -251,8 +304,9 @@ impl LockSnapshot {
         }
     }
 
-    fn set_lock(&mut self, lock: Option<String>) {
-        self.now.holders = match lock.as_deref().map(lock_holders) {
+    /// Takes in the lock annotation of `backend`'s object as just seen.
+    fn set_lock(&mut self, backend: Backend, lock: Option<String>) {
+        let holders = match lock.as_deref().map(lock_holders) {
             None => Vec::new(),
             Some(Ok(holders)) => {
                 self.holders_seen.extend(holders.iter().cloned());
@@ -260,12 +314,31 @@ impl LockSnapshot {
             }
             Some(Err(e)) => {
                 let text = lock.as_deref().unwrap_or_default();
-                self.violations
-                    .push(format!("unreadable lock annotation ({e}): {text}"));
+                self.violations.push(format!(
+                    "unreadable lock annotation on the {} ({e}): {text}",
+                    backend.kind()
+                ));
                 Vec::new()
             }
         };
-        self.now.lock = lock;
+        match backend {
+            Backend::DaemonSet => (self.daemonset_holders, self.now.lock) = (holders, lock),
+            Backend::Lease => (self.lease_holders, self.now.lease_lock) = (holders, lock),
+        }
+        let mut all = self.daemonset_holders.clone();
+        for holder in &self.lease_holders {
+            if !all.contains(holder) {
+                all.push(holder.clone());
+            }
+        }
+        self.now.holders = all;
+    }
+
+    fn set_synced(&mut self, backend: Backend) {
+        match backend {
+            Backend::DaemonSet => self.lock_synced = true,
+            Backend::Lease => self.lease_lock_synced = true,
+        }
     }
 }
 
@@ -278,6 +351,7 @@ pub struct Observer {
     nodes: Api<Node>,
     node_selector: String,
     daemonsets: Api<DaemonSet>,
+    leases: Api<Lease>,
 }
 
 impl Drop for Observer {
@@ -302,20 +376,22 @@ impl Observer {
         let observer = Observer {
             tasks: vec![
                 watch_nodes(scope, concurrency, seen.clone()),
-                watch_lock(scope, concurrency, seen.clone()),
+                watch_lock::<DaemonSet>(scope, Backend::DaemonSet, concurrency, seen.clone()),
+                watch_lock::<Lease>(scope, Backend::Lease, concurrency, seen.clone()),
             ],
             seen,
             limit: concurrency,
             nodes: Api::all(scope.client.clone()),
             node_selector: format!("{SCOPE_LABEL}={}", scope.id),
             daemonsets: scope.api(),
+            leases: scope.api(),
         };
         eventually(
-            "the observer's watches of the Nodes and the lock to list them",
+            "the observer's watches of the Nodes and the lock's DaemonSet and Lease to list them",
             Duration::from_secs(30),
             || async {
                 let seen = observer.seen();
-                (seen.nodes_synced && seen.lock_synced).then_some(())
+                (seen.nodes_synced && seen.lock_synced && seen.lease_lock_synced).then_some(())
             },
         )
         .await;
@@ -357,6 +433,16 @@ impl Observer {
     /// The most nodes cordoned by kured at once so far.
     pub fn max_cordoned_by_kured(&self) -> usize {
         self.seen().max_cordoned_by_kured
+    }
+
+    /// Asserts that `concurrency` nodes were cordoned by kured at once at some point: a test of
+    /// that concurrency used it.
+    pub fn assert_concurrency_used(&self, concurrency: usize) {
+        let most = self.max_cordoned_by_kured();
+        assert!(
+            most == concurrency,
+            "concurrency {concurrency} was used: at most {most} cordoned at once"
+        );
     }
 
     /// The most lock holders at once so far.
@@ -483,9 +569,12 @@ impl Observer {
             .list(&ListParams::default().labels(&self.node_selector))
             .await;
         let ds = self.daemonsets.get("kured").await;
-        let (listed, ds) = match (listed, ds) {
-            (Ok(listed), Ok(ds)) => (listed, ds),
-            (Err(e), _) | (_, Err(e)) => return Some(format!("a fresh read failed: {e}")),
+        let lease = self.leases.get_opt("kured").await;
+        let (listed, ds, lease) = match (listed, ds, lease) {
+            (Ok(listed), Ok(ds), Ok(lease)) => (listed, ds, lease),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                return Some(format!("a fresh read failed: {e}"));
+            }
         };
         let nodes: BTreeMap<String, NodeState> = listed
             .items
@@ -493,9 +582,13 @@ impl Observer {
             .map(|n| (n.name_any(), NodeState::of(n)))
             .collect();
         let lock = ds.annotations().get(LOCK_ANNOTATION).cloned();
+        let lease_lock = lease.and_then(|l| l.annotations().get(LOCK_ANNOTATION).cloned());
         let seen = self.snapshot();
-        (nodes != seen.nodes || lock != seen.lock)
-            .then(|| format!("a fresh read disagrees with the watches: Nodes {nodes:?}, lock {lock:?}"))
+        (nodes != seen.nodes || lock != seen.lock || lease_lock != seen.lease_lock).then(|| {
+            format!(
+                "a fresh read disagrees with the watches: Nodes {nodes:?}, lock {lock:?}, lease lock {lease_lock:?}"
+            )
+        })
     }
 
     /// (violations of the invariants, problems that cannot go away, problems that may still).
@@ -510,10 +603,19 @@ impl Observer {
                 fatal.push(format!("{name}, cordoned before the test, is no longer cordoned"));
             }
         }
-        match &seen.now.lock {
-            Some(text) if !seen.now.holders.is_empty() => pending.push(format!("the lock is held: {text}")),
-            Some(text) => pending.push(format!("the lock annotation is left, with no holder: {text}")),
-            None => {}
+        for (kind, lock, holders) in [
+            ("DaemonSet", &seen.now.lock, &seen.daemonset_holders),
+            ("Lease", &seen.now.lease_lock, &seen.lease_holders),
+        ] {
+            match lock {
+                Some(text) if !holders.is_empty() => {
+                    pending.push(format!("the lock is held on the {kind}: {text}"))
+                }
+                Some(text) => pending.push(format!(
+                    "the lock annotation is left on the {kind}, with no holder: {text}"
+                )),
+                None => {}
+            }
         }
         for (sim, expected) in nodes {
             let name = &sim.name;
@@ -687,28 +789,43 @@ fn watch_pods(scope: &Scope, app: &str, seen: Arc<Mutex<LockSnapshot>>) -> tokio
     })
 }
 
-fn watch_lock(scope: &Scope, limit: usize, seen: Arc<Mutex<LockSnapshot>>) -> tokio::task::JoinHandle<()> {
-    let daemonsets: Api<DaemonSet> = scope.api();
+/// Watches the lock annotation of `backend`'s object `kured` (of type `K`) in the scope.
+fn watch_lock<K>(
+    scope: &Scope,
+    backend: Backend,
+    limit: usize,
+    seen: Arc<Mutex<LockSnapshot>>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    let objects: Api<K> = scope.api();
     let cfg = watcher::Config::default().fields("metadata.name=kured");
     tokio::spawn(async move {
-        let lock = |ds: &DaemonSet| ds.annotations().get(LOCK_ANNOTATION).cloned();
+        let lock = |object: &K| object.annotations().get(LOCK_ANNOTATION).cloned();
         let mut relisted: Option<String> = None;
-        let mut stream = std::pin::pin!(watcher(daemonsets, cfg).default_backoff());
+        let mut stream = std::pin::pin!(watcher(objects, cfg).default_backoff());
         while let Some(event) = stream.next().await {
             let Ok(event) = event else { continue };
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
             match event {
                 watcher::Event::Init => relisted = None,
-                watcher::Event::InitApply(ds) => {
-                    relisted = lock(&ds);
+                watcher::Event::InitApply(object) => {
+                    relisted = lock(&object);
                     continue;
                 }
                 watcher::Event::InitDone => {
-                    seen.set_lock(relisted.take());
-                    seen.lock_synced = true;
+                    seen.set_lock(backend, relisted.take());
+                    seen.set_synced(backend);
                 }
-                watcher::Event::Apply(ds) => seen.set_lock(lock(&ds)),
-                watcher::Event::Delete(_) => seen.set_lock(None),
+                watcher::Event::Apply(object) => seen.set_lock(backend, lock(&object)),
+                watcher::Event::Delete(_) => seen.set_lock(backend, None),
             }
             seen.check(limit);
         }

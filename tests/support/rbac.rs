@@ -99,21 +99,42 @@ pub async fn service_account_with_role(
     dir: &Path,
 ) -> Client {
     create::<ServiceAccount>(scope, serde_json::json!({ "metadata": { "name": name } })).await;
+    bind_role(scope, name, name, rules).await;
+    client_from_kubeconfig(&service_account_kubeconfig(scope, name, dir).await).await
+}
+
+/// A Role `role` in the scope that grants `rules` (JSON, as in a Role), bound to the scope's
+/// ServiceAccount `service_account`; it takes effect a moment later, as for
+/// [`service_account_with_role`].
+pub async fn bind_role(scope: &Scope, role: &str, service_account: &str, rules: serde_json::Value) {
     create::<Role>(
         scope,
-        serde_json::json!({ "metadata": { "name": name }, "rules": rules }),
+        serde_json::json!({ "metadata": { "name": role }, "rules": rules }),
     )
     .await;
     create::<RoleBinding>(
         scope,
         serde_json::json!({
-            "metadata": { "name": name },
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
-            "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": scope.namespace }],
+            "metadata": { "name": role },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role },
+            "subjects": [{ "kind": "ServiceAccount", "name": service_account, "namespace": scope.namespace }],
         }),
     )
     .await;
-    client_from_kubeconfig(&service_account_kubeconfig(scope, name, dir).await).await
+}
+
+/// The namespaced rules the README gives for `--lock-backend=lease` with the lock object `kured`:
+/// `get`, `update`, `list` and `watch` on that Lease, `create` on leases (RBAC cannot name an
+/// object that does not exist yet), and on DaemonSets only `get`.
+pub fn lease_rules() -> serde_json::Value {
+    serde_json::json!([
+        { "apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"] },
+        {
+            "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["kured"],
+            "verbs": ["get", "update", "list", "watch"],
+        },
+        { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"] },
+    ])
 }
 
 /// A kubeconfig (written into `dir`) and a client with nothing but a token of the scope's

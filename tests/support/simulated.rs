@@ -62,6 +62,9 @@ pub struct SimulatedNode {
     events: PathBuf,
     log: PathBuf,
     boot_id_file: PathBuf,
+    /// Arguments added to every agent started from now on, one a line
+    /// ([`SimulatedNode::restart_agent_with`]).
+    args_file: PathBuf,
     /// The agent's sentinel file; it exists from the start, and a reboot removes it.
     pub sentinel: PathBuf,
     /// The loopback port the agent serves `/metrics` on.
@@ -99,6 +102,7 @@ impl SimulatedNode {
         let events = dir.path().join("events");
         let log = dir.path().join("agent.log");
         let boot_id_file = dir.path().join("boot_id");
+        let args_file = dir.path().join("added-args");
         std::fs::write(&sentinel, "").expect("creating the sentinel");
         let port = super::http::free_port();
         let admin = kubeconfig_path();
@@ -122,6 +126,7 @@ impl SimulatedNode {
             .env("NODE_INIT_LOG", &log)
             .env("NODE_INIT_EVENTS", &events)
             .env("NODE_INIT_BOOT_ID_FILE", &boot_id_file)
+            .env("NODE_INIT_ARGS_FILE", &args_file)
             .env("NODE_INIT_DOWNTIME", seconds(options.downtime))
             .env("NODE_INIT_REBOOT_DELAY", seconds(options.reboot_delay))
             .env("NODE_INIT_BOOT_ID_DELAY", seconds(options.boot_id_delay))
@@ -136,6 +141,7 @@ impl SimulatedNode {
             events,
             log,
             boot_id_file,
+            args_file,
             sentinel,
             metrics_port: port,
             _dir: dir,
@@ -260,6 +266,16 @@ impl SimulatedNode {
             .into_iter()
             .rfind(|l| l.starts_with("terminate"))
             .unwrap_or_default()
+    }
+
+    /// Stops the node's agent as [`SimulatedNode::terminate_agent`] does, and has node-init start
+    /// the next one with `args` added to the arguments the node was started with: a DaemonSet
+    /// update that changed the pod's arguments. Returns node-init's event for the stop.
+    pub async fn restart_agent_with(&self, args: &[&str]) -> String {
+        let lines: String = args.iter().map(|a| format!("{a}\n")).collect();
+        std::fs::write(&self.args_file, lines)
+            .unwrap_or_else(|e| panic!("writing the added arguments of {}: {e}", self.name));
+        self.terminate_agent().await
     }
 
     /// Sends `signal` to node-init and waits, for at most `limit`, until the events it counts
