@@ -82,6 +82,8 @@ impl Policies {
     async fn install(scope: &Scope, flags: &Flags) -> Policies {
         let objects = render(scope, flags);
         let list = json!({ "apiVersion": "v1", "kind": "List", "items": objects });
+        // Deletes on drop whatever was created, also when the apply fails halfway.
+        let policies = Policies { id: scope.id.clone() };
         kubectl(
             &[
                 "apply",
@@ -93,7 +95,7 @@ impl Policies {
             &list.to_string(),
         )
         .await;
-        Policies { id: scope.id.clone() }
+        policies
     }
 
     /// Waits until the API server has type-checked both policies against the types they match
