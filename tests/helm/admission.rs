@@ -52,8 +52,16 @@ fn fixed_part(policy: &Value) -> Value {
     spec["matchConditions"] = Value::Null;
     if let Some(variables) = spec["variables"].as_array_mut() {
         variables.retain(|v| {
-            !["dsNamespace", "dsName", "lockAnnotation", "taint", "labels"]
-                .contains(&v["name"].as_str().unwrap_or_default())
+            ![
+                "dsNamespace",
+                "dsName",
+                "lockAnnotation",
+                "taint",
+                "labels",
+                "leaseNamespace",
+                "leaseName",
+            ]
+            .contains(&v["name"].as_str().unwrap_or_default())
         });
     }
     spec
@@ -64,7 +72,7 @@ fn with_default_values_the_chart_renders_deploy_kured_admission_policy_yaml() {
     let helm = Helm::new();
     let chart = policies(&helm.template("kured", "kube-system", &API));
     let manifest = policies(&Rendered::manifest(MANIFEST));
-    assert_eq!(manifest.len(), 4, "{MANIFEST}: two policies, two bindings");
+    assert_eq!(manifest.len(), 6, "{MANIFEST}: three policies, three bindings");
     let names = |p: &[(String, String, Value)]| -> Vec<(String, String)> {
         p.iter().map(|(k, n, _)| (k.clone(), n.clone())).collect()
     };
@@ -112,7 +120,12 @@ fn the_policies_follow_the_release_its_account_and_the_agents_settings() {
     let want: BTreeSet<(String, String)> = [POLICY, BINDING]
         .iter()
         .flat_map(|k| {
-            ["nightly-kured-daemonset", "nightly-kured-node"].map(|n| ((*k).to_owned(), n.to_owned()))
+            [
+                "nightly-kured-daemonset",
+                "nightly-kured-node",
+                "nightly-kured-lease",
+            ]
+            .map(|n| ((*k).to_owned(), n.to_owned()))
         })
         .collect();
     assert_eq!(names, want);
@@ -135,6 +148,7 @@ fn the_policies_follow_the_release_its_account_and_the_agents_settings() {
     for (policy, shipped_name) in [
         ("nightly-kured-daemonset", "kured-daemonset"),
         ("nightly-kured-node", "kured-node"),
+        ("nightly-kured-lease", "kured-lease"),
     ] {
         let object = find(POLICY, policy);
         assert_eq!(
@@ -162,6 +176,10 @@ fn the_policies_follow_the_release_its_account_and_the_agents_settings() {
         "'example.com/lock'",
         "from extraArgs"
     );
+    let lease = find(POLICY, "nightly-kured-lease");
+    assert_eq!(variable(lease, "leaseNamespace"), "'ops'");
+    assert_eq!(variable(lease, "leaseName"), "'nightly-kured'");
+    assert_eq!(variable(lease, "lockAnnotation"), "'example.com/lock'");
     let node = find(POLICY, "nightly-kured-node");
     assert_eq!(variable(node, "taint"), "'example.com/waiting'");
     assert_eq!(
@@ -182,12 +200,14 @@ fn the_policies_follow_the_release_its_account_and_the_agents_settings() {
         ],
     );
     let configured = policies(&configured);
-    let lock = &configured
-        .iter()
-        .find(|(k, n, _)| k == POLICY && n == "kured-daemonset")
-        .expect("rendered")
-        .2;
-    assert_eq!(variable(lock, "lockAnnotation"), "'example.com/other'");
+    for name in ["kured-daemonset", "kured-lease"] {
+        let lock = &configured
+            .iter()
+            .find(|(k, n, _)| k == POLICY && n == name)
+            .expect("rendered")
+            .2;
+        assert_eq!(variable(lock, "lockAnnotation"), "'example.com/other'", "{name}");
+    }
 }
 
 #[test]
@@ -233,6 +253,6 @@ async fn the_api_server_accepts_the_rendered_policies() {
             &list.to_string(),
         )
         .await;
-        assert_eq!(out.lines().count(), 4, "{release}: {out}");
+        assert_eq!(out.lines().count(), 6, "{release}: {out}");
     }
 }
