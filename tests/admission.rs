@@ -4,8 +4,11 @@
 //!   the DaemonSet's pod template, a label or a foreign annotation on the DaemonSet, a cordon or
 //!   uncordon of another node, a foreign label, annotation or taint on node A. The same writes
 //!   from the same token are accepted before the policies are installed, so the refusals are
-//!   theirs;
-//! - allowed: the lock's write, every write of a whole reboot cycle of a simulated node whose agent
+//!   theirs. With the rules of `--lock-backend=lease` added (and `delete` on leases, which no
+//!   kured Role grants): a Lease of another name created, a label, a foreign annotation or
+//!   `spec.leaseDurationSeconds` changed on the lock's Lease, and the Lease deleted;
+//! - allowed: the lock's write on the DaemonSet, the Lease backend's lock creating its Lease,
+//!   taking and releasing it, every write of a whole reboot cycle of a simulated node whose agent
 //!   has nothing but that token (with pre- and post-reboot labels, the waiting taint and node
 //!   annotations), and anything the admin does;
 //! - a token bound to no pod is held to the same fields, on any node.
@@ -21,16 +24,22 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
+use kured::duration::GoDuration;
+use kured::lock::{Acquire, Backend, Claim, LockObject, LockSettings, ObjectLock, RebootLock, Release};
 use serde_json::{Value, json};
+use support::access;
 use support::agents::Fleet;
 use support::cluster::{client_from_kubeconfig, delete_cluster_wide, kubectl};
 use support::nodes::{has_prefer_no_schedule_taint, unschedulable};
 use support::objects::{create_daemonset, create_deployment, pod_template, running_on};
-use support::observer::{LOCK_ANNOTATION, Observer, STATE_ANNOTATION, held_by, read_lock, write_lock};
-use support::rbac::pod_bound_kubeconfig;
+use support::observer::{
+    LOCK_ANNOTATION, Observer, STATE_ANNOTATION, held_by, read_lock, read_lock_in, write_lock,
+};
+use support::rbac::{bind_role, lease_rules, pod_bound_kubeconfig};
 use support::scope::Scope;
 use support::simulated::SimulatedNode;
 use support::wait::eventually;
@@ -40,6 +49,7 @@ const POLICY: &str = include_str!("../deploy/kured-admission-policy.yaml");
 /// The shipped policies' names; each is also the name of its binding.
 const DAEMONSET_POLICY: &str = "kured-daemonset";
 const NODE_POLICY: &str = "kured-node";
+const LEASE_POLICY: &str = "kured-lease";
 /// The user the shipped policies match, as a CEL literal in their matchConditions.
 const SHIPPED_USER: &str = "'system:serviceaccount:kube-system:kured'";
 /// Label on a test's policies and bindings, with its scope's id, to delete them by.
@@ -72,8 +82,9 @@ struct Flags {
 /// ships so that a reshaped file fails here rather than being installed half-rendered:
 /// - every object's name (and a binding's policyName) gets the suffix `-<scope id>`;
 /// - matchConditions name the scope's ServiceAccount `kured` instead of kube-system's;
-/// - the variables that stand for flags get the scope's values: `dsNamespace`, and the
-///   [`Flags`]; `dsName` and `lockAnnotation` keep the defaults, which the scope uses too.
+/// - the variables that stand for flags get the scope's values: `dsNamespace` and
+///   `leaseNamespace`, and the [`Flags`]; `dsName`, `leaseName` and `lockAnnotation` keep the
+///   defaults, which the scope uses too.
 struct Policies {
     id: String,
 }
@@ -98,7 +109,7 @@ impl Policies {
         policies
     }
 
-    /// Waits until the API server has type-checked both policies against the types they match
+    /// Waits until the API server has type-checked the policies against the types they match
     /// (it does so after creating them), and asserts that it found nothing to warn about: a
     /// misspelt field would only show there, as the expression evaluating to an error.
     async fn assert_type_checked(&self) {
@@ -114,7 +125,7 @@ impl Policies {
         let items = eventually("the policies' type checking", ENFORCED_WITHIN, || async {
             let list: Value = serde_json::from_str(&kubectl(&args, "").await).ok()?;
             let items = list["items"].as_array()?.clone();
-            let checked = items.len() == 2
+            let checked = items.len() == 3
                 && items.iter().all(|p| {
                     p["status"]["observedGeneration"] == p["metadata"]["generation"]
                         && p["status"].get("typeChecking").is_some()
@@ -168,6 +179,19 @@ fn render(scope: &Scope, flags: &Flags) -> Vec<Value> {
         (DAEMONSET_POLICY, "dsName", cel("kured"), cel("kured")),
         (
             DAEMONSET_POLICY,
+            "lockAnnotation",
+            cel(LOCK_ANNOTATION),
+            cel(LOCK_ANNOTATION),
+        ),
+        (
+            LEASE_POLICY,
+            "leaseNamespace",
+            cel("kube-system"),
+            cel(&scope.namespace),
+        ),
+        (LEASE_POLICY, "leaseName", cel("kured"), cel("kured")),
+        (
+            LEASE_POLICY,
             "lockAnnotation",
             cel(LOCK_ANNOTATION),
             cel(LOCK_ANNOTATION),
@@ -232,7 +256,7 @@ fn render(scope: &Scope, flags: &Flags) -> Vec<Value> {
         "{POLICY_FILE}: each variable rendered once"
     );
     seen.sort();
-    let mut expected: Vec<(String, String)> = [DAEMONSET_POLICY, NODE_POLICY]
+    let mut expected: Vec<(String, String)> = [DAEMONSET_POLICY, NODE_POLICY, LEASE_POLICY]
         .iter()
         .flat_map(|n| {
             ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
@@ -258,6 +282,8 @@ struct Setting {
     kubeconfig: PathBuf,
     client: Client,
     token_pod: Pod,
+    /// Whether the account may also write Leases ([`Setting::grant_lease_writes`]).
+    lease_writes: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -281,8 +307,32 @@ impl Setting {
             kubeconfig,
             client,
             token_pod,
+            lease_writes: false,
             _dir: dir,
         }
+    }
+
+    /// Adds to the account the rules the README gives for `--lock-backend=lease`
+    /// ([`lease_rules`]) and `delete` on leases, which no kured Role grants: what the policy
+    /// refuses of a Role broader than ours. Waits until they take effect.
+    async fn grant_lease_writes(&mut self) {
+        let mut rules = lease_rules();
+        push(
+            &mut rules,
+            json!({ "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["delete"] }),
+        );
+        bind_role(self.scope(), "kured-lease", "kured", rules).await;
+        let delete = access::request(
+            "delete",
+            "coordination.k8s.io/leases",
+            &self.scope().namespace,
+            "",
+        );
+        eventually("the Lease rules to take effect", ENFORCED_WITHIN, || async {
+            access::may(&self.client, &delete).await.then_some(())
+        })
+        .await;
+        self.lease_writes = true;
     }
 
     fn scope(&self) -> &Scope {
@@ -297,10 +347,15 @@ impl Setting {
         &self.fleet.names[1]
     }
 
-    /// Waits until both policies refuse the token's writes: the API server's admission plugin
-    /// learns of new policies and bindings through informers, a moment after they are created.
+    /// Waits until the policies refuse the token's writes (the Lease's where it may write Leases):
+    /// the API server's admission plugin learns of new policies and bindings through informers, a
+    /// moment after they are created.
     async fn until_enforced(&self, policies: &Policies) {
-        for probe in [Probe::DaemonSetAnnotation, Probe::OwnNodeAnnotation] {
+        let lease = self.lease_writes.then_some(Probe::LeaseAnnotation);
+        for probe in [Probe::DaemonSetAnnotation, Probe::OwnNodeAnnotation]
+            .into_iter()
+            .chain(lease)
+        {
             let refused = eventually(
                 &format!("the policies to refuse {probe:?}"),
                 ENFORCED_WITHIN,
@@ -335,10 +390,19 @@ enum Probe {
     OwnNodeAnnotation,
     /// A NoSchedule taint of its own on node A, beside the others.
     OwnNodeTaint,
+    /// A Lease of another name created beside the lock's: as well a free leader-election Lease of
+    /// the control plane, where the agents run in its namespace.
+    OtherLease,
+    LeaseLabel,
+    LeaseAnnotation,
+    LeaseDuration,
+    /// The lock's Lease deleted, with its holders.
+    LeaseDelete,
 }
 
 impl Probe {
-    const ALL: [Probe; 7] = [
+    /// Every probe; those on Leases need [`Setting::grant_lease_writes`].
+    const ALL: [Probe; 12] = [
         Probe::HostPathVolume,
         Probe::DaemonSetLabel,
         Probe::DaemonSetAnnotation,
@@ -346,6 +410,11 @@ impl Probe {
         Probe::OwnNodeLabel,
         Probe::OwnNodeAnnotation,
         Probe::OwnNodeTaint,
+        Probe::OtherLease,
+        Probe::LeaseLabel,
+        Probe::LeaseAnnotation,
+        Probe::LeaseDuration,
+        Probe::LeaseDelete,
     ];
 
     /// The shipped policy that refuses it, and what its refusal says.
@@ -357,6 +426,12 @@ impl Probe {
         let own = format!(
             "kured may change spec.unschedulable, its own taint, labels and annotations of Node {} and nothing else; this write changes ",
             setting.a()
+        );
+        let namespace = &setting.scope().namespace;
+        let only_lease =
+            format!("kured may create and update Lease {namespace}/kured (its lock) and nothing else; not ");
+        let lease = format!(
+            "kured may change annotation {LOCK_ANNOTATION} and spec.holderIdentity of Lease {namespace}/kured and nothing else; this write changes "
         );
         match self {
             Probe::HostPathVolume => (DAEMONSET_POLICY, format!("{lock}spec")),
@@ -373,11 +448,24 @@ impl Probe {
             Probe::OwnNodeLabel => (NODE_POLICY, format!("{own}label example.com/probe")),
             Probe::OwnNodeAnnotation => (NODE_POLICY, format!("{own}annotation example.com/probe")),
             Probe::OwnNodeTaint => (NODE_POLICY, format!("{own}spec.taints")),
+            Probe::OtherLease => (
+                LEASE_POLICY,
+                format!("{only_lease}create Lease {namespace}/probe-"),
+            ),
+            Probe::LeaseLabel => (LEASE_POLICY, format!("{lease}labels")),
+            Probe::LeaseAnnotation => (LEASE_POLICY, format!("{lease}annotation example.com/probe")),
+            Probe::LeaseDuration => (LEASE_POLICY, format!("{lease}spec.leaseDurationSeconds")),
+            Probe::LeaseDelete => (
+                LEASE_POLICY,
+                format!("{only_lease}delete Lease {namespace}/kured"),
+            ),
         }
     }
 
-    /// Makes the write with `client`'s credentials: the DaemonSet read, changed and written back
-    /// whole (an update, as the lock's writes are), a Node patched (as the agent patches).
+    /// Makes the write with `client`'s credentials: the DaemonSet or the lock's Lease read, changed
+    /// and written back whole (an update, as the lock's writes are), a Node patched (as the agent
+    /// patches). The lock's Lease is created first by the admin where it is absent (the lock
+    /// creates it on its first write, and [`Probe::LeaseDelete`] deletes it).
     async fn write(self, setting: &Setting, client: &Client) -> Result<(), kube::Error> {
         let value = fresh();
         match self {
@@ -440,6 +528,45 @@ impl Probe {
                 });
                 patch_node(client, setting.a(), patch).await
             }
+            Probe::OtherLease => {
+                let lease = json!({ "metadata": { "name": format!("probe-{value}") }, "spec": {} });
+                let lease: Lease = serde_json::from_value(lease).expect("a valid Lease");
+                Api::<Lease>::namespaced(client.clone(), &setting.scope().namespace)
+                    .create(&PostParams::default(), &lease)
+                    .await
+                    .map(drop)
+            }
+            Probe::LeaseLabel => {
+                update_lock_lease(setting, client, |lease| {
+                    lease
+                        .labels_mut()
+                        .insert("example.com/probe".into(), value.clone());
+                })
+                .await
+            }
+            Probe::LeaseAnnotation => {
+                update_lock_lease(setting, client, |lease| {
+                    lease
+                        .annotations_mut()
+                        .insert("example.com/probe".into(), value.clone());
+                })
+                .await
+            }
+            Probe::LeaseDuration => {
+                // Above zero, which the Lease's validation wants before admission looks.
+                let seconds = value.parse::<u32>().expect("a counter") + 1;
+                update_lock_lease(setting, client, |lease| {
+                    lease.data["spec"]["leaseDurationSeconds"] = json!(seconds);
+                })
+                .await
+            }
+            Probe::LeaseDelete => {
+                ensure_lock_lease(setting.scope()).await;
+                Api::<Lease>::namespaced(client.clone(), &setting.scope().namespace)
+                    .delete("kured", &DeleteParams::default())
+                    .await
+                    .map(drop)
+            }
         }
     }
 }
@@ -452,25 +579,61 @@ fn push(list: &mut Value, item: Value) {
     }
 }
 
-/// Reads the lock's DaemonSet with `client`, applies `change` and writes it back whole, on
-/// condition of the resourceVersion read, as the agent writes its lock: untyped, so that no field
-/// this build does not know is lost. A conflict (the DaemonSet controller writing its status
-/// meanwhile) reads again, a few times.
+/// Reads the lock's DaemonSet with `client`, applies `change` and writes it back whole
+/// ([`update_lock_object`]).
 async fn update_lock_daemonset(
     setting: &Setting,
     client: &Client,
     change: impl Fn(&mut DynamicObject),
 ) -> Result<(), kube::Error> {
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        &setting.scope().namespace,
-        &ApiResource::erase::<DaemonSet>(&()),
-    );
+    update_lock_object(setting, client, ApiResource::erase::<DaemonSet>(&()), change).await
+}
+
+/// Reads the lock's Lease with `client` (created by the admin first where it is absent),
+/// applies `change` and writes it back whole ([`update_lock_object`]).
+async fn update_lock_lease(
+    setting: &Setting,
+    client: &Client,
+    change: impl Fn(&mut DynamicObject),
+) -> Result<(), kube::Error> {
+    ensure_lock_lease(setting.scope()).await;
+    update_lock_object(setting, client, ApiResource::erase::<Lease>(&()), change).await
+}
+
+/// Creates the lock's Lease as the admin, as bare as the lock creates it, where it is absent.
+async fn ensure_lock_lease(scope: &Scope) {
+    let leases = scope.api::<Lease>();
+    if leases
+        .get_opt("kured")
+        .await
+        .expect("reading the lock's Lease")
+        .is_none()
+    {
+        let lease: Lease = serde_json::from_value(json!({ "metadata": { "name": "kured" }, "spec": {} }))
+            .expect("a valid Lease");
+        leases
+            .create(&PostParams::default(), &lease)
+            .await
+            .expect("creating the lock's Lease");
+    }
+}
+
+/// Reads the lock's object `kured` of type `resource` with `client`, applies `change` and writes
+/// it back whole, on condition of the resourceVersion read, as the agent writes its lock: untyped,
+/// so that no field this build does not know is lost. A conflict (the DaemonSet controller writing
+/// its status meanwhile) reads again, a few times.
+async fn update_lock_object(
+    setting: &Setting,
+    client: &Client,
+    resource: ApiResource,
+    change: impl Fn(&mut DynamicObject),
+) -> Result<(), kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &setting.scope().namespace, &resource);
     let mut attempts = 0;
     loop {
-        let mut ds = api.get("kured").await?;
-        change(&mut ds);
-        match api.replace("kured", &PostParams::default(), &ds).await {
+        let mut object = api.get("kured").await?;
+        change(&mut object);
+        match api.replace("kured", &PostParams::default(), &object).await {
             Err(kube::Error::Api(status)) if status.code == 409 && attempts < 5 => attempts += 1,
             result => return result.map(drop),
         }
@@ -506,12 +669,63 @@ fn assert_refused_by(what: &str, result: &Result<(), kube::Error>, name: &str, s
     }
 }
 
+/// The Lease backend's lock with `setting`'s token, under the policies: its first acquire
+/// creates the Lease, its release and the next acquire update it, each with the lock annotation
+/// and `spec.holderIdentity`.
+async fn lease_lock_round_trips(setting: &Setting) {
+    let scope = setting.scope();
+    let leases = scope.api::<Lease>();
+    if leases
+        .get_opt("kured")
+        .await
+        .expect("reading the lock's Lease")
+        .is_some()
+    {
+        leases
+            .delete("kured", &DeleteParams::default())
+            .await
+            .expect("deleting the lock's Lease");
+    }
+    let object = LockObject {
+        backend: Backend::Lease,
+        namespace: scope.namespace.clone(),
+        name: "kured".to_owned(),
+        annotation: LOCK_ANNOTATION.to_owned(),
+    };
+    let settings = LockSettings {
+        node_id: setting.a().to_owned(),
+        concurrency: 1,
+        ttl: GoDuration::ZERO,
+        release_delay: Duration::ZERO,
+    };
+    let lock = ObjectLock::new(setting.client.clone(), &object, settings);
+    let holder = || async {
+        let lease = leases.get("kured").await.expect("reading the lock's Lease");
+        lease.spec.and_then(|s| s.holder_identity)
+    };
+    for round in ["creating the Lease", "updating it"] {
+        match lock.acquire(&Claim::default()).await {
+            Ok(Acquire::Acquired(_)) => {}
+            other => panic!("the Lease lock is acquired ({round}) under the policies: {other:?}"),
+        }
+        assert_eq!(holder().await.as_deref(), Some(setting.a()), "{round}");
+        let released = lock.release().await;
+        assert!(
+            matches!(released, Ok(Release::Released)),
+            "the Lease lock is released under the policies: {released:?}"
+        );
+        assert_eq!(holder().await, None, "released");
+        assert_eq!(read_lock_in(scope, Backend::Lease).await, None, "released");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tests
 
 #[tokio::test]
 async fn the_policies_refuse_what_a_stolen_token_could_do_and_allow_the_lock_and_the_admin() {
-    let setting = Setting::new("admission-refuse").await;
+    let mut setting = Setting::new("admission-refuse").await;
+    setting.grant_lease_writes().await;
     let scope = setting.scope();
 
     // Before: deploy/kured.yaml's RBAC lets the token make every one of these writes.
@@ -542,6 +756,7 @@ async fn the_policies_refuse_what_a_stolen_token_could_do_and_allow_the_lock_and
         .unwrap_or_else(|e| panic!("the lock's write ({lock:?}) is allowed: {e}"));
         assert_eq!(read_lock(scope).await, lock);
     }
+    lease_lock_round_trips(&setting).await;
 
     // The admin is not the agents' ServiceAccount: the policies do not look at its writes.
     for probe in Probe::ALL {
