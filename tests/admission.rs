@@ -168,47 +168,40 @@ fn render(scope: &Scope, flags: &Flags) -> Vec<Value> {
         serde_saphyr::from_multiple(POLICY).unwrap_or_else(|e| panic!("reading {POLICY_FILE}: {e}"));
     let mut objects: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
     let labels: Vec<String> = flags.labels.iter().map(|l| cel(l)).collect();
-    // (policy, variable, as shipped, as rendered), each used exactly once.
-    let variables = [
-        (
-            DAEMONSET_POLICY,
-            "dsNamespace",
-            cel("kube-system"),
-            cel(&scope.namespace),
-        ),
-        (DAEMONSET_POLICY, "dsName", cel("kured"), cel("kured")),
-        (
-            DAEMONSET_POLICY,
-            "lockAnnotation",
-            cel(LOCK_ANNOTATION),
-            cel(LOCK_ANNOTATION),
-        ),
-        (
-            LEASE_POLICY,
-            "leaseNamespace",
-            cel("kube-system"),
-            cel(&scope.namespace),
-        ),
-        (LEASE_POLICY, "leaseName", cel("kured"), cel("kured")),
-        (
-            LEASE_POLICY,
-            "lockAnnotation",
-            cel(LOCK_ANNOTATION),
-            cel(LOCK_ANNOTATION),
-        ),
+    // (policy, variable, as shipped, as rendered), each used exactly once. The lock's location is
+    // the same in the DaemonSet's policy and in the Lease's.
+    let mut variables = Vec::new();
+    for (policy, object) in [(DAEMONSET_POLICY, "ds"), (LEASE_POLICY, "lease")] {
+        variables.extend([
+            (
+                policy,
+                format!("{object}Namespace"),
+                cel("kube-system"),
+                cel(&scope.namespace),
+            ),
+            (policy, format!("{object}Name"), cel("kured"), cel("kured")),
+            (
+                policy,
+                "lockAnnotation".to_owned(),
+                cel(LOCK_ANNOTATION),
+                cel(LOCK_ANNOTATION),
+            ),
+        ]);
+    }
+    variables.extend([
         (
             NODE_POLICY,
-            "taint",
+            "taint".to_owned(),
             cel(""),
             cel(flags.taint.unwrap_or_default()),
         ),
         (
             NODE_POLICY,
-            "labels",
+            "labels".to_owned(),
             "[]".to_owned(),
             format!("[{}]", labels.join(", ")),
         ),
-    ];
+    ]);
     let mut used = vec![0; variables.len()];
     let user = cel(&format!("system:serviceaccount:{}:kured", scope.namespace));
     let mut seen = Vec::new();
@@ -536,19 +529,13 @@ impl Probe {
                     .await
                     .map(drop)
             }
-            Probe::LeaseLabel => {
+            Probe::LeaseLabel | Probe::LeaseAnnotation => {
                 update_lock_lease(setting, client, |lease| {
-                    lease
-                        .labels_mut()
-                        .insert("example.com/probe".into(), value.clone());
-                })
-                .await
-            }
-            Probe::LeaseAnnotation => {
-                update_lock_lease(setting, client, |lease| {
-                    lease
-                        .annotations_mut()
-                        .insert("example.com/probe".into(), value.clone());
+                    let keys = match self {
+                        Probe::LeaseLabel => lease.labels_mut(),
+                        _ => lease.annotations_mut(),
+                    };
+                    keys.insert("example.com/probe".into(), value.clone());
                 })
                 .await
             }
