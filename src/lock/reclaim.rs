@@ -17,6 +17,15 @@
 //! cordoning and draining its node, and a rollout hands slots on every few seconds, so checking
 //! every new holder would cost each waiting agent a GET per hand-off. An entry a minute old is
 //! checked at the waiting agents' next round, as before.
+//!
+//! Each round checks one of the entries old enough, drawn at random, not all of them: at
+//! concurrency 5 with drains of several minutes, checking all cost every waiting agent five GETs
+//! a `--period`. The waiting agents between them still check every holder about once a period;
+//! a lone waiter finds a gone holder among `c` within `c` rounds on average, and a round that
+//! reclaims one is followed at once by another.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Node;
@@ -43,8 +52,9 @@ fn says_node_is_gone(status: &Status, node: &str) -> bool {
             .is_some_and(|d| d.name == node && d.kind == "nodes")
 }
 
-/// Looks up the Node of every other live holder in `seen` (the lock as the caller read it) and
-/// removes the entries of those that no longer exist. Returns the entries removed by this call.
+/// Looks up the Node of one other live holder in `seen` (the lock as the caller read it), drawn at
+/// random among those held for [`MIN_AGE`], and removes its entry if the Node no longer exists.
+/// Returns the entries removed by this call.
 /// Never fails: whatever cannot be checked or written is logged and left for the next round.
 pub(super) async fn reclaim_gone_holders(
     lock: &DaemonSetLock,
@@ -57,6 +67,12 @@ pub(super) async fn reclaim_gone_holders(
         return Vec::new();
     };
     candidates.retain(|e| old_enough(e, now));
+    if candidates.len() > 1 {
+        // Each `RandomState` is keyed afresh, which is randomness enough for the draw.
+        let drawn = RandomState::new().hash_one(own) % candidates.len() as u64;
+        candidates.swap(0, usize::try_from(drawn).unwrap_or(0));
+        candidates.truncate(1);
+    }
     if candidates.is_empty() {
         return Vec::new();
     }
