@@ -65,6 +65,11 @@ pub fn is_conflict(error: &impl ApiAnswer) -> bool {
     answered(error, reason::CONFLICT, 409)
 }
 
+/// A create found the object there already (409 AlreadyExists): another writer created it first.
+pub fn is_already_exists(error: &impl ApiAnswer) -> bool {
+    answered(error, reason::ALREADY_EXISTS, 409)
+}
+
 /// Our credentials may not do this (403 Forbidden, RBAC).
 pub fn is_forbidden(error: &impl ApiAnswer) -> bool {
     answered(error, reason::FORBIDDEN, 403)

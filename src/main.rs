@@ -116,7 +116,7 @@ fn schedule(args: &ScheduleArgs) -> Result<(), Failure> {
 const STATUS_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn status(args: &StatusArgs) -> Result<(), Failure> {
-    use kured::status::{LockLocation, gather, render_text};
+    use kured::status::{gather, render_text};
     use std::io::IsTerminal;
     let rt = async_runtime()?;
     if args.lock.ds_namespace.is_empty() || args.lock.ds_name.is_empty() {
@@ -124,7 +124,8 @@ fn status(args: &StatusArgs) -> Result<(), Failure> {
             "--ds-namespace and --ds-name must not be empty"
         )));
     }
-    let lock = LockLocation {
+    let lock = kured::lock::LockObject {
+        backend: args.lock.lock_backend.backend(),
         namespace: args.lock.ds_namespace.clone(),
         name: args.lock.ds_name.clone(),
         annotation: args.lock.lock_annotation.clone(),

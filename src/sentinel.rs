@@ -487,6 +487,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("reboot-required");
         let mut watch = SentinelWatch::new(Some(&path));
+        assert!(
+            watch.events.is_some(),
+            "no inotify watch could be set up (are all fs.inotify.max_user_instances in use?)"
+        );
         std::fs::write(dir.path().join("other"), "").unwrap();
         let woken = tokio::time::timeout(Duration::from_millis(200), watch.changed()).await;
         assert!(woken.is_err(), "another file in the directory");

@@ -1,26 +1,27 @@
 //! `kured status`: a cluster-wide view for operators — one row per node with its reboot need,
 //! the agent's phase (published in [`STATE_ANNOTATION`](crate::agent_state::STATE_ANNOTATION)), lock
 //! holders, cordon and last reboot.
-//! Needs only `get`/`list` on nodes and `get` on the agents' DaemonSet.
+//! Needs only `list` on nodes and `get` on the lock object (the agents' DaemonSet or Lease).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use serde::Serialize;
 
 use crate::agent_state::{AgentState, Phase};
+use crate::kube_error;
+use crate::lock::LockObject;
 use crate::lock::record::LockRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error("listing nodes")]
     ListNodes(#[source] kube::Error),
-    #[error("reading the lock on DaemonSet {object}")]
+    #[error("reading the lock on {object}")]
     ReadLock {
         object: String,
         #[source]
@@ -56,18 +57,22 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeStatus>,
 }
 
-/// Where the lock is.
-#[derive(Debug, Clone)]
-pub struct LockLocation {
-    pub namespace: String,
-    pub name: String,
-    pub annotation: String,
+/// The lock annotation of `lock`'s object; `None` when the object or the annotation is absent.
+async fn read_annotation(client: &Client, lock: &LockObject) -> Result<Option<String>, kube::Error> {
+    Ok(lock
+        .api(client.clone())
+        .get_opt(&lock.name)
+        .await?
+        .and_then(|object| object.metadata.annotations)
+        .and_then(|mut a| a.remove(&lock.annotation)))
 }
 
-/// Reads nodes and the lock once.
+/// Reads nodes and the lock once. The holders of the other backend's object count too: during a
+/// switch of backends (see the README) both carry holders. That object is read only where it
+/// may be: one this user may not read, or that does not exist, holds nobody.
 pub async fn gather(
     client: &Client,
-    lock: &LockLocation,
+    lock: &LockObject,
     now: Timestamp,
 ) -> Result<ClusterStatus, StatusError> {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -75,35 +80,53 @@ pub async fn gather(
         .list(&ListParams::default())
         .await
         .map_err(StatusError::ListNodes)?;
-    let object = format!("{}/{}", lock.namespace, lock.name);
-    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &lock.namespace);
-    let annotation = match daemonsets.get_opt(&lock.name).await {
-        Ok(ds) => ds
-            .and_then(|ds| ds.metadata.annotations)
-            .and_then(|mut a| a.remove(&lock.annotation)),
-        Err(source) => return Err(StatusError::ReadLock { object, source }),
+    let annotation = read_annotation(client, lock)
+        .await
+        .map_err(|source| StatusError::ReadLock {
+            object: lock.describe(),
+            source,
+        })?;
+    let other = lock.other();
+    let other_annotation = match read_annotation(client, &other).await {
+        Ok(a) => a,
+        Err(e) if kube_error::is_refused(&e) => None,
+        Err(source) => {
+            return Err(StatusError::ReadLock {
+                object: other.describe(),
+                source,
+            });
+        }
     };
-    Ok(assemble(&list.items, annotation.as_deref(), lock, now))
+    let locks = [
+        (lock, annotation.as_deref()),
+        (&other, other_annotation.as_deref()),
+    ];
+    Ok(assemble(&list.items, &locks, now))
 }
 
-/// The status of `nodes` with lock annotation `annotation`, at `now`.
-fn assemble(nodes: &[Node], annotation: Option<&str>, lock: &LockLocation, now: Timestamp) -> ClusterStatus {
-    let object = format!("{}/{}", lock.namespace, lock.name);
-    let (lock_holders, lock_error) = match annotation.map(LockRecord::parse) {
-        None => (Vec::new(), None),
-        Some(Ok(record)) => (
-            record.holders(now).iter().map(|e| e.node_id.clone()).collect(),
-            None,
-        ),
-        Some(Err(e)) => (
-            Vec::new(),
-            Some(format!(
-                "{object} annotation {}: {}",
+/// The status of `nodes` with the lock objects' annotations `locks`, at `now`.
+fn assemble(nodes: &[Node], locks: &[(&LockObject, Option<&str>)], now: Timestamp) -> ClusterStatus {
+    let mut lock_holders: Vec<String> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    for (lock, annotation) in locks {
+        match annotation.map(LockRecord::parse) {
+            None => {}
+            Some(Ok(record)) => {
+                for entry in record.holders(now) {
+                    if !lock_holders.contains(&entry.node_id) {
+                        lock_holders.push(entry.node_id.clone());
+                    }
+                }
+            }
+            Some(Err(e)) => errors.push(format!(
+                "{} annotation {}: {}",
+                lock.describe(),
                 lock.annotation,
                 crate::error_chain(&e)
             )),
-        ),
-    };
+        }
+    }
+    let lock_error = (!errors.is_empty()).then(|| errors.join("; "));
     let holders: BTreeSet<&str> = lock_holders.iter().map(String::as_str).collect();
     let mut rows: Vec<NodeStatus> = nodes
         .iter()
@@ -236,7 +259,8 @@ mod tests {
     #[test]
     fn waiting_nodes_are_told_who_holds_the_lock_from_the_lock_itself() {
         let now: Timestamp = "2026-11-20T03:00:00Z".parse().unwrap();
-        let lock = LockLocation {
+        let lock = LockObject {
+            backend: crate::lock::Backend::DaemonSet,
             namespace: "kube-system".into(),
             name: "kured".into(),
             annotation: "weave.works/kured-node-lock".into(),
@@ -254,7 +278,7 @@ mod tests {
             ),
             node("n4", None),
         ];
-        let status = assemble(&nodes, Some(annotation), &lock, now);
+        let status = assemble(&nodes, &[(&lock, Some(annotation))], now);
         assert_eq!(status.lock_holders, ["n1"]);
         assert_eq!(status.lock_error, None);
         let rows: Vec<(&str, bool, Option<&str>, &str)> = status
@@ -280,7 +304,7 @@ mod tests {
         );
 
         // Between a release and the waiting agent's next round, the lock is free.
-        let free = assemble(&nodes[1..2], None, &lock, now);
+        let free = assemble(&nodes[1..2], &[(&lock, None)], now);
         assert_eq!(free.nodes[0].phase.as_deref(), Some("waiting-for-lock"));
         assert_eq!(free.nodes[0].detail, "", "no \"held by\" without holders");
     }

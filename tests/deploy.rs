@@ -278,13 +278,17 @@ async fn the_api_server_accepts_the_manifests_as_specified() {
         let role: Role = serde_json::from_value(find(&items, "Role").clone()).expect("a Role");
         assert_eq!(
             role.rules.unwrap_or_default(),
-            [rule(
-                &["apps"],
-                &["daemonsets"],
-                &["kured"],
-                &["get", "update", "list", "watch"]
-            )],
-            "{}: the lock's DaemonSet, and no other",
+            [
+                rule(
+                    &["apps"],
+                    &["daemonsets"],
+                    &["kured"],
+                    &["get", "update", "list", "watch"]
+                ),
+                // Read only: the Lease backend's holders count while a fleet switches backends.
+                rule(&["coordination.k8s.io"], &["leases"], &["kured"], &["get"]),
+            ],
+            "{}: the lock's DaemonSet, and no other; the Lease of the other backend, read only",
             manifest.path
         );
 

@@ -14,7 +14,8 @@ use kube::Client;
 use kured::duration::GoDuration;
 use kured::lock::record::Change;
 use kured::lock::{
-    Acquire, Claim, DaemonSetLock, LockEntry, LockError, LockSettings, LockSnapshot, RebootLock, Release,
+    Acquire, Backend, Claim, LockEntry, LockError, LockObject, LockSettings, LockSnapshot, ObjectLock,
+    RebootLock, Release,
 };
 use serde_json::json;
 use support::cluster::admin_client;
@@ -44,18 +45,24 @@ fn settings(node: &str, concurrency: u32) -> LockSettings {
 }
 
 /// The live entry of `node` in the lock as read now.
-async fn live_entry(lock: &DaemonSetLock, node: &str) -> Result<Option<LockEntry>, LockError> {
+async fn live_entry(lock: &ObjectLock, node: &str) -> Result<Option<LockEntry>, LockError> {
     let state = lock.read().await?;
     Ok(state
         .record
         .and_then(|record| record.held_by(node, Timestamp::now()).cloned()))
 }
 
-fn lock_with(client: Client, scope: &Scope, settings: LockSettings) -> DaemonSetLock {
-    DaemonSetLock::new(client, &scope.namespace, DS, LOCK_ANNOTATION, settings)
+fn lock_with(client: Client, scope: &Scope, settings: LockSettings) -> ObjectLock {
+    let object = LockObject {
+        backend: Backend::DaemonSet,
+        namespace: scope.namespace.clone(),
+        name: DS.to_owned(),
+        annotation: LOCK_ANNOTATION.to_owned(),
+    };
+    ObjectLock::new(client, &object, settings)
 }
 
-fn lock(scope: &Scope, node: &str, concurrency: u32) -> DaemonSetLock {
+fn lock(scope: &Scope, node: &str, concurrency: u32) -> ObjectLock {
     lock_with(scope.client.clone(), scope, settings(node, concurrency))
 }
 
@@ -74,7 +81,7 @@ fn minute_ago() -> String {
 }
 
 /// Asserts that `lock` takes a slot for `claim`.
-async fn expect_acquired(lock: &DaemonSetLock, claim: &Claim) {
+async fn expect_acquired(lock: &ObjectLock, claim: &Claim) {
     match lock.acquire(claim).await.expect("acquiring") {
         Acquire::Acquired(_) => {}
         other => panic!(
@@ -84,7 +91,7 @@ async fn expect_acquired(lock: &DaemonSetLock, claim: &Claim) {
     }
 }
 
-async fn expect_blocked(lock: &DaemonSetLock) -> (Vec<String>, u32) {
+async fn expect_blocked(lock: &ObjectLock) -> (Vec<String>, u32) {
     match lock.acquire(&Claim::default()).await.expect("acquiring") {
         Acquire::Blocked { holders, limit, .. } => {
             (node_ids(&holders).into_iter().map(str::to_owned).collect(), limit)

@@ -21,7 +21,7 @@ use crate::blockers::{Blocker, BlockerError, Blockers};
 use crate::config::Config;
 use crate::decide::{self, Action, LockView, Policy, SentinelView, Situation};
 use crate::drain::Drainer;
-use crate::lock::{DaemonSetLock, LockError, LockSnapshot, RebootLock, Slot};
+use crate::lock::{LockError, LockSnapshot, ObjectLock, RebootLock, Slot};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::node::OwnNode;
 use crate::notify::Notifier;
@@ -35,7 +35,7 @@ mod publish;
 use jitter::Jitter;
 
 /// A lock read at the start of a round stands in for the read of a write later in the same round
-/// (see [`DaemonSetLock::reusing_reads_for`]), and so does the Node read with it.
+/// (see [`ObjectLock::reusing_reads_for`]), and so does the Node read with it.
 const LOCK_READ_REUSE: Duration = Duration::from_secs(2);
 
 /// What the agent waits for before it looks again.
@@ -116,8 +116,13 @@ pub async fn run(
             force_reboot: config.force_reboot,
         },
         node: OwnNode::new(client.clone(), config.node_id.clone()),
-        lock: DaemonSetLock::at(client.clone(), &config.lock_object, config.lock.clone())
-            .reusing_reads_for(LOCK_READ_REUSE),
+        lock: ObjectLock::new(client.clone(), &config.lock_object, config.lock.clone())
+            .reusing_reads_for(LOCK_READ_REUSE)
+            .beside(ObjectLock::new(
+                client.clone(),
+                &config.lock_object.other(),
+                config.lock.clone(),
+            )),
         drainer: Drainer::new(client.clone(), config.drain.clone()),
         blockers: Blockers::configured(client, &config.node_id, &config.blockers)?,
         notifier,

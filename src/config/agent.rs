@@ -206,8 +206,8 @@ impl AgentArgs {
         }
     }
 
-    /// `--ds-namespace`, `--ds-name`, `--lock-annotation`; `--concurrency` is checked first, as
-    /// it always was.
+    /// `--lock-backend`, `--ds-namespace`, `--ds-name`, `--lock-annotation`; `--concurrency` is
+    /// checked first, as it always was.
     fn lock_object(&self) -> Result<LockObject, ConfigError> {
         if self.concurrency == 0 {
             return Err(invalid("concurrency", "0", "expected at least 1"));
@@ -215,6 +215,7 @@ impl AgentArgs {
         let annotation = strip_quotes(&self.lock.lock_annotation);
         selector::check_key(annotation).map_err(|e| invalid("lock-annotation", annotation, e))?;
         Ok(LockObject {
+            backend: self.lock.lock_backend.backend(),
             namespace: strip_quotes(&self.lock.ds_namespace).to_owned(),
             name: strip_quotes(&self.lock.ds_name).to_owned(),
             annotation: annotation.to_owned(),

@@ -21,6 +21,10 @@ pub enum Command {
 /// Where the lock is: shared by the agent and `kured status`.
 #[derive(Debug, Clone, Args)]
 pub struct LockArgs {
+    /// Object that carries the lock: the DaemonSet (as upstream; the agents may update it) or a
+    /// coordination.k8s.io Lease of the same name and namespace (no write access to any workload)
+    #[arg(long, env = "KURED_LOCK_BACKEND", value_enum, default_value_t = LockBackend::Daemonset)]
+    pub lock_backend: LockBackend,
     /// Namespace of the DaemonSet that carries the lock
     #[arg(long, env = "KURED_DS_NAMESPACE", default_value = "kube-system")]
     pub ds_namespace: String,
@@ -58,6 +62,25 @@ pub enum RebootMethod {
     Command,
     /// Send --reboot-signal to PID 1 (needs hostPID and CAP_KILL only).
     Signal,
+}
+
+/// Where the lock is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LockBackend {
+    /// An annotation of the DaemonSet --ds-namespace/--ds-name.
+    Daemonset,
+    /// An annotation of the Lease --ds-namespace/--ds-name, created by the first agent that
+    /// takes the lock.
+    Lease,
+}
+
+impl LockBackend {
+    pub fn backend(self) -> crate::lock::Backend {
+        match self {
+            LockBackend::Daemonset => crate::lock::Backend::DaemonSet,
+            LockBackend::Lease => crate::lock::Backend::Lease,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

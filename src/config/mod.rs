@@ -22,8 +22,8 @@ use clap::Parser;
 
 pub use agent::REBOOT_ALLOWANCE;
 pub use args::{
-    AgentArgs, Command, LockArgs, LogFormat, NotifyArgs, NotifyUrlArgs, OutputFormat, RebootMethod,
-    ScheduleArgs, StatusArgs, WindowArgs,
+    AgentArgs, Command, LockArgs, LockBackend, LogFormat, NotifyArgs, NotifyUrlArgs, OutputFormat,
+    RebootMethod, ScheduleArgs, StatusArgs, WindowArgs,
 };
 pub use notify_urls::redact_url;
 

@@ -69,6 +69,7 @@ fn every_flag_has_its_kured_env_twin() {
         "ds-namespace",
         "ds-name",
         "lock-annotation",
+        "lock-backend",
         "lock-ttl",
         "lock-release-delay",
         "concurrency",

@@ -1,8 +1,8 @@
 //! The cluster-wide reboot lock: at most `--concurrency` nodes hold it at a time.
 //!
-//! [`RebootLock`] is what the agent needs of a lock; [`DaemonSetLock`] implements it on an
-//! annotation of the agent's own DaemonSet, in upstream kured's wire format ([`record`]), so our
-//! agents and upstream's can share one lock during a migration.
+//! [`RebootLock`] is what the agent needs of a lock; [`ObjectLock`] implements it on an
+//! annotation of the agent's own DaemonSet or of a Lease ([`Backend`]), in upstream kured's wire
+//! format ([`record`]), so our agents and upstream's can share one lock during a migration.
 //!
 //! The agent's use, in short:
 //!
@@ -28,28 +28,85 @@ use jiff::Timestamp;
 
 use crate::kube_error;
 
-pub mod daemonset;
+pub mod object;
 pub mod policy;
 pub mod reclaim;
 pub mod record;
 pub mod turn;
 
-pub use daemonset::DaemonSetLock;
+pub use object::ObjectLock;
 pub use policy::{Acquire, Claim, LockSettings, LockSnapshot, Reclaim, Release, Slot, Standing};
 pub use record::{LockEntry, LockRecord, NodeMeta, RecordError};
 
-/// Where the DaemonSet lock is kept: the annotation `annotation` of DaemonSet
-/// `namespace/name` (`--ds-namespace`, `--ds-name`, `--lock-annotation`).
+/// Which kind of object keeps the lock (`--lock-backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// An annotation of the agents' own DaemonSet, as upstream kured keeps it: the agents may
+    /// update their DaemonSet.
+    #[default]
+    DaemonSet,
+    /// An annotation of a `coordination.k8s.io/v1` Lease named after the DaemonSet, in its
+    /// namespace, created by the first agent that takes the lock: the agents need no write
+    /// access to any workload.
+    Lease,
+}
+
+impl Backend {
+    /// The object's kind, as Kubernetes names it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Backend::DaemonSet => "DaemonSet",
+            Backend::Lease => "Lease",
+        }
+    }
+
+    /// The other backend: during a switch from one to the other, its live holders count too.
+    pub fn other(self) -> Backend {
+        match self {
+            Backend::DaemonSet => Backend::Lease,
+            Backend::Lease => Backend::DaemonSet,
+        }
+    }
+}
+
+/// Where the lock is kept: the annotation `annotation` (`--lock-annotation`) of the object of
+/// kind `backend` (`--lock-backend`) named `namespace/name` (`--ds-namespace`, `--ds-name`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockObject {
+    pub backend: Backend,
     pub namespace: String,
     pub name: String,
     pub annotation: String,
 }
 
+impl LockObject {
+    /// The same place in the other backend's object.
+    pub fn other(&self) -> LockObject {
+        LockObject {
+            backend: self.backend.other(),
+            ..self.clone()
+        }
+    }
+
+    /// The API of objects of this kind in this namespace.
+    pub fn api(&self, client: kube::Client) -> kube::Api<kube::api::DynamicObject> {
+        use k8s_openapi::api::{apps::v1::DaemonSet, coordination::v1::Lease};
+        let resource = match self.backend {
+            Backend::DaemonSet => kube::api::ApiResource::erase::<DaemonSet>(&()),
+            Backend::Lease => kube::api::ApiResource::erase::<Lease>(&()),
+        };
+        kube::Api::namespaced_with(client, &self.namespace, &resource)
+    }
+
+    /// `<Kind> <namespace>/<name>`, as errors and logs name it.
+    pub fn describe(&self) -> String {
+        format!("{} {}/{}", self.backend.kind(), self.namespace, self.name)
+    }
+}
+
 impl fmt::Display for LockObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{} {}", self.namespace, self.name, self.annotation)
+        write!(f, "{} {}", self.describe(), self.annotation)
     }
 }
 
@@ -106,10 +163,11 @@ pub enum LockError {
 pub type Result<T, E = LockError> = std::result::Result<T, E>;
 
 impl LockError {
-    /// Another writer changed the object between our read and our write (HTTP 409), every time we
-    /// tried: the lock is contended, try again later.
+    /// Another writer changed the object between our read and our write (HTTP 409), or created
+    /// the Lease we meant to create, every time we tried: the lock is contended, try again later.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, LockError::Write { source, .. } if kube_error::is_conflict(source))
+        matches!(self, LockError::Write { source, .. }
+            if kube_error::is_conflict(source) || kube_error::is_already_exists(source))
     }
 
     /// The annotation is not a lock record; see [`LockError::seen`] to wait for someone to fix it.

@@ -103,7 +103,7 @@ pub enum Release {
     NotHeld,
 }
 
-/// The answer to [`DaemonSetLock::reclaim`](super::DaemonSetLock::reclaim).
+/// The answer to [`ObjectLock::reclaim`](super::ObjectLock::reclaim).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reclaim {
     /// The entry was removed: its slot is free.
@@ -217,6 +217,70 @@ pub fn decide_acquire(
             Decision::write(&record, Acquire::Acquired(ours))
         }
     }
+}
+
+/// [`decide_acquire`], with `outside` (live holders of other nodes kept in another lock object:
+/// the other backend's, during a switch of backends) counted against our concurrency: a slot
+/// that `current` leaves free is ours only if, with them, we stay within the limit.
+pub fn decide_acquire_beside(
+    current: Option<&str>,
+    outside: &[LockEntry],
+    settings: &LockSettings,
+    claim: &Claim,
+    now: Timestamp,
+) -> Result<Decision<Acquire>> {
+    let decision = decide_acquire(current, settings, claim, now)?;
+    if outside.is_empty() || !matches!(decision.outcome, Acquire::Acquired(_)) {
+        return Ok(decision);
+    }
+    let limit = settings.concurrency.max(1);
+    let mut holders: Vec<LockEntry> = read(current)?
+        .map(|record| record.holders(now).into_iter().cloned().collect())
+        .unwrap_or_default();
+    if holders.len() + outside.len() < limit as usize {
+        return Ok(decision);
+    }
+    holders.extend(outside.iter().cloned());
+    Ok(Decision::read_only(Acquire::Blocked {
+        next_expiry: holders.iter().filter_map(LockEntry::expires_at).min(),
+        holders,
+        limit,
+        seen: LockSnapshot::new(current.map(str::to_owned)),
+    }))
+}
+
+/// Decides how to put `entry`, our own entry as another lock object kept it (the other
+/// backend's, before a switch of backends), into the lock whose annotation is `current`, as it
+/// is: same `created`, TTL, boot ID and release time, so that the cycle it stands for goes on.
+/// Whatever entry of ours `current` has is replaced; expired entries of others are dropped.
+/// The limit is not checked: the entry held its slot already, and is moved, not taken.
+pub fn decide_adopt(
+    current: Option<&str>,
+    entry: &LockEntry,
+    settings: &LockSettings,
+    now: Timestamp,
+) -> Result<Decision<()>> {
+    let others: Vec<LockEntry> = read(current)?
+        .map(|record| {
+            record
+                .entries()
+                .iter()
+                .filter(|e| e.node_id != entry.node_id && !e.is_expired(now))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if others.is_empty() {
+        return Decision::write(&fresh(entry.clone(), settings.concurrency.max(1)), ());
+    }
+    let mut locks = others;
+    locks.push(entry.clone());
+    let record = LockRecord::Multi(MultiRecord {
+        max_owners: i64::from(settings.concurrency.max(1)),
+        locks,
+        extra: BTreeMap::new(),
+    });
+    Decision::write(&record, ())
 }
 
 /// A record with our entry alone, in the form our concurrency writes.
@@ -917,5 +981,76 @@ mod tests {
                 prop_assert!(after.held_by("me", now).is_some());
             }
         }
+    }
+
+    fn held(node: &str, created: &str) -> LockEntry {
+        LockRecord::parse(&entry(node, created, 0)).unwrap().entries()[0].clone()
+    }
+
+    /// Holders kept in the other backend's object count against our concurrency; none of them,
+    /// and the decision is `decide_acquire`'s.
+    #[test]
+    fn holders_beside_the_lock_take_slots_too() {
+        let minute_ago = "2026-11-27T08:59:00Z";
+        let beside = |current: Option<&str>, outside: &[LockEntry], c: u32| {
+            let decision =
+                decide_acquire_beside(current, outside, &settings("n1", c), &Claim::default(), ts(NOW))
+                    .unwrap();
+            match decision.outcome {
+                Acquire::Acquired(_) => "acquired".to_owned(),
+                Acquire::AlreadyHeld(_) => "held".to_owned(),
+                Acquire::Blocked { holders, limit, .. } => {
+                    format!("blocked by {} (limit {limit})", ids(&holders).join(","))
+                }
+            }
+        };
+        let n9 = [held("n9", minute_ago)];
+        assert_eq!(beside(None, &[], 1), "acquired");
+        assert_eq!(beside(None, &n9, 1), "blocked by n9 (limit 1)");
+        assert_eq!(beside(None, &n9, 2), "acquired");
+        let one = multi(2, &[entry("n2", minute_ago, 0)]);
+        assert_eq!(beside(Some(&one), &n9, 2), "blocked by n2,n9 (limit 2)");
+        assert_eq!(beside(Some(&one), &n9, 3), "acquired");
+        // Our own entry is ours whatever is kept elsewhere.
+        let ours = multi(2, &[entry("n1", minute_ago, 0)]);
+        assert_eq!(beside(Some(&ours), &n9, 1), "held");
+    }
+
+    /// An entry moved from the other backend's object keeps every field, replaces our own and
+    /// drops expired entries of others, in the form our concurrency writes when it is alone.
+    #[test]
+    fn an_adopted_entry_is_kept_as_it_was() {
+        let minute_ago = "2026-11-27T08:59:00Z";
+        let hour_ago = "2026-11-27T08:00:00Z";
+        let moved = LockEntry {
+            boot_id: Some("boot-1".to_owned()),
+            release_after: Some(ts("2026-11-27T09:05:00Z")),
+            ..held("n1", hour_ago)
+        };
+        let adopt = |current: Option<&str>, c: u32| -> LockRecord {
+            match decide_adopt(current, &moved, &settings("n1", c), ts(NOW))
+                .unwrap()
+                .change
+            {
+                Some(Change::Set(text)) => LockRecord::parse(&text).unwrap(),
+                other => panic!("expected a write, got {other:?}"),
+            }
+        };
+        assert_eq!(adopt(None, 1), LockRecord::Single(moved.clone()));
+        let others = multi(
+            3,
+            &[
+                entry("n2", minute_ago, 0),
+                entry("n1", minute_ago, 0),
+                entry("n3", hour_ago, 60),
+            ],
+        );
+        let record = adopt(Some(&others), 3);
+        assert_eq!(
+            ids(record.entries()),
+            ["n2", "n1"],
+            "expired n3 dropped, ours replaced"
+        );
+        assert_eq!(record.entries()[1], moved);
     }
 }

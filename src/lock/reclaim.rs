@@ -35,7 +35,7 @@ use tracing::{debug, warn};
 
 use super::policy;
 use super::record::LockRecord;
-use super::{DaemonSetLock, LockEntry, LockSnapshot, Reclaim};
+use super::{LockEntry, LockSnapshot, ObjectLock, Reclaim};
 use crate::kube_error;
 
 /// Entries younger than this are not checked (see the [module documentation](self)).
@@ -57,7 +57,7 @@ fn says_node_is_gone(status: &Status, node: &str) -> bool {
 /// Returns the entries removed by this call.
 /// Never fails: whatever cannot be checked or written is logged and left for the next round.
 pub(super) async fn reclaim_gone_holders(
-    lock: &DaemonSetLock,
+    lock: &ObjectLock,
     seen: &LockSnapshot,
     now: Timestamp,
 ) -> Vec<LockEntry> {

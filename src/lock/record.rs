@@ -54,7 +54,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub use super::policy::{
-    Change, Decision, decide_acquire, decide_reclaim, decide_release, reclaim_candidates,
+    Change, Decision, decide_acquire, decide_acquire_beside, decide_adopt, decide_reclaim, decide_release,
+    reclaim_candidates,
 };
 use crate::duration::GoDuration;
 

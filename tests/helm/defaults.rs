@@ -101,12 +101,59 @@ fn another_release_gets_a_lock_and_a_role_of_its_own() {
     assert_eq!(names, want);
     let role: Role = chart.get("Role");
     let rules = role.rules.expect("the Role's rules");
-    assert_eq!(rules.len(), 1);
+    let named: Vec<(Vec<String>, Vec<String>, Vec<String>)> = rules
+        .iter()
+        .map(|r| {
+            (
+                r.resources.clone().unwrap_or_default(),
+                r.resource_names.clone().unwrap_or_default(),
+                r.verbs.clone(),
+            )
+        })
+        .collect();
     assert_eq!(
-        rules[0].resource_names,
-        Some(strings(&["nightly-kured"])),
-        "the lock's DaemonSet, and no other"
+        named,
+        [
+            (
+                strings(&["daemonsets"]),
+                strings(&["nightly-kured"]),
+                strings(&["get", "update", "list", "watch"])
+            ),
+            (
+                strings(&["leases"]),
+                strings(&["nightly-kured"]),
+                strings(&["get"])
+            ),
+        ],
+        "the lock's DaemonSet, and no other; the other backend's Lease, read only"
     );
+    // The Lease backend: the Lease of the release's name, created by the agents; no write on
+    // any DaemonSet.
+    let lease = Helm::new().template("nightly", "ops", &["--set", "configuration.lockBackend=lease"]);
+    let rules = lease.get::<Role>("Role").rules.expect("the Role's rules");
+    let named: Vec<(Vec<String>, Vec<String>, Vec<String>)> = rules
+        .iter()
+        .map(|r| {
+            (
+                r.resources.clone().unwrap_or_default(),
+                r.resource_names.clone().unwrap_or_default(),
+                r.verbs.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (
+                strings(&["leases"]),
+                strings(&["nightly-kured"]),
+                strings(&["get", "update", "list", "watch"])
+            ),
+            (strings(&["leases"]), vec![], strings(&["create"])),
+        ],
+        "with the Lease backend, the Lease alone"
+    );
+    assert!(args(&lease.container()).contains(&"--lock-backend=lease".to_owned()));
     let container = chart.container();
     let lock: Vec<String> = args(&container)
         .into_iter()

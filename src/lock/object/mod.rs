@@ -1,5 +1,6 @@
-//! The lock on an annotation of the agent's own DaemonSet (`--ds-namespace`, `--ds-name`,
-//! `--lock-annotation`), as upstream kured keeps it.
+//! The lock on an annotation of one object (`--lock-annotation`): the agent's own DaemonSet
+//! (`--ds-namespace`, `--ds-name`), as upstream kured keeps it, or a Lease of the same name and
+//! namespace (`--lock-backend=lease`).
 //!
 //! Every change is read → decide ([`super::record`]) → write the whole object back with the
 //! `metadata.resourceVersion` that was read (an `update`, the verb upstream's RBAC grants). A write
@@ -7,7 +8,12 @@
 //! number of times with jittered back-off. The object goes back as it was read except for the
 //! annotation: it is handled as an untyped object, so fields this build does not know survive.
 //!
-//! Waiting for a change starts one long-lived watch of the single DaemonSet (field selector
+//! The DaemonSet exists for as long as its agents run. The Lease is created by the first write
+//! that needs it (a create fails with 409 AlreadyExists when another agent created it first, and
+//! counts as a conflict); its `spec.holderIdentity` names the holders for `kubectl get lease`,
+//! and the annotation alone is the lock.
+//!
+//! Waiting for a change starts one long-lived watch of the single object (field selector
 //! `metadata.name`), kept for the lock's lifetime: it keeps the last object seen, so that waiting,
 //! reading and a first write attempt need no request of their own. A cached object may lag the API
 //! server by the watch's delay; since every write is conditional on the resourceVersion read, a
@@ -22,8 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::DaemonSet;
-use kube::api::{ApiResource, DynamicObject, PostParams};
+use kube::api::{DynamicObject, PostParams};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{debug, info};
@@ -31,11 +36,13 @@ use tracing::{debug, info};
 use self::cache::{Cached, POLL_INTERVAL};
 use super::record::{self, Change, Decision, RecordError};
 use super::{
-    Acquire, Claim, LockEntry, LockError, LockObject, LockSettings, LockSnapshot, LockState, RebootLock,
-    Reclaim, Release, Result, Slot, Standing, reclaim, turn,
+    Acquire, Backend, Claim, LockEntry, LockError, LockObject, LockSettings, LockSnapshot, LockState,
+    RebootLock, Reclaim, Release, Result, Slot, Standing, reclaim, turn,
 };
 
+mod beside;
 mod cache;
+mod lease;
 
 /// Writes in a row that may meet a conflict before we give up. Each conflict means another agent's
 /// write just won, so ten in a row is a crowd; the caller's loop tries again later instead of this
@@ -47,10 +54,11 @@ const CONFLICT_BACKOFF_BASE: Duration = Duration::from_millis(50);
 /// Longest pause after a conflict (the pause doubles per conflict), so that a freed slot is still
 /// taken within about a second.
 const CONFLICT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// The DaemonSet as read: the object to write back and its lock annotation.
+/// The lock object as read: the object to write back and its lock annotation. A Lease not
+/// created yet has no object.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    object: DynamicObject,
+    object: Option<DynamicObject>,
     annotation: Option<String>,
 }
 
@@ -58,8 +66,16 @@ impl Snapshot {
     fn of(object: DynamicObject, annotation: &str) -> Snapshot {
         let value = annotation_of(Some(&object), annotation).map(str::to_owned);
         Snapshot {
-            object,
+            object: Some(object),
             annotation: value,
+        }
+    }
+
+    /// A Lease that does not exist yet.
+    fn absent() -> Snapshot {
+        Snapshot {
+            object: None,
+            annotation: None,
         }
     }
 
@@ -70,16 +86,17 @@ impl Snapshot {
 
     /// The resourceVersion a write based on this snapshot is conditional on.
     pub fn resource_version(&self) -> Option<&str> {
-        self.object.metadata.resource_version.as_deref()
+        self.object.as_ref()?.metadata.resource_version.as_deref()
     }
 }
 
-/// The reboot lock on a DaemonSet annotation; see the [module documentation](self).
+/// The reboot lock on an object's annotation; see the [module documentation](self).
 #[derive(Debug)]
-pub struct DaemonSetLock {
+pub struct ObjectLock {
     api: Api<DynamicObject>,
+    backend: Backend,
     name: String,
-    /// `DaemonSet <namespace>/<name>`, for errors and logs.
+    /// `<Kind> <namespace>/<name>`, for errors and logs.
     object: String,
     annotation: String,
     settings: LockSettings,
@@ -92,13 +109,24 @@ pub struct DaemonSetLock {
     /// The watch task, once started; stopped when the lock is dropped.
     watching: OnceLock<tokio::task::AbortHandle>,
     /// How long a read from the API server (or our own write's answer) may stand in for a new
-    /// read while the watch has no copy; zero: never (see [`DaemonSetLock::reusing_reads_for`]).
+    /// read while the watch has no copy; zero: never (see [`ObjectLock::reusing_reads_for`]).
     reuse: Duration,
     /// The last object read from, or written to, the API server, and when.
     recent: std::sync::Mutex<Option<(tokio::time::Instant, Snapshot)>>,
+    /// The other backend's lock object, whose live holders count too (see
+    /// [`ObjectLock::beside`]).
+    other: Option<Box<ObjectLock>>,
+    /// The other object was looked at for an entry of ours, and any moved here.
+    other_checked: AtomicBool,
+    /// That the other object cannot be read has been logged.
+    other_warned: AtomicBool,
+    /// The live holders of other nodes in the other object as last read: [`RebootLock::standing`]
+    /// counts them (it makes no request), and while there are any, every [`RebootLock::read`]
+    /// reads that object again.
+    outside: std::sync::Mutex<Vec<LockEntry>>,
 }
 
-impl Drop for DaemonSetLock {
+impl Drop for ObjectLock {
     fn drop(&mut self) {
         if let Some(task) = self.watching.get() {
             task.abort();
@@ -106,22 +134,16 @@ impl Drop for DaemonSetLock {
     }
 }
 
-impl DaemonSetLock {
-    /// The lock in annotation `annotation` of DaemonSet `namespace`/`name`. The client must not
-    /// retry by itself (`Config::default_retry = false`).
-    pub fn new(
-        client: Client,
-        namespace: &str,
-        name: &str,
-        annotation: &str,
-        settings: LockSettings,
-    ) -> Self {
-        let resource = ApiResource::erase::<DaemonSet>(&());
-        DaemonSetLock {
-            api: Api::namespaced_with(client, namespace, &resource),
-            name: name.to_owned(),
-            object: format!("DaemonSet {namespace}/{name}"),
-            annotation: annotation.to_owned(),
+impl ObjectLock {
+    /// The lock kept at `object`. The client must not retry by itself
+    /// (`Config::default_retry = false`).
+    pub fn new(client: Client, object: &LockObject, settings: LockSettings) -> Self {
+        ObjectLock {
+            api: object.api(client),
+            backend: object.backend,
+            name: object.name.clone(),
+            object: object.describe(),
+            annotation: object.annotation.clone(),
             settings,
             clock: Timestamp::now,
             conflicts: AtomicU64::new(0),
@@ -130,6 +152,10 @@ impl DaemonSetLock {
             watching: OnceLock::new(),
             reuse: Duration::ZERO,
             recent: std::sync::Mutex::new(None),
+            other: None,
+            other_checked: AtomicBool::new(false),
+            other_warned: AtomicBool::new(false),
+            outside: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -144,17 +170,6 @@ impl DaemonSetLock {
         self
     }
 
-    /// The lock kept at `object`.
-    pub fn at(client: Client, object: &LockObject, settings: LockSettings) -> Self {
-        DaemonSetLock::new(
-            client,
-            &object.namespace,
-            &object.name,
-            &object.annotation,
-            settings,
-        )
-    }
-
     /// Uses `clock` instead of the system clock for `created`, `releaseAfter` and expiry.
     pub fn with_clock(mut self, clock: fn() -> Timestamp) -> Self {
         self.clock = clock;
@@ -165,7 +180,7 @@ impl DaemonSetLock {
         &self.settings
     }
 
-    /// `DaemonSet <namespace>/<name>`.
+    /// `<Kind> <namespace>/<name>`.
     pub fn object(&self) -> &str {
         &self.object
     }
@@ -175,11 +190,13 @@ impl DaemonSetLock {
         self.conflicts.load(Ordering::Relaxed)
     }
 
-    /// The DaemonSet as the watch last saw it, or as read from the API server when the watch has
+    /// The object as the watch last saw it, or as read from the API server when the watch has
     /// not seen it (see the [module documentation](self)).
     pub async fn snapshot(&self) -> Result<Snapshot> {
-        if let Cached::Present(snapshot) = &*self.cache.borrow() {
-            return Ok(Snapshot::clone(snapshot));
+        match &*self.cache.borrow() {
+            Cached::Present(snapshot) => return Ok(Snapshot::clone(snapshot)),
+            Cached::Absent if self.backend == Backend::Lease => return Ok(Snapshot::absent()),
+            Cached::Absent | Cached::Unknown => {}
         }
         if let Some(recent) = self.recent_snapshot() {
             return Ok(recent);
@@ -187,13 +204,21 @@ impl DaemonSetLock {
         self.fresh_snapshot().await
     }
 
-    /// Reads the DaemonSet from the API server.
+    /// Reads the object from the API server. A DaemonSet that does not exist is an error; a
+    /// Lease, one not created yet.
     pub async fn fresh_snapshot(&self) -> Result<Snapshot> {
-        let object = self.api.get(&self.name).await.map_err(|source| LockError::Read {
+        let read = match self.backend {
+            Backend::DaemonSet => self.api.get(&self.name).await.map(Some),
+            Backend::Lease => self.api.get_opt(&self.name).await,
+        };
+        let object = read.map_err(|source| LockError::Read {
             object: self.object.clone(),
             source,
         })?;
-        let snapshot = Snapshot::of(object, &self.annotation);
+        let snapshot = match object {
+            Some(object) => Snapshot::of(object, &self.annotation),
+            None => Snapshot::absent(),
+        };
         self.remember(&snapshot);
         Ok(snapshot)
     }
@@ -218,24 +243,32 @@ impl DaemonSetLock {
     }
 
     /// Applies `change` to the annotation of `snapshot` and writes it, on condition that the
-    /// DaemonSet has not changed since `snapshot` was read: otherwise the write fails and the
-    /// error [`is_conflict`](LockError::is_conflict).
+    /// object has not changed since `snapshot` was read (or, for a Lease not there then, that
+    /// nobody has created it since): otherwise the write fails and the error
+    /// [`is_conflict`](LockError::is_conflict).
     pub async fn write(&self, snapshot: &Snapshot, change: &Change) -> Result<()> {
         self.write_attempt(snapshot, change, 1).await
     }
 
     async fn write_attempt(&self, snapshot: &Snapshot, change: &Change, attempt: u32) -> Result<()> {
-        let mut object = snapshot.object.clone();
+        let existing = snapshot.object.is_some();
+        let mut object = snapshot.object.clone().unwrap_or_else(|| self.new_lease());
         let annotations = object.metadata.annotations.get_or_insert_with(Default::default);
         match change {
             Change::Set(value) => annotations.insert(self.annotation.clone(), value.clone()),
             Change::Remove => annotations.remove(&self.annotation),
         };
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), &object)
-            .await
-        {
+        if self.backend == Backend::Lease {
+            lease::set_holder_identity(&mut object, change);
+        }
+        let written = if existing {
+            self.api
+                .replace(&self.name, &PostParams::default(), &object)
+                .await
+        } else {
+            self.api.create(&PostParams::default(), &object).await
+        };
+        match written {
             Ok(written) => {
                 // Our write directly follows the version it was based on; when that is the cached
                 // one, ours is the newest the watch can still deliver, so cache it right away and
@@ -312,14 +345,19 @@ impl DaemonSetLock {
     }
 
     /// Takes (or keeps) a slot for our node, as [`RebootLock::acquire`]; `fresh` as for
-    /// [`DaemonSetLock::update`]: [`RebootLock::confirm`] decides on a fresh read.
+    /// [`ObjectLock::update`]: [`RebootLock::confirm`] decides on a fresh read.
     async fn take_slot(&self, claim: &Claim, fresh: bool) -> Result<Acquire> {
         let settings = &self.settings;
+        let outside = self.holders_beside().await?;
         let outcome = self
             .update(fresh, |current, now| {
-                record::decide_acquire(current, settings, claim, now)
+                record::decide_acquire_beside(current, &outside, settings, claim, now)
             })
             .await?;
+        let outcome = match outcome {
+            Acquire::Acquired(entry) if self.other.is_some() => self.check_beside(entry).await?,
+            outcome => outcome,
+        };
         self.log_acquire(&outcome);
         Ok(outcome)
     }
@@ -353,7 +391,7 @@ impl DaemonSetLock {
     }
 }
 
-impl RebootLock for DaemonSetLock {
+impl RebootLock for ObjectLock {
     async fn acquire(&self, claim: &Claim) -> Result<Acquire> {
         self.take_slot(claim, false).await
     }
@@ -363,6 +401,10 @@ impl RebootLock for DaemonSetLock {
     }
 
     async fn read(&self) -> Result<LockState> {
+        self.adopt_from_other().await?;
+        if !self.outside_at((self.clock)()).is_empty() {
+            self.holders_beside().await?;
+        }
         let snapshot = self.snapshot().await?;
         let record = record::read(snapshot.annotation())
             .map_err(|source| self.record_error(snapshot.annotation(), source))?;
@@ -382,15 +424,17 @@ impl RebootLock for DaemonSetLock {
                 .or_else(|| record.entries().iter().find(|e| &e.node_id == node_id))
                 .cloned()
         });
-        let slot = match record::decide_acquire(current, &self.settings, &Claim::default(), now)
-            .map_err(error)?
-            .outcome
-        {
-            Acquire::Blocked {
-                holders, next_expiry, ..
-            } => Slot::Taken { holders, next_expiry },
-            Acquire::Acquired(_) | Acquire::AlreadyHeld(_) => Slot::Free,
-        };
+        let outside = self.outside_at(now);
+        let slot =
+            match record::decide_acquire_beside(current, &outside, &self.settings, &Claim::default(), now)
+                .map_err(error)?
+                .outcome
+            {
+                Acquire::Blocked {
+                    holders, next_expiry, ..
+                } => Slot::Taken { holders, next_expiry },
+                Acquire::Acquired(_) | Acquire::AlreadyHeld(_) => Slot::Free,
+            };
         Ok(Standing { own, slot })
     }
 
@@ -473,7 +517,7 @@ fn annotation_of<'a>(object: Option<&'a DynamicObject>, annotation: &str) -> Opt
         .map(String::as_str)
 }
 
-fn node_ids(entries: &[LockEntry]) -> String {
+pub(super) fn node_ids(entries: &[LockEntry]) -> String {
     entries
         .iter()
         .map(|e| e.node_id.as_str())

@@ -1,4 +1,4 @@
-//! The watch that keeps [`DaemonSetLock`]'s copy of the lock object, so that waiting for a change,
+//! The watch that keeps [`ObjectLock`]'s copy of the lock object, so that waiting for a change,
 //! reading and a first write attempt need no request of their own; and the polling that stands in
 //! for it when RBAC forbids watching.
 
@@ -14,7 +14,7 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::{DaemonSetLock, Snapshot};
+use super::{ObjectLock, Snapshot};
 use crate::lock::LockError;
 
 /// Polling period when RBAC forbids watching the DaemonSet: one GET per waiting agent per 10 s
@@ -42,7 +42,7 @@ impl Cached {
     }
 }
 
-impl DaemonSetLock {
+impl ObjectLock {
     /// Starts the watch of the lock object, once.
     pub(super) fn start_watch(&self) {
         self.watching.get_or_init(|| {
@@ -59,7 +59,7 @@ impl DaemonSetLock {
     }
 }
 
-/// Keeps [`DaemonSetLock`]'s cache up to date from a watch of the lock object, until the lock is
+/// Keeps [`ObjectLock`]'s cache up to date from a watch of the lock object, until the lock is
 /// dropped or RBAC forbids the watch.
 struct WatchTask {
     api: Api<DynamicObject>,

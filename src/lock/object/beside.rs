@@ -1,0 +1,142 @@
+//! Keeping the lock beside the other backend's object, so that a fleet can switch backends
+//! while it runs (see [`ObjectLock::beside`]).
+
+use std::sync::atomic::Ordering;
+
+use jiff::Timestamp;
+use tracing::info;
+
+use super::{ObjectLock, Snapshot, node_ids};
+use crate::kube_error;
+use crate::lock::record;
+use crate::lock::{Acquire, LockEntry, LockError, LockSnapshot, RebootLock, Result};
+
+impl ObjectLock {
+    /// Keeps the lock beside `other`, the same lock in the other backend's object, so that a
+    /// fleet can switch backends while it runs: the live holders kept there count against our
+    /// concurrency whenever we take a slot, and a slot taken here at the moment one was taken
+    /// there is given back (a holder checks the other object after its write). An entry of our
+    /// own node there, from before the switch, is moved here as it is at the first read, so
+    /// that its cycle goes on. An other object that does not exist, or that we may not read,
+    /// holds nobody.
+    pub fn beside(mut self, other: ObjectLock) -> Self {
+        self.other = Some(Box::new(other));
+        self
+    }
+
+    /// The live holders of other nodes in the other backend's object; none without one.
+    pub(super) async fn holders_beside(&self) -> Result<Vec<LockEntry>> {
+        let Some(other) = &self.other else {
+            return Ok(Vec::new());
+        };
+        let Some(snapshot) = self.read_other(other).await? else {
+            return Ok(Vec::new());
+        };
+        let now = (self.clock)();
+        let record = record::read(snapshot.annotation())
+            .map_err(|source| other.record_error(snapshot.annotation(), source))?;
+        let outside: Vec<LockEntry> = record
+            .map(|r| {
+                r.holders(now)
+                    .into_iter()
+                    .filter(|e| e.node_id != self.settings.node_id)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        *self.outside.lock().unwrap_or_else(|e| e.into_inner()) = outside.clone();
+        Ok(outside)
+    }
+
+    /// The other object's holders as last read, those still live at `now`.
+    pub(super) fn outside_at(&self, now: Timestamp) -> Vec<LockEntry> {
+        let outside = self.outside.lock().unwrap_or_else(|e| e.into_inner());
+        outside.iter().filter(|e| !e.is_expired(now)).cloned().collect()
+    }
+
+    /// The other object as the API server has it now; `None` when it does not exist or we may
+    /// not read it (logged once).
+    pub(super) async fn read_other(&self, other: &ObjectLock) -> Result<Option<Snapshot>> {
+        match other.fresh_snapshot().await {
+            Ok(snapshot) => Ok(Some(snapshot)),
+            Err(LockError::Read { source, .. }) if kube_error::is_not_found(&source) => Ok(None),
+            Err(e) if e.is_forbidden() => {
+                if !self.other_warned.swap(true, Ordering::Relaxed) {
+                    info!(object = %other.object, node = %self.settings.node_id, error = %crate::error_chain(&e),
+                        "cannot read the other lock backend's object; its holders are not counted \
+                         (grant get on it before switching backends)");
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Our slot was just taken (`entry`): it stays ours if, with the live holders of the other
+    /// object read now, the limit still holds. Another agent switching backends may have taken a
+    /// slot there between our reading it and our write; then ours is given back. Both may give
+    /// back, never both keep; the next turn settles it.
+    pub(super) async fn check_beside(&self, entry: LockEntry) -> Result<Acquire> {
+        let outside = match self.holders_beside().await {
+            Ok(outside) => outside,
+            Err(e) => {
+                self.release_now().await?;
+                return Err(e);
+            }
+        };
+        if outside.is_empty() {
+            return Ok(Acquire::Acquired(entry));
+        }
+        let now = (self.clock)();
+        let state = self.read().await?;
+        let mut holders: Vec<LockEntry> = state
+            .record
+            .map(|r| r.holders(now).into_iter().cloned().collect())
+            .unwrap_or_default();
+        let limit = self.settings.concurrency.max(1);
+        if holders.len() + outside.len() <= limit as usize {
+            return Ok(Acquire::Acquired(entry));
+        }
+        info!(object = %self.object, node = %self.settings.node_id, beside = %node_ids(&outside),
+            "a slot of the other lock backend's object was taken as we took ours; giving ours back");
+        self.release_now().await?;
+        holders.retain(|e| e.node_id != self.settings.node_id);
+        holders.extend(outside);
+        Ok(Acquire::Blocked {
+            next_expiry: holders.iter().filter_map(|e| e.expires_at()).min(),
+            holders,
+            limit,
+            seen: LockSnapshot::new(self.snapshot().await?.annotation),
+        })
+    }
+
+    /// Moves an entry of our node from the other object to this one, as it is, once per agent:
+    /// only our agent writes our entry, so once it is not there it stays away. Added here
+    /// first, removed there then, so that the node holds a slot throughout.
+    pub(super) async fn adopt_from_other(&self) -> Result<()> {
+        let Some(other) = &self.other else {
+            return Ok(());
+        };
+        if self.other_checked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let node = &self.settings.node_id;
+        if let Some(snapshot) = self.read_other(other).await? {
+            let record = record::read(snapshot.annotation())
+                .map_err(|source| other.record_error(snapshot.annotation(), source))?;
+            let own = record.and_then(|r| r.entries().iter().find(|e| &e.node_id == node).cloned());
+            if let Some(entry) = own {
+                let settings = &self.settings;
+                self.update(true, |current, now| {
+                    record::decide_adopt(current, &entry, settings, now)
+                })
+                .await?;
+                other.release_now().await?;
+                info!(from = %other.object, to = %self.object, node = %node,
+                    "moved our lock entry from the other lock backend's object");
+            }
+        }
+        self.other_checked.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
