@@ -54,7 +54,7 @@ fn says_node_is_gone(status: &Status, node: &str) -> bool {
 
 /// Looks up the Node of one other live holder in `seen` (the lock as the caller read it), drawn at
 /// random among those held for [`MIN_AGE`], and removes its entry if the Node no longer exists.
-/// Returns the entries removed by this call.
+/// Returns the entry removed by this call, if any.
 /// Never fails: whatever cannot be checked or written is logged and left for the next round.
 pub(super) async fn reclaim_gone_holders(
     lock: &ObjectLock,
@@ -67,45 +67,41 @@ pub(super) async fn reclaim_gone_holders(
         return Vec::new();
     };
     candidates.retain(|e| old_enough(e, now));
-    if candidates.len() > 1 {
-        // Each `RandomState` is keyed afresh, which is randomness enough for the draw.
-        let drawn = RandomState::new().hash_one(own) % candidates.len() as u64;
-        candidates.swap(0, usize::try_from(drawn).unwrap_or(0));
-        candidates.truncate(1);
-    }
     if candidates.is_empty() {
         return Vec::new();
     }
+    // One a round (see the module documentation). Each `RandomState` is keyed afresh, which is
+    // randomness enough for the draw.
+    let drawn = RandomState::new().hash_one(own) % candidates.len() as u64;
+    let entry = candidates.swap_remove(usize::try_from(drawn).unwrap_or(0));
+    let holder = &entry.node_id;
     let nodes: Api<Node> = Api::all(lock.client());
-    let mut reclaimed = Vec::new();
-    for entry in candidates {
-        let holder = &entry.node_id;
-        match nodes.get(holder).await {
-            Ok(_) => continue,
-            Err(kube::Error::Api(status)) if says_node_is_gone(&status, holder) => {}
-            Err(e) => {
-                warn!(node = %own, holder = %holder, error = %crate::error_chain(&e),
-                    "cannot tell whether the lock holder's node exists; leaving its entry");
-                continue;
-            }
-        }
-        let shown = LockRecord::Single(entry.clone()).to_json().unwrap_or_default();
-        match lock.reclaim(&entry).await {
-            Ok(Reclaim::Reclaimed) => {
-                warn!(node = %own, holder = %holder, entry = %shown, object = %lock.object(),
-                    "the lock holder's node no longer exists; its entry was removed to free its slot");
-                reclaimed.push(entry);
-            }
-            Ok(Reclaim::NotPresent) => {
-                debug!(node = %own, holder = %holder, "the gone holder's entry was already removed or rewritten")
-            }
-            Err(e) => {
-                warn!(node = %own, holder = %holder, entry = %shown, error = %crate::error_chain(&e),
-                    "the lock holder's node no longer exists, but its entry could not be removed; trying again later")
-            }
+    match nodes.get(holder).await {
+        Ok(_) => return Vec::new(),
+        Err(kube::Error::Api(status)) if says_node_is_gone(&status, holder) => {}
+        Err(e) => {
+            warn!(node = %own, holder = %holder, error = %crate::error_chain(&e),
+                "cannot tell whether the lock holder's node exists; leaving its entry");
+            return Vec::new();
         }
     }
-    reclaimed
+    let shown = LockRecord::Single(entry.clone()).to_json().unwrap_or_default();
+    match lock.reclaim(&entry).await {
+        Ok(Reclaim::Reclaimed) => {
+            warn!(node = %own, holder = %holder, entry = %shown, object = %lock.object(),
+                "the lock holder's node no longer exists; its entry was removed to free its slot");
+            vec![entry]
+        }
+        Ok(Reclaim::NotPresent) => {
+            debug!(node = %own, holder = %holder, "the gone holder's entry was already removed or rewritten");
+            Vec::new()
+        }
+        Err(e) => {
+            warn!(node = %own, holder = %holder, entry = %shown, error = %crate::error_chain(&e),
+                "the lock holder's node no longer exists, but its entry could not be removed; trying again later");
+            Vec::new()
+        }
+    }
 }
 
 /// Whether `entry` has been held for at least [`MIN_AGE`] at `now`.
