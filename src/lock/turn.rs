@@ -3,11 +3,12 @@
 //! Every waiting agent sees a freed slot at about the same moment (the watch). Were they all to
 //! write at once, one would win and every other write would meet a conflict (409), each costing
 //! the API server a write and a fresh read. So each waiter first waits [`turn_delay`]: a delay
-//! drawn from a hash of the lock's state, its node's name and a salt the agent draws afresh at
-//! every change of the lock, and writes only if the lock is still as it was when the delay ends.
-//! The one with the shortest delay writes; the others see its write (the watch) before their own
-//! delay ends, and go on waiting. Every hand-off draws a fresh order, so no node waits behind the
-//! same others every time. The salt matters: at concurrency 1 the lock reads the same (absent)
+//! drawn from a hash of the lock's state, its node's name and a salt the agent draws afresh
+//! whenever a slot frees up, and writes only if the lock is still free for it when the delay
+//! ends. The one with the shortest delay writes; the others see its write (the watch) before
+//! their own delay ends, and go on waiting — for their turns as drawn while a slot is still free
+//! (at higher concurrency), for the next free slot otherwise. Every hand-off draws a fresh order,
+//! so no node waits behind the same others every time. The salt matters: at concurrency 1 the lock reads the same (absent)
 //! after every release, and an order drawn from the state alone would be the same at every
 //! hand-off — the nodes that drew long delays would take their turns last, packed close together,
 //! and meet conflicts.
