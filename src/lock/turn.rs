@@ -24,22 +24,24 @@
 //! `horizon − spacing × (ln N + 0.58)`, so the hand-off waits less the more nodes wait; delays
 //! are clamped at zero, which starts to crowd the front beyond `exp(horizon / spacing)` waiters.
 //!
-//! The blind time is what the spacing must outgrow, and it grows with the fleet: the API server
-//! answers the winner's read and write more slowly under load, and delivers each change of the
-//! lock to every watching agent, one after the other. `bench/handoff` measured it at 500 waiting
-//! agents (on 2 shared cores): a tenth of a second at most hand-offs, so a spacing of 100 ms cost
-//! about two conflicts each; and now and then over `horizon − first delay`, when every waiter's
-//! turn came before the first write was seen — hundreds of Node reads and tens of conflicts in
-//! one hand-off. A spacing of 250 ms keeps the usual hand-off near one conflict or under, and
-//! moves that cliff out from 0.7 s to 1.7 s of blind time. The price is the wait when few nodes
-//! wait: the horizon grows with the spacing (`spacing × ln 1100`), so a lone waiter waits about
-//! 1.6 s instead of 0.6 s; at 50 waiters the first waits about 0.6 s, at 500 under 0.1 s.
+//! The blind time is what the spacing must outgrow, and it grows with the fleet and the load:
+//! the API server answers the winner's read and write more slowly under load, and delivers each
+//! change of the lock to every watching agent, one after the other. `bench/handoff` at 500
+//! waiting agents on 2 cores found a few tens of milliseconds with the machine otherwise quiet,
+//! about half a conflict a hand-off at a spacing of 100 ms; with other work running, a tenth of
+//! a second and more, two conflicts a hand-off, and now and then more than `horizon − first
+//! delay`, when every waiter's turn came before it saw the first write: hundreds of Node reads
+//! and tens of conflicts in one hand-off, over a second of latency. A spacing of 250 ms kept 500
+//! waiters under one conflict a hand-off and the p99 under a second both ways, and moves that
+//! cliff out from 0.7 s to 1.7 s of blind time. The price is the wait when few nodes wait: the
+//! horizon grows with the spacing (`spacing × ln 1100`), so a lone waiter waits about 1.6 s
+//! instead of 0.6 s; at 50 waiters the first waits about 0.6 s, at 500 under 0.1 s.
 
 use std::time::Duration;
 
 /// Spacing of the delays: a multiple of the time a lock write takes to be seen by the other
-/// agents through their watch (about a tenth of a second at 500 waiting agents, measured by
-/// `bench/handoff`), so that few waiters write within it after the first one.
+/// agents through their watch (a tenth of a second at 500 waiting agents on a busy machine,
+/// measured by `bench/handoff`), so that few waiters write within it after the first one.
 const SPACING: Duration = Duration::from_millis(250);
 /// The longest delay: `SPACING × ln(1100)`, so that up to about a thousand waiters are spread
 /// out without crowding at zero.
@@ -223,7 +225,7 @@ mod tests {
     fn a_tenth_of_a_second_of_blind_time_costs_under_one_conflict() {
         // The waiters whose turn comes within the blind time after the first one's write each
         // meet a conflict: about exp(b / SPACING) − 1 of them, whatever the number of waiters.
-        // `bench/handoff` measured about a tenth of a second at 500 waiters.
+        // `bench/handoff` measured about a tenth of a second at 500 waiters on a busy machine.
         let blind = Duration::from_millis(100);
         for n in [20, 100, 500] {
             let states = 400;
