@@ -118,8 +118,9 @@ def analyse(audit, fleet, n, c):
     reqs = requests(audit, fleet)
     ready = {}
     for at, node, e in reqs:
-        # An agent's first round ends with its state published on its Node: it is waiting then.
-        if node not in ready and e.get("verb") == "patch" and (e.get("objectRef") or {}).get("resource") == "nodes":
+        # An agent waits once it watches the lock (or has taken it in its first round).
+        if node not in ready and (e.get("objectRef") or {}).get("resource") == "daemonsets" and (
+                e.get("verb") == "watch" or is_lock_write(e)):
             ready[node] = at
     t_ready = max(ready.values()) if len(ready) >= n else None
     # Lock writes in the order the API server made them (resourceVersion), each slot freed queued
