@@ -229,8 +229,8 @@ pub trait RebootLock {
     fn turn_delay(&self, seen: &LockSnapshot, salt: u64) -> Duration;
 
     /// Removes the entries, in the lock as `seen`, of other holders whose Node no longer
-    /// exists (see [`reclaim`]), and returns them. Never fails: whatever cannot be checked or
-    /// written is logged and left for the next call.
+    /// exists (see [`reclaim`]: one holder is looked up a call), and returns them. Never fails:
+    /// whatever cannot be checked or written is logged and left for the next call.
     fn reclaim_gone_holders(
         &self,
         seen: &LockSnapshot,

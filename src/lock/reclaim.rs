@@ -17,6 +17,15 @@
 //! cordoning and draining its node, and a rollout hands slots on every few seconds, so checking
 //! every new holder would cost each waiting agent a GET per hand-off. An entry a minute old is
 //! checked at the waiting agents' next round, as before.
+//!
+//! Each round checks one of the entries old enough, drawn at random, not all of them: at
+//! concurrency 5 with drains of several minutes, checking all cost every waiting agent five GETs
+//! a `--period`. The waiting agents between them still check every holder about once a period;
+//! a lone waiter finds a gone holder among `c` within `c` rounds on average, and a round that
+//! reclaims one is followed at once by another.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Node;
@@ -43,8 +52,9 @@ fn says_node_is_gone(status: &Status, node: &str) -> bool {
             .is_some_and(|d| d.name == node && d.kind == "nodes")
 }
 
-/// Looks up the Node of every other live holder in `seen` (the lock as the caller read it) and
-/// removes the entries of those that no longer exist. Returns the entries removed by this call.
+/// Looks up the Node of one other live holder in `seen` (the lock as the caller read it), drawn at
+/// random among those held for [`MIN_AGE`], and removes its entry if the Node no longer exists.
+/// Returns the entry removed by this call, if any.
 /// Never fails: whatever cannot be checked or written is logged and left for the next round.
 pub(super) async fn reclaim_gone_holders(
     lock: &ObjectLock,
@@ -60,36 +70,38 @@ pub(super) async fn reclaim_gone_holders(
     if candidates.is_empty() {
         return Vec::new();
     }
+    // One a round (see the module documentation). Each `RandomState` is keyed afresh, which is
+    // randomness enough for the draw.
+    let drawn = RandomState::new().hash_one(own) % candidates.len() as u64;
+    let entry = candidates.swap_remove(usize::try_from(drawn).unwrap_or(0));
+    let holder = &entry.node_id;
     let nodes: Api<Node> = Api::all(lock.client());
-    let mut reclaimed = Vec::new();
-    for entry in candidates {
-        let holder = &entry.node_id;
-        match nodes.get(holder).await {
-            Ok(_) => continue,
-            Err(kube::Error::Api(status)) if says_node_is_gone(&status, holder) => {}
-            Err(e) => {
-                warn!(node = %own, holder = %holder, error = %crate::error_chain(&e),
-                    "cannot tell whether the lock holder's node exists; leaving its entry");
-                continue;
-            }
-        }
-        let shown = LockRecord::Single(entry.clone()).to_json().unwrap_or_default();
-        match lock.reclaim(&entry).await {
-            Ok(Reclaim::Reclaimed) => {
-                warn!(node = %own, holder = %holder, entry = %shown, object = %lock.object(),
-                    "the lock holder's node no longer exists; its entry was removed to free its slot");
-                reclaimed.push(entry);
-            }
-            Ok(Reclaim::NotPresent) => {
-                debug!(node = %own, holder = %holder, "the gone holder's entry was already removed or rewritten")
-            }
-            Err(e) => {
-                warn!(node = %own, holder = %holder, entry = %shown, error = %crate::error_chain(&e),
-                    "the lock holder's node no longer exists, but its entry could not be removed; trying again later")
-            }
+    match nodes.get(holder).await {
+        Ok(_) => return Vec::new(),
+        Err(kube::Error::Api(status)) if says_node_is_gone(&status, holder) => {}
+        Err(e) => {
+            warn!(node = %own, holder = %holder, error = %crate::error_chain(&e),
+                "cannot tell whether the lock holder's node exists; leaving its entry");
+            return Vec::new();
         }
     }
-    reclaimed
+    let shown = LockRecord::Single(entry.clone()).to_json().unwrap_or_default();
+    match lock.reclaim(&entry).await {
+        Ok(Reclaim::Reclaimed) => {
+            warn!(node = %own, holder = %holder, entry = %shown, object = %lock.object(),
+                "the lock holder's node no longer exists; its entry was removed to free its slot");
+            vec![entry]
+        }
+        Ok(Reclaim::NotPresent) => {
+            debug!(node = %own, holder = %holder, "the gone holder's entry was already removed or rewritten");
+            Vec::new()
+        }
+        Err(e) => {
+            warn!(node = %own, holder = %holder, entry = %shown, error = %crate::error_chain(&e),
+                "the lock holder's node no longer exists, but its entry could not be removed; trying again later");
+            Vec::new()
+        }
+    }
 }
 
 /// Whether `entry` has been held for at least [`MIN_AGE`] at `now`.
