@@ -83,6 +83,22 @@ fn helm_install_kured_with_default_values_renders_deploy_kured_yaml() {
     assert!(!chart.has("Service") && !chart.has("ServiceMonitor"));
 }
 
+/// The rules of the chart's Role: (resources, resource names, verbs) each.
+fn role_rules(chart: &Rendered) -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
+    let role: Role = chart.get("Role");
+    role.rules
+        .expect("the Role's rules")
+        .into_iter()
+        .map(|r| {
+            (
+                r.resources.unwrap_or_default(),
+                r.resource_names.unwrap_or_default(),
+                r.verbs,
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn another_release_gets_a_lock_and_a_role_of_its_own() {
     let chart = Helm::new().template("nightly", "ops", &[]);
@@ -99,18 +115,7 @@ fn another_release_gets_a_lock_and_a_role_of_its_own() {
     ]
     .into();
     assert_eq!(names, want);
-    let role: Role = chart.get("Role");
-    let rules = role.rules.expect("the Role's rules");
-    let named: Vec<(Vec<String>, Vec<String>, Vec<String>)> = rules
-        .iter()
-        .map(|r| {
-            (
-                r.resources.clone().unwrap_or_default(),
-                r.resource_names.clone().unwrap_or_default(),
-                r.verbs.clone(),
-            )
-        })
-        .collect();
+    let named = role_rules(&chart);
     assert_eq!(
         named,
         [
@@ -130,17 +135,7 @@ fn another_release_gets_a_lock_and_a_role_of_its_own() {
     // The Lease backend: the Lease of the release's name, created by the agents; no write on
     // any DaemonSet.
     let lease = Helm::new().template("nightly", "ops", &["--set", "configuration.lockBackend=lease"]);
-    let rules = lease.get::<Role>("Role").rules.expect("the Role's rules");
-    let named: Vec<(Vec<String>, Vec<String>, Vec<String>)> = rules
-        .iter()
-        .map(|r| {
-            (
-                r.resources.clone().unwrap_or_default(),
-                r.resource_names.clone().unwrap_or_default(),
-                r.verbs.clone(),
-            )
-        })
-        .collect();
+    let named = role_rules(&lease);
     assert_eq!(
         named,
         [
