@@ -843,7 +843,25 @@ async fn the_lease_lock_works_with_the_leases_rbac_and_no_write_on_daemonsets() 
     .await;
     let agent = beside("a");
     assert_eq!(expect_blocked(&agent).await, (vec!["old".to_owned()], 1));
+    // Where it stands counts it too, and no longer once it is gone (read again each round while
+    // there are holders there).
+    let slot = |lock: &ObjectLock, state: kured::lock::LockState| {
+        lock.standing(&state.seen, Timestamp::now())
+            .expect("standing")
+            .slot
+    };
+    let state = agent.read().await.expect("reading");
+    assert!(
+        matches!(slot(&agent, state), kured::lock::Slot::Taken { ref holders, .. } if node_ids(holders) == ["old"]),
+        "the DaemonSet's holder takes the slot"
+    );
     write_lock_in(&case.scope, Backend::DaemonSet, None).await;
+    let state = agent.read().await.expect("reading");
+    assert_eq!(
+        slot(&agent, state),
+        kured::lock::Slot::Free,
+        "the DaemonSet's holder gone"
+    );
 
     expect_acquired(&agent, &Claim::default()).await;
     let waiter = beside("b");

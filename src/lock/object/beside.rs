@@ -24,28 +24,41 @@ impl ObjectLock {
         self
     }
 
-    /// The live holders of other nodes in the other backend's object; none without one.
+    /// The live holders of other nodes in the other backend's object as the API server has it
+    /// now; none without one. Kept for [`ObjectLock::outside_at`].
     pub(super) async fn holders_beside(&self) -> Result<Vec<LockEntry>> {
         let Some(other) = &self.other else {
             return Ok(Vec::new());
         };
-        let Some(snapshot) = self.read_other(other).await? else {
-            return Ok(Vec::new());
-        };
+        let snapshot = self.read_other(other).await?;
+        Ok(self.take_in(other, snapshot.as_ref())?.0)
+    }
+
+    /// What the other object holds as `snapshot` (`None`: it does not exist, or we may not read
+    /// it): the live holders of other nodes, kept for [`ObjectLock::outside_at`] (so that an
+    /// object gone or forbidden holds nobody from then on), and our own entry there, if any.
+    fn take_in(
+        &self,
+        other: &ObjectLock,
+        snapshot: Option<&Snapshot>,
+    ) -> Result<(Vec<LockEntry>, Option<LockEntry>)> {
+        let node = &self.settings.node_id;
         let now = (self.clock)();
-        let record = record::read(snapshot.annotation())
-            .map_err(|source| other.record_error(snapshot.annotation(), source))?;
-        let outside: Vec<LockEntry> = record
-            .map(|r| {
+        let current = snapshot.and_then(Snapshot::annotation);
+        let record = record::read(current).map_err(|source| other.record_error(current, source))?;
+        let (outside, own) = match record {
+            None => (Vec::new(), None),
+            Some(r) => (
                 r.holders(now)
                     .into_iter()
-                    .filter(|e| e.node_id != self.settings.node_id)
+                    .filter(|e| &e.node_id != node)
                     .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+                    .collect(),
+                r.entries().iter().find(|e| &e.node_id == node).cloned(),
+            ),
+        };
         *self.outside.lock().unwrap_or_else(|e| e.into_inner()) = outside.clone();
-        Ok(outside)
+        Ok((outside, own))
     }
 
     /// The other object's holders as last read, those still live at `now`.
@@ -120,21 +133,17 @@ impl ObjectLock {
         if self.other_checked.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let node = &self.settings.node_id;
-        if let Some(snapshot) = self.read_other(other).await? {
-            let record = record::read(snapshot.annotation())
-                .map_err(|source| other.record_error(snapshot.annotation(), source))?;
-            let own = record.and_then(|r| r.entries().iter().find(|e| &e.node_id == node).cloned());
-            if let Some(entry) = own {
-                let settings = &self.settings;
-                self.update(true, |current, now| {
-                    record::decide_adopt(current, &entry, settings, now)
-                })
-                .await?;
-                other.release_now().await?;
-                info!(from = %other.object, to = %self.object, node = %node,
-                    "moved our lock entry from the other lock backend's object");
-            }
+        let snapshot = self.read_other(other).await?;
+        // The holders there are kept too: the first acquire counts them without a read.
+        if let (_, Some(entry)) = self.take_in(other, snapshot.as_ref())? {
+            let settings = &self.settings;
+            self.update(true, |current, now| {
+                record::decide_adopt(current, &entry, settings, now)
+            })
+            .await?;
+            other.release_now().await?;
+            info!(from = %other.object, to = %self.object, node = %settings.node_id,
+                "moved our lock entry from the other lock backend's object");
         }
         self.other_checked.store(true, Ordering::Relaxed);
         Ok(())

@@ -348,7 +348,14 @@ impl ObjectLock {
     /// [`ObjectLock::update`]: [`RebootLock::confirm`] decides on a fresh read.
     async fn take_slot(&self, claim: &Claim, fresh: bool) -> Result<Acquire> {
         let settings = &self.settings;
-        let outside = self.holders_beside().await?;
+        // The other object's holders as last read (every round reads them again while there
+        // are any, and the first read of all does): a slot taken here is checked against a
+        // fresh read right after the write anyway. A decision before the reboot reads afresh.
+        let outside = if fresh {
+            self.holders_beside().await?
+        } else {
+            self.outside_at((self.clock)())
+        };
         let outcome = self
             .update(fresh, |current, now| {
                 record::decide_acquire_beside(current, &outside, settings, claim, now)
