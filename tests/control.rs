@@ -7,15 +7,14 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Patch, PatchParams};
+use kured::lock::Backend;
 use serde_json::json;
 use support::cli::{Ran, kured, run};
 use support::cluster::kubeconfig_path;
 use support::objects::{create, scope_with_lock};
-use support::observer::LOCK_ANNOTATION;
+use support::observer::{LOCK_ANNOTATION, lock_object_annotations};
 use support::rbac::{bind_role, service_account_kubeconfig};
 use support::scope::Scope;
 
@@ -52,29 +51,8 @@ async fn node_annotations(scope: &Scope, node: &str) -> BTreeMap<String, String>
     scope.node(node).await.metadata.annotations.unwrap_or_default()
 }
 
-/// Sets (or with `None` removes) annotations on Node `node` as the admin, as an agent or an
-/// operator with kubectl would.
-async fn annotate_node(scope: &Scope, node: &str, annotations: serde_json::Value) {
-    scope
-        .nodes()
-        .patch(
-            node,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "annotations": annotations } })),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("annotating node {node}: {e}"));
-}
-
 async fn daemonset_annotations(scope: &Scope) -> BTreeMap<String, String> {
-    scope
-        .api::<DaemonSet>()
-        .get("kured")
-        .await
-        .expect("reading DaemonSet kured")
-        .metadata
-        .annotations
-        .unwrap_or_default()
+    lock_object_annotations(scope, Backend::DaemonSet).await
 }
 
 async fn lease(scope: &Scope) -> Option<Lease> {
@@ -89,7 +67,7 @@ async fn lease(scope: &Scope) -> Option<Lease> {
 async fn a_node_is_paused_resumed_and_asked_to_reboot() {
     let scope = scope_with_lock("ctl-node").await;
     let node = scope.create_nodes(1).await.remove(0);
-    annotate_node(&scope, &node, json!({ "team": "keep-me" })).await;
+    scope.annotate_node(&node, json!({ "team": "keep-me" })).await;
 
     assert_eq!(
         admin_ok(&scope, &["pause", &node]),
@@ -108,7 +86,9 @@ async fn a_node_is_paused_resumed_and_asked_to_reboot() {
         format!("node {node} reboot requested (kured.dev/reboot-now=true)")
     );
     // An agent halted the rollout on it.
-    annotate_node(&scope, &node, json!({ HALTED: "node not Ready after 10m" })).await;
+    scope
+        .annotate_node(&node, json!({ HALTED: "node not Ready after 10m" }))
+        .await;
     let annotations = node_annotations(&scope, &node).await;
     assert_eq!(annotations.get(REBOOT_NOW).map(String::as_str), Some("true"));
     assert_eq!(annotations.get(PAUSE).map(String::as_str), Some("true"));
@@ -216,17 +196,13 @@ async fn the_fleet_is_paused_on_the_lease_which_pause_creates() {
     admin_ok(&scope, &lease_args("pause"));
 
     // The lock's holders written meanwhile stay when the fleet resumes.
-    support::observer::write_lock_in(&scope, kured::lock::Backend::Lease, Some(r#"{"nodeID":"n1"}"#)).await;
+    support::observer::write_lock_in(&scope, Backend::Lease, Some(r#"{"nodeID":"n1"}"#)).await;
     assert_eq!(
         admin_ok(&scope, &lease_args("resume")),
         format!("fleet resumed (kured.dev/pause removed from {object})")
     );
-    let annotations = lease(&scope)
-        .await
-        .expect("the Lease stays")
-        .metadata
-        .annotations
-        .unwrap_or_default();
+    assert!(lease(&scope).await.is_some(), "the Lease stays");
+    let annotations = lock_object_annotations(&scope, Backend::Lease).await;
     assert_eq!(annotations.get(PAUSE), None);
     assert_eq!(
         annotations.get(LOCK_ANNOTATION).map(String::as_str),
@@ -289,36 +265,36 @@ async fn status_shows_halted_paused_and_verifying_nodes_and_a_paused_fleet() {
     let scope = scope_with_lock("ctl-status").await;
     let nodes = scope.create_nodes(4).await;
     let state = |json: serde_json::Value| json.to_string();
-    annotate_node(
-        &scope,
-        &nodes[0],
-        json!({
-            "kured.dev/agent-state": state(json!({
-                "rebootRequired": false, "phase": "verifying",
-                "detail": "pod kube-system/x not Ready; 20s of 60s settle left",
-            })),
-        }),
-    )
-    .await;
-    annotate_node(
-        &scope,
-        &nodes[1],
-        json!({
-            "kured.dev/agent-state": state(json!({
-                "rebootRequired": false, "phase": "halted", "detail": "node not Ready after 10m",
-            })),
-            HALTED: "node not Ready after 10m",
-        }),
-    )
-    .await;
-    annotate_node(
-        &scope,
-        &nodes[2],
-        json!({ "kured.dev/agent-state": state(json!({ "rebootRequired": false, "phase": "idle" })) }),
-    )
-    .await;
+    scope
+        .annotate_node(
+            &nodes[0],
+            json!({
+                "kured.dev/agent-state": state(json!({
+                    "rebootRequired": false, "phase": "verifying",
+                    "detail": "pod kube-system/x not Ready; 20s of 60s settle left",
+                })),
+            }),
+        )
+        .await;
+    scope
+        .annotate_node(
+            &nodes[1],
+            json!({
+                "kured.dev/agent-state": state(json!({
+                    "rebootRequired": false, "phase": "halted", "detail": "node not Ready after 10m",
+                })),
+                HALTED: "node not Ready after 10m",
+            }),
+        )
+        .await;
+    scope
+        .annotate_node(
+            &nodes[2],
+            json!({ "kured.dev/agent-state": state(json!({ "rebootRequired": false, "phase": "idle" })) }),
+        )
+        .await;
     admin_ok(&scope, &["pause", &nodes[2]]);
-    annotate_node(&scope, &nodes[3], json!({ PAUSE: "later" })).await;
+    scope.annotate_node(&nodes[3], json!({ PAUSE: "later" })).await;
     admin_ok(&scope, &["reboot", &nodes[3]]);
     let holder = format!(
         r#"{{"nodeID":"{}","metadata":{{"unschedulable":false}},"created":"2026-11-20T02:59:00Z","TTL":0}}"#,
