@@ -195,6 +195,7 @@ fn control(control: Control, args: &ControlArgs) -> Result<(), Failure> {
 
 /// `kured reboot NODE`.
 fn reboot(args: &RebootArgs) -> Result<(), Failure> {
+    // A request on the Node needs no lock object; its flags are checked as every command's.
     args.cluster.lock_object().map_err(usage)?;
     operator_change(&args.cluster, |client| async move {
         kured::control::request_reboot(&client, &args.node).await
