@@ -80,14 +80,24 @@ impl Scope {
 
     /// Cordons (`true`) or uncordons node `node` as an operator would, with `kubectl cordon`.
     pub async fn set_unschedulable(&self, node: &str, unschedulable: bool) {
+        let patch = serde_json::json!({ "spec": { "unschedulable": unschedulable } });
+        self.merge_into_node(node, patch, &format!("setting unschedulable={unschedulable}"))
+            .await;
+    }
+
+    /// Sets annotations on node `node` (a `null` value removes one), as the admin, as an operator
+    /// with `kubectl annotate` (or an agent) would.
+    pub async fn annotate_node(&self, node: &str, annotations: serde_json::Value) {
+        let patch = serde_json::json!({ "metadata": { "annotations": annotations } });
+        self.merge_into_node(node, patch, "annotating").await;
+    }
+
+    /// Merges `patch` into node `node` as the admin; `what` says what it does, for a failure.
+    async fn merge_into_node(&self, node: &str, patch: serde_json::Value, what: &str) {
         self.nodes()
-            .patch(
-                node,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "spec": { "unschedulable": unschedulable } })),
-            )
+            .patch(node, &PatchParams::default(), &Patch::Merge(patch))
             .await
-            .unwrap_or_else(|e| panic!("setting unschedulable={unschedulable} on {node}: {e}"));
+            .unwrap_or_else(|e| panic!("{what} on {node}: {e}"));
     }
 
     /// The boot ID node-init gives a simulated node when it starts, once it is there.
