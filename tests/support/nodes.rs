@@ -100,6 +100,18 @@ impl Scope {
             .unwrap_or_else(|e| panic!("{what} on {node}: {e}"));
     }
 
+    /// Sets label `key` to `value` on node `node` as an operator would, with `kubectl label`.
+    pub async fn label_node(&self, node: &str, key: &str, value: &str) {
+        self.nodes()
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "metadata": { "labels": { key: value } } })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("labelling {node} with {key}={value}: {e}"));
+    }
+
     /// The boot ID node-init gives a simulated node when it starts, once it is there.
     pub async fn first_boot_id(&self, name: &str) -> String {
         let nodes = self.nodes();
