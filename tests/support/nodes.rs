@@ -102,14 +102,9 @@ impl Scope {
 
     /// Sets label `key` to `value` on node `node` as an operator would, with `kubectl label`.
     pub async fn label_node(&self, node: &str, key: &str, value: &str) {
-        self.nodes()
-            .patch(
-                node,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "metadata": { "labels": { key: value } } })),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("labelling {node} with {key}={value}: {e}"));
+        let patch = serde_json::json!({ "metadata": { "labels": { key: value } } });
+        self.merge_into_node(node, patch, &format!("labelling with {key}={value}"))
+            .await;
     }
 
     /// The boot ID node-init gives a simulated node when it starts, once it is there.
