@@ -401,9 +401,15 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         info!(node = %node_id, uncordon, "node rebooted; returning it to service");
         if let Ok(mut p) = self.published.lock() {
             // The reboot is done: remember when, for `kured status`.
-            let at = Timestamp::now()
-                .round(jiff::Unit::Second)
-                .unwrap_or_else(|_| Timestamp::now())
+            // To the second, never ahead of the clock.
+            let now = Timestamp::now();
+            let at = now
+                .round(
+                    jiff::TimestampRound::new()
+                        .smallest(jiff::Unit::Second)
+                        .mode(jiff::RoundMode::Trunc),
+                )
+                .unwrap_or(now)
                 .to_string();
             *p = Some(AgentState {
                 last_reboot: Some(at),

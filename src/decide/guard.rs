@@ -57,9 +57,11 @@ pub fn reboot_loop(obs: &Observation, guard: &LoopGuard, now: Timestamp) -> Opti
     {
         return Some(record.clone());
     }
-    let since = now.duration_since(last);
+    // A reboot recorded a moment ahead of this clock (another host's clock, a rounding) was
+    // just now.
+    let since = now.duration_since(last).max(SignedDuration::ZERO);
     let window = SignedDuration::try_from(guard.window).unwrap_or(SignedDuration::MAX);
-    if since.is_negative() || since >= window {
+    if since >= window {
         return None;
     }
     let count = obs.reboot_loop.as_ref().map_or(1, |r| r.count.saturating_add(1));
@@ -158,14 +160,14 @@ mod tests {
             reboot_loop(&obs(Some("2026-12-06T11:00:00Z"), Some(first)), &GUARD, now),
             None
         );
-        // A clock that went backwards is no loop.
-        assert_eq!(
-            reboot_loop(
-                &obs(Some("2026-12-06T12:00:00Z"), None),
-                &GUARD,
-                t("2026-12-06T11:00:00Z")
-            ),
-            None
-        );
+        // A reboot recorded a moment ahead of this clock was just now: a loop all the same.
+        let ahead = reboot_loop(
+            &obs(Some("2026-12-06T11:00:00.4Z"), None),
+            &GUARD,
+            t("2026-12-06T11:00:00Z"),
+        )
+        .unwrap();
+        assert_eq!(ahead.count, 1);
+        assert_eq!(ahead.until, t("2026-12-06T11:30:00Z"));
     }
 }
