@@ -150,22 +150,42 @@ pub struct NodeState {
     pub rebooting: bool,
     /// The phase the node's agent published last ([`STATE_ANNOTATION`]); `None` before any.
     pub phase: Option<String>,
+    /// The whole state the node's agent published last; `None` before any.
+    pub published: Option<serde_json::Value>,
 }
 
 impl NodeState {
     fn of(node: &Node) -> NodeState {
-        let phase = node
-            .annotations()
-            .get(STATE_ANNOTATION)
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-            .and_then(|v| v["phase"].as_str().map(str::to_owned));
+        let published = published_state(node);
         NodeState {
             unschedulable: unschedulable(node),
             boot_id: boot_id(node),
             rebooting: node.labels().contains_key(REBOOTING_LABEL),
-            phase,
+            phase: published
+                .as_ref()
+                .and_then(|v| v["phase"].as_str().map(str::to_owned)),
+            published,
         }
     }
+}
+
+/// The state the node's agent published ([`STATE_ANNOTATION`]) as JSON; `None` when there is
+/// none or it is not JSON.
+pub fn published_state(node: &Node) -> Option<serde_json::Value> {
+    node.annotations()
+        .get(STATE_ANNOTATION)
+        .and_then(|s| serde_json::from_str(s).ok())
+}
+
+/// The entry of `node` in a lock annotation (either form, see [`lock_holders`]) as JSON; `None`
+/// when it holds no slot or the text is not JSON.
+pub fn lock_entry(text: &str, node: &str) -> Option<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let entries = match value.get("locks") {
+        Some(serde_json::Value::Array(locks)) => locks.clone(),
+        _ => vec![value],
+    };
+    entries.into_iter().find(|e| e["nodeID"] == node)
 }
 
 /// What the observer sees now.
@@ -227,6 +247,10 @@ struct LockSnapshot {
     boot_ids: BTreeMap<String, Vec<String>>,
     /// node → every phase its agent published, in order (likewise).
     phases: BTreeMap<String, Vec<String>>,
+    /// node → every state its agent published, in order (likewise).
+    published: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Every text of the DaemonSet's lock annotation, in order (likewise; absent not counted).
+    locks: Vec<String>,
     /// Every node that held a slot of the lock.
     holders_seen: BTreeSet<String>,
     /// The holders in the DaemonSet's annotation, and in the Lease's.
@@ -294,6 +318,12 @@ impl LockSnapshot {
         if let Some(phase) = &state.phase {
             push(self.phases.entry(name.clone()).or_default(), phase);
         }
+        if let Some(published) = &state.published {
+            let history = self.published.entry(name.clone()).or_default();
+            if history.last() != Some(published) {
+                history.push(published.clone());
+            }
+        }
         self.now.nodes.insert(name, state);
     }
 
@@ -321,6 +351,11 @@ impl LockSnapshot {
                 Vec::new()
             }
         };
+        if let (Backend::DaemonSet, Some(text)) = (backend, &lock) {
+            if self.locks.last() != Some(text) {
+                self.locks.push(text.clone());
+            }
+        }
         match backend {
             Backend::DaemonSet => (self.daemonset_holders, self.now.lock) = (holders, lock),
             Backend::Lease => (self.lease_holders, self.now.lease_lock) = (holders, lock),
@@ -458,6 +493,16 @@ impl Observer {
     /// Every phase node `name`'s agent has published so far, in order.
     pub fn phases(&self, name: &str) -> Vec<String> {
         self.seen().phases.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Every state node `name`'s agent has published so far, in order.
+    pub fn published(&self, name: &str) -> Vec<serde_json::Value> {
+        self.seen().published.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Every text the DaemonSet's lock annotation has had so far, in order.
+    pub fn locks(&self) -> Vec<String> {
+        self.seen().locks.clone()
     }
 
     /// Every node that has held a slot of the lock so far.
