@@ -90,6 +90,24 @@ impl Scope {
             .unwrap_or_else(|e| panic!("setting unschedulable={unschedulable} on {node}: {e}"));
     }
 
+    /// Sets annotation `key` on node `node` to `value` (`None` removes it), as an operator would
+    /// with `kubectl annotate`.
+    pub async fn annotate_node(&self, node: &str, key: &str, value: Option<&str>) {
+        self.nodes()
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "metadata": { "annotations": { key: value } } })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("setting annotation {key}={value:?} on {node}: {e}"));
+    }
+
+    /// Annotation `key` of node `node` as the API server has it now; `None` when absent.
+    pub async fn node_annotation(&self, node: &str, key: &str) -> Option<String> {
+        self.node(node).await.metadata.annotations?.get(key).cloned()
+    }
+
     /// The boot ID node-init gives a simulated node when it starts, once it is there.
     pub async fn first_boot_id(&self, name: &str) -> String {
         let nodes = self.nodes();
