@@ -172,14 +172,10 @@ pub async fn make_ready(scope: &Scope, app: &str) {
         .await
         .unwrap_or_else(|e| panic!("taking label {NEVER_READY} off pod {name}: {e}"));
     }
-    eventually(
-        &format!("the pods of {app} to become Ready"),
-        STARTUP,
-        || async {
-            let list = api.list(&ListParams::default().labels(&selector)).await.ok()?;
-            (!list.items.is_empty() && list.items.iter().all(is_ready)).then_some(())
-        },
-    )
+    eventually(&format!("the pods of {app} to become Ready"), STARTUP, || async {
+        let list = api.list(&ListParams::default().labels(&selector)).await.ok()?;
+        (!list.items.is_empty() && list.items.iter().all(is_ready)).then_some(())
+    })
     .await;
 }
 

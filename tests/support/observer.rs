@@ -28,7 +28,7 @@ use super::nodes::{boot_id, unschedulable};
 use super::objects::is_ready;
 use super::scope::{SCOPE_LABEL, Scope};
 use super::simulated::SimulatedNode;
-use super::wait::eventually;
+use super::wait::{eventually, eventually_or};
 
 /// The lock annotation upstream kured and ours write.
 pub const LOCK_ANNOTATION: &str = "weave.works/kured-node-lock";
@@ -215,6 +215,16 @@ impl Snapshot {
         self.holders.iter().any(|h| h == node)
     }
 
+    /// The phase `node`'s agent published last; `None` before any (or for a node not seen).
+    pub fn phase(&self, node: &str) -> Option<&str> {
+        self.nodes.get(node).and_then(|n| n.phase.as_deref())
+    }
+
+    /// Whether `node`'s agent published `phase` last.
+    pub fn in_phase(&self, node: &str, phase: &str) -> bool {
+        self.phase(node) == Some(phase)
+    }
+
     fn describe(&self) -> String {
         format!(
             "cordoned by kured: {:?}; lock: {}; lease lock: {}",
@@ -351,10 +361,10 @@ impl LockSnapshot {
                 Vec::new()
             }
         };
-        if let (Backend::DaemonSet, Some(text)) = (backend, &lock) {
-            if self.locks.last() != Some(text) {
-                self.locks.push(text.clone());
-            }
+        if let (Backend::DaemonSet, Some(text)) = (backend, &lock)
+            && self.locks.last() != Some(text)
+        {
+            self.locks.push(text.clone());
         }
         match backend {
             Backend::DaemonSet => (self.daemonset_holders, self.now.lock) = (holders, lock),
@@ -541,6 +551,71 @@ impl Observer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// [`Observer::until`], failing with a report on `nodes` too: what each published last,
+    /// node-init's last events and the agent's last log lines.
+    pub async fn until_seen(
+        &self,
+        what: &str,
+        limit: Duration,
+        nodes: &[&SimulatedNode],
+        done: impl Fn(&Snapshot) -> bool,
+    ) -> Snapshot {
+        eventually_or(
+            limit,
+            || async {
+                let now = self.snapshot();
+                done(&now).then_some(now)
+            },
+            || {
+                format!(
+                    "timed out after {limit:?} waiting for {what}\n{}",
+                    self.report(nodes)
+                )
+            },
+        )
+        .await
+    }
+
+    /// Watches, for `span`, that `holds` stays true for what the observer sees; panics at the
+    /// first moment it does not, saying `what` should have held, with [`Observer::report`]. An
+    /// observation over a bounded time, for what must not happen while the test waits.
+    pub async fn stays(
+        &self,
+        what: &str,
+        span: Duration,
+        nodes: &[&SimulatedNode],
+        holds: impl Fn(&Snapshot) -> bool,
+    ) {
+        let end = tokio::time::Instant::now() + span;
+        while tokio::time::Instant::now() < end {
+            if !holds(&self.snapshot()) {
+                panic!("{what} no longer held\n{}", self.report(nodes));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What the observer sees now, and for each of `nodes` what its agent published last, its
+    /// reboots, node-init's last events and the agent's last log lines: for a failure message.
+    pub fn report(&self, nodes: &[&SimulatedNode]) -> String {
+        let now = self.snapshot();
+        let mut report = format!("seen now: {}", now.describe());
+        for sim in nodes {
+            let published = now.nodes.get(&sim.name).and_then(|n| n.published.clone());
+            report.push_str(&format!(
+                "\n--- {}: published {}; {} reboots, {} kills, {} agent starts; last node-init events:\n{}\nlast agent log lines:\n{}",
+                sim.name,
+                published.map_or("nothing".to_owned(), |p| p.to_string()),
+                sim.reboots(),
+                sim.kills(),
+                sim.agent_starts(),
+                sim.events_tail(10),
+                sim.log_tail(20)
+            ));
+        }
+        report
     }
 
     /// Waits, for at most `limit`, until everything has settled and stays so for a few seconds:

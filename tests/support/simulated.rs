@@ -193,7 +193,9 @@ impl SimulatedNode {
                     .parse::<i64>()
                     .ok()
                     .and_then(|m| jiff::Timestamp::from_microsecond(m).ok())
-                    .unwrap_or_else(|| panic!("node {}: node-init recorded a request at {micros:?}", self.name))
+                    .unwrap_or_else(|| {
+                        panic!("node {}: node-init recorded a request at {micros:?}", self.name)
+                    })
             })
             .collect()
     }
