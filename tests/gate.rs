@@ -287,6 +287,15 @@ async fn verifying(observer: &Observer, sim: &SimulatedNode) -> Snapshot {
         .await
 }
 
+/// One node whose agent runs with `--post-reboot-settle=<settle>`, once it is verifying
+/// ([`verifying`]).
+async fn verifying_with_settle(test: &str, settle: &str) -> (Fleet, Observer, SimulatedNode) {
+    let (fleet, observer) = one_node(test).await;
+    let sim = fleet.start(0, &[&format!("--post-reboot-settle={settle}")]);
+    verifying(&observer, &sim).await;
+    (fleet, observer, sim)
+}
+
 /// The gate starts of `node` in every text the lock had, in order, each once.
 fn gate_starts(observer: &Observer, node: &str) -> Vec<String> {
     let mut starts: Vec<String> = Vec::new();
@@ -302,10 +311,8 @@ fn gate_starts(observer: &Observer, node: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn the_node_keeps_the_lock_in_verifying_until_the_settle_time_has_passed() {
-    let (fleet, observer) = one_node("gate-settle").await;
-    let sim = fleet.start(0, &["--post-reboot-settle=10s"]);
+    let (fleet, observer, sim) = verifying_with_settle("gate-settle", "10s").await;
     let node = &sim.name;
-    verifying(&observer, &sim).await;
     let state = published(&fleet.scope, node).await;
     assert!(
         state["detail"].as_str().is_some_and(|d| d.contains("settle")),
@@ -327,10 +334,8 @@ async fn the_node_keeps_the_lock_in_verifying_until_the_settle_time_has_passed()
 
 #[tokio::test]
 async fn an_agent_killed_while_verifying_resumes_the_same_gate() {
-    let (fleet, observer) = one_node("gate-kill-verify").await;
-    let sim = fleet.start(0, &["--post-reboot-settle=20s"]);
+    let (fleet, observer, sim) = verifying_with_settle("gate-kill-verify", "20s").await;
     let node = &sim.name;
-    verifying(&observer, &sim).await;
     let since = entry_of(&fleet.scope, node).await.map(|e| e["gateSince"].clone());
     assert!(
         since.as_ref().is_some_and(|s| s.is_string()),

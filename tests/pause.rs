@@ -55,13 +55,23 @@ async fn published(observer: &Observer, sim: &SimulatedNode, phase: &str) {
         .await;
 }
 
+/// A fleet of `nodes`, node 0 annotated `kured.dev/pause=<value>` before any agent starts, and an
+/// observer at concurrency 1.
+async fn node_0_paused(test: &str, nodes: usize, value: &str) -> (Fleet, Observer) {
+    let fleet = Fleet::new(test, nodes).await;
+    fleet
+        .scope
+        .annotate_node(&fleet.names[0], PAUSE, Some(value))
+        .await;
+    let observer = Observer::start(&fleet.scope, 1, &[]).await;
+    (fleet, observer)
+}
+
 #[tokio::test]
 async fn a_paused_node_never_takes_the_lock_while_the_others_reboot_and_reboots_once_resumed() {
-    let fleet = Fleet::new("pause-node", 3).await;
+    let (fleet, observer) = node_0_paused("pause-node", 3, "true").await;
     let scope = &fleet.scope;
     let paused = fleet.names[0].clone();
-    scope.annotate_node(&paused, PAUSE, Some("true")).await;
-    let observer = Observer::start(scope, 1, &[]).await;
     let sims = fleet.start_all(&NodeOptions::default(), &["--concurrency=1"]);
     let all: Vec<&SimulatedNode> = sims.iter().collect();
 
@@ -91,11 +101,9 @@ async fn a_paused_node_never_takes_the_lock_while_the_others_reboot_and_reboots_
 
 #[tokio::test]
 async fn an_unreadable_pause_counts_as_paused_with_a_warning_and_false_does_not() {
-    let fleet = Fleet::new("pause-unreadable", 1).await;
+    let (fleet, observer) = node_0_paused("pause-unreadable", 1, "yes").await;
     let scope = &fleet.scope;
     let node = fleet.names[0].clone();
-    scope.annotate_node(&node, PAUSE, Some("yes")).await;
-    let observer = Observer::start(scope, 1, &[]).await;
     let sim = fleet.start(0, &[]);
 
     published(&observer, &sim, "paused").await;
