@@ -31,6 +31,15 @@ pub enum Phase {
     Recovering,
     /// Back in service; holding the lock for the release delay.
     Releasing,
+    /// A reboot may be needed, but the node or the whole fleet is paused (`kured.dev/pause`).
+    Paused,
+    /// Back from the reboot, holding the lock: waiting for the post-reboot health gate.
+    Verifying,
+    /// The health gate timed out: holding the slot, so the rollout stops, until it passes or
+    /// an operator clears the node's `kured.dev/halted`.
+    Halted,
+    /// The reboot-loop guard: the node needed a reboot again right after one, so the next waits.
+    BackingOff,
 }
 
 impl Phase {
@@ -46,6 +55,10 @@ impl Phase {
             Phase::Rebooting => "rebooting",
             Phase::Recovering => "recovering",
             Phase::Releasing => "releasing",
+            Phase::Paused => "paused",
+            Phase::Verifying => "verifying",
+            Phase::Halted => "halted",
+            Phase::BackingOff => "backing-off",
         }
     }
 }
@@ -69,11 +82,26 @@ pub struct AgentState {
     /// When the agent last brought this node back from a reboot (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reboot: Option<String>,
+    /// The reboot-loop guard's count, while it holds this node back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_loop: Option<RebootLoop>,
+}
+
+/// Consecutive reboots that each found the node needing another one right after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RebootLoop {
+    /// How many in a row.
+    pub count: u32,
+    /// The `lastReboot` the latest one was counted for (RFC 3339), so a reboot counts once.
+    pub reboot: String,
+    /// No reboot before this (RFC 3339).
+    pub until: String,
 }
 
 impl AgentState {
     pub fn to_json(&self) -> String {
-        // A struct of strings, bools and an enum always serialises.
+        // Strings, bools, numbers and enums always serialise.
         serde_json::to_string(self).unwrap_or_default()
     }
 
@@ -100,6 +128,7 @@ mod tests {
             phase: Phase::WaitingForLock,
             detail: "held by n1".into(),
             last_reboot: None,
+            reboot_loop: None,
         };
         assert_eq!(
             s.to_json(),
@@ -130,9 +159,72 @@ mod tests {
                 phase: Phase::Idle,
                 detail: String::new(),
                 last_reboot: Some("2026-01-01T00:00:00Z".into()),
+                reboot_loop: None,
             })
         );
         assert_eq!(AgentState::published_on(&node(None)), None, "nothing published");
         assert_eq!(AgentState::published_on(&node(Some("{"))), None, "unreadable");
+    }
+
+    #[test]
+    fn every_phase_is_named_in_the_json_as_it_prints() {
+        let all = [
+            Phase::Idle,
+            Phase::SentinelError,
+            Phase::WaitingForWindow,
+            Phase::Blocked,
+            Phase::WaitingForLock,
+            Phase::LockUnreadable,
+            Phase::Draining,
+            Phase::Rebooting,
+            Phase::Recovering,
+            Phase::Releasing,
+            Phase::Paused,
+            Phase::Verifying,
+            Phase::Halted,
+            Phase::BackingOff,
+        ];
+        for phase in all {
+            let json = serde_json::to_string(&phase).unwrap();
+            assert_eq!(json, format!("\"{phase}\""));
+            assert_eq!(serde_json::from_str::<Phase>(&json).unwrap(), phase);
+        }
+        let new: Vec<&str> = all[10..].iter().map(|p| p.as_str()).collect();
+        assert_eq!(new, ["paused", "verifying", "halted", "backing-off"]);
+    }
+
+    #[test]
+    fn the_reboot_loop_is_written_only_while_there_is_one() {
+        let s = AgentState {
+            reboot_required: Some(true),
+            phase: Phase::BackingOff,
+            detail: "reboot loop (3 in a row): next reboot not before 2026-01-01T02:00:00Z".into(),
+            last_reboot: Some("2026-01-01T00:00:00Z".into()),
+            reboot_loop: Some(RebootLoop {
+                count: 3,
+                reboot: "2026-01-01T00:00:00Z".into(),
+                until: "2026-01-01T02:00:00Z".into(),
+            }),
+        };
+        let json = s.to_json();
+        assert!(
+            json.ends_with(
+                r#","rebootLoop":{"count":3,"reboot":"2026-01-01T00:00:00Z","until":"2026-01-01T02:00:00Z"}}"#
+            ),
+            "{json}"
+        );
+        assert!(json.contains(r#""phase":"backing-off""#), "{json}");
+        assert_eq!(AgentState::parse(&json).unwrap(), s);
+        let without = AgentState {
+            reboot_loop: None,
+            ..s
+        };
+        assert!(!without.to_json().contains("rebootLoop"), "{}", without.to_json());
+        assert_eq!(AgentState::parse(&without.to_json()).unwrap().reboot_loop, None);
+        assert!(
+            AgentState::parse(r#"{"rebootRequired":true,"phase":"halted","rebootLoop":{"count":1}}"#)
+                .is_err(),
+            "a reboot loop without its times is not one this build can read"
+        );
     }
 }

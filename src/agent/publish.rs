@@ -31,11 +31,13 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         self.liveness.entering(phase);
         let published = self.published.lock().ok()?;
         let last_reboot = published.as_ref().and_then(|p| p.last_reboot.clone());
+        let reboot_loop = published.as_ref().and_then(|p| p.reboot_loop.clone());
         let next = AgentState {
             reboot_required,
             phase,
             detail,
             last_reboot,
+            reboot_loop,
         };
         (published.as_ref() != Some(&next)).then_some(next)
     }
@@ -80,6 +82,7 @@ pub(super) fn idle_state() -> AgentState {
         phase: Phase::Idle,
         detail: String::new(),
         last_reboot: None,
+        reboot_loop: None,
     }
 }
 
