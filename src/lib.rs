@@ -11,6 +11,7 @@ pub mod agent;
 pub mod agent_state;
 pub mod blockers;
 pub mod config;
+pub mod control;
 pub mod decide;
 pub mod drain;
 pub mod duration;

@@ -4,7 +4,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kured::config::{AgentArgs, Cli, Command, LogFormat, NotifyArgs, OutputFormat, ScheduleArgs, StatusArgs};
+use kured::config::{
+    AgentArgs, Cli, Command, ControlArgs, LogFormat, NotifyArgs, OperatorArgs, OutputFormat, RebootArgs,
+    ScheduleArgs, StatusArgs,
+};
 use kured::metrics::NotificationFailures;
 use kured::notify::{Delivery, Notifications, Options};
 use tokio::sync::watch;
@@ -40,6 +43,18 @@ fn main() -> ExitCode {
         Some(Command::Status(args)) => {
             warn_plainly(overrides);
             status(args)
+        }
+        Some(Command::Pause(args)) => {
+            warn_plainly(overrides);
+            control(Control::Pause, args)
+        }
+        Some(Command::Resume(args)) => {
+            warn_plainly(overrides);
+            control(Control::Resume, args)
+        }
+        Some(Command::Reboot(args)) => {
+            warn_plainly(overrides);
+            reboot(args)
         }
         None => agent(&cli.agent, overrides),
     };
@@ -118,20 +133,12 @@ const STATUS_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 fn status(args: &StatusArgs) -> Result<(), Failure> {
     use kured::status::{gather, render_text};
     use std::io::IsTerminal;
+    let lock = args.cluster.lock_object().map_err(usage)?;
     let rt = async_runtime()?;
-    if args.lock.ds_namespace.is_empty() || args.lock.ds_name.is_empty() {
-        return Err(usage(anyhow::anyhow!(
-            "--ds-namespace and --ds-name must not be empty"
-        )));
-    }
-    let lock = kured::lock::LockObject {
-        backend: args.lock.lock_backend.backend(),
-        namespace: args.lock.ds_namespace.clone(),
-        name: args.lock.ds_name.clone(),
-        annotation: args.lock.lock_annotation.clone(),
-    };
     rt.block_on(async {
-        let client = kube_client(args.kubeconfig.as_deref()).await.map_err(runtime)?;
+        let client = kube_client(args.cluster.kubeconfig.as_deref())
+            .await
+            .map_err(runtime)?;
         let tty = std::io::stdout().is_terminal();
         loop {
             let status = gather(&client, &lock, jiff::Timestamp::now())
@@ -163,6 +170,58 @@ fn status(args: &StatusArgs) -> Result<(), Failure> {
             }
         }
     })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Pause,
+    Resume,
+}
+
+/// `kured pause|resume [NODE]`: one line on stdout saying what changed.
+fn control(control: Control, args: &ControlArgs) -> Result<(), Failure> {
+    let lock = args.cluster.lock_object().map_err(usage)?;
+    let target = match &args.node {
+        Some(node) => kured::control::Target::Node(node),
+        None => kured::control::Target::Fleet(&lock),
+    };
+    operator_change(&args.cluster, |client| async move {
+        match control {
+            Control::Pause => kured::control::pause(&client, target).await,
+            Control::Resume => kured::control::resume(&client, target).await,
+        }
+    })
+}
+
+/// `kured reboot NODE`.
+fn reboot(args: &RebootArgs) -> Result<(), Failure> {
+    // A request on the Node needs no lock object; its flags are checked as every command's.
+    args.cluster.lock_object().map_err(usage)?;
+    operator_change(&args.cluster, |client| async move {
+        kured::control::request_reboot(&client, &args.node).await
+    })
+}
+
+/// Runs one change with the operator's credentials and prints the line it returns; its error,
+/// on one line, is the command's.
+fn operator_change<F, Fut>(cluster: &OperatorArgs, change: F) -> Result<(), Failure>
+where
+    F: FnOnce(kube::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<String, kured::control::ControlError>>,
+{
+    let rt = async_runtime()?;
+    let line = rt.block_on(async {
+        let client = kube_client(cluster.kubeconfig.as_deref())
+            .await
+            .map_err(runtime)?;
+        change(client)
+            .await
+            .map_err(|e| runtime(anyhow::anyhow!(kured::error_chain(&e))))
+    })?;
+    std::io::stdout()
+        .write_all(format!("{line}\n").as_bytes())
+        .context("writing to stdout")
+        .map_err(runtime)
 }
 
 /// The title of `kured notify`'s message, where a service shows one (an e-mail's subject).

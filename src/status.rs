@@ -1,9 +1,10 @@
 //! `kured status`: a cluster-wide view for operators — one row per node with its reboot need,
 //! the agent's phase (published in [`STATE_ANNOTATION`](crate::agent_state::STATE_ANNOTATION)), lock
-//! holders, cordon and last reboot.
+//! holders, cordon and last reboot, and the operator's controls ([`crate::control`]): paused
+//! nodes, requested reboots, halted nodes and a paused fleet.
 //! Needs only `list` on nodes and `get` on the lock object (the agents' DaemonSet or Lease).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use jiff::Timestamp;
@@ -12,7 +13,8 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use serde::Serialize;
 
-use crate::agent_state::{AgentState, Phase};
+use crate::agent_state::{AgentState, Phase, RebootLoop};
+use crate::control::{HALTED_ANNOTATION, PAUSE_ANNOTATION, REBOOT_NOW_ANNOTATION, Switch};
 use crate::kube_error;
 use crate::lock::LockObject;
 use crate::lock::record::LockRecord;
@@ -43,6 +45,25 @@ pub struct NodeStatus {
     pub cordoned: bool,
     pub ready: bool,
     pub last_reboot: Option<String>,
+    /// The node's `kured.dev/pause` when it pauses the node: `"true"`, or a value that is not
+    /// `"true"`/`"false"` (which pauses it too).
+    pub paused: Option<String>,
+    /// The node's `kured.dev/reboot-now` when set to anything but `"false"`; only `"true"` asks for
+    /// a reboot.
+    pub reboot_now: Option<String>,
+    /// The node's `kured.dev/halted`: why its post-reboot health gate stopped the rollout.
+    pub halted: Option<String>,
+    /// The reboot-loop guard's count, while it holds the node back.
+    pub reboot_loop: Option<RebootLoop>,
+}
+
+/// The lock object's `kured.dev/pause`, when it pauses every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FleetPause {
+    /// `<Kind> <namespace>/<name>`.
+    pub object: String,
+    /// `"true"`, or a value that is not `"true"`/`"false"` (which pauses too).
+    pub value: String,
 }
 
 /// The cluster's view.
@@ -54,17 +75,23 @@ pub struct ClusterStatus {
     /// Why the lock could not be read, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_error: Option<String>,
+    /// Set when the lock object's `kured.dev/pause` keeps every node from taking the lock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_paused: Option<FleetPause>,
     pub nodes: Vec<NodeStatus>,
 }
 
-/// The lock annotation of `lock`'s object; `None` when the object or the annotation is absent.
-async fn read_annotation(client: &Client, lock: &LockObject) -> Result<Option<String>, kube::Error> {
+/// The annotations of `lock`'s object; none when the object is absent.
+async fn read_annotations(
+    client: &Client,
+    lock: &LockObject,
+) -> Result<BTreeMap<String, String>, kube::Error> {
     Ok(lock
         .api(client.clone())
         .get_opt(&lock.name)
         .await?
         .and_then(|object| object.metadata.annotations)
-        .and_then(|mut a| a.remove(&lock.annotation)))
+        .unwrap_or_default())
 }
 
 /// Reads nodes and the lock once. The holders of the other backend's object count too: during a
@@ -80,16 +107,16 @@ pub async fn gather(
         .list(&ListParams::default())
         .await
         .map_err(StatusError::ListNodes)?;
-    let annotation = read_annotation(client, lock)
+    let annotations = read_annotations(client, lock)
         .await
         .map_err(|source| StatusError::ReadLock {
             object: lock.describe(),
             source,
         })?;
     let other = lock.other();
-    let other_annotation = match read_annotation(client, &other).await {
+    let other_annotations = match read_annotations(client, &other).await {
         Ok(a) => a,
-        Err(e) if kube_error::is_refused(&e) => None,
+        Err(e) if kube_error::is_refused(&e) => BTreeMap::new(),
         Err(source) => {
             return Err(StatusError::ReadLock {
                 object: other.describe(),
@@ -98,14 +125,24 @@ pub async fn gather(
         }
     };
     let locks = [
-        (lock, annotation.as_deref()),
-        (&other, other_annotation.as_deref()),
+        (lock, annotations.get(&lock.annotation).map(String::as_str)),
+        (
+            &other,
+            other_annotations.get(&other.annotation).map(String::as_str),
+        ),
     ];
-    Ok(assemble(&list.items, &locks, now))
+    let pause = annotations.get(PAUSE_ANNOTATION).map(String::as_str);
+    Ok(assemble(&list.items, &locks, pause, now))
 }
 
-/// The status of `nodes` with the lock objects' annotations `locks`, at `now`.
-fn assemble(nodes: &[Node], locks: &[(&LockObject, Option<&str>)], now: Timestamp) -> ClusterStatus {
+/// The status of `nodes` with the lock objects' annotations `locks` (the lock's own object first)
+/// and that object's `kured.dev/pause`, at `now`.
+fn assemble(
+    nodes: &[Node],
+    locks: &[(&LockObject, Option<&str>)],
+    pause: Option<&str>,
+    now: Timestamp,
+) -> ClusterStatus {
     let mut lock_holders: Vec<String> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
     for (lock, annotation) in locks {
@@ -133,7 +170,22 @@ fn assemble(nodes: &[Node], locks: &[(&LockObject, Option<&str>)], now: Timestam
         .map(|node| {
             let name = node.metadata.name.clone().unwrap_or_default();
             let state = AgentState::published_on(node);
+            let annotation = |key: &str| {
+                node.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(key))
+                    .map(String::as_str)
+            };
+            let set = |key: &str| {
+                let value = annotation(key);
+                (Switch::read(value) != Switch::Off).then(|| value.unwrap_or_default().to_owned())
+            };
             NodeStatus {
+                paused: set(PAUSE_ANNOTATION),
+                reboot_now: set(REBOOT_NOW_ANNOTATION),
+                halted: annotation(HALTED_ANNOTATION).map(str::to_owned),
+                reboot_loop: state.as_ref().and_then(|s| s.reboot_loop.clone()),
                 lock_holder: holders.contains(name.as_str()),
                 cordoned: crate::node::is_unschedulable(node),
                 ready: node
@@ -162,9 +214,17 @@ fn assemble(nodes: &[Node], locks: &[(&LockObject, Option<&str>)], now: Timestam
         })
         .collect();
     rows.sort_by(|a, b| a.name.cmp(&b.name));
+    let fleet_paused = match (Switch::read(pause).paused(), locks.first()) {
+        (true, Some((lock, _))) => Some(FleetPause {
+            object: lock.describe(),
+            value: pause.unwrap_or_default().to_owned(),
+        }),
+        _ => None,
+    };
     ClusterStatus {
         lock_holders,
         lock_error,
+        fleet_paused,
         nodes: rows,
     }
 }
@@ -181,23 +241,48 @@ pub fn render_text(status: &ClusterStatus) -> String {
     if let Some(e) = &status.lock_error {
         let _ = writeln!(out, "Lock error: {e}");
     }
+    for n in &status.nodes {
+        if let Some(reason) = &n.halted {
+            let _ = writeln!(
+                out,
+                "rollout halted by {node}: {reason} — resume: kubectl annotate node {node} {HALTED_ANNOTATION}-",
+                node = n.name
+            );
+        }
+    }
+    if let Some(pause) = &status.fleet_paused {
+        let _ = writeln!(
+            out,
+            "fleet paused: {} — resume: kured resume",
+            annotation_text(PAUSE_ANNOTATION, &pause.value, &pause.object)
+        );
+    }
     let needed = status
         .nodes
         .iter()
         .filter(|n| n.reboot_required == Some(true))
         .count();
-    let _ = writeln!(out, "Nodes: {} ({} need a reboot)\n", status.nodes.len(), needed);
+    let paused = match status.nodes.iter().filter(|n| n.paused.is_some()).count() {
+        0 => String::new(),
+        count => format!(", {count} paused"),
+    };
+    let _ = writeln!(
+        out,
+        "Nodes: {} ({needed} need a reboot{paused})\n",
+        status.nodes.len()
+    );
     let header = [
         "NODE",
         "REBOOT",
         "PHASE",
+        "MARKS",
         "LOCK",
         "CORDONED",
         "READY",
         "LAST REBOOT",
         "DETAIL",
     ];
-    let rows: Vec<[String; 8]> = status
+    let rows: Vec<[String; 9]> = status
         .nodes
         .iter()
         .map(|n| {
@@ -209,6 +294,7 @@ pub fn render_text(status: &ClusterStatus) -> String {
                     None => "?".into(),
                 },
                 n.phase.clone().unwrap_or_else(|| "(no agent)".into()),
+                marks(n),
                 if n.lock_holder { "held".into() } else { "-".into() },
                 if n.cordoned { "yes".into() } else { "-".into() },
                 if n.ready { "yes".into() } else { "no".into() },
@@ -242,29 +328,98 @@ pub fn render_text(status: &ClusterStatus) -> String {
     out
 }
 
+/// `key=value on object`, the value quoted, and said to pause, when it is not `"true"`.
+fn annotation_text(key: &str, value: &str, object: &str) -> String {
+    if value == "true" {
+        format!("{key}=true on {object}")
+    } else {
+        format!("{key}={value:?} on {object} (not true or false: read as paused)")
+    }
+}
+
+/// The MARKS cell: the operator's controls on the node and the reboot-loop guard; `-` for none.
+fn marks(n: &NodeStatus) -> String {
+    let mut marks: Vec<String> = Vec::new();
+    if n.halted.is_some() {
+        marks.push("HALTED".into());
+    }
+    match n.paused.as_deref() {
+        None => {}
+        Some("true") => marks.push("paused".into()),
+        Some(value) => marks.push(format!("paused ({PAUSE_ANNOTATION}={value:?})")),
+    }
+    match n.reboot_now.as_deref() {
+        None => {}
+        Some("true") => marks.push("reboot requested".into()),
+        Some(value) => marks.push(format!("{REBOOT_NOW_ANNOTATION}={value:?} ignored")),
+    }
+    if let Some(l) = &n.reboot_loop {
+        marks.push(format!("reboot loop {} until {}", l.count, l.until));
+    }
+    if marks.is_empty() {
+        "-".into()
+    } else {
+        marks.join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::agent_state::STATE_ANNOTATION;
 
     fn node(name: &str, state: Option<&str>) -> Node {
+        annotated(name, state, &[])
+    }
+
+    /// Node `name` with its agent's `state` and the `annotations`.
+    fn annotated(name: &str, state: Option<&str>, annotations: &[(&str, &str)]) -> Node {
         let mut node = Node::default();
         node.metadata.name = Some(name.to_owned());
+        let mut all: BTreeMap<String, String> = annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         if let Some(state) = state {
-            node.metadata.annotations = Some([(STATE_ANNOTATION.to_owned(), state.to_owned())].into());
+            all.insert(STATE_ANNOTATION.to_owned(), state.to_owned());
+        }
+        if !all.is_empty() {
+            node.metadata.annotations = Some(all);
         }
         node
+    }
+
+    fn daemonset_lock() -> LockObject {
+        LockObject {
+            backend: crate::lock::Backend::DaemonSet,
+            namespace: "kube-system".into(),
+            name: "kured".into(),
+            annotation: "weave.works/kured-node-lock".into(),
+        }
+    }
+
+    /// A row with nothing set, to fill in.
+    fn row() -> NodeStatus {
+        NodeStatus {
+            name: String::new(),
+            reboot_required: None,
+            phase: None,
+            detail: String::new(),
+            lock_holder: false,
+            cordoned: false,
+            ready: true,
+            last_reboot: None,
+            paused: None,
+            reboot_now: None,
+            halted: None,
+            reboot_loop: None,
+        }
     }
 
     #[test]
     fn waiting_nodes_are_told_who_holds_the_lock_from_the_lock_itself() {
         let now: Timestamp = "2026-11-20T03:00:00Z".parse().unwrap();
-        let lock = LockObject {
-            backend: crate::lock::Backend::DaemonSet,
-            namespace: "kube-system".into(),
-            name: "kured".into(),
-            annotation: "weave.works/kured-node-lock".into(),
-        };
+        let lock = daemonset_lock();
         let annotation = r#"{"maxOwners":1,"locks":[{"nodeID":"n1","metadata":{"unschedulable":false},"created":"2026-11-20T02:59:00Z","TTL":0}]}"#;
         let nodes = [
             node("n1", Some(r#"{"rebootRequired":true,"phase":"draining"}"#)),
@@ -278,7 +433,7 @@ mod tests {
             ),
             node("n4", None),
         ];
-        let status = assemble(&nodes, &[(&lock, Some(annotation))], now);
+        let status = assemble(&nodes, &[(&lock, Some(annotation))], None, now);
         assert_eq!(status.lock_holders, ["n1"]);
         assert_eq!(status.lock_error, None);
         let rows: Vec<(&str, bool, Option<&str>, &str)> = status
@@ -304,7 +459,7 @@ mod tests {
         );
 
         // Between a release and the waiting agent's next round, the lock is free.
-        let free = assemble(&nodes[1..2], &[(&lock, None)], now);
+        let free = assemble(&nodes[1..2], &[(&lock, None)], None, now);
         assert_eq!(free.nodes[0].phase.as_deref(), Some("waiting-for-lock"));
         assert_eq!(free.nodes[0].detail, "", "no \"held by\" without holders");
     }
@@ -314,6 +469,7 @@ mod tests {
         let status = ClusterStatus {
             lock_holders: vec!["n2".into()],
             lock_error: None,
+            fleet_paused: None,
             nodes: vec![
                 NodeStatus {
                     name: "n1".into(),
@@ -324,6 +480,7 @@ mod tests {
                     cordoned: false,
                     ready: true,
                     last_reboot: None,
+                    ..row()
                 },
                 NodeStatus {
                     name: "n2".into(),
@@ -334,6 +491,7 @@ mod tests {
                     cordoned: true,
                     ready: true,
                     last_reboot: Some("2026-11-20T03:00:00Z".into()),
+                    ..row()
                 },
                 NodeStatus {
                     name: "n3".into(),
@@ -344,6 +502,7 @@ mod tests {
                     cordoned: false,
                     ready: false,
                     last_reboot: None,
+                    ..row()
                 },
             ],
         };
@@ -351,14 +510,150 @@ mod tests {
         Lock: n2
         Nodes: 3 (2 need a reboot)
 
-        NODE  REBOOT  PHASE             LOCK  CORDONED  READY  LAST REBOOT           DETAIL
-        n1    needed  waiting-for-lock  -     -         yes    -                     held by n2
-        n2    needed  draining          held  yes       yes    2026-11-20T03:00:00Z
-        n3    ?       (no agent)        -     -         no     -
+        NODE  REBOOT  PHASE             MARKS  LOCK  CORDONED  READY  LAST REBOOT           DETAIL
+        n1    needed  waiting-for-lock  -      -     -         yes    -                     held by n2
+        n2    needed  draining          -      held  yes       yes    2026-11-20T03:00:00Z
+        n3    ?       (no agent)        -      -     -         no     -
         ");
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["lockHolders"][0], "n2");
         assert_eq!(json["nodes"][1]["phase"], "draining");
         assert_eq!(json["nodes"][2]["rebootRequired"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn controls_halts_and_the_new_phases_are_shown_with_their_detail() {
+        let now: Timestamp = "2026-11-20T03:00:00Z".parse().unwrap();
+        let lock = daemonset_lock();
+        let record =
+            r#"{"nodeID":"n2","metadata":{"unschedulable":false},"created":"2026-11-20T02:50:00Z","TTL":0}"#;
+        let gate = "pod kube-system/x not Ready; 20s of 60s settle left";
+        let nodes = [
+            annotated(
+                "n1",
+                Some(r#"{"rebootRequired":false,"phase":"idle"}"#),
+                &[(PAUSE_ANNOTATION, "true")],
+            ),
+            annotated(
+                "n2",
+                Some(&format!(
+                    r#"{{"rebootRequired":false,"phase":"verifying","detail":"{gate}"}}"#
+                )),
+                &[(REBOOT_NOW_ANNOTATION, "true")],
+            ),
+            annotated(
+                "n3",
+                Some(r#"{"rebootRequired":false,"phase":"halted","detail":"node not Ready after 10m"}"#),
+                &[(HALTED_ANNOTATION, "node not Ready after 10m")],
+            ),
+            annotated(
+                "n4",
+                Some(
+                    r#"{"rebootRequired":true,"phase":"paused","detail":"node paused (kured.dev/pause=maybe)"}"#,
+                ),
+                &[(PAUSE_ANNOTATION, "maybe"), (REBOOT_NOW_ANNOTATION, "yes")],
+            ),
+            annotated(
+                "n5",
+                Some(
+                    r#"{"rebootRequired":true,"phase":"backing-off","detail":"reboot loop (3 in a row): next reboot not before 2026-11-20T05:00:00Z","rebootLoop":{"count":3,"reboot":"2026-11-20T02:00:00Z","until":"2026-11-20T05:00:00Z"}}"#,
+                ),
+                &[(PAUSE_ANNOTATION, "false"), (REBOOT_NOW_ANNOTATION, "false")],
+            ),
+        ];
+        let status = assemble(&nodes, &[(&lock, Some(record))], Some("true"), now);
+        assert_eq!(
+            status.fleet_paused,
+            Some(FleetPause {
+                object: "DaemonSet kube-system/kured".into(),
+                value: "true".into()
+            })
+        );
+        let rows: Vec<_> = status
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.as_str(),
+                    n.phase.as_deref(),
+                    n.paused.as_deref(),
+                    n.reboot_now.as_deref(),
+                    n.halted.as_deref(),
+                    n.reboot_loop.as_ref().map(|l| l.count),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("n1", Some("idle"), Some("true"), None, None, None),
+                ("n2", Some("verifying"), None, Some("true"), None, None),
+                (
+                    "n3",
+                    Some("halted"),
+                    None,
+                    None,
+                    Some("node not Ready after 10m"),
+                    None
+                ),
+                ("n4", Some("paused"), Some("maybe"), Some("yes"), None, None),
+                ("n5", Some("backing-off"), None, None, None, Some(3)),
+            ]
+        );
+        assert_eq!(status.nodes[1].detail, gate);
+        assert!(status.nodes[1].lock_holder);
+
+        insta::assert_snapshot!(render_text(&status), @r#"
+        Lock: n2
+        rollout halted by n3: node not Ready after 10m — resume: kubectl annotate node n3 kured.dev/halted-
+        fleet paused: kured.dev/pause=true on DaemonSet kube-system/kured — resume: kured resume
+        Nodes: 5 (2 need a reboot, 2 paused)
+
+        NODE  REBOOT  PHASE        MARKS                                                                 LOCK  CORDONED  READY  LAST REBOOT  DETAIL
+        n1    -       idle         paused                                                                -     -         no     -
+        n2    -       verifying    reboot requested                                                      held  -         no     -            pod kube-system/x not Ready; 20s of 60s settle left
+        n3    -       halted       HALTED                                                                -     -         no     -            node not Ready after 10m
+        n4    needed  paused       paused (kured.dev/pause="maybe"), kured.dev/reboot-now="yes" ignored  -     -         no     -            node paused (kured.dev/pause=maybe)
+        n5    needed  backing-off  reboot loop 3 until 2026-11-20T05:00:00Z                              -     -         no     -            reboot loop (3 in a row): next reboot not before 2026-11-20T05:00:00Z
+        "#);
+
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["fleetPaused"],
+            serde_json::json!({ "object": "DaemonSet kube-system/kured", "value": "true" })
+        );
+        assert_eq!(json["nodes"][0]["paused"], "true");
+        assert_eq!(json["nodes"][1]["rebootNow"], "true");
+        assert_eq!(json["nodes"][2]["halted"], "node not Ready after 10m");
+        assert_eq!(
+            json["nodes"][4]["rebootLoop"],
+            serde_json::json!({ "count": 3, "reboot": "2026-11-20T02:00:00Z", "until": "2026-11-20T05:00:00Z" })
+        );
+        assert_eq!(json["nodes"][4]["paused"], serde_json::Value::Null);
+
+        // A pause of the fleet that is neither true nor false pauses it, and says so.
+        let unreadable = assemble(&nodes[..1], &[(&lock, None)], Some("soon"), now);
+        assert_eq!(
+            unreadable.fleet_paused.as_ref().map(|p| p.value.as_str()),
+            Some("soon")
+        );
+        assert!(
+            render_text(&unreadable).contains(
+                "fleet paused: kured.dev/pause=\"soon\" on DaemonSet kube-system/kured (not true or false: read as paused) — resume: kured resume\n"
+            ),
+            "{}",
+            render_text(&unreadable)
+        );
+        for off in [None, Some("false")] {
+            let running = assemble(&nodes[..1], &[(&lock, None)], off, now);
+            assert_eq!(running.fleet_paused, None, "{off:?}");
+            assert!(!render_text(&running).contains("fleet paused"));
+            assert!(
+                serde_json::to_value(&running)
+                    .unwrap()
+                    .get("fleetPaused")
+                    .is_none()
+            );
+        }
     }
 }

@@ -11,6 +11,8 @@ mod support;
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use receivers::HttpReceiver;
 use support::agents::Fleet;
 use support::objects::{create_never_ready_daemonset, make_ready};
@@ -247,7 +249,10 @@ async fn a_node_whose_daemonset_pod_never_becomes_ready_halts_the_rollout_until_
     halt.the_rollout_stays_stopped().await;
 
     // The operator's documented one-liner: kubectl annotate node NODE kured.dev/halted-
-    halt.fleet.scope.annotate_node(halt.bad(), HALTED, None).await;
+    halt.fleet
+        .scope
+        .annotate_node(halt.bad(), json!({ HALTED: null }))
+        .await;
     halt.completes().await;
 }
 
@@ -384,7 +389,7 @@ async fn an_agent_killed_while_halted_stays_halted() {
         })
         .await;
 
-    scope.annotate_node(node, HALTED, None).await;
+    scope.annotate_node(node, json!({ HALTED: null })).await;
     observer.assert_settled(&[(&sim, 1)], SETTLE).await;
 }
 

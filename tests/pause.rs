@@ -8,6 +8,8 @@ mod support;
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use support::agents::{Fleet, window_opening_soon};
 use support::observer::{Observer, published_state};
 use support::scope::Scope;
@@ -61,7 +63,7 @@ async fn node_0_paused(test: &str, nodes: usize, value: &str) -> (Fleet, Observe
     let fleet = Fleet::new(test, nodes).await;
     fleet
         .scope
-        .annotate_node(&fleet.names[0], PAUSE, Some(value))
+        .annotate_node(&fleet.names[0], json!({ PAUSE: value }))
         .await;
     let observer = Observer::start(&fleet.scope, 1, &[]).await;
     (fleet, observer)
@@ -95,7 +97,7 @@ async fn a_paused_node_never_takes_the_lock_while_the_others_reboot_and_reboots_
     // The lock is free now: an agent that ignored the pause would take it.
     stays_paused(&observer, &sims[0]).await;
 
-    scope.annotate_node(&paused, PAUSE, None).await;
+    scope.annotate_node(&paused, json!({ PAUSE: null })).await;
     observer.assert_each_rebooted_once(&sims, SETTLE).await;
 }
 
@@ -123,7 +125,7 @@ async fn an_unreadable_pause_counts_as_paused_with_a_warning_and_false_does_not(
     );
     stays_paused(&observer, &sim).await;
 
-    scope.annotate_node(&node, PAUSE, Some("false")).await;
+    scope.annotate_node(&node, json!({ PAUSE: "false" })).await;
     observer.assert_settled(&[(&sim, 1)], SETTLE).await;
 }
 
@@ -170,7 +172,9 @@ async fn reboot_now_reboots_a_node_whose_sentinel_says_no_and_is_removed_after()
     let sim = not_needing_a_reboot(&fleet, &observer, &[]).await;
     assert_eq!(sim.reboot_requests(), 0, "no reboot while the sentinel says no");
 
-    scope.annotate_node(&sim.name, REBOOT_NOW, Some("true")).await;
+    scope
+        .annotate_node(&sim.name, json!({ REBOOT_NOW: "true" }))
+        .await;
     observer.assert_settled(&[(&sim, 1)], SETTLE).await;
     reboot_now_removed(scope, &sim).await;
 }
@@ -184,7 +188,9 @@ async fn reboot_now_waits_for_the_window() {
     let args: Vec<&str> = window.iter().map(String::as_str).collect();
     let sim = not_needing_a_reboot(&fleet, &observer, &args).await;
 
-    scope.annotate_node(&sim.name, REBOOT_NOW, Some("true")).await;
+    scope
+        .annotate_node(&sim.name, json!({ REBOOT_NOW: "true" }))
+        .await;
     // The annotation counts as a reboot needed: the agent waits for the window.
     published(&observer, &sim, "waiting-for-window").await;
     assert_eq!(sim.reboot_requests(), 0, "no reboot before the window opens");

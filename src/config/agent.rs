@@ -212,14 +212,7 @@ impl AgentArgs {
         if self.concurrency == 0 {
             return Err(invalid("concurrency", "0", "expected at least 1"));
         }
-        let annotation = strip_quotes(&self.lock.lock_annotation);
-        selector::check_key(annotation).map_err(|e| invalid("lock-annotation", annotation, e))?;
-        Ok(LockObject {
-            backend: self.lock.lock_backend.backend(),
-            namespace: strip_quotes(&self.lock.ds_namespace).to_owned(),
-            name: strip_quotes(&self.lock.ds_name).to_owned(),
-            annotation: annotation.to_owned(),
-        })
+        self.lock.lock_object()
     }
 
     /// The lock settings of `node_id`: `--concurrency`, `--lock-ttl` (checked by the caller: not

@@ -16,6 +16,12 @@ pub enum Command {
     Schedule(ScheduleArgs),
     /// Show every node's reboot need, agent phase, lock holders and cordon state.
     Status(StatusArgs),
+    /// Keep NODE, or without NODE every node, from rebooting (kured.dev/pause=true).
+    Pause(ControlArgs),
+    /// Undo `kured pause` for NODE (and clear its kured.dev/halted), or for every node.
+    Resume(ControlArgs),
+    /// Reboot NODE as if it needed it, when window, blockers and lock allow.
+    Reboot(RebootArgs),
 }
 
 /// Where the lock is: shared by the agent and `kured status`.
@@ -40,19 +46,44 @@ pub struct LockArgs {
     pub lock_annotation: String,
 }
 
-#[derive(Debug, Args)]
-pub struct StatusArgs {
+/// The cluster and the lock object, for the commands an operator runs.
+#[derive(Debug, Clone, Args)]
+pub struct OperatorArgs {
     /// Path of a kubeconfig file (default: KUBECONFIG, ~/.kube/config, then in-cluster)
     #[arg(long, env = "KURED_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     pub lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub cluster: OperatorArgs,
     /// Keep showing the status, refreshed every two seconds, until interrupted
     #[arg(long)]
     pub watch: bool,
     /// Output format
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The Node; without it, the lock object (the DaemonSet, or the Lease with --lock-backend=lease)
+    #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub cluster: OperatorArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RebootArgs {
+    /// The Node
+    #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub node: String,
+    #[command(flatten)]
+    pub cluster: OperatorArgs,
 }
 
 /// How the agent reboots its node.

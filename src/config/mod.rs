@@ -22,8 +22,8 @@ use clap::Parser;
 
 pub use agent::REBOOT_ALLOWANCE;
 pub use args::{
-    AgentArgs, Command, LockArgs, LockBackend, LogFormat, NotifyArgs, NotifyUrlArgs, OutputFormat,
-    RebootMethod, ScheduleArgs, StatusArgs, WindowArgs,
+    AgentArgs, Command, ControlArgs, LockArgs, LockBackend, LogFormat, NotifyArgs, NotifyUrlArgs,
+    OperatorArgs, OutputFormat, RebootArgs, RebootMethod, ScheduleArgs, StatusArgs, WindowArgs,
 };
 pub use notify_urls::redact_url;
 
@@ -141,6 +141,34 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// Errors at start-up that do not stop the agent (a notification URL that cannot be used).
     pub errors: Vec<String>,
+}
+
+impl LockArgs {
+    /// `--lock-backend`, `--ds-namespace`, `--ds-name`, `--lock-annotation`.
+    pub fn lock_object(&self) -> Result<LockObject, ConfigError> {
+        let annotation = strip_quotes(&self.lock_annotation);
+        crate::selector::check_key(annotation).map_err(|e| invalid("lock-annotation", annotation, e))?;
+        Ok(LockObject {
+            backend: self.lock_backend.backend(),
+            namespace: strip_quotes(&self.ds_namespace).to_owned(),
+            name: strip_quotes(&self.ds_name).to_owned(),
+            annotation: annotation.to_owned(),
+        })
+    }
+}
+
+impl OperatorArgs {
+    /// The lock object of an operator's command: as [`LockArgs::lock_object`], and neither its
+    /// namespace nor its name empty (the agent finds out when it first reads it).
+    pub fn lock_object(&self) -> Result<LockObject, ConfigError> {
+        let lock = self.lock.lock_object()?;
+        for (flag, value) in [("ds-namespace", &lock.namespace), ("ds-name", &lock.name)] {
+            if value.is_empty() {
+                return Err(invalid(flag, value, "expected a name"));
+            }
+        }
+        Ok(lock)
+    }
 }
 
 /// Removes one pair of matching surrounding quotes. A manifest's `command:` list is not run by

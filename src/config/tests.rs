@@ -784,6 +784,13 @@ fn help_output() {
         .render_long_help()
         .to_string();
     insta::assert_snapshot!("notify_help", notify);
+    let pause = Cli::command()
+        .term_width(100)
+        .find_subcommand_mut("pause")
+        .expect("pause")
+        .render_long_help()
+        .to_string();
+    insta::assert_snapshot!("pause_help", pause);
 }
 
 #[test]

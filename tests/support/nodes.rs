@@ -80,27 +80,24 @@ impl Scope {
 
     /// Cordons (`true`) or uncordons node `node` as an operator would, with `kubectl cordon`.
     pub async fn set_unschedulable(&self, node: &str, unschedulable: bool) {
-        self.nodes()
-            .patch(
-                node,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "spec": { "unschedulable": unschedulable } })),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("setting unschedulable={unschedulable} on {node}: {e}"));
+        let patch = serde_json::json!({ "spec": { "unschedulable": unschedulable } });
+        self.merge_into_node(node, patch, &format!("setting unschedulable={unschedulable}"))
+            .await;
     }
 
-    /// Sets annotation `key` on node `node` to `value` (`None` removes it), as an operator would
-    /// with `kubectl annotate`.
-    pub async fn annotate_node(&self, node: &str, key: &str, value: Option<&str>) {
+    /// Sets annotations on node `node` (a `null` value removes one), as the admin, as an operator
+    /// with `kubectl annotate` (or an agent) would.
+    pub async fn annotate_node(&self, node: &str, annotations: serde_json::Value) {
+        let patch = serde_json::json!({ "metadata": { "annotations": annotations } });
+        self.merge_into_node(node, patch, "annotating").await;
+    }
+
+    /// Merges `patch` into node `node` as the admin; `what` says what it does, for a failure.
+    async fn merge_into_node(&self, node: &str, patch: serde_json::Value, what: &str) {
         self.nodes()
-            .patch(
-                node,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "metadata": { "annotations": { key: value } } })),
-            )
+            .patch(node, &PatchParams::default(), &Patch::Merge(patch))
             .await
-            .unwrap_or_else(|e| panic!("setting annotation {key}={value:?} on {node}: {e}"));
+            .unwrap_or_else(|e| panic!("{what} on {node}: {e}"));
     }
 
     /// Annotation `key` of node `node` as the API server has it now; `None` when absent.

@@ -74,6 +74,14 @@ pub async fn write_lock(scope: &Scope, text: Option<&str>) {
 /// The lock annotation on `backend`'s object `kured` as the API server has it now; `None` when
 /// absent, or when the Lease does not exist.
 pub async fn read_lock_in(scope: &Scope, backend: Backend) -> Option<String> {
+    lock_object_annotations(scope, backend)
+        .await
+        .remove(LOCK_ANNOTATION)
+}
+
+/// Every annotation of `backend`'s object `kured` as the API server has it now; none when the
+/// Lease does not exist.
+pub async fn lock_object_annotations(scope: &Scope, backend: Backend) -> BTreeMap<String, String> {
     let annotations = match backend {
         Backend::DaemonSet => {
             scope
@@ -91,7 +99,7 @@ pub async fn read_lock_in(scope: &Scope, backend: Backend) -> Option<String> {
             .expect("reading the lock's Lease")
             .and_then(|lease| lease.metadata.annotations),
     };
-    annotations?.get(LOCK_ANNOTATION).cloned()
+    annotations.unwrap_or_default()
 }
 
 /// Sets the lock annotation on `backend`'s object `kured` to `text` (`None` removes it), as the

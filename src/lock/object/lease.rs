@@ -9,17 +9,23 @@ use crate::lock::record::{self, Change};
 impl ObjectLock {
     /// A Lease of our name, to create with the first write.
     pub(super) fn new_lease(&self) -> DynamicObject {
-        DynamicObject {
-            types: Some(kube::api::TypeMeta {
-                api_version: "coordination.k8s.io/v1".to_owned(),
-                kind: "Lease".to_owned(),
-            }),
-            metadata: ObjectMeta {
-                name: Some(self.name.clone()),
-                ..ObjectMeta::default()
-            },
-            data: serde_json::json!({ "spec": {} }),
-        }
+        new_lease(&self.name)
+    }
+}
+
+/// An empty Lease named `name`, for the first write that needs the Lease to create: the lock's,
+/// or an operator's `kured pause` of the fleet.
+pub fn new_lease(name: &str) -> DynamicObject {
+    DynamicObject {
+        types: Some(kube::api::TypeMeta {
+            api_version: "coordination.k8s.io/v1".to_owned(),
+            kind: "Lease".to_owned(),
+        }),
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        data: serde_json::json!({ "spec": {} }),
     }
 }
 

@@ -44,6 +44,8 @@ mod beside;
 mod cache;
 mod lease;
 
+pub use lease::new_lease;
+
 /// Writes in a row that may meet a conflict before we give up. Each conflict means another agent's
 /// write just won, so ten in a row is a crowd; the caller's loop tries again later instead of this
 /// call holding on.
