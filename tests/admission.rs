@@ -684,6 +684,7 @@ async fn lease_lock_round_trips(setting: &Setting) {
         concurrency: 1,
         ttl: GoDuration::ZERO,
         release_delay: Duration::ZERO,
+        per_label: Vec::new(),
     };
     let lock = ObjectLock::new(setting.client.clone(), &object, settings);
     let holder = || async {

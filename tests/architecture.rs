@@ -21,6 +21,9 @@ const PURE: &[&str] = &[
     "window",
     "lock/record",
     "lock/policy",
+    "lock/admit",
+    "lock/labels",
+    "lock/gate",
     "selector",
     "agent_state",
 ];

@@ -43,6 +43,7 @@ fn settings(node: &str, concurrency: u32) -> LockSettings {
         concurrency,
         ttl: GoDuration::ZERO,
         release_delay: Duration::ZERO,
+        per_label: Vec::new(),
     }
 }
 

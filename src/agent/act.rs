@@ -122,6 +122,8 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 return self.wait(Situation::ApiError);
             }
         };
+        self.lock
+            .note_labels(node.metadata.labels.as_ref().unwrap_or(&Default::default()));
         let claim = Claim {
             unschedulable: node::is_unschedulable(&node) && !node::cordoned_by_kured(&node),
             boot_id: self.boot_id_of(&node),

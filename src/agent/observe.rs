@@ -2,6 +2,7 @@
 //! the boot ID, the lock as it stands for this node, and the reboot window — gathered into the
 //! [`Observation`] that [`decide`](crate::decide::decide) takes.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -61,6 +62,8 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             None => self.read_node().await.map_err(|e| crate::error_chain(&e))?,
         };
         self.adopt_published(&node);
+        self.lock
+            .note_labels(node.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()));
         let boot_id = self.boot_id_of(&node).unwrap_or_default();
         let taint_present = self
             .config
@@ -121,6 +124,20 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             }) => LockView::HeldByOthers {
                 holders: holders.into_iter().map(|h| h.node_id).collect(),
                 next_expiry,
+            },
+            Ok(Standing {
+                slot: Slot::Halted { holders },
+                ..
+            }) => LockView::HeldByOthers {
+                holders: holders.into_iter().map(|h| h.node_id).collect(),
+                next_expiry: None,
+            },
+            Ok(Standing {
+                slot: Slot::Paused { .. },
+                ..
+            }) => LockView::HeldByOthers {
+                holders: Vec::new(),
+                next_expiry: None,
             },
             Err(e) => LockView::Unreadable(crate::error_chain(&e)),
         }

@@ -11,7 +11,7 @@ use crate::blockers::BlockerSettings;
 use crate::blockers::prometheus::AlertFilter;
 use crate::drain::DrainSettings;
 use crate::duration::GoDuration;
-use crate::lock::{LockObject, LockSettings};
+use crate::lock::{LabelLimit, LockObject, LockSettings};
 use crate::metrics::PhaseLimits;
 use crate::node::NodeLabel;
 use crate::reboot::{HostNamespace, Rebooter, valid_signal_range};
@@ -50,6 +50,35 @@ fn parse_labels(flag: &'static str, values: &[String]) -> Result<Vec<NodeLabel>,
             })
         })
         .collect()
+}
+
+/// `--concurrency-per-label`: `KEY=N` each, KEY a label key, N an integer from 1, each KEY once.
+fn parse_label_limits(values: &[String]) -> Result<Vec<LabelLimit>, ConfigError> {
+    const FLAG: &str = "concurrency-per-label";
+    let mut limits: Vec<LabelLimit> = Vec::new();
+    for v in values.iter().filter(|v| !v.is_empty()) {
+        let (key, max) = v
+            .split_once('=')
+            .ok_or_else(|| invalid(FLAG, v, "expected KEY=N, a node label key and a number of nodes"))?;
+        selector::check_key(key).map_err(|e| invalid(FLAG, v, e))?;
+        let max = max
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| invalid(FLAG, v, "expected KEY=N with N an integer of at least 1"))?;
+        if limits.iter().any(|l| l.key == key) {
+            return Err(invalid(
+                FLAG,
+                v,
+                format!("expected each label key once; {key} is given twice"),
+            ));
+        }
+        limits.push(LabelLimit {
+            key: key.to_owned(),
+            max,
+        });
+    }
+    Ok(limits)
 }
 
 impl WindowArgs {
@@ -216,13 +245,14 @@ impl AgentArgs {
     }
 
     /// The lock settings of `node_id`: `--concurrency`, `--lock-ttl` (checked by the caller: not
-    /// negative), `--lock-release-delay`.
+    /// negative), `--lock-release-delay`, `--concurrency-per-label`.
     fn lock_settings(&self, node_id: &str) -> Result<LockSettings, ConfigError> {
         Ok(LockSettings {
             node_id: node_id.to_owned(),
             concurrency: self.concurrency,
             ttl: self.lock_ttl,
             release_delay: non_negative("lock-release-delay", self.lock_release_delay)?,
+            per_label: parse_label_limits(&self.concurrency_per_label)?,
         })
     }
 

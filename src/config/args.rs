@@ -262,6 +262,9 @@ pub struct AgentArgs {
     /// How many nodes may reboot at the same time
     #[arg(long, env = "KURED_CONCURRENCY", default_value_t = 1)]
     pub concurrency: u32,
+    /// At most N nodes at a time per value of the node label KEY, on top of --concurrency (KEY=N, repeatable)
+    #[arg(long, env = "KURED_CONCURRENCY_PER_LABEL", value_delimiter = ',')]
+    pub concurrency_per_label: Vec<String>,
 
     /// Prometheus server to ask for active alerts; any active alert blocks reboots
     #[arg(long, env = "KURED_PROMETHEUS_URL", default_value = "")]

@@ -73,6 +73,7 @@ fn every_flag_has_its_kured_env_twin() {
         "lock-ttl",
         "lock-release-delay",
         "concurrency",
+        "concurrency-per-label",
         "prometheus-url",
         "alert-filter-regexp",
         "alert-filter-match-only",
@@ -275,6 +276,7 @@ fn flags_and_their_env_twins_give_the_same_config() {
         ("drain-grace-period", "-1"),
         ("pre-reboot-node-labels", "a=1,b=2"),
         ("blocking-pod-selector", "app=db,tier in (x,y)"),
+        ("concurrency-per-label", "topology.kubernetes.io/zone=1,rack=2"),
     ];
     for (flag, value) in cases {
         let from_flag = ok(&["--node-id=n1", &format!("--{flag}={value}")]);
@@ -499,6 +501,21 @@ fn list_flags_take_comma_separated_and_repeated_forms() {
         "--blocking-pod-selector=c",
     ]);
     assert_eq!(d.blockers.pod_selectors.len(), 2);
+    let e = ok(&[
+        "--node-id=n",
+        "--concurrency-per-label=topology.kubernetes.io/zone=1,rack=2",
+        "--concurrency-per-label=example.com/row=10",
+    ]);
+    let limits: Vec<(&str, u32)> = e.lock.per_label.iter().map(|l| (l.key.as_str(), l.max)).collect();
+    assert_eq!(
+        limits,
+        [
+            ("topology.kubernetes.io/zone", 1),
+            ("rack", 2),
+            ("example.com/row", 10)
+        ]
+    );
+    assert_eq!(ok(&["--node-id=n"]).lock.per_label, []);
 }
 
 #[test]
@@ -544,6 +561,31 @@ fn bad_values_name_the_flag_the_value_and_what_is_expected() {
             "--prefer-no-schedule-taint \"Bad Taint\"",
         ),
         (&["--lock-annotation=a/b/c"], "--lock-annotation \"a/b/c\""),
+        (
+            &["--concurrency-per-label=zone"],
+            "--concurrency-per-label \"zone\": expected KEY=N",
+        ),
+        (&["--concurrency-per-label==1"], "--concurrency-per-label \"=1\""),
+        (
+            &["--concurrency-per-label=Bad Key=1"],
+            "--concurrency-per-label \"Bad Key=1\"",
+        ),
+        (
+            &["--concurrency-per-label=zone=0"],
+            "--concurrency-per-label \"zone=0\": expected KEY=N with N an integer of at least 1",
+        ),
+        (
+            &["--concurrency-per-label=zone=-1"],
+            "--concurrency-per-label \"zone=-1\"",
+        ),
+        (
+            &["--concurrency-per-label=zone=one"],
+            "--concurrency-per-label \"zone=one\"",
+        ),
+        (
+            &["--concurrency-per-label=zone=1", "--concurrency-per-label=zone=2"],
+            "--concurrency-per-label \"zone=2\": expected each label key once",
+        ),
     ] {
         let mut full = vec!["--node-id=n1"];
         full.extend(args);

@@ -18,8 +18,14 @@
 //!   whether [`RebootLock::acquire`] would find a slot;
 //! - while waiting, [`RebootLock::turn_delay`] before taking a freed slot ([`turn`]), and
 //!   [`RebootLock::reclaim_gone_holders`] for slots held by Nodes that no longer exist;
-//! - [`RebootLock::release_now`] instead of `release` for a node that never went down.
+//! - [`RebootLock::release_now`] instead of `release` for a node that never went down;
+//! - [`RebootLock::note_labels`] after every read of its Node, for the per-label limits
+//!   ([`labels`]), and [`RebootLock::record_gate`] for the post-reboot health gate ([`gate`]).
+//!
+//! No node takes a slot while the lock object's [`PAUSE_ANNOTATION`] pauses the fleet, nor while
+//! a live holder is halted ([`admit`]); holders finish their cycle either way.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
@@ -28,15 +34,25 @@ use jiff::Timestamp;
 
 use crate::kube_error;
 
+pub mod admit;
+pub mod gate;
+pub mod labels;
 pub mod object;
 pub mod policy;
 pub mod reclaim;
 pub mod record;
 pub mod turn;
 
+pub use admit::BlockedBy;
+pub use gate::Gate;
+pub use labels::LabelLimit;
 pub use object::ObjectLock;
 pub use policy::{Acquire, Claim, LockSettings, LockSnapshot, Reclaim, Release, Slot, Standing};
 pub use record::{LockEntry, LockRecord, NodeMeta, RecordError};
+
+/// The lock object's annotation that pauses the fleet: `"true"` (or any value but `"false"`, the
+/// safe reading) and no node takes a slot; holders finish their cycle.
+pub const PAUSE_ANNOTATION: &str = "kured.dev/pause";
 
 /// Which kind of object keeps the lock (`--lock-backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -132,9 +148,17 @@ pub enum LockError {
     Decode {
         object: String,
         annotation: String,
-        value: String,
+        /// What was read: the annotation's text, and the object's pause annotation.
+        seen: Box<LockSnapshot>,
         #[source]
         source: RecordError,
+    },
+    /// [`RebootLock::record_gate`] found no entry of our node.
+    #[error("{node} holds no entry in annotation {annotation} on {object} to record its gate in")]
+    NotHeld {
+        object: String,
+        annotation: String,
+        node: String,
     },
     #[error("encoding the lock record for {object}")]
     Encode {
@@ -182,7 +206,7 @@ impl LockError {
                 kube_error::is_forbidden(source)
             }
             LockError::Watch { source, .. } => kube_error::is_forbidden(source),
-            LockError::Decode { .. } | LockError::Encode { .. } => false,
+            LockError::Decode { .. } | LockError::Encode { .. } | LockError::NotHeld { .. } => false,
         }
     }
 
@@ -190,7 +214,7 @@ impl LockError {
     /// the annotation to be fixed.
     pub fn seen(&self) -> Option<LockSnapshot> {
         match self {
-            LockError::Decode { value, .. } => Some(LockSnapshot::new(Some(value.clone()))),
+            LockError::Decode { seen, .. } => Some(LockSnapshot::clone(seen)),
             _ => None,
         }
     }
@@ -237,8 +261,18 @@ pub trait RebootLock {
         now: Timestamp,
     ) -> impl Future<Output = Vec<LockEntry>> + Send;
 
-    /// Waits until the lock object differs from `seen`, and returns what it is then. Returns at
-    /// once when it already differs. Does not time out: bound it with `tokio::time::timeout`, and
-    /// by the blocked answer's `next_expiry`, since an expiry changes nothing in the object.
+    /// Keeps our node's values of the per-label keys from its `labels` (as read from its Node):
+    /// [`RebootLock::standing`] and [`RebootLock::acquire`] judge by them, and our entry records
+    /// them when we take a slot. With per-label limits set, no slot is free before the first call.
+    fn note_labels(&self, labels: &BTreeMap<String, String>);
+
+    /// Records our post-reboot health gate in our own entry (`gateSince`, `halted`), or removes
+    /// both with `None`; conflict-retried like every write. An error when we hold no entry.
+    fn record_gate(&self, gate: Option<Gate>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Waits until the lock object differs from `seen` (its lock or its pause annotation), and
+    /// returns what it is then. Returns at once when it already differs. Does not time out: bound
+    /// it with `tokio::time::timeout`, and by the blocked answer's `next_expiry`, since an expiry
+    /// changes nothing in the object.
     fn changed(&self, seen: &LockSnapshot) -> impl Future<Output = Result<LockSnapshot>> + Send;
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
+pub use super::admit::{Around, BlockedBy, crowded, decide_acquire_in, pauses};
+use super::labels::LabelLimit;
 use super::record::{LockEntry, LockRecord, MultiRecord, NodeMeta, Result, read};
 use crate::duration::GoDuration;
 
@@ -22,6 +24,9 @@ pub struct LockSettings {
     pub ttl: GoDuration,
     /// How long to keep the lock once releasing starts (`--lock-release-delay`).
     pub release_delay: Duration,
+    /// At most so many holders per value of a node label (`--concurrency-per-label`), on top
+    /// of `concurrency`; see [`labels`](super::labels).
+    pub per_label: Vec<LabelLimit>,
 }
 
 /// What we record about our node when we take the lock.
@@ -34,18 +39,41 @@ pub struct Claim {
 }
 
 /// What the lock object looked like when it was read: [`RebootLock::changed`](super::RebootLock::changed) waits for it to
-/// look different. For the DaemonSet lock, the annotation's text (`None`: absent).
+/// look different. The lock annotation's text (`None`: absent) and the object's pause annotation
+/// ([`PAUSE_ANNOTATION`](super::PAUSE_ANNOTATION)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LockSnapshot(Option<String>);
+pub struct LockSnapshot {
+    annotation: Option<String>,
+    pause: Option<String>,
+}
 
 impl LockSnapshot {
+    /// The lock annotation's text, without a pause annotation.
     pub fn new(annotation: Option<String>) -> LockSnapshot {
-        LockSnapshot(annotation)
+        LockSnapshot {
+            annotation,
+            pause: None,
+        }
+    }
+
+    /// The same, with the lock object's pause annotation as read (`None`: absent).
+    pub fn with_pause(self, pause: Option<String>) -> LockSnapshot {
+        LockSnapshot { pause, ..self }
     }
 
     /// The annotation's text, `None` when it was absent.
     pub fn annotation(&self) -> Option<&str> {
-        self.0.as_deref()
+        self.annotation.as_deref()
+    }
+
+    /// The lock object's pause annotation, `None` when it was absent.
+    pub fn pause(&self) -> Option<&str> {
+        self.pause.as_deref()
+    }
+
+    /// The pause annotation's value when it pauses the fleet (see [`pauses`]).
+    pub fn paused(&self) -> Option<&str> {
+        self.pause().filter(|_| pauses(self.pause()))
     }
 }
 
@@ -59,11 +87,16 @@ pub enum Acquire {
     AlreadyHeld(LockEntry),
     /// No slot is free.
     Blocked {
-        /// The live holders.
+        /// Why.
+        reason: BlockedBy,
+        /// The live holders in our way: every one for [`BlockedBy::Concurrency`] and
+        /// [`BlockedBy::Paused`], those counted against our value for [`BlockedBy::Label`], the
+        /// halted ones for [`BlockedBy::Halted`].
         holders: Vec<LockEntry>,
         /// How many holders the record admits for us (1 for a single-form holder).
         limit: u32,
-        /// When the first of `holders` expires by its TTL, which frees a slot without any write.
+        /// When the first of `holders` expires by its TTL, which frees a slot without any write
+        /// (for [`BlockedBy::Halted`], the last of them; none for a pause).
         next_expiry: Option<Timestamp>,
         /// What was read; pass it to [`RebootLock::changed`](super::RebootLock::changed).
         seen: LockSnapshot,
@@ -90,6 +123,32 @@ pub enum Slot {
         holders: Vec<LockEntry>,
         next_expiry: Option<Timestamp>,
     },
+    /// These live holders of other nodes say their post-reboot health gate timed out: no node
+    /// takes a slot until they are cleared or gone.
+    Halted { holders: Vec<LockEntry> },
+    /// The lock object's pause annotation (`value`, as read) stops every node from taking a slot.
+    Paused { value: String },
+}
+
+impl Acquire {
+    /// Whether the answer leaves our node a slot, as [`Standing::slot`] says it.
+    pub fn slot(self) -> Slot {
+        match self {
+            Acquire::Acquired(_) | Acquire::AlreadyHeld(_) => Slot::Free,
+            Acquire::Blocked {
+                reason: BlockedBy::Paused { value },
+                ..
+            } => Slot::Paused { value },
+            Acquire::Blocked {
+                reason: BlockedBy::Halted,
+                holders,
+                ..
+            } => Slot::Halted { holders },
+            Acquire::Blocked {
+                holders, next_expiry, ..
+            } => Slot::Taken { holders, next_expiry },
+        }
+    }
 }
 
 /// The answer to [`RebootLock::release`](super::RebootLock::release).
@@ -130,7 +189,7 @@ pub struct Decision<T> {
 }
 
 impl<T> Decision<T> {
-    fn read_only(outcome: T) -> Self {
+    pub(super) fn read_only(outcome: T) -> Self {
         Decision {
             change: None,
             outcome,
@@ -166,15 +225,36 @@ pub fn decide_acquire(
     claim: &Claim,
     now: Timestamp,
 ) -> Result<Decision<Acquire>> {
-    let concurrency = settings.concurrency.max(1);
-    let ours = LockEntry {
+    let seen = LockSnapshot::new(current.map(str::to_owned));
+    take(current, entry_of(settings, claim, None, now), settings, now, seen)
+}
+
+/// Our entry as we write it when taking a slot.
+pub(super) fn entry_of(
+    settings: &LockSettings,
+    claim: &Claim,
+    labels: Option<BTreeMap<String, String>>,
+    now: Timestamp,
+) -> LockEntry {
+    LockEntry {
         metadata: NodeMeta {
             unschedulable: claim.unschedulable,
         },
         boot_id: claim.boot_id.clone(),
+        labels,
         ..LockEntry::new(settings.node_id.clone(), now, settings.ttl)
-    };
-    let seen = LockSnapshot::new(current.map(str::to_owned));
+    }
+}
+
+/// [`decide_acquire`] with our entry `ours` as it is to be written.
+pub(super) fn take(
+    current: Option<&str>,
+    ours: LockEntry,
+    settings: &LockSettings,
+    now: Timestamp,
+    seen: LockSnapshot,
+) -> Result<Decision<Acquire>> {
+    let concurrency = settings.concurrency.max(1);
     let Some(record) = read(current)? else {
         return Decision::write(&fresh(ours.clone(), concurrency), Acquire::Acquired(ours));
     };
@@ -183,6 +263,7 @@ pub fn decide_acquire(
     }
     match record {
         LockRecord::Single(entry) if !entry.is_expired(now) => Ok(Decision::read_only(Acquire::Blocked {
+            reason: BlockedBy::Concurrency,
             next_expiry: entry.expires_at(),
             holders: vec![entry],
             limit: 1,
@@ -198,7 +279,8 @@ pub fn decide_acquire(
             let live: Vec<LockEntry> = multi.locks.into_iter().filter(|e| !e.is_expired(now)).collect();
             if live.len() >= limit as usize {
                 return Ok(Decision::read_only(Acquire::Blocked {
-                    next_expiry: live.iter().filter_map(LockEntry::expires_at).min(),
+                    reason: BlockedBy::Concurrency,
+                    next_expiry: first_expiry(&live),
                     holders: live,
                     limit,
                     seen,
@@ -219,34 +301,8 @@ pub fn decide_acquire(
     }
 }
 
-/// [`decide_acquire`], with `outside` (live holders of other nodes kept in another lock object:
-/// the other backend's, during a switch of backends) counted against our concurrency: a slot
-/// that `current` leaves free is ours only if, with them, we stay within the limit.
-pub fn decide_acquire_beside(
-    current: Option<&str>,
-    outside: &[LockEntry],
-    settings: &LockSettings,
-    claim: &Claim,
-    now: Timestamp,
-) -> Result<Decision<Acquire>> {
-    let decision = decide_acquire(current, settings, claim, now)?;
-    if outside.is_empty() || !matches!(decision.outcome, Acquire::Acquired(_)) {
-        return Ok(decision);
-    }
-    let limit = settings.concurrency.max(1);
-    let mut holders: Vec<LockEntry> = read(current)?
-        .map(|record| record.holders(now).into_iter().cloned().collect())
-        .unwrap_or_default();
-    if holders.len() + outside.len() < limit as usize {
-        return Ok(decision);
-    }
-    holders.extend(outside.iter().cloned());
-    Ok(Decision::read_only(Acquire::Blocked {
-        next_expiry: holders.iter().filter_map(LockEntry::expires_at).min(),
-        holders,
-        limit,
-        seen: LockSnapshot::new(current.map(str::to_owned)),
-    }))
+pub(super) fn first_expiry(holders: &[LockEntry]) -> Option<Timestamp> {
+    holders.iter().filter_map(LockEntry::expires_at).min()
 }
 
 /// Decides how to put `entry`, our own entry as another lock object kept it (the other
@@ -425,6 +481,7 @@ mod tests {
             concurrency,
             ttl: GoDuration::ZERO,
             release_delay: Duration::ZERO,
+            per_label: Vec::new(),
         }
     }
 
@@ -985,35 +1042,6 @@ mod tests {
 
     fn held(node: &str, created: &str) -> LockEntry {
         LockRecord::parse(&entry(node, created, 0)).unwrap().entries()[0].clone()
-    }
-
-    /// Holders kept in the other backend's object count against our concurrency; none of them,
-    /// and the decision is `decide_acquire`'s.
-    #[test]
-    fn holders_beside_the_lock_take_slots_too() {
-        let minute_ago = "2026-11-27T08:59:00Z";
-        let beside = |current: Option<&str>, outside: &[LockEntry], c: u32| {
-            let decision =
-                decide_acquire_beside(current, outside, &settings("n1", c), &Claim::default(), ts(NOW))
-                    .unwrap();
-            match decision.outcome {
-                Acquire::Acquired(_) => "acquired".to_owned(),
-                Acquire::AlreadyHeld(_) => "held".to_owned(),
-                Acquire::Blocked { holders, limit, .. } => {
-                    format!("blocked by {} (limit {limit})", ids(&holders).join(","))
-                }
-            }
-        };
-        let n9 = [held("n9", minute_ago)];
-        assert_eq!(beside(None, &[], 1), "acquired");
-        assert_eq!(beside(None, &n9, 1), "blocked by n9 (limit 1)");
-        assert_eq!(beside(None, &n9, 2), "acquired");
-        let one = multi(2, &[entry("n2", minute_ago, 0)]);
-        assert_eq!(beside(Some(&one), &n9, 2), "blocked by n2,n9 (limit 2)");
-        assert_eq!(beside(Some(&one), &n9, 3), "acquired");
-        // Our own entry is ours whatever is kept elsewhere.
-        let ours = multi(2, &[entry("n1", minute_ago, 0)]);
-        assert_eq!(beside(Some(&ours), &n9, 1), "held");
     }
 
     /// An entry moved from the other backend's object keeps every field, replaces our own and

@@ -36,8 +36,19 @@
 //! - `bootID`: the holder's boot ID when it took the lock, so an agent restarted while holding the
 //!   lock can tell whether its node has rebooted since.
 //!
+//! Then three more of issue 15, also omitted when unset:
+//!
+//! - `labels` (an object of strings): the holder node's values of the `--concurrency-per-label`
+//!   keys when it took the slot, `""` for a label the node does not have. An entry without a value
+//!   for a key counts against every value of that key (see [`labels`](super::labels)).
+//! - `gateSince` (RFC 3339): when the holder's post-reboot health gate started.
+//! - `halted` (a string, the reason): the holder's gate timed out. While a live entry says so, no
+//!   other node takes a slot.
+//!
 //! An upstream agent that rewrites a multi-form record decodes it into its own struct, so it drops
-//! these two fields from our entries; readers must treat them as "unknown" when missing.
+//! these fields from our entries; readers must treat them as "unknown" when missing (a missing
+//! `labels` counts against every value; a dropped `halted` lets the rollout go on, as upstream
+//! would).
 //!
 //! # Reading
 //!
@@ -53,9 +64,10 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub use super::gate::decide_gate;
 pub use super::policy::{
-    Change, Decision, decide_acquire, decide_acquire_beside, decide_adopt, decide_reclaim, decide_release,
-    reclaim_candidates,
+    Change, Decision, crowded, decide_acquire, decide_acquire_in, decide_adopt, decide_reclaim,
+    decide_release, reclaim_candidates,
 };
 use crate::duration::GoDuration;
 
@@ -99,6 +111,13 @@ pub struct LockEntry {
     pub release_after: Option<Timestamp>,
     /// The holder's boot ID when it took the lock (ours: `bootID`).
     pub boot_id: Option<String>,
+    /// The holder's values of the per-label keys when it took the slot (ours: `labels`).
+    pub labels: Option<BTreeMap<String, String>>,
+    /// When the holder's post-reboot health gate started (ours: `gateSince`).
+    pub gate_since: Option<Timestamp>,
+    /// Why the holder's health gate timed out; a live entry with it halts the rollout (ours:
+    /// `halted`).
+    pub halted: Option<String>,
     /// Keys this version does not know, written back as they were read.
     pub extra: BTreeMap<String, Value>,
 }
@@ -294,6 +313,25 @@ fn decode_entry(mut map: Map<String, Value>, at: &str) -> Result<LockEntry> {
         Some(Value::String(s)) => Some(s),
         Some(_) => return Err(decode(field("bootID"), "a string")),
     };
+    let labels = match take(&mut map, "labels") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(values)) => Some(
+            values
+                .into_iter()
+                .map(|(key, value)| match value {
+                    Value::String(value) => Ok((key, value)),
+                    _ => Err(decode(field(&format!("labels.{key}")), "a string")),
+                })
+                .collect::<Result<_>>()?,
+        ),
+        Some(_) => return Err(decode(field("labels"), "an object of strings")),
+    };
+    let gate_since = decode_time(take(&mut map, "gateSince"), || field("gateSince"))?;
+    let halted = match take(&mut map, "halted") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err(decode(field("halted"), "a string (the reason)")),
+    };
     Ok(LockEntry {
         node_id,
         metadata,
@@ -301,6 +339,9 @@ fn decode_entry(mut map: Map<String, Value>, at: &str) -> Result<LockEntry> {
         ttl,
         release_after,
         boot_id,
+        labels,
+        gate_since,
+        halted,
         extra: map.into_iter().collect(),
     })
 }
@@ -357,7 +398,8 @@ impl Serialize for GoTime {
     }
 }
 
-/// An entry in upstream's field order: nodeID, metadata, created, TTL; then ours; then unknown keys.
+/// An entry in upstream's field order: nodeID, metadata, created, TTL; then ours (`releaseAfter`,
+/// `bootID`, `labels`, `gateSince`, `halted`); then unknown keys.
 #[derive(Serialize)]
 struct WireEntry<'a> {
     #[serde(rename = "nodeID")]
@@ -371,6 +413,12 @@ struct WireEntry<'a> {
     release_after: Option<GoTime>,
     #[serde(rename = "bootID", skip_serializing_if = "Option::is_none")]
     boot_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<&'a BTreeMap<String, String>>,
+    #[serde(rename = "gateSince", skip_serializing_if = "Option::is_none")]
+    gate_since: Option<GoTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    halted: Option<&'a str>,
     #[serde(flatten)]
     extra: &'a BTreeMap<String, Value>,
 }
@@ -384,6 +432,9 @@ impl<'a> From<&'a LockEntry> for WireEntry<'a> {
             ttl: entry.ttl,
             release_after: entry.release_after.map(GoTime),
             boot_id: entry.boot_id.as_deref(),
+            labels: entry.labels.as_ref(),
+            gate_since: entry.gate_since.map(GoTime),
+            halted: entry.halted.as_deref(),
             extra: &entry.extra,
         }
     }
@@ -623,6 +674,22 @@ pub(crate) mod tests {
             ),
             (r#"{"nodeID":"n","bootID":1}"#, "bootID: expected a string"),
             (
+                r#"{"nodeID":"n","labels":["a"]}"#,
+                "labels: expected an object of strings",
+            ),
+            (
+                r#"{"maxOwners":2,"locks":[{"nodeID":"n","labels":{"zone":1}}]}"#,
+                "locks[0].labels.zone: expected a string",
+            ),
+            (
+                r#"{"nodeID":"n","gateSince":"soon"}"#,
+                "gateSince: expected an RFC 3339 time with a year from 0000 to 9999",
+            ),
+            (
+                r#"{"nodeID":"n","halted":true}"#,
+                "halted: expected a string (the reason)",
+            ),
+            (
                 r#"{"maxOwners":"2","locks":[]}"#,
                 "maxOwners: expected an integer",
             ),
@@ -658,6 +725,44 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn the_fields_of_issue_15_follow_ours_and_are_omitted_when_unset() {
+        let upstream = r#"{"nodeID":"n1","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0}"#;
+        let plain = LockRecord::parse(upstream).unwrap();
+        assert_eq!(
+            plain.to_json().unwrap(),
+            upstream,
+            "absent: upstream's bytes exactly"
+        );
+        let LockRecord::Single(mut ours) = plain else {
+            panic!("single form expected")
+        };
+        ours.boot_id = Some("3f1c".into());
+        ours.labels = Some(
+            [
+                ("topology.kubernetes.io/zone".to_owned(), "a".to_owned()),
+                ("rack".to_owned(), String::new()),
+            ]
+            .into(),
+        );
+        ours.gate_since = Some(ts("2026-11-27T09:10:00.5Z"));
+        ours.halted = Some("pod kube-system/x not Ready after 10m".into());
+        ours.extra.insert("future".into(), Value::from(1));
+        let text = LockRecord::Single(ours.clone()).to_json().unwrap();
+        assert_eq!(
+            text,
+            r#"{"nodeID":"n1","metadata":{"unschedulable":false},"created":"2026-11-27T09:00:00.123456789Z","TTL":0,"bootID":"3f1c","labels":{"rack":"","topology.kubernetes.io/zone":"a"},"gateSince":"2026-11-27T09:10:00.5Z","halted":"pod kube-system/x not Ready after 10m","future":1}"#
+        );
+        assert_eq!(LockRecord::parse(&text).unwrap(), LockRecord::Single(ours));
+        let empty = LockEntry {
+            labels: Some(BTreeMap::new()),
+            ..LockEntry::new("n1", ts(NOW), GoDuration::ZERO)
+        };
+        let text = LockRecord::Single(empty.clone()).to_json().unwrap();
+        assert!(text.ends_with(r#""TTL":0,"labels":{}}"#), "{text}");
+        assert_eq!(LockRecord::parse(&text).unwrap(), LockRecord::Single(empty));
+    }
+
     pub(crate) fn timestamp() -> impl Strategy<Value = Timestamp> {
         // From 0000-01-01, the first time Go's RFC 3339 reads, to the last that jiff represents
         // (9999-12-30T22:00:00Z, a day short of Go's last).
@@ -673,17 +778,40 @@ pub(crate) mod tests {
             any::<i64>(),
             proptest::option::of(timestamp()),
             proptest::option::of("[a-f0-9-]{0,36}"),
+            (
+                proptest::option::of(proptest::collection::btree_map(
+                    "[a-z./]{1,12}",
+                    "[a-z0-9\"-]{0,6}",
+                    0..3,
+                )),
+                proptest::option::of(timestamp()),
+                proptest::option::of("[ -~]{0,30}"),
+            ),
             proptest::collection::btree_map("x[a-z]{0,5}", any::<i64>().prop_map(Value::from), 0..2),
         )
             .prop_map(
-                |(node_id, unschedulable, created, ttl, release_after, boot_id, extra)| LockEntry {
+                |(
                     node_id,
-                    metadata: NodeMeta { unschedulable },
+                    unschedulable,
                     created,
-                    ttl: GoDuration::from_nanos(ttl),
+                    ttl,
                     release_after,
                     boot_id,
+                    (labels, gate_since, halted),
                     extra,
+                )| {
+                    LockEntry {
+                        node_id,
+                        metadata: NodeMeta { unschedulable },
+                        created,
+                        ttl: GoDuration::from_nanos(ttl),
+                        release_after,
+                        boot_id,
+                        labels,
+                        gate_since,
+                        halted,
+                        extra,
+                    }
                 },
             )
     }

@@ -1,6 +1,7 @@
 //! Keeping the lock beside the other backend's object, so that a fleet can switch backends
 //! while it runs (see [`ObjectLock::beside`]).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use jiff::Timestamp;
@@ -9,7 +10,7 @@ use tracing::info;
 use super::{ObjectLock, Snapshot, node_ids};
 use crate::kube_error;
 use crate::lock::record;
-use crate::lock::{Acquire, LockEntry, LockError, LockSnapshot, RebootLock, Result};
+use crate::lock::{Acquire, LockEntry, LockError, RebootLock, Result};
 
 impl ObjectLock {
     /// Keeps the lock beside `other`, the same lock in the other backend's object, so that a
@@ -45,7 +46,9 @@ impl ObjectLock {
         let node = &self.settings.node_id;
         let now = (self.clock)();
         let current = snapshot.and_then(Snapshot::annotation);
-        let record = record::read(current).map_err(|source| other.record_error(current, source))?;
+        let record = record::read(current).map_err(|source| {
+            other.record_error(&snapshot.map(Snapshot::seen).unwrap_or_default(), source)
+        })?;
         let (outside, own) = match record {
             None => (Vec::new(), None),
             Some(r) => (
@@ -85,11 +88,16 @@ impl ObjectLock {
         }
     }
 
-    /// Our slot was just taken (`entry`): it stays ours if, with the live holders of the other
-    /// object read now, the limit still holds. Another agent switching backends may have taken a
-    /// slot there between our reading it and our write; then ours is given back. Both may give
-    /// back, never both keep; the next turn settles it.
-    pub(super) async fn check_beside(&self, entry: LockEntry) -> Result<Acquire> {
+    /// Our slot was just taken (`entry`, with our per-label values `labels`): it stays ours if,
+    /// with the live holders of the other object read now, the limits still hold (see
+    /// [`record::crowded`]). Another agent switching backends may have taken a slot there between
+    /// our reading it and our write; then ours is given back. Both may give back, never both
+    /// keep; the next turn settles it.
+    pub(super) async fn check_beside(
+        &self,
+        entry: LockEntry,
+        labels: Option<&BTreeMap<String, String>>,
+    ) -> Result<Acquire> {
         let outside = match self.holders_beside().await {
             Ok(outside) => outside,
             Err(e) => {
@@ -102,24 +110,24 @@ impl ObjectLock {
         }
         let now = (self.clock)();
         let state = self.read().await?;
-        let mut holders: Vec<LockEntry> = state
+        let mut others: Vec<LockEntry> = state
             .record
             .map(|r| r.holders(now).into_iter().cloned().collect())
             .unwrap_or_default();
-        let limit = self.settings.concurrency.max(1);
-        if holders.len() + outside.len() <= limit as usize {
+        others.retain(|e| e.node_id != self.settings.node_id);
+        others.extend(outside.iter().cloned());
+        let Some((reason, holders, next_expiry)) = record::crowded(&others, &self.settings, labels) else {
             return Ok(Acquire::Acquired(entry));
-        }
-        info!(object = %self.object, node = %self.settings.node_id, beside = %node_ids(&outside),
+        };
+        info!(object = %self.object, node = %self.settings.node_id, beside = %node_ids(&outside), %reason,
             "a slot of the other lock backend's object was taken as we took ours; giving ours back");
         self.release_now().await?;
-        holders.retain(|e| e.node_id != self.settings.node_id);
-        holders.extend(outside);
         Ok(Acquire::Blocked {
-            next_expiry: holders.iter().filter_map(|e| e.expires_at()).min(),
+            reason,
             holders,
-            limit,
-            seen: LockSnapshot::new(self.snapshot().await?.annotation),
+            limit: self.settings.concurrency.max(1),
+            next_expiry,
+            seen: self.snapshot().await?.seen(),
         })
     }
 
@@ -137,8 +145,8 @@ impl ObjectLock {
         // The holders there are kept too: the first acquire counts them without a read.
         if let (_, Some(entry)) = self.take_in(other, snapshot.as_ref())? {
             let settings = &self.settings;
-            self.update(true, |current, now| {
-                record::decide_adopt(current, &entry, settings, now)
+            self.update(true, |read, now| {
+                record::decide_adopt(read.annotation(), &entry, settings, now)
             })
             .await?;
             other.release_now().await?;

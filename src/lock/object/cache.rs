@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::{ObjectLock, Snapshot};
-use crate::lock::LockError;
+use crate::lock::{LockError, LockSnapshot};
 
 /// Polling period when RBAC forbids watching the DaemonSet: one GET per waiting agent per 10 s
 /// keeps a waiting fleet of 100 nodes at 10 requests per second.
@@ -32,12 +32,12 @@ pub(super) enum Cached {
 }
 
 impl Cached {
-    /// The annotation as the watch saw it; `None` when it knows nothing.
-    pub(super) fn annotation(&self) -> Option<Option<&str>> {
+    /// The lock object as the watch saw it; `None` when it knows nothing.
+    pub(super) fn seen(&self) -> Option<LockSnapshot> {
         match self {
             Cached::Unknown => None,
-            Cached::Absent => Some(None),
-            Cached::Present(snapshot) => Some(snapshot.annotation()),
+            Cached::Absent => Some(LockSnapshot::default()),
+            Cached::Present(snapshot) => Some(snapshot.seen()),
         }
     }
 }

@@ -21,6 +21,7 @@
 //! and while it recovers from an error, reads go to the API server. When RBAC forbids watching
 //! (upstream's manifests grant `get` and `update` only) waiting polls instead.
 
+use std::collections::BTreeMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,15 +35,20 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use self::cache::{Cached, POLL_INTERVAL};
+use super::admit::Around;
 use super::record::{self, Change, Decision, RecordError};
 use super::{
-    Acquire, Backend, Claim, LockEntry, LockError, LockObject, LockSettings, LockSnapshot, LockState,
-    RebootLock, Reclaim, Release, Result, Slot, Standing, reclaim, turn,
+    Acquire, Backend, Claim, Gate, LockEntry, LockError, LockObject, LockSettings, LockSnapshot, LockState,
+    RebootLock, Reclaim, Release, Result, Standing, labels, reclaim, turn,
 };
 
 mod beside;
 mod cache;
 mod lease;
+mod snapshot;
+mod take;
+
+pub use self::snapshot::Snapshot;
 
 pub use lease::new_lease;
 
@@ -56,42 +62,6 @@ const CONFLICT_BACKOFF_BASE: Duration = Duration::from_millis(50);
 /// Longest pause after a conflict (the pause doubles per conflict), so that a freed slot is still
 /// taken within about a second.
 const CONFLICT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// The lock object as read: the object to write back and its lock annotation. A Lease not
-/// created yet has no object.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    object: Option<DynamicObject>,
-    annotation: Option<String>,
-}
-
-impl Snapshot {
-    fn of(object: DynamicObject, annotation: &str) -> Snapshot {
-        let value = annotation_of(Some(&object), annotation).map(str::to_owned);
-        Snapshot {
-            object: Some(object),
-            annotation: value,
-        }
-    }
-
-    /// A Lease that does not exist yet.
-    fn absent() -> Snapshot {
-        Snapshot {
-            object: None,
-            annotation: None,
-        }
-    }
-
-    /// The lock annotation's value, `None` when absent.
-    pub fn annotation(&self) -> Option<&str> {
-        self.annotation.as_deref()
-    }
-
-    /// The resourceVersion a write based on this snapshot is conditional on.
-    pub fn resource_version(&self) -> Option<&str> {
-        self.object.as_ref()?.metadata.resource_version.as_deref()
-    }
-}
-
 /// The reboot lock on an object's annotation; see the [module documentation](self).
 #[derive(Debug)]
 pub struct ObjectLock {
@@ -126,6 +96,9 @@ pub struct ObjectLock {
     /// counts them (it makes no request), and while there are any, every [`RebootLock::read`]
     /// reads that object again.
     outside: std::sync::Mutex<Vec<LockEntry>>,
+    /// Our node's values of the per-label keys, as last noted ([`RebootLock::note_labels`]);
+    /// `None` before the first note.
+    labels: std::sync::Mutex<Option<BTreeMap<String, String>>>,
 }
 
 impl Drop for ObjectLock {
@@ -158,6 +131,7 @@ impl ObjectLock {
             other_checked: AtomicBool::new(false),
             other_warned: AtomicBool::new(false),
             outside: std::sync::Mutex::new(Vec::new()),
+            labels: std::sync::Mutex::new(None),
         }
     }
 
@@ -298,8 +272,10 @@ impl ObjectLock {
     /// Removes `entry`, a holder whose Node no longer exists, if the lock still holds it as it
     /// is (see [`record::decide_reclaim`]); read, decide, write as every change.
     pub async fn reclaim(&self, entry: &LockEntry) -> Result<Reclaim> {
-        self.update(false, |current, _now| record::decide_reclaim(current, entry))
-            .await
+        self.update(false, |read, _now| {
+            record::decide_reclaim(read.annotation(), entry)
+        })
+        .await
     }
 
     /// The client this lock talks to the API server with.
@@ -313,7 +289,7 @@ impl ObjectLock {
     async fn update<T>(
         &self,
         fresh: bool,
-        mut decide: impl FnMut(Option<&str>, Timestamp) -> record::Result<Decision<T>> + Send,
+        mut decide: impl FnMut(&Snapshot, Timestamp) -> record::Result<Decision<T>> + Send,
     ) -> Result<T> {
         let mut attempt = 1;
         loop {
@@ -323,8 +299,8 @@ impl ObjectLock {
             } else {
                 self.fresh_snapshot().await?
             };
-            let decision = decide(snapshot.annotation(), (self.clock)())
-                .map_err(|source| self.record_error(snapshot.annotation(), source))?;
+            let decision = decide(&snapshot, (self.clock)())
+                .map_err(|source| self.record_error(&snapshot.seen(), source))?;
             let Some(change) = decision.change else {
                 return Ok(decision.outcome);
             };
@@ -346,45 +322,8 @@ impl ObjectLock {
         }
     }
 
-    /// Takes (or keeps) a slot for our node, as [`RebootLock::acquire`]; `fresh` as for
-    /// [`ObjectLock::update`]: [`RebootLock::confirm`] decides on a fresh read.
-    async fn take_slot(&self, claim: &Claim, fresh: bool) -> Result<Acquire> {
-        let settings = &self.settings;
-        // The other object's holders as last read (every round reads them again while there
-        // are any, and the first read of all does): a slot taken here is checked against a
-        // fresh read right after the write anyway. A decision before the reboot reads afresh.
-        let outside = if fresh {
-            self.holders_beside().await?
-        } else {
-            self.outside_at((self.clock)())
-        };
-        let outcome = self
-            .update(fresh, |current, now| {
-                record::decide_acquire_beside(current, &outside, settings, claim, now)
-            })
-            .await?;
-        let outcome = match outcome {
-            Acquire::Acquired(entry) if self.other.is_some() => self.check_beside(entry).await?,
-            outcome => outcome,
-        };
-        self.log_acquire(&outcome);
-        Ok(outcome)
-    }
-
-    fn log_acquire(&self, outcome: &Acquire) {
-        let node = &self.settings.node_id;
-        match outcome {
-            Acquire::Acquired(entry) => info!(object = %self.object, node = %node,
-                created = ?entry.created, "lock acquired"),
-            Acquire::AlreadyHeld(entry) => debug!(object = %self.object, node = %node,
-                created = ?entry.created, "lock already held"),
-            Acquire::Blocked { holders, limit, .. } => debug!(object = %self.object, node = %node,
-                holders = %node_ids(holders), limit, "lock held by other nodes"),
-        }
-    }
-
-    /// The error of the record `value` (the annotation as read), naming the lock object.
-    fn record_error(&self, value: Option<&str>, source: RecordError) -> LockError {
+    /// The error of the record in `seen` (the object as read), naming the lock object.
+    fn record_error(&self, seen: &LockSnapshot, source: RecordError) -> LockError {
         match source {
             RecordError::Encode { .. } => LockError::Encode {
                 object: self.object.clone(),
@@ -393,7 +332,7 @@ impl ObjectLock {
             RecordError::Parse { .. } | RecordError::Decode { .. } => LockError::Decode {
                 object: self.object.clone(),
                 annotation: self.annotation.clone(),
-                value: value.unwrap_or_default().to_owned(),
+                seen: Box::new(seen.clone()),
                 source,
             },
         }
@@ -415,17 +354,14 @@ impl RebootLock for ObjectLock {
             self.holders_beside().await?;
         }
         let snapshot = self.snapshot().await?;
-        let record = record::read(snapshot.annotation())
-            .map_err(|source| self.record_error(snapshot.annotation(), source))?;
-        Ok(LockState {
-            record,
-            seen: LockSnapshot::new(snapshot.annotation),
-        })
+        let seen = snapshot.seen();
+        let record = record::read(seen.annotation()).map_err(|source| self.record_error(&seen, source))?;
+        Ok(LockState { record, seen })
     }
 
     fn standing(&self, seen: &LockSnapshot, now: Timestamp) -> Result<Standing> {
         let current = seen.annotation();
-        let error = |source| self.record_error(current, source);
+        let error = |source| self.record_error(seen, source);
         let node_id = &self.settings.node_id;
         let own = record::read(current).map_err(error)?.and_then(|record| {
             record
@@ -434,24 +370,24 @@ impl RebootLock for ObjectLock {
                 .cloned()
         });
         let outside = self.outside_at(now);
-        let slot =
-            match record::decide_acquire_beside(current, &outside, &self.settings, &Claim::default(), now)
-                .map_err(error)?
-                .outcome
-            {
-                Acquire::Blocked {
-                    holders, next_expiry, ..
-                } => Slot::Taken { holders, next_expiry },
-                Acquire::Acquired(_) | Acquire::AlreadyHeld(_) => Slot::Free,
-            };
+        let labels = self.labels();
+        let around = Around {
+            outside: &outside,
+            pause: seen.pause(),
+            labels: labels.as_ref(),
+        };
+        let slot = record::decide_acquire_in(current, &around, &self.settings, &Claim::default(), now)
+            .map_err(error)?
+            .outcome
+            .slot();
         Ok(Standing { own, slot })
     }
 
     async fn release(&self) -> Result<Release> {
         let settings = &self.settings;
         let outcome = self
-            .update(false, |current, now| {
-                record::decide_release(current, settings, now)
+            .update(false, |read, now| {
+                record::decide_release(read.annotation(), settings, now)
             })
             .await?;
         let node = &settings.node_id;
@@ -472,8 +408,8 @@ impl RebootLock for ObjectLock {
             ..self.settings.clone()
         };
         let outcome = self
-            .update(false, |current, now| {
-                record::decide_release(current, &settings, now)
+            .update(false, |read, now| {
+                record::decide_release(read.annotation(), &settings, now)
             })
             .await?;
         info!(object = %self.object, node = %settings.node_id, ?outcome, "lock released without delay");
@@ -488,6 +424,18 @@ impl RebootLock for ObjectLock {
         reclaim::reclaim_gone_holders(self, seen, now).await
     }
 
+    fn note_labels(&self, labels: &BTreeMap<String, String>) {
+        if self.settings.per_label.is_empty() {
+            return;
+        }
+        let values = labels::values_of(&self.settings.per_label, labels);
+        *self.labels.lock().unwrap_or_else(|e| e.into_inner()) = Some(values);
+    }
+
+    async fn record_gate(&self, gate: Option<Gate>) -> Result<()> {
+        self.write_gate(gate).await
+    }
+
     async fn changed(&self, seen: &LockSnapshot) -> Result<LockSnapshot> {
         if !self.poll.load(Ordering::Relaxed) {
             self.start_watch();
@@ -496,10 +444,10 @@ impl RebootLock for ObjectLock {
                 if self.poll.load(Ordering::Relaxed) {
                     break;
                 }
-                if let Some(now) = cache.borrow_and_update().annotation()
-                    && now != seen.annotation()
+                if let Some(now) = cache.borrow_and_update().seen()
+                    && now != *seen
                 {
-                    return Ok(LockSnapshot::new(now.map(str::to_owned)));
+                    return Ok(now);
                 }
                 // The sender lives in `self`, so this waits for the watch's next word.
                 if cache.changed().await.is_err() {
@@ -508,22 +456,13 @@ impl RebootLock for ObjectLock {
             }
         }
         loop {
-            let snapshot = self.snapshot().await?;
-            if snapshot.annotation() != seen.annotation() {
-                return Ok(LockSnapshot::new(snapshot.annotation));
+            let now = self.snapshot().await?.seen();
+            if now != *seen {
+                return Ok(now);
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
-}
-
-fn annotation_of<'a>(object: Option<&'a DynamicObject>, annotation: &str) -> Option<&'a str> {
-    object?
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(annotation)
-        .map(String::as_str)
 }
 
 pub(super) fn node_ids(entries: &[LockEntry]) -> String {
