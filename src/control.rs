@@ -13,49 +13,10 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
+use crate::controls::{HALTED_ANNOTATION, PAUSE_ANNOTATION, REBOOT_NOW_ANNOTATION};
 use crate::kube_error;
 use crate::lock::object::new_lease;
 use crate::lock::{Backend, LockObject};
-
-/// On a Node: `"true"` keeps its agent from rebooting it; on the lock object: no node takes the
-/// lock. A value other than `"true"`/`"false"` counts as paused ([`Switch::paused`]).
-pub const PAUSE_ANNOTATION: &str = "kured.dev/pause";
-/// On a Node: `"true"` asks for a reboot as if the sentinel said so; the agent removes it once the
-/// node is back.
-pub const REBOOT_NOW_ANNOTATION: &str = "kured.dev/reboot-now";
-/// On a Node: the reason its post-reboot health gate timed out, written by its agent.
-pub const HALTED_ANNOTATION: &str = "kured.dev/halted";
-
-/// A `"true"`/`"false"` annotation as read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Switch {
-    /// Absent, or `"false"`.
-    Off,
-    /// `"true"`.
-    On,
-    /// Any other value, as it was found.
-    Unreadable(String),
-}
-
-impl Switch {
-    pub fn read(value: Option<&str>) -> Switch {
-        match value {
-            None | Some("false") => Switch::Off,
-            Some("true") => Switch::On,
-            Some(other) => Switch::Unreadable(other.to_owned()),
-        }
-    }
-
-    /// Whether a pause reads as paused: an unreadable value does (the safe reading).
-    pub fn paused(&self) -> bool {
-        !matches!(self, Switch::Off)
-    }
-
-    /// Whether a reboot request reads as one: an unreadable value does not (the safe reading).
-    pub fn on(&self) -> bool {
-        matches!(self, Switch::On)
-    }
-}
 
 /// What `kured pause|resume` acts on.
 #[derive(Debug, Clone, Copy)]
@@ -235,24 +196,6 @@ fn classify(object: String, source: kube::Error) -> ControlError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_switch_reads_true_false_and_anything_else_safely() {
-        let cases = [
-            (None, Switch::Off, false, false),
-            (Some("false"), Switch::Off, false, false),
-            (Some("true"), Switch::On, true, true),
-            (Some("yes"), Switch::Unreadable("yes".into()), true, false),
-            (Some(""), Switch::Unreadable(String::new()), true, false),
-            (Some("True"), Switch::Unreadable("True".into()), true, false),
-        ];
-        for (value, read, paused, on) in cases {
-            let switch = Switch::read(value);
-            assert_eq!(switch, read, "{value:?}");
-            assert_eq!(switch.paused(), paused, "{value:?} paused");
-            assert_eq!(switch.on(), on, "{value:?} reboot requested");
-        }
-    }
 
     #[test]
     fn the_patch_sets_and_removes_annotations_only() {

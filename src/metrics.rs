@@ -95,6 +95,7 @@ pub struct Metrics {
     notification_failures: NotificationFailures,
     lock_reclaimed: Family<NodeLabel, Counter>,
     reboot_failures: Family<FailureLabels, Counter>,
+    halted: Family<NodeLabel, Gauge>,
 }
 
 impl Metrics {
@@ -139,9 +140,16 @@ impl Metrics {
              was killed at its time-out), no_effect (requested, but the node did not go down)",
             reboot_failures.clone(),
         );
+        let halted = Family::<NodeLabel, Gauge>::default();
+        registry.register(
+            "kured_post_reboot_halted",
+            "1 while the node's post-reboot health gate has timed out and the rollout is halted at it",
+            halted.clone(),
+        );
         let node = NodeLabel {
             node: node.to_owned(),
         };
+        drop(halted.get_or_create(&node));
         // Present from the start, so a dashboard sees 0 rather than no data.
         drop(sentinel_errors.get_or_create(&node));
         drop(lock_reclaimed.get_or_create(&node));
@@ -160,7 +168,13 @@ impl Metrics {
             notification_failures,
             lock_reclaimed,
             reboot_failures,
+            halted,
         }
+    }
+
+    /// Whether the rollout is halted at this node (`kured_post_reboot_halted`).
+    pub fn set_halted(&self, halted: bool) {
+        self.halted.get_or_create(&self.node).set(i64::from(halted));
     }
 
     pub fn set_reboot_required(&self, required: bool) {

@@ -14,7 +14,7 @@ use kube::{Api, Client};
 use serde::Serialize;
 
 use crate::agent_state::{AgentState, Phase, RebootLoop};
-use crate::control::{HALTED_ANNOTATION, PAUSE_ANNOTATION, REBOOT_NOW_ANNOTATION, Switch};
+use crate::controls::{HALTED_ANNOTATION, PAUSE_ANNOTATION, REBOOT_NOW_ANNOTATION, Switch};
 use crate::kube_error;
 use crate::lock::LockObject;
 use crate::lock::record::LockRecord;

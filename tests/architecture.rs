@@ -25,6 +25,7 @@ const PURE: &[&str] = &[
     "lock/labels",
     "lock/gate",
     "selector",
+    "controls",
     "agent_state",
 ];
 

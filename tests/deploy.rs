@@ -267,7 +267,7 @@ async fn the_api_server_accepts_the_manifests_as_specified() {
         assert_eq!(
             cluster_role.rules.unwrap_or_default(),
             [
-                rule(&[""], &["nodes"], &[], &["get", "patch"]),
+                rule(&[""], &["nodes"], &[], &["get", "patch", "list", "watch"]),
                 rule(&[""], &["pods"], &[], &["get", "list", "watch"]),
                 rule(&[""], &["pods/eviction"], &[], &["create"]),
                 rule(&["apps"], &["daemonsets"], &[], &["get"]),

@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 use super::publish::idle_state;
 use super::{Agent, LOCK_READ_REUSE, Wait};
 use crate::agent_state::{AgentState, Phase, STATE_ANNOTATION};
+use crate::controls;
 use crate::decide::{self, Action, AfterDrainFailure, Situation};
 use crate::kube_error;
 use crate::lock::{Acquire, Claim, LockSnapshot, RebootLock, Release};
@@ -108,6 +109,35 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 self.wait(Situation::ReleaseDelay { until: at })
             }
             Action::ReleaseLock => self.release().await,
+            Action::Paused { why, remove_taint } => {
+                if remove_taint {
+                    self.remove_taint().await;
+                }
+                if self.entered.load(Ordering::Relaxed) {
+                    info!(node = %node, why = %why, "reboot required, but paused");
+                }
+                self.wait(Situation::Paused)
+            }
+            Action::BackOff(record) => {
+                if self.entered.load(Ordering::Relaxed) {
+                    info!(node = %node, count = record.count, until = %record.until,
+                        "reboot required, but holding back: the node loops through reboots");
+                }
+                self.wait(Situation::BackingOff { until: record.until })
+            }
+            Action::VerifyHealth { since, halted } => self.verify_health(since, halted, required).await,
+            Action::HaltLifted => self.halt_lifted().await,
+            Action::RolloutHalted(_) | Action::FleetPaused(_) => {
+                if self.entered.load(Ordering::Relaxed) {
+                    info!(node = %node, "reboot required, but the rollout is halted or paused; waiting for the lock to change");
+                }
+                self.waiting.store(true, Ordering::Relaxed);
+                self.wait(Situation::LockTaken {
+                    seen,
+                    next_expiry: None,
+                    window_closes: self.window_closes(),
+                })
+            }
         }
     }
 
@@ -122,6 +152,13 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 return self.wait(Situation::ApiError);
             }
         };
+        // The round may have decided on a Node read while waiting: a pause set since then is
+        // seen here, before the slot is taken.
+        if let Some(why) = self.controls_of(&node).paused {
+            info!(node = %node_id, why = %why, "reboot required, but paused");
+            self.publish(Some(true), Phase::Paused, why).await;
+            return self.wait(Situation::Paused);
+        }
         self.lock
             .note_labels(node.metadata.labels.as_ref().unwrap_or(&Default::default()));
         let claim = Claim {
@@ -407,6 +444,15 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         )
         .await;
         self.remove_taint().await;
+        // A reboot asked for by hand is done: the request goes before the lock does, so that it
+        // cannot outlive the cycle and ask for another.
+        let requested = known
+            .as_ref()
+            .is_none_or(|n| controls::node_controls(n.metadata.annotations.as_ref()).reboot_now);
+        if requested && let Err(e) = self.node.remove_annotation(controls::REBOOT_NOW_ANNOTATION).await {
+            error!(node = %node_id, error = %crate::error_chain(&e), "removing the reboot request");
+            return self.wait(Situation::ApiError);
+        }
         if uncordon {
             self.notifier
                 .notify(
@@ -415,10 +461,13 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 )
                 .await;
         }
+        if self.gate.is_some() {
+            return self.start_gate(required).await;
+        }
         self.release().await
     }
 
-    async fn release(&self) -> Wait {
+    pub(super) async fn release(&self) -> Wait {
         let node_id = &self.config.node_id;
         match self.lock.release().await {
             // The lock logs the release and the delay itself. Look again at once, so that the

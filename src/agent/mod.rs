@@ -16,11 +16,12 @@ use kube::Client;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::agent_state::{AgentState, Phase};
+use crate::agent_state::{AgentState, Phase, RebootLoop};
 use crate::blockers::{Blocker, BlockerError, Blockers};
 use crate::config::Config;
 use crate::decide::{self, Action, LockView, Policy, SentinelView, Situation};
 use crate::drain::Drainer;
+use crate::gate::HealthGate;
 use crate::lock::{LockError, LockSnapshot, ObjectLock, RebootLock, Slot};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::node::OwnNode;
@@ -31,6 +32,7 @@ mod act;
 mod jitter;
 mod observe;
 mod publish;
+mod verify;
 
 use jitter::Jitter;
 
@@ -49,6 +51,8 @@ pub enum AgentError {
     Blockers(#[from] BlockerError),
     #[error("checking the reboot method")]
     Rebooter(#[source] crate::reboot::RebootError),
+    #[error("setting up the post-reboot health gate")]
+    Gate(#[from] crate::gate::GateError),
     #[error("the HTTP server for /metrics and /healthz stopped")]
     Server(#[source] tokio::task::JoinError),
 }
@@ -81,8 +85,18 @@ struct Agent<N, L> {
     turn: std::sync::Mutex<Option<LockSnapshot>>,
     /// The last full round found the node idle with nothing of its own anywhere: no lock entry,
     /// no cordon of kured's, no taint. Only this node's agent writes those, so while the sentinel
-    /// keeps saying "not needed", a round asks the API server nothing (see [`Agent::step`]).
+    /// keeps saying "not needed", a round asks the API server for its Node only (see
+    /// [`Agent::step`]).
     settled: AtomicBool,
+    /// The post-reboot health gate, when it is on.
+    gate: Option<HealthGate>,
+    /// The reboot loop as recorded, published with the state (see [`decide::reboot_loop`]).
+    reboot_loop: std::sync::Mutex<Option<RebootLoop>>,
+    /// The warnings about the node's control annotations last logged, so each is logged once.
+    control_warnings: std::sync::Mutex<Vec<String>>,
+    /// This round entered a new phase (its state was published): the waits that repeat every
+    /// round log only then.
+    entered: AtomicBool,
 }
 
 /// Runs the agent until `shutdown` turns true.
@@ -114,7 +128,17 @@ pub async fn run(
         policy: Policy {
             taint_while_waiting: config.prefer_no_schedule_taint.is_some(),
             force_reboot: config.force_reboot,
+            gate: config.gate.is_some(),
+            loop_guard: config.loop_guard,
         },
+        gate: config
+            .gate
+            .clone()
+            .map(|settings| HealthGate::new(client.clone(), &config.node_id, settings))
+            .transpose()?,
+        reboot_loop: std::sync::Mutex::new(None),
+        control_warnings: std::sync::Mutex::new(Vec::new()),
+        entered: AtomicBool::new(false),
         node: OwnNode::new(client.clone(), config.node_id.clone()),
         lock: ObjectLock::new(client.clone(), &config.lock_object, config.lock.clone())
             .reusing_reads_for(LOCK_READ_REUSE)
@@ -238,6 +262,12 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             Wait::Now => {}
             Wait::For(d) => tokio::time::sleep(d).await,
             Wait::Until(at) => tokio::time::sleep(until(at)).await,
+            Wait::HealthChange { limit } => match &self.gate {
+                Some(gate) => {
+                    let _ = tokio::time::timeout(limit, gate.changed()).await;
+                }
+                None => tokio::time::sleep(limit).await,
+            },
             Wait::LockChange { seen, limit } => {
                 match tokio::time::timeout(limit, self.lock_may_admit(seen)).await {
                     Ok(Ok(())) | Err(_) => {}
@@ -307,10 +337,19 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         if sentinel == SentinelView::NotRequired && self.settled.load(Ordering::Relaxed) {
             // Idle, as the last full round left it: what it found (no lock entry, cordon or taint
             // of this node's) only this agent could have changed, and the state it published
-            // still holds (published again only if publishing it failed). No request: an idle
-            // fleet costs the API server nothing.
-            self.publish(Some(false), Phase::Idle, String::new()).await;
-            return self.wait(Situation::Idle);
+            // still holds (published again only if publishing it failed). One request: the Node,
+            // for a reboot asked for by hand; the lock is not read.
+            match self.read_node().await {
+                Ok(node) if !self.controls_of(&node).reboot_now => {
+                    self.publish(Some(false), Phase::Idle, String::new()).await;
+                    return self.wait(Situation::Idle);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    error!(node = %self.config.node_id, error = %crate::error_chain(&e), "reading the node");
+                    return self.wait(Situation::ApiError);
+                }
+            }
         }
         let now = Timestamp::now();
         let (mut obs, seen) = match self.observe(now, sentinel).await {
@@ -355,9 +394,12 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             SentinelView::NotRequired => Some(false),
             SentinelView::Failed(_) => None,
         };
-        if let Some((phase, detail)) = publish::phase_of(&step) {
-            self.publish(required, phase, detail).await;
-        }
+        self.note_reboot_loop(&obs, now);
+        let entered = match publish::phase_of(&step) {
+            Some((phase, detail)) => self.publish(required, phase, detail).await,
+            None => false,
+        };
+        self.entered.store(entered, Ordering::Relaxed);
         self.execute(step, seen, required).await
     }
 }

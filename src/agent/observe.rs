@@ -11,7 +11,9 @@ use k8s_openapi::api::core::v1::Node;
 use tracing::warn;
 
 use super::Agent;
-use crate::decide::{LockView, Observation, OurEntry, SentinelView};
+use crate::agent_state::RebootLoop;
+use crate::controls::{self, NodeControls};
+use crate::decide::{self, LockView, LoopRecord, Observation, OurEntry, SentinelView};
 use crate::lock::{LockSnapshot, RebootLock, Slot, Standing};
 use crate::node;
 use crate::notify::Notifier;
@@ -64,6 +66,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         self.adopt_published(&node);
         self.lock
             .note_labels(node.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()));
+        let controls = self.controls_of(&node);
         let boot_id = self.boot_id_of(&node).unwrap_or_default();
         let taint_present = self
             .config
@@ -103,8 +106,67 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             taint_present,
             kured_cordon: node::cordoned_by_kured(&node),
             drain_failed: self.drain_failed.load(Ordering::Relaxed),
+            paused: controls.paused,
+            reboot_now: controls.reboot_now,
+            halt_mark: controls.halted,
+            last_reboot: self.last_reboot(),
+            reboot_loop: self
+                .reboot_loop
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .and_then(loop_record),
         };
         Ok((observation, seen))
+    }
+
+    /// What `node`'s annotations ask of us; a value read on its safe side is logged, once.
+    pub(super) fn controls_of(&self, node: &Node) -> NodeControls {
+        let controls = controls::node_controls(node.metadata.annotations.as_ref());
+        let mut logged = self.control_warnings.lock().unwrap_or_else(|e| e.into_inner());
+        if *logged != controls.warnings {
+            for warning in controls.warnings.iter().filter(|w| !logged.contains(w)) {
+                warn!(node = %self.config.node_id, "{warning}");
+            }
+            logged.clone_from(&controls.warnings);
+        }
+        controls
+    }
+
+    /// When this agent (or one before it on this node) last finished a reboot.
+    fn last_reboot(&self) -> Option<Timestamp> {
+        let published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        published.as_ref()?.last_reboot.as_deref()?.parse().ok()
+    }
+
+    /// Records the reboot loop that holds for `obs` (see [`decide::reboot_loop`]), to be
+    /// published with the state: in a round that needs a reboot, holds no slot and is not paused
+    /// — the rounds where [`decide::decide`] looks at it. A reboot asked for by hand leaves the
+    /// record as it is.
+    pub(super) fn note_reboot_loop(&self, obs: &Observation, now: Timestamp) {
+        let Some(guard) = &self.policy.loop_guard else {
+            return;
+        };
+        if obs.sentinel != SentinelView::Required
+            || obs.reboot_now
+            || obs.paused.is_some()
+            || matches!(obs.lock, LockView::Ours(_))
+        {
+            return;
+        }
+        let record = decide::reboot_loop(obs, guard, now).map(|r| RebootLoop {
+            count: r.count,
+            reboot: r.reboot.to_string(),
+            until: r.until.to_string(),
+        });
+        let mut kept = self.reboot_loop.lock().unwrap_or_else(|e| e.into_inner());
+        if *kept != record {
+            if let Some(r) = &record {
+                warn!(node = %self.config.node_id, count = r.count, until = %r.until,
+                    "reboot needed again right after the last one: a reboot loop; backing off");
+            }
+            *kept = record;
+        }
     }
 
     /// The lock as `seen`, as this node sees it. Our own entry counts as ours also once its TTL
@@ -116,6 +178,8 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 boot_id: entry.boot_id,
                 was_unschedulable: entry.metadata.unschedulable,
                 release_after: entry.release_after,
+                gate_since: entry.gate_since,
+                halted: entry.halted,
             }),
             Ok(Standing { slot: Slot::Free, .. }) => LockView::Available,
             Ok(Standing {
@@ -128,17 +192,19 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             Ok(Standing {
                 slot: Slot::Halted { holders },
                 ..
-            }) => LockView::HeldByOthers {
-                holders: holders.into_iter().map(|h| h.node_id).collect(),
-                next_expiry: None,
+            }) => LockView::Halted {
+                holders: holders
+                    .into_iter()
+                    .map(|h| (h.node_id, h.halted.unwrap_or_default()))
+                    .collect(),
             },
             Ok(Standing {
-                slot: Slot::Paused { .. },
+                slot: Slot::Paused { value },
                 ..
-            }) => LockView::HeldByOthers {
-                holders: Vec::new(),
-                next_expiry: None,
-            },
+            }) => LockView::FleetPaused(
+                controls::fleet_paused(Some(&value), &self.config.lock_object.describe())
+                    .unwrap_or_else(|| format!("fleet paused ({value:?})")),
+            ),
             Err(e) => LockView::Unreadable(crate::error_chain(&e)),
         }
     }
@@ -188,4 +254,13 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             .filter(|(_, at)| at.elapsed() <= max_age)
             .map(|(node, _)| node.clone())
     }
+}
+
+/// The loop record as published, read back; `None` when it is not one this build wrote.
+fn loop_record(published: &RebootLoop) -> Option<LoopRecord> {
+    Some(LoopRecord {
+        count: published.count,
+        reboot: published.reboot.parse().ok()?,
+        until: published.until.parse().ok()?,
+    })
 }

@@ -11,10 +11,14 @@ use crate::lock::RebootLock;
 use crate::notify::Notifier;
 
 impl<N: Notifier, L: RebootLock> Agent<N, L> {
-    /// Publishes our state on our Node for `kured status`, when it changed.
-    pub(super) async fn publish(&self, reboot_required: Option<bool>, phase: Phase, detail: String) {
-        if let Some(next) = self.stage(reboot_required, phase, detail) {
-            self.write_state(next).await;
+    /// Publishes our state on our Node for `kured status`, when it changed; true when it did.
+    pub(super) async fn publish(&self, reboot_required: Option<bool>, phase: Phase, detail: String) -> bool {
+        match self.stage(reboot_required, phase, detail) {
+            Some(next) => {
+                self.write_state(next).await;
+                true
+            }
+            None => false,
         }
     }
 
@@ -31,7 +35,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         self.liveness.entering(phase);
         let published = self.published.lock().ok()?;
         let last_reboot = published.as_ref().and_then(|p| p.last_reboot.clone());
-        let reboot_loop = published.as_ref().and_then(|p| p.reboot_loop.clone());
+        let reboot_loop = self.reboot_loop.lock().ok()?.clone();
         let next = AgentState {
             reboot_required,
             phase,
@@ -71,9 +75,21 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             return;
         }
         if let Some(previous) = AgentState::published_on(node) {
+            if let Ok(mut reboot_loop) = self.reboot_loop.lock() {
+                reboot_loop.clone_from(&previous.reboot_loop);
+            }
             *published = Some(previous);
         }
     }
+}
+
+/// The detail of a node waiting behind a halted rollout.
+pub(super) fn halted_detail(holders: &[(String, String)]) -> String {
+    let at: Vec<String> = holders
+        .iter()
+        .map(|(node, why)| format!("{node} ({why})"))
+        .collect();
+    format!("rollout halted at {}", at.join(", "))
 }
 
 pub(super) fn idle_state() -> AgentState {
@@ -102,11 +118,23 @@ pub(super) fn phase_of(step: &Action) -> Option<(Phase, String)> {
         Action::WaitForLock { .. } => (Phase::WaitingForLock, String::new()),
         Action::LockUnreadable(e) | Action::LockReadFailed(e) => (Phase::LockUnreadable, e.clone()),
         Action::ReleaseLockAt(at) => (Phase::Releasing, format!("until {at}")),
+        Action::Paused { why, .. } | Action::FleetPaused(why) => (Phase::Paused, why.clone()),
+        Action::BackOff(record) => (
+            Phase::BackingOff,
+            format!(
+                "reboot loop ({} in a row): next reboot not before {}",
+                record.count, record.until
+            ),
+        ),
+        Action::RolloutHalted(holders) => (Phase::WaitingForLock, halted_detail(holders)),
         Action::CheckBlockers
         | Action::AcquireLock
         | Action::FinishReboot { .. }
         | Action::ResumeReboot { .. }
         | Action::GiveBack { .. }
-        | Action::ReleaseLock => return None,
+        | Action::ReleaseLock
+        // The gate publishes what it waits for once it has looked.
+        | Action::VerifyHealth { .. }
+        | Action::HaltLifted => return None,
     })
 }

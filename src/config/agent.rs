@@ -9,8 +9,10 @@ use super::{
 };
 use crate::blockers::BlockerSettings;
 use crate::blockers::prometheus::AlertFilter;
+use crate::decide::LoopGuard;
 use crate::drain::DrainSettings;
 use crate::duration::GoDuration;
+use crate::gate::GateSettings;
 use crate::lock::{LabelLimit, LockObject, LockSettings};
 use crate::metrics::PhaseLimits;
 use crate::node::NodeLabel;
@@ -32,6 +34,20 @@ fn zero_is_none(flag: &'static str, d: GoDuration) -> Result<Option<Duration>, C
 fn parse_selector(flag: &'static str, value: &str) -> Result<LabelSelector, ConfigError> {
     LabelSelector::parse(strip_quotes(value))
         .map_err(|e| invalid(flag, value, format!("not a label selector: {e}")))
+}
+
+fn parse_regexp(flag: &'static str, value: &str) -> Result<Regex, ConfigError> {
+    Regex::new(value).map_err(|e| {
+        // The regex crate's message spans lines, pointing at the error; keep its verdict.
+        let detail = e.to_string();
+        let reason = detail
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        invalid(flag, value, format!("not a regular expression ({reason})"))
+    })
 }
 
 fn parse_labels(flag: &'static str, values: &[String]) -> Result<Vec<NodeLabel>, ConfigError> {
@@ -116,6 +132,8 @@ impl AgentArgs {
             })
             .transpose()?;
         let blockers = self.blockers()?;
+        let gate = self.gate(&blockers)?;
+        let loop_guard = self.loop_guard()?;
 
         let mut warnings = Vec::new();
         let pre_reboot_node_labels = parse_labels("pre-reboot-node-labels", &self.pre_reboot_node_labels)?;
@@ -174,6 +192,8 @@ impl AgentArgs {
             lock: self.lock_settings(node_id)?,
             blockers,
             prefer_no_schedule_taint,
+            gate,
+            loop_guard,
             window,
             annotate_nodes: self.annotate_nodes,
             pre_reboot_node_labels,
@@ -259,23 +279,7 @@ impl AgentArgs {
     /// `--prometheus-url` with its alert filter flags, and `--blocking-pod-selector`.
     fn blockers(&self) -> Result<BlockerSettings, ConfigError> {
         let regexp = non_empty(&self.alert_filter_regexp)
-            .map(|r| {
-                Regex::new(r).map_err(|e| {
-                    // The regex crate's message spans lines, pointing at the error; keep its verdict.
-                    let detail = e.to_string();
-                    let reason = detail
-                        .lines()
-                        .rev()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or("")
-                        .trim();
-                    invalid(
-                        "alert-filter-regexp",
-                        r,
-                        format!("not a regular expression ({reason})"),
-                    )
-                })
-            })
+            .map(|r| parse_regexp("alert-filter-regexp", r))
             .transpose()?;
         let prometheus_url = non_empty(&self.prometheus_url)
             // Its user, password or query may hold credentials: an error shows it redacted.
@@ -296,6 +300,52 @@ impl AgentArgs {
             },
             pod_selectors,
         })
+    }
+
+    /// `--post-reboot-gate`, `--post-reboot-settle`, `--post-reboot-timeout`,
+    /// `--post-reboot-alert-filter` (any of them turns the gate on); the alerts are asked of
+    /// `--prometheus-url`.
+    fn gate(&self, blockers: &BlockerSettings) -> Result<Option<GateSettings>, ConfigError> {
+        let settle = non_negative("post-reboot-settle", self.post_reboot_settle)?;
+        let timeout = zero_is_none("post-reboot-timeout", self.post_reboot_timeout)?;
+        let alert_filter = non_empty(&self.post_reboot_alert_filter)
+            .map(|r| parse_regexp("post-reboot-alert-filter", r))
+            .transpose()?;
+        if !self.post_reboot_gate && settle.is_zero() && timeout.is_none() && alert_filter.is_none() {
+            return Ok(None);
+        }
+        if let Some(t) = timeout
+            && t <= settle
+        {
+            return Err(invalid(
+                "post-reboot-timeout",
+                &self.post_reboot_timeout.to_string(),
+                format!(
+                    "expected a time-out longer than --post-reboot-settle={}: the gate could never pass in time",
+                    self.post_reboot_settle
+                ),
+            ));
+        }
+        if alert_filter.is_some() && blockers.prometheus_url.is_none() {
+            return Err(invalid(
+                "post-reboot-alert-filter",
+                &self.post_reboot_alert_filter,
+                "needs --prometheus-url to ask for alerts",
+            ));
+        }
+        Ok(Some(GateSettings {
+            settle,
+            timeout,
+            alert_filter,
+            prometheus_url: blockers.prometheus_url.clone(),
+        }))
+    }
+
+    /// `--reboot-loop-window` (zero: no guard) and `--reboot-loop-backoff`.
+    fn loop_guard(&self) -> Result<Option<LoopGuard>, ConfigError> {
+        let window = zero_is_none("reboot-loop-window", self.reboot_loop_window)?;
+        let backoff = non_negative("reboot-loop-backoff", self.reboot_loop_backoff)?;
+        Ok(window.map(|window| LoopGuard { window, backoff }))
     }
 
     /// `--drain-timeout`, `--drain-grace-period`, `--drain-pod-selector`,

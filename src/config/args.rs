@@ -284,6 +284,26 @@ pub struct AgentArgs {
     #[arg(long, env = "KURED_BLOCKING_POD_SELECTOR")]
     pub blocking_pod_selector: Vec<String>,
 
+    /// After the reboot, keep the lock until the node and its DaemonSet pods are Ready
+    #[arg(long, env = "KURED_POST_REBOOT_GATE", default_value = "false", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
+    pub post_reboot_gate: bool,
+    /// How long the node must stay healthy after the reboot before the lock is released (turns on the gate)
+    #[arg(long, env = "KURED_POST_REBOOT_SETTLE", default_value = "0", value_parser = parse_duration)]
+    pub post_reboot_settle: GoDuration,
+    /// Halt the rollout when the node is not healthy this long after the reboot (0: never; turns on the gate)
+    #[arg(long, env = "KURED_POST_REBOOT_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    pub post_reboot_timeout: GoDuration,
+    /// After the reboot, a firing alert whose name matches this regular expression holds the lock (turns on the gate)
+    #[arg(long, env = "KURED_POST_REBOOT_ALERT_FILTER", default_value = "")]
+    pub post_reboot_alert_filter: String,
+    /// A reboot needed again this soon after the last one is a reboot loop (0: no loop guard)
+    #[arg(long, env = "KURED_REBOOT_LOOP_WINDOW", default_value = "1h", value_parser = parse_duration)]
+    pub reboot_loop_window: GoDuration,
+    /// Wait this long before rebooting a looping node, doubled at each loop in a row (at most 24h)
+    #[arg(long, env = "KURED_REBOOT_LOOP_BACKOFF", default_value = "30m", value_parser = parse_duration)]
+    pub reboot_loop_backoff: GoDuration,
+
     /// Taint with this key and effect PreferNoSchedule while waiting for the lock (default: off)
     #[arg(long, env = "KURED_PREFER_NO_SCHEDULE_TAINT", default_value = "")]
     pub prefer_no_schedule_taint: String,

@@ -28,7 +28,9 @@ pub use args::{
 pub use notify_urls::redact_url;
 
 use crate::blockers::BlockerSettings;
+use crate::decide::LoopGuard;
 use crate::drain::DrainSettings;
+use crate::gate::GateSettings;
 use crate::lock::{LockObject, LockSettings};
 use crate::metrics::PhaseLimits;
 use crate::node::NodeLabel;
@@ -123,6 +125,10 @@ pub struct Config {
     pub lock: LockSettings,
     pub blockers: BlockerSettings,
     pub prefer_no_schedule_taint: Option<String>,
+    /// The post-reboot health gate; `None`: off (the lock is released once the node is back).
+    pub gate: Option<GateSettings>,
+    /// The reboot-loop guard; `None`: off.
+    pub loop_guard: Option<LoopGuard>,
     pub window: RebootWindow,
     pub annotate_nodes: bool,
     pub pre_reboot_node_labels: Vec<NodeLabel>,

@@ -79,6 +79,12 @@ fn every_flag_has_its_kured_env_twin() {
         "alert-filter-match-only",
         "alert-firing-only",
         "blocking-pod-selector",
+        "post-reboot-gate",
+        "post-reboot-settle",
+        "post-reboot-timeout",
+        "post-reboot-alert-filter",
+        "reboot-loop-window",
+        "reboot-loop-backoff",
         "prefer-no-schedule-taint",
         "reboot-days",
         "start-time",
@@ -586,6 +592,25 @@ fn bad_values_name_the_flag_the_value_and_what_is_expected() {
             &["--concurrency-per-label=zone=1", "--concurrency-per-label=zone=2"],
             "--concurrency-per-label \"zone=2\": expected each label key once",
         ),
+        (
+            &["--post-reboot-settle=5m", "--post-reboot-timeout=2m"],
+            "--post-reboot-timeout \"2m0s\": expected a time-out longer than --post-reboot-settle=5m0s",
+        ),
+        (
+            &["--post-reboot-settle=5m", "--post-reboot-timeout=5m"],
+            "--post-reboot-timeout \"5m0s\"",
+        ),
+        (
+            &["--post-reboot-alert-filter=["],
+            "--post-reboot-alert-filter \"[\"",
+        ),
+        (
+            &["--post-reboot-alert-filter=^Node"],
+            "--post-reboot-alert-filter \"^Node\": needs --prometheus-url",
+        ),
+        (&["--post-reboot-settle=-1s"], "--post-reboot-settle \"-1s\""),
+        (&["--reboot-loop-window=-1h"], "--reboot-loop-window \"-1h0m0s\""),
+        (&["--reboot-loop-backoff=-1m"], "--reboot-loop-backoff \"-1m0s\""),
     ] {
         let mut full = vec!["--node-id=n1"];
         full.extend(args);
@@ -855,4 +880,47 @@ fn a_lock_ttl_that_can_run_out_while_the_node_is_out_is_warned_about() {
     );
     let unbounded = lock_ttl_warning(Some(min(60)), Duration::ZERO, None).expect("a warning");
     assert!(unbounded.contains("no --drain-timeout"), "{unbounded}");
+}
+
+#[test]
+fn the_gate_is_off_unless_asked_for_and_the_loop_guard_on() {
+    let c = ok(&["--node-id=n1"]);
+    assert!(c.gate.is_none());
+    let guard = c.loop_guard.expect("the loop guard is on by default");
+    assert_eq!(guard.window, Duration::from_secs(3600));
+    assert_eq!(guard.backoff, Duration::from_secs(1800));
+    assert!(
+        ok(&["--node-id=n1", "--reboot-loop-window=0"])
+            .loop_guard
+            .is_none()
+    );
+
+    for on in [
+        &["--post-reboot-gate"][..],
+        &["--post-reboot-gate=true"],
+        &["--post-reboot-settle=30s"],
+        &["--post-reboot-timeout=10m"],
+        &[
+            "--prometheus-url=http://prometheus:9090",
+            "--post-reboot-alert-filter=^Node",
+        ],
+    ] {
+        let mut args = vec!["--node-id=n1"];
+        args.extend(on);
+        assert!(ok(&args).gate.is_some(), "{on:?} turns the gate on");
+    }
+    let gate = ok(&[
+        "--node-id=n1",
+        "--post-reboot-settle=30s",
+        "--post-reboot-timeout=10m",
+        "--prometheus-url=http://prometheus:9090",
+        "--post-reboot-alert-filter=^Node",
+    ])
+    .gate
+    .expect("the gate");
+    assert_eq!(gate.settle, Duration::from_secs(30));
+    assert_eq!(gate.timeout, Some(Duration::from_secs(600)));
+    assert_eq!(gate.alert_filter.map(|r| r.to_string()).as_deref(), Some("^Node"));
+    assert!(gate.prometheus_url.is_some());
+    assert!(ok(&["--node-id=n1", "--post-reboot-gate=false"]).gate.is_none());
 }

@@ -4,7 +4,10 @@
 
 use jiff::Timestamp;
 
+mod guard;
 mod wait;
+
+pub use guard::{LoopGuard, LoopRecord, reboot_loop};
 
 pub use wait::{
     BLOCKER_RECHECK, ERROR_RETRY, METRIC_REFRESH, REBOOT_RETRY_MAX, Situation, WINDOW_JITTER, Wait,
@@ -37,6 +40,10 @@ pub enum LockView {
     Unreadable(String),
     /// The lock object could not be read (API error): read again soon.
     ReadFailed(String),
+    /// The rollout is halted: these holders' post-reboot health gates timed out (node, reason).
+    Halted { holders: Vec<(String, String)> },
+    /// The lock object says the fleet is paused (why).
+    FleetPaused(String),
 }
 
 /// What our lock entry recorded when we took it.
@@ -51,6 +58,11 @@ pub struct OurEntry {
     pub release_after: Option<Timestamp>,
     /// The entry's TTL has run out: others may take its slot at any moment.
     pub expired: bool,
+    /// When the post-reboot health gate started: the node is back in service and the lock is
+    /// held until the gate passes.
+    pub gate_since: Option<Timestamp>,
+    /// The gate timed out: the rollout is halted at this node (the reason).
+    pub halted: Option<String>,
 }
 
 /// Everything `decide` looks at.
@@ -73,6 +85,16 @@ pub struct Observation {
     /// This agent's drain failed and it has not yet given the node back (an uncordon or the
     /// release failed): finish that rather than drain again.
     pub drain_failed: bool,
+    /// The node is paused by its `kured.dev/pause` (why).
+    pub paused: Option<String>,
+    /// A reboot was asked for by hand (`kured.dev/reboot-now`).
+    pub reboot_now: bool,
+    /// The node carries the halt mark (`kured.dev/halted`).
+    pub halt_mark: bool,
+    /// When kured last brought this node back from a reboot.
+    pub last_reboot: Option<Timestamp>,
+    /// The reboot loop recorded so far, if any.
+    pub reboot_loop: Option<LoopRecord>,
 }
 
 /// Settings that shape the decision.
@@ -82,6 +104,10 @@ pub struct Policy {
     pub taint_while_waiting: bool,
     /// `--force-reboot`.
     pub force_reboot: bool,
+    /// The post-reboot health gate is on: the lock is held after the reboot until it passes.
+    pub gate: bool,
+    /// The reboot-loop guard; `None`: off.
+    pub loop_guard: Option<LoopGuard>,
 }
 
 /// The one thing to do next.
@@ -129,6 +155,21 @@ pub enum Action {
     LockUnreadable(String),
     /// Reading the lock failed; read it again soon.
     LockReadFailed(String),
+    /// The node is paused (why); remove our taint if it is there.
+    Paused { why: String, remove_taint: bool },
+    /// The node needed a reboot again right after kured rebooted it: no reboot before the
+    /// record's `until`. The record is published with the phase.
+    BackOff(LoopRecord),
+    /// The node is back from its reboot and in service, the lock held: check the post-reboot
+    /// health gate, started at `since`; `halted`: it timed out before.
+    VerifyHealth { since: Timestamp, halted: bool },
+    /// The rollout was halted at this node and an operator removed the halt mark: release the
+    /// lock without the gate.
+    HaltLifted,
+    /// Another node halted the rollout: nothing is taken until it resumes.
+    RolloutHalted(Vec<(String, String)>),
+    /// The fleet is paused (why): nothing is taken until it resumes.
+    FleetPaused(String),
 }
 
 /// Decides the next step.
@@ -140,19 +181,22 @@ pub fn decide(obs: &Observation, policy: &Policy, now: Timestamp) -> Action {
         LockView::Available => None,
         LockView::HeldByOthers { holders, next_expiry } => Some(Ok((holders, *next_expiry))),
         LockView::Unreadable(e) => Some(Err(Action::LockUnreadable(e.clone()))),
+        LockView::Halted { holders } => Some(Err(Action::RolloutHalted(holders.clone()))),
+        LockView::FleetPaused(why) => Some(Err(Action::FleetPaused(why.clone()))),
         // Whether this node holds the lock is unknown: change nothing until it is known.
         LockView::ReadFailed(e) => return Action::LockReadFailed(e.clone()),
     };
     // kured cordoned this node, and the node holds no entry (its TTL ran out and someone took the
     // slot, the annotation was removed, the DaemonSet re-created): it must not stay cordoned. An
     // unreadable lock may still hold our entry: then nothing is touched.
-    if obs.kured_cordon && !matches!(taken_by_others, Some(Err(_))) {
+    if obs.kured_cordon && !matches!(taken_by_others, Some(Err(Action::LockUnreadable(_)))) {
         return Action::GiveBack {
             uncordon: true,
             release: false,
         };
     }
     match &obs.sentinel {
+        _ if obs.reboot_now => {}
         SentinelView::NotRequired => {
             return Action::Idle {
                 remove_taint: obs.taint_present,
@@ -160,6 +204,20 @@ pub fn decide(obs: &Observation, policy: &Policy, now: Timestamp) -> Action {
         }
         SentinelView::Failed(e) => return Action::SentinelFailed(e.clone()),
         SentinelView::Required => {}
+    }
+    if let Some(why) = &obs.paused {
+        return Action::Paused {
+            why: why.clone(),
+            remove_taint: obs.taint_present,
+        };
+    }
+    // A reboot asked for by hand is not a loop: the operator means it.
+    if let Some(guard) = &policy.loop_guard
+        && !obs.reboot_now
+        && let Some(record) = reboot_loop(obs, guard, now)
+        && record.until > now
+    {
+        return Action::BackOff(record);
     }
     if !obs.window_open {
         return Action::WaitForWindow {
@@ -203,7 +261,15 @@ fn continue_holding(entry: &OurEntry, obs: &Observation, now: Timestamp) -> Acti
         },
         // A different boot ID, or an entry that does not record one: the node rebooted. An
         // expired entry still is ours to finish: the node must come back into service.
-        (None, _) => Action::FinishReboot { uncordon },
+        (None, _) => match (&entry.gate_since, &entry.halted) {
+            (None, _) => Action::FinishReboot { uncordon },
+            // The operator removed the halt mark: the rollout goes on.
+            (Some(_), Some(_)) if !obs.halt_mark => Action::HaltLifted,
+            (Some(since), halted) => Action::VerifyHealth {
+                since: *since,
+                halted: halted.is_some(),
+            },
+        },
     }
 }
 
@@ -249,6 +315,11 @@ mod tests {
             taint_present: false,
             kured_cordon: false,
             drain_failed: false,
+            paused: None,
+            reboot_now: false,
+            halt_mark: false,
+            last_reboot: None,
+            reboot_loop: None,
         }
     }
 
@@ -258,6 +329,8 @@ mod tests {
             was_unschedulable,
             release_after: release_after.map(t),
             expired: false,
+            gate_since: None,
+            halted: None,
         })
     }
 
@@ -282,7 +355,7 @@ mod tests {
     fn decisions() {
         let taint = Policy {
             taint_while_waiting: true,
-            force_reboot: false,
+            ..Policy::default()
         };
         let plain = Policy::default();
         #[rustfmt::skip]
@@ -399,6 +472,98 @@ mod tests {
         ];
         for (name, policy, cordoned, by_kured, want) in cases {
             assert_eq!(after_drain_failure(policy, cordoned, by_kured), want, "{name}");
+        }
+    }
+
+    fn gated(since: &str, halted: Option<&str>) -> LockView {
+        LockView::Ours(OurEntry {
+            boot_id: Some("boot-1".into()),
+            was_unschedulable: false,
+            release_after: None,
+            expired: false,
+            gate_since: Some(t(since)),
+            halted: halted.map(Into::into),
+        })
+    }
+
+    #[test]
+    fn controls_gate_and_loop_decisions() {
+        let plain = Policy::default();
+        let guard = Policy {
+            loop_guard: Some(LoopGuard {
+                window: std::time::Duration::from_secs(3600),
+                backoff: std::time::Duration::from_secs(1800),
+            }),
+            ..Policy::default()
+        };
+        let paused = || Some("node paused (kured.dev/pause=true)".to_owned());
+        let halted_at = vec![("n1".to_owned(), "pod x not Ready".to_owned())];
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Observation, &Policy, Action)> = vec![
+            ("paused and a reboot needed: paused, dropping the taint",
+             Observation { paused: paused(), taint_present: true, ..base() }, &plain,
+             Action::Paused { why: paused().unwrap(), remove_taint: true }),
+            ("paused, no reboot needed: idle",
+             Observation { paused: paused(), sentinel: SentinelView::NotRequired, ..base() }, &plain,
+             Action::Idle { remove_taint: false }),
+            ("paused, holding the lock from before: the cycle finishes",
+             Observation { paused: paused(), lock: ours(Some("boot-1"), false, None), ..base() }, &plain,
+             Action::FinishReboot { uncordon: true }),
+            ("paused wins over a reboot asked for by hand",
+             Observation { paused: paused(), reboot_now: true, sentinel: SentinelView::NotRequired, ..base() }, &plain,
+             Action::Paused { why: paused().unwrap(), remove_taint: false }),
+            ("a reboot asked for by hand: as if the sentinel said so",
+             Observation { reboot_now: true, sentinel: SentinelView::NotRequired, ..base() }, &plain,
+             Action::AcquireLock),
+            ("a reboot asked for by hand, sentinel failing: still asked for",
+             Observation { reboot_now: true, sentinel: SentinelView::Failed("x".into()), ..base() }, &plain,
+             Action::AcquireLock),
+            ("a reboot asked for by hand waits for the window",
+             Observation { reboot_now: true, sentinel: SentinelView::NotRequired, window_open: false, ..base() }, &plain,
+             Action::WaitForWindow { opens: None, remove_taint: false }),
+            ("needed again 10 minutes after kured's reboot: back off",
+             Observation { last_reboot: Some(t("2026-11-27T09:50:00Z")), ..base() }, &guard,
+             Action::BackOff(LoopRecord { count: 1, reboot: t("2026-11-27T09:50:00Z"), until: t("2026-11-27T10:30:00Z") })),
+            ("needed again soon, but no guard: reboot",
+             Observation { last_reboot: Some(t("2026-11-27T09:50:00Z")), ..base() }, &plain,
+             Action::AcquireLock),
+            ("needed again soon, asked for by hand: reboot",
+             Observation { last_reboot: Some(t("2026-11-27T09:50:00Z")), reboot_now: true, ..base() }, &guard,
+             Action::AcquireLock),
+            ("the back-off is over: reboot",
+             Observation { last_reboot: Some(t("2026-11-27T09:00:00Z")),
+                 reboot_loop: Some(LoopRecord { count: 1, reboot: t("2026-11-27T09:00:00Z"), until: t("2026-11-27T09:40:00Z") }), ..base() }, &guard,
+             Action::AcquireLock),
+            ("needed long after the last reboot: no loop",
+             Observation { last_reboot: Some(t("2026-11-26T09:00:00Z")), ..base() }, &guard,
+             Action::AcquireLock),
+            ("another node halted the rollout: wait",
+             Observation { lock: LockView::Halted { holders: halted_at.clone() }, ..base() }, &plain,
+             Action::RolloutHalted(halted_at.clone())),
+            ("halted rollout and kured's cordon without an entry: give the node back",
+             Observation { lock: LockView::Halted { holders: halted_at.clone() }, kured_cordon: true, ..base() }, &plain,
+             Action::GiveBack { uncordon: true, release: false }),
+            ("fleet paused: wait",
+             Observation { lock: LockView::FleetPaused("fleet paused".into()), ..base() }, &plain,
+             Action::FleetPaused("fleet paused".into())),
+            ("fleet paused, no reboot needed: idle",
+             Observation { lock: LockView::FleetPaused("fleet paused".into()), sentinel: SentinelView::NotRequired, ..base() }, &plain,
+             Action::Idle { remove_taint: false }),
+            ("back with the gate started: verify",
+             Observation { lock: gated("2026-11-27T09:58:00Z", None), ..base() }, &plain,
+             Action::VerifyHealth { since: t("2026-11-27T09:58:00Z"), halted: false }),
+            ("halted, mark still there: verify, still halted",
+             Observation { lock: gated("2026-11-27T09:58:00Z", Some("x")), halt_mark: true, ..base() }, &plain,
+             Action::VerifyHealth { since: t("2026-11-27T09:58:00Z"), halted: true }),
+            ("halted, the operator removed the mark: release",
+             Observation { lock: gated("2026-11-27T09:58:00Z", Some("x")), ..base() }, &plain,
+             Action::HaltLifted),
+            ("gate running, a mark without a halted entry (a halt cut short): verify",
+             Observation { lock: gated("2026-11-27T09:58:00Z", None), halt_mark: true, ..base() }, &plain,
+             Action::VerifyHealth { since: t("2026-11-27T09:58:00Z"), halted: false }),
+        ];
+        for (name, obs, policy, want) in cases {
+            assert_eq!(decide(&obs, policy, t(NOW)), want, "{name}");
         }
     }
 }

@@ -37,6 +37,9 @@ pub enum Wait<S> {
     Until(Timestamp),
     /// Until the lock differs from `seen`, at most `limit`.
     LockChange { seen: S, limit: Duration },
+    /// Until something the post-reboot health gate looks at changes (the Node, a pod on it), at
+    /// most `limit`.
+    HealthChange { limit: Duration },
 }
 
 impl<S> Wait<S> {
@@ -49,6 +52,7 @@ impl<S> Wait<S> {
             // A failed lock watch adds a retry pause of at most the limit
             // (see `Situation::LockWatchFailed`).
             Wait::LockChange { limit, .. } => limit.saturating_mul(2),
+            Wait::HealthChange { limit } => *limit,
         }
     }
 }
@@ -108,6 +112,14 @@ pub enum Situation<S> {
     LockWatchFailed { limit: Duration },
     /// The refresh of the `kured_reboot_required` metric between rounds.
     MetricRefresh,
+    /// The node is paused by its annotation: looked at again every [`BLOCKER_RECHECK`], so that
+    /// a resume is seen soon.
+    Paused,
+    /// The reboot-loop guard holds the reboot back until `until`.
+    BackingOff { until: Timestamp },
+    /// The post-reboot health gate has not passed: wait for a change of what it looks at, at
+    /// most until `next` (the settle time's end, the time-out, an alert's next check).
+    Verifying { next: Option<Timestamp> },
 }
 
 /// How long to wait in `situation`, with `--period` `period`, at `now`.
@@ -153,6 +165,12 @@ pub fn next_wait<S>(situation: Situation<S>, period: Duration, now: Timestamp) -
         Situation::RebootFailed => Wait::For(ERROR_RETRY.max(period.min(REBOOT_RETRY_MAX))),
         Situation::LockWatchFailed { limit } => Wait::For(ERROR_RETRY.min(limit)),
         Situation::MetricRefresh => Wait::For(METRIC_REFRESH.min(period)),
+        Situation::Paused => Wait::For(BLOCKER_RECHECK.min(period)),
+        // Rounds go on meanwhile, for a pause or a reboot asked for by hand.
+        Situation::BackingOff { until } => Wait::For(time_until(until, now).min(period)),
+        Situation::Verifying { next } => Wait::HealthChange {
+            limit: until_expiry(next).min(period),
+        },
     }
 }
 
@@ -246,6 +264,19 @@ mod tests {
              S::ReleaseDelay { until: t("2026-11-27T10:05:00Z") }, HOUR, Wait::Until(t("2026-11-27T10:05:00Z"))),
             ("nothing of ours to release: a period",
              S::NotHolding, HOUR, Wait::For(HOUR)),
+            ("paused: look again within a minute",
+             S::Paused, HOUR, Wait::For(mins(1))),
+            ("backing off: until the back-off ends",
+             S::BackingOff { until: t("2026-11-27T10:30:00Z") }, HOUR, Wait::For(mins(30))),
+            ("backing off for hours: a period at most, for a pause or a reboot asked for",
+             S::BackingOff { until: t("2026-11-28T10:00:00Z") }, HOUR, Wait::For(HOUR)),
+            ("backing off, over meanwhile: look again at once",
+             S::BackingOff { until: t("2026-11-27T09:00:00Z") }, HOUR, Wait::For(Duration::ZERO)),
+            ("verifying: until the gate's next deadline, or a change",
+             S::Verifying { next: Some(t("2026-11-27T10:00:30Z")) }, HOUR,
+             Wait::HealthChange { limit: Duration::from_secs(30) }),
+            ("verifying, no deadline: a period at most",
+             S::Verifying { next: None }, HOUR, Wait::HealthChange { limit: HOUR }),
             ("reboot requested: a period",
              S::RebootRequested, HOUR, Wait::For(HOUR)),
             ("reboot failed: again within five minutes, whatever the period",

@@ -16,7 +16,7 @@ use super::record::{LockEntry, Result, read};
 /// `"true"` does, `"false"` and an absent one do not, and any other value does too — the safe
 /// reading of a value nobody meant.
 pub fn pauses(value: Option<&str>) -> bool {
-    !matches!(value, None | Some("false"))
+    crate::controls::Switch::read(value).paused()
 }
 
 /// Why no slot is free for our node.

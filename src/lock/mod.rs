@@ -52,7 +52,7 @@ pub use record::{LockEntry, LockRecord, NodeMeta, RecordError};
 
 /// The lock object's annotation that pauses the fleet: `"true"` (or any value but `"false"`, the
 /// safe reading) and no node takes a slot; holders finish their cycle.
-pub const PAUSE_ANNOTATION: &str = "kured.dev/pause";
+pub use crate::controls::PAUSE_ANNOTATION;
 
 /// Which kind of object keeps the lock (`--lock-backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -389,6 +389,12 @@ impl OwnNode {
         self.patch_annotations(json!({ key: value }), "set").await
     }
 
+    /// Removes one annotation, leaving every other as it is; nothing changes when it is absent.
+    /// Returns the Node as written.
+    pub async fn remove_annotation(&self, key: &str) -> Result<Node> {
+        self.patch_annotations(json!({ key: null }), "remove").await
+    }
+
     /// Records that a reboot is starting, as upstream does: if [`REBOOT_IN_PROGRESS`] is absent,
     /// sets it and [`MOST_RECENT_REBOOT_NEEDED`] to `now`. Returns false, writing nothing, if a
     /// reboot was already recorded as in progress (its start time is kept).

@@ -56,6 +56,8 @@ pub enum Event {
     Drain,
     Reboot,
     Uncordon,
+    /// The post-reboot health gate timed out: the rollout is halted at the node.
+    Halted,
 }
 
 impl Event {
@@ -66,6 +68,7 @@ impl Event {
             Event::Drain => "Starting drain",
             Event::Reboot => "Rebooting node",
             Event::Uncordon => "Node uncordoned successfully",
+            Event::Halted => "Rollout halted",
         }
     }
 }
