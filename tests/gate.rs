@@ -320,8 +320,10 @@ async fn the_node_keeps_the_lock_in_verifying_until_the_settle_time_has_passed()
     let node = &sim.name;
     let state = published(&fleet.scope, node).await;
     assert!(
-        state["detail"].as_str().is_some_and(|d| d.contains("settle")),
-        "the detail says the settle time is what is pending: {state}"
+        state["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("settl") && d.contains("10s")),
+        "the detail says the settle time of 10s is what is pending: {state}"
     );
     observer.assert_settled(&[(&sim, 1)], SETTLE).await;
     let phases = observer.phases(node);
