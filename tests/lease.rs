@@ -14,53 +14,16 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use kube::api::PostParams;
 use serde_json::json;
-use support::access;
 use support::agents::Fleet;
-use support::cluster::{client_from_kubeconfig, kubectl};
 use support::objects::{create_deployment_of, create_pdb, pod_template, running_on, set_min_available};
 use support::observer::{LOCK_ANNOTATION, Observer, Snapshot, lock_holders};
 use support::rbac::{bind_role, lease_rules};
 use support::simulated::{NodeOptions, SimulatedNode};
-use support::wait::eventually;
 
 const LEASE: &str = "--lock-backend=lease";
 
 /// Generous: a few reboot cycles of seconds each, on a shared machine.
 const SETTLE: Duration = Duration::from_secs(240);
-
-/// Waits until the fleet's ServiceAccount may create leases in the scope and, when
-/// `daemonset_update` says so, may or may not update DaemonSet `kured`.
-async fn rbac_in_effect(fleet: &Fleet, daemonset_update: bool) {
-    let client = client_from_kubeconfig(&fleet.agents.kubeconfig).await;
-    let ns = &fleet.scope.namespace;
-    let create_lease = access::request("create", "coordination.k8s.io/leases", ns, "");
-    let update_ds = access::request("update", "apps/daemonsets", ns, "kured");
-    eventually(
-        "the agents' RBAC to take effect",
-        Duration::from_secs(30),
-        || async {
-            (access::may(&client, &create_lease).await
-                && access::may(&client, &update_ds).await == daemonset_update)
-                .then_some(())
-        },
-    )
-    .await;
-}
-
-/// A fleet whose agents have the shipped manifest's cluster-wide rules, and in the namespace the
-/// Lease's rules instead of the manifest's Role: no write on any DaemonSet.
-async fn lease_fleet(test: &str, nodes: usize) -> Fleet {
-    let fleet = Fleet::new(test, nodes).await;
-    let scope = &fleet.scope;
-    kubectl(
-        &["-n", &scope.namespace, "delete", "rolebinding,role", "kured"],
-        "",
-    )
-    .await;
-    bind_role(scope, "kured-lease", "kured", lease_rules()).await;
-    rbac_in_effect(&fleet, false).await;
-    fleet
-}
 
 /// One pod of app `pinned` on each of the fleet's nodes (required anti-affinity), and a budget
 /// that refuses every eviction: a node's drain holds until [`unpin`].
@@ -111,7 +74,7 @@ fn holders_in(lock: Option<&str>) -> Vec<String> {
 
 #[tokio::test]
 async fn a_rolling_reboot_on_the_lease_with_no_write_on_daemonsets() {
-    let fleet = lease_fleet("lease-rollout", 4).await;
+    let fleet = Fleet::on_lease("lease-rollout", 4).await;
     let observer = Observer::start(&fleet.scope, 2, &[]).await;
     let sims = fleet.start_all(&NodeOptions::default(), &["--concurrency=2", LEASE]);
     observer.assert_each_rebooted_once(&sims, SETTLE).await;
@@ -144,7 +107,7 @@ async fn a_running_fleet_switches_from_the_daemonset_to_the_lease_mid_cycle() {
     let fleet = Fleet::new("lease-switch", 4).await;
     // Step 2 of the README's procedure: the Lease's rules alongside the DaemonSet's.
     bind_role(&fleet.scope, "kured-lease", "kured", lease_rules()).await;
-    rbac_in_effect(&fleet, true).await;
+    fleet.lease_rbac_in_effect(true).await;
     pin_a_pod_on_each_node(&fleet).await;
     let observer = Observer::start(&fleet.scope, 1, &[]).await;
     let sims = fleet.start_all(&NodeOptions::default(), &["--concurrency=1"]);
@@ -213,7 +176,7 @@ async fn a_running_fleet_switches_from_the_daemonset_to_the_lease_mid_cycle() {
 /// the lock mid-drain (kubereboot/kured#835): on the Lease, the lock is untouched.
 #[tokio::test]
 async fn a_daemonset_replaced_by_gitops_mid_drain_leaves_the_lease_lock_alone() {
-    let fleet = lease_fleet("lease-gitops", 2).await;
+    let fleet = Fleet::on_lease("lease-gitops", 2).await;
     pin_a_pod_on_each_node(&fleet).await;
     let observer = Observer::start(&fleet.scope, 1, &[]).await;
     let sims = fleet.start_all(&NodeOptions::default(), &["--concurrency=1", LEASE]);

@@ -15,14 +15,16 @@ use kube::Client;
 use kured::duration::GoDuration;
 use kured::lock::record::Change;
 use kured::lock::{
-    Acquire, Backend, Claim, LockEntry, LockError, LockObject, LockSettings, LockSnapshot, ObjectLock,
-    RebootLock, Release,
+    Acquire, Backend, BlockedBy, Claim, Gate, LabelLimit, LockEntry, LockError, LockObject, LockSettings,
+    LockSnapshot, ObjectLock, PAUSE_ANNOTATION, RebootLock, Release,
 };
 use serde_json::json;
 use support::access;
 use support::cluster::admin_client;
 use support::objects::scope_with_lock;
-use support::observer::{LOCK_ANNOTATION, Observer, read_lock_in, upstream_entry, write_lock_in};
+use support::observer::{
+    LOCK_ANNOTATION, Observer, annotate_lock_object, read_lock_in, upstream_entry, write_lock_in,
+};
 use support::rbac::{lease_rules, service_account_with_role};
 use support::scope::Scope;
 use support::wait::{eventually, wait_for};
@@ -165,6 +167,9 @@ on_both_backends! {
     a_corrupt_annotation_is_reported_and_never_overwritten;
     of_two_writes_based_on_the_same_read_exactly_one_wins;
     a_waiting_agent_sees_a_freed_lock_at_once;
+    per_label_limits_hold_on_the_lock_object;
+    a_paused_lock_object_admits_nobody_and_wakes_its_waiters_when_resumed;
+    a_halted_holder_stops_every_other_node_until_its_gate_is_cleared;
 }
 
 /// Twenty agents, each with a client of its own, try again and again to take the lock, hold it
@@ -879,4 +884,194 @@ async fn the_lease_lock_works_with_the_leases_rbac_and_no_write_on_daemonsets() 
     assert_eq!(now, LockSnapshot::new(None));
     expect_acquired(&waiter, &Claim::default()).await;
     assert_eq!(holder_identity(&case).await.as_deref(), Some("b"));
+}
+
+/// Why `lock` is blocked, and by whom.
+async fn blocked_by(lock: &ObjectLock) -> (BlockedBy, Vec<String>) {
+    match lock.acquire(&Claim::default()).await.expect("acquiring") {
+        Acquire::Blocked { reason, holders, .. } => (
+            reason,
+            node_ids(&holders).into_iter().map(str::to_owned).collect(),
+        ),
+        other => panic!("{} should be blocked, got {other:?}", lock.settings().node_id),
+    }
+}
+
+const ZONE: &str = "topology.kubernetes.io/zone";
+
+/// Three agents at concurrency 3 with one holder per zone: the second of zone a waits for the
+/// first, zone b goes beside it; an agent that has not noted its labels takes nothing; each entry
+/// records its zone; an upstream entry counts against every zone.
+async fn per_label_limits_hold_on_the_lock_object(backend: Backend) {
+    let case = Case::new("lock-zones", backend).await;
+    let zoned = |node: &str, zone: Option<&str>| {
+        let lock = case.lock_with(
+            case.scope.client.clone(),
+            LockSettings {
+                per_label: vec![LabelLimit {
+                    key: ZONE.to_owned(),
+                    max: 1,
+                }],
+                ..settings(node, 3)
+            },
+        );
+        if let Some(zone) = zone {
+            lock.note_labels(&[(ZONE.to_owned(), zone.to_owned())].into());
+        }
+        lock
+    };
+    let (a1, a2, b1) = (
+        zoned("a1", Some("a")),
+        zoned("a2", Some("a")),
+        zoned("b1", Some("b")),
+    );
+    let unknown = zoned("unknown", None);
+    assert_eq!(
+        blocked_by(&unknown).await,
+        (BlockedBy::LabelsUnknown, vec![]),
+        "no slot before the labels are noted"
+    );
+    assert_eq!(case.read().await, None, "nothing written");
+    expect_acquired(&a1, &Claim::default()).await;
+    let full = BlockedBy::Label {
+        key: ZONE.to_owned(),
+        value: "a".to_owned(),
+        max: 1,
+    };
+    assert_eq!(blocked_by(&a2).await, (full.clone(), vec!["a1".to_owned()]));
+    expect_acquired(&b1, &Claim::default()).await;
+    let text = case.read().await.expect("the lock is held");
+    assert!(
+        text.starts_with(r#"{"maxOwners":3,"locks":[{"nodeID":"a1""#)
+            && text.contains(r#""TTL":0,"labels":{"topology.kubernetes.io/zone":"a"}}"#)
+            && text.contains(r#""labels":{"topology.kubernetes.io/zone":"b"}}"#),
+        "each entry records its zone, maxOwners the concurrency: {text}"
+    );
+    assert_eq!(a1.release().await.expect("releasing"), Release::Released);
+    expect_acquired(&a2, &Claim::default()).await;
+    assert_eq!(a2.release().await.expect("releasing"), Release::Released);
+    assert_eq!(b1.release().await.expect("releasing"), Release::Released);
+
+    // An upstream agent's entry says nothing of its zone: it counts against every zone.
+    case.write(Some(&multi_upstream(&["up"]))).await;
+    let (reason, holders) = blocked_by(&b1).await;
+    assert_eq!(
+        (reason, holders),
+        (
+            BlockedBy::Label {
+                key: ZONE.to_owned(),
+                value: "b".to_owned(),
+                max: 1
+            },
+            vec!["up".to_owned()]
+        )
+    );
+}
+
+/// The multi form as upstream agents at concurrency 3 write it, held by `nodes` since a minute.
+fn multi_upstream(nodes: &[&str]) -> String {
+    let entries: Vec<String> = nodes
+        .iter()
+        .map(|n| upstream_entry(n, &minute_ago(), 0))
+        .collect();
+    format!(r#"{{"maxOwners":3,"locks":[{}]}}"#, entries.join(","))
+}
+
+/// `kured.dev/pause=true` on the lock object: nobody takes a slot and nothing is written, a
+/// holder keeps its own, any value but `false` pauses, and a waiter sees the pause lifted at once.
+async fn a_paused_lock_object_admits_nobody_and_wakes_its_waiters_when_resumed(backend: Backend) {
+    let case = Case::new("lock-pause", backend).await;
+    let (holder, waiter) = (case.lock("holder", 2), case.lock("waiter", 2));
+    expect_acquired(&holder, &Claim::default()).await;
+    let pause =
+        |value: Option<&'static str>| annotate_lock_object(&case.scope, backend, PAUSE_ANNOTATION, value);
+    pause(Some("true")).await;
+    let before = case.read().await;
+    // A fresh read: the watched copy may not have the pause yet.
+    let paused = BlockedBy::Paused {
+        value: "true".to_owned(),
+    };
+    match waiter.confirm(&Claim::default()).await.expect("confirming") {
+        Acquire::Blocked { reason, .. } => assert_eq!(reason, paused),
+        other => panic!("paused: {other:?}"),
+    }
+    assert!(matches!(
+        holder.confirm(&Claim::default()).await.expect("confirming"),
+        Acquire::AlreadyHeld(_)
+    ));
+    assert_eq!(case.read().await, before, "nothing written while paused");
+    pause(Some("yes")).await;
+    let seen = eventually("the waiter to see the pause", Duration::from_secs(10), || async {
+        match waiter.acquire(&Claim::default()).await.expect("acquiring") {
+            Acquire::Blocked {
+                reason: BlockedBy::Paused { value },
+                seen,
+                ..
+            } if value == "yes" => Some(seen),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(seen.pause(), Some("yes"), "any other value pauses too");
+    let waiting = tokio::spawn({
+        let waiter = case.lock("waiter", 2);
+        async move { waiter.changed(&seen).await }
+    });
+    pause(None).await;
+    let now = wait_for(
+        "the waiter to see the pause lifted",
+        Duration::from_secs(10),
+        waiting,
+    )
+    .await
+    .expect("waiting");
+    assert_eq!(now.pause(), None);
+    expect_acquired(&waiter, &Claim::default()).await;
+}
+
+/// A holder whose gate timed out records it in its own entry; while it does, no other node takes
+/// a slot whatever the concurrency; clearing it lets the next one go and leaves the holder's
+/// entry as upstream writes it. Recording a gate without an entry is an error.
+async fn a_halted_holder_stops_every_other_node_until_its_gate_is_cleared(backend: Backend) {
+    let case = Case::new("lock-halted", backend).await;
+    let (holder, next) = (case.lock("holder", 3), case.lock("next", 3));
+    let error = holder.record_gate(None).await.expect_err("no entry yet");
+    assert!(error.to_string().contains("holder holds no entry"), "{error}");
+    expect_acquired(&holder, &Claim::default()).await;
+    let plain = case.read().await;
+    let since: Timestamp = FIXED_NOW.parse().expect("a time");
+    holder
+        .record_gate(Some(Gate { since, halted: None }))
+        .await
+        .expect("recording the gate");
+    let text = case.read().await.expect("held");
+    assert!(text.contains(&format!(r#""gateSince":"{FIXED_NOW}""#)), "{text}");
+    expect_acquired(&next, &Claim::default()).await;
+    assert_eq!(next.release().await.expect("releasing"), Release::Released);
+    holder
+        .record_gate(Some(Gate {
+            since,
+            halted: Some("pod kube-system/x not Ready after 5m".to_owned()),
+        }))
+        .await
+        .expect("recording the halt");
+    let text = case.read().await.expect("held");
+    assert!(
+        text.contains(r#""halted":"pod kube-system/x not Ready after 5m""#),
+        "{text}"
+    );
+    let halted = eventually("the halt to be seen", Duration::from_secs(10), || async {
+        let blocked = blocked_by(&next).await;
+        (blocked.0 == BlockedBy::Halted).then_some(blocked)
+    })
+    .await;
+    assert_eq!(halted.1, ["holder"], "the halted holder is named");
+    holder.record_gate(None).await.expect("clearing the gate");
+    assert_eq!(case.read().await, plain, "the entry is as it was before the gate");
+    eventually(
+        "the next node to take a slot",
+        Duration::from_secs(10),
+        || async { matches!(next.acquire(&Claim::default()).await, Ok(Acquire::Acquired(_))).then_some(()) },
+    )
+    .await;
 }

@@ -24,7 +24,7 @@ use crate::drain::Drainer;
 use crate::gate::HealthGate;
 use crate::lock::{LockError, LockSnapshot, ObjectLock, RebootLock, Slot};
 use crate::metrics::{self, Metrics, MetricsError};
-use crate::node::OwnNode;
+use crate::node::{NodeWatch, OwnNode};
 use crate::notify::Notifier;
 use crate::sentinel::SentinelWatch;
 
@@ -85,11 +85,13 @@ struct Agent<N, L> {
     turn: std::sync::Mutex<Option<LockSnapshot>>,
     /// The last full round found the node idle with nothing of its own anywhere: no lock entry,
     /// no cordon of kured's, no taint. Only this node's agent writes those, so while the sentinel
-    /// keeps saying "not needed", a round asks the API server for its Node only (see
-    /// [`Agent::step`]).
+    /// keeps saying "not needed", a round asks the API server nothing (see [`Agent::step`]).
     settled: AtomicBool,
     /// The post-reboot health gate, when it is on.
     gate: Option<HealthGate>,
+    /// Our Node as watched: an idle round reads it from here, and a change of what its
+    /// annotations ask of us starts a round at once.
+    node_watch: NodeWatch,
     /// The reboot loop as recorded, published with the state (see [`decide::reboot_loop`]).
     reboot_loop: std::sync::Mutex<Option<RebootLoop>>,
     /// The warnings about the node's control annotations last logged, so each is logged once.
@@ -136,6 +138,7 @@ pub async fn run(
             .clone()
             .map(|settings| HealthGate::new(client.clone(), &config.node_id, settings))
             .transpose()?,
+        node_watch: NodeWatch::start(client.clone(), &config.node_id),
         reboot_loop: std::sync::Mutex::new(None),
         control_warnings: std::sync::Mutex::new(Vec::new()),
         entered: AtomicBool::new(false),
@@ -188,6 +191,9 @@ pub async fn run(
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = sentinel_events.changed() => {
                 info!(node = %agent.config.node_id, "sentinel file changed");
+            }
+            () = agent.node_watch.controls_changed() => {
+                info!(node = %agent.config.node_id, "the node's kured.dev annotations changed");
             }
             () = pause => {}
         }
@@ -337,9 +343,14 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         if sentinel == SentinelView::NotRequired && self.settled.load(Ordering::Relaxed) {
             // Idle, as the last full round left it: what it found (no lock entry, cordon or taint
             // of this node's) only this agent could have changed, and the state it published
-            // still holds (published again only if publishing it failed). One request: the Node,
-            // for a reboot asked for by hand; the lock is not read.
-            match self.read_node().await {
+            // still holds (published again only if publishing it failed). No request: the Node,
+            // for a reboot asked for by hand, comes from the watch (read only where RBAC forbids
+            // watching it), and the lock is not read.
+            let node = match self.node_watch.current() {
+                Some(node) => Ok(node),
+                None => self.read_node().await,
+            };
+            match node {
                 Ok(node) if !self.controls_of(&node).reboot_now => {
                     self.publish(Some(false), Phase::Idle, String::new()).await;
                     return self.wait(Situation::Idle);

@@ -74,7 +74,6 @@ pub fn reboot_loop(obs: &Observation, guard: &LoopGuard, now: Timestamp) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::{LockView, SentinelView};
 
     fn t(s: &str) -> Timestamp {
         s.parse().expect("a timestamp")
@@ -87,20 +86,9 @@ mod tests {
 
     fn obs(last: Option<&str>, record: Option<LoopRecord>) -> Observation {
         Observation {
-            sentinel: SentinelView::Required,
-            window_open: true,
-            window_opens: None,
-            blockers: None,
-            lock: LockView::Available,
-            boot_id: "b".into(),
-            taint_present: false,
-            kured_cordon: false,
-            drain_failed: false,
-            paused: None,
-            reboot_now: false,
-            halt_mark: false,
             last_reboot: last.map(t),
             reboot_loop: record,
+            ..crate::decide::tests::base()
         }
     }
 

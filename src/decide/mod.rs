@@ -304,7 +304,7 @@ mod tests {
 
     const NOW: &str = "2026-11-27T10:00:00Z";
 
-    fn base() -> Observation {
+    pub(super) fn base() -> Observation {
         Observation {
             sentinel: SentinelView::Required,
             window_open: true,

@@ -35,6 +35,9 @@ pub use self::taint::prefer_no_schedule_taint;
 use crate::kube_error::{is_lost_race, is_transient};
 
 mod taint;
+mod watch;
+
+pub use watch::NodeWatch;
 
 /// A label to set on the node, from `--pre-reboot-node-labels` / `--post-reboot-node-labels`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,12 +3,16 @@
 //! simulated node authenticates with; and [`Fleet`], the setting of a test of whole agents.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use super::cluster::{delete_cluster_rbac, testcluster};
+use super::access;
+use super::cluster::{client_from_kubeconfig, delete_cluster_rbac, kubectl, testcluster};
 use super::faultproxy::FaultProxy;
 use super::objects::create_lock_daemonset;
+use super::rbac::{bind_role, lease_rules};
 use super::scope::Scope;
 use super::simulated::{NodeOptions, SimulatedNode};
+use super::wait::eventually;
 
 /// What the agents of a scope share, as in a real install of deploy/kured.yaml: DaemonSet `kured`
 /// in the scope's namespace, which carries their lock, and ServiceAccount `kured` there, bound to
@@ -110,6 +114,41 @@ impl Fleet {
         let names = scope.create_nodes(count).await;
         let agents = Agents::new(&scope).await;
         Fleet { scope, names, agents }
+    }
+
+    /// [`Fleet::new`], whose agents have the shipped manifest's cluster-wide rules, and in the
+    /// namespace the Lease's rules ([`lease_rules`]) instead of the manifest's Role: no write on
+    /// any DaemonSet, as for `--lock-backend=lease`.
+    pub async fn on_lease(test: &str, count: usize) -> Fleet {
+        let fleet = Fleet::new(test, count).await;
+        let scope = &fleet.scope;
+        kubectl(
+            &["-n", &scope.namespace, "delete", "rolebinding,role", "kured"],
+            "",
+        )
+        .await;
+        bind_role(scope, "kured-lease", "kured", lease_rules()).await;
+        fleet.lease_rbac_in_effect(false).await;
+        fleet
+    }
+
+    /// Waits until the fleet's ServiceAccount may create leases in the scope and, when
+    /// `daemonset_update` says so, may or may not update DaemonSet `kured`.
+    pub async fn lease_rbac_in_effect(&self, daemonset_update: bool) {
+        let client = client_from_kubeconfig(&self.agents.kubeconfig).await;
+        let ns = &self.scope.namespace;
+        let create_lease = access::request("create", "coordination.k8s.io/leases", ns, "");
+        let update_ds = access::request("update", "apps/daemonsets", ns, "kured");
+        eventually(
+            "the agents' RBAC to take effect",
+            Duration::from_secs(30),
+            || async {
+                (access::may(&client, &create_lease).await
+                    && access::may(&client, &update_ds).await == daemonset_update)
+                    .then_some(())
+            },
+        )
+        .await;
     }
 
     /// Starts the agent of node `i` ([`Agents::start`]).

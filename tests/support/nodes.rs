@@ -105,6 +105,13 @@ impl Scope {
         self.node(node).await.metadata.annotations?.get(key).cloned()
     }
 
+    /// Sets label `key` to `value` on node `node` as an operator would, with `kubectl label`.
+    pub async fn label_node(&self, node: &str, key: &str, value: &str) {
+        let patch = serde_json::json!({ "metadata": { "labels": { key: value } } });
+        self.merge_into_node(node, patch, &format!("labelling with {key}={value}"))
+            .await;
+    }
+
     /// The boot ID node-init gives a simulated node when it starts, once it is there.
     pub async fn first_boot_id(&self, name: &str) -> String {
         let nodes = self.nodes();

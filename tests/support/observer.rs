@@ -105,7 +105,13 @@ pub async fn lock_object_annotations(scope: &Scope, backend: Backend) -> BTreeMa
 /// Sets the lock annotation on `backend`'s object `kured` to `text` (`None` removes it), as the
 /// admin; a Lease that does not exist yet is created with it.
 pub async fn write_lock_in(scope: &Scope, backend: Backend, text: Option<&str>) {
-    let patch = serde_json::json!({ "metadata": { "annotations": { LOCK_ANNOTATION: text } } });
+    annotate_lock_object(scope, backend, LOCK_ANNOTATION, text).await
+}
+
+/// Sets the annotation `key` on `backend`'s object `kured` to `value` (`None` removes it), as the
+/// admin, as `kubectl annotate` would; a Lease that does not exist yet is created with it.
+pub async fn annotate_lock_object(scope: &Scope, backend: Backend, key: &str, value: Option<&str>) {
+    let patch = serde_json::json!({ "metadata": { "annotations": { key: value } } });
     let params = PatchParams::default();
     let written = match backend {
         Backend::DaemonSet => scope
@@ -122,7 +128,7 @@ pub async fn write_lock_in(scope: &Scope, backend: Backend, text: Option<&str>) 
                     .map(drop),
                 None => {
                     let lease: Lease = serde_json::from_value(serde_json::json!({
-                        "metadata": { "name": "kured", "annotations": { LOCK_ANNOTATION: text } },
+                        "metadata": { "name": "kured", "annotations": { key: value } },
                         "spec": {},
                     }))
                     .expect("a valid Lease");
@@ -131,7 +137,7 @@ pub async fn write_lock_in(scope: &Scope, backend: Backend, text: Option<&str>) 
             }
         }
     };
-    written.unwrap_or_else(|e| panic!("setting the lock annotation on the {} kured: {e}", backend.kind()));
+    written.unwrap_or_else(|e| panic!("setting annotation {key} on the {} kured: {e}", backend.kind()));
 }
 
 /// A lock entry exactly as upstream's `json.Marshal` writes it at concurrency 1: `node` holding
@@ -160,6 +166,8 @@ pub struct NodeState {
     pub phase: Option<String>,
     /// The whole state the node's agent published last; `None` before any.
     pub published: Option<serde_json::Value>,
+    /// The Node's labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl NodeState {
@@ -173,6 +181,7 @@ impl NodeState {
                 .as_ref()
                 .and_then(|v| v["phase"].as_str().map(str::to_owned)),
             published,
+            labels: node.labels().clone(),
         }
     }
 }
@@ -276,6 +285,10 @@ struct LockSnapshot {
     lease_holders: Vec<String>,
     /// app → its budget.
     budgets: BTreeMap<String, Budget>,
+    /// Label keys, each with the most holders one value of it may have ([`Observer::check_per_label`]).
+    per_label: Vec<(String, usize)>,
+    /// The most holders seen at once whose Nodes share a value of a key of `per_label`.
+    max_per_label: usize,
     /// Everything seen that must never happen, each with what was seen then.
     violations: Vec<String>,
     nodes_synced: bool,
@@ -310,6 +323,33 @@ impl LockSnapshot {
                 self.now.describe()
             );
             self.record(v);
+        }
+        for (key, max) in self.per_label.clone() {
+            // node → its value, as its Node has it; a holder not seen as a Node has a value of
+            // its own.
+            let mut by_value: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+            for holder in &self.now.holders {
+                let value = match self.now.nodes.get(holder) {
+                    Some(node) => node.labels.get(&key).cloned().unwrap_or_default(),
+                    None => format!("(no Node {holder})"),
+                };
+                by_value.entry(value).or_default().push(holder);
+            }
+            let most = by_value.values().map(Vec::len).max().unwrap_or(0);
+            self.max_per_label = self.max_per_label.max(most);
+            let over: Vec<String> = by_value
+                .iter()
+                .filter(|(_, holders)| holders.len() > max)
+                .map(|(value, holders)| format!("{key}={value:?}: {}", holders.join(",")))
+                .collect();
+            if !over.is_empty() {
+                let v = format!(
+                    "more than {max} lock holders per value of {key}: {}; {}",
+                    over.join("; "),
+                    self.now.describe()
+                );
+                self.record(v);
+            }
         }
     }
 
@@ -501,6 +541,19 @@ impl Observer {
     /// The most lock holders at once so far.
     pub fn max_holders(&self) -> usize {
         self.seen().max_holders
+    }
+
+    /// Also checks, from now on, that at most `max` lock holders at once share a value of the
+    /// node label `key`, as their Nodes have it (`--concurrency-per-label=key=max`). Call it
+    /// before the agents start.
+    pub fn check_per_label(&self, key: &str, max: usize) {
+        self.seen().per_label.push((key.to_owned(), max));
+    }
+
+    /// The most lock holders seen at once whose Nodes share a value of a key given to
+    /// [`Observer::check_per_label`].
+    pub fn max_per_label(&self) -> usize {
+        self.seen().max_per_label
     }
 
     /// Every boot ID node `name`'s Node has reported so far, in order.

@@ -124,6 +124,12 @@ impl SimulatedNode {
             .arg("--ds-name=kured")
             // A short period unless the test sets its own.
             .args((!args.iter().any(|a| a.starts_with("--period="))).then_some("--period=3s"))
+            // Tests start a second cycle by putting the sentinel back right after a reboot, which
+            // the reboot-loop guard would hold back: off unless the test sets it (tests/loopguard.rs).
+            .args(
+                (!args.iter().any(|a| a.starts_with("--reboot-loop-window=")))
+                    .then_some("--reboot-loop-window=0"),
+            )
             .arg(format!("--reboot-sentinel={}", sentinel.display()))
             .arg("--metrics-host=127.0.0.1")
             .arg(format!("--metrics-port={port}"))

@@ -1,0 +1,117 @@
+//! A watch of the agent's own Node (field selector `metadata.name`), kept for the agent's
+//! lifetime: an idle agent sees a reboot asked for by hand (`kured.dev/reboot-now`) or a pause
+//! the moment it is set, without reading its Node every round. Where RBAC forbids watching
+//! Nodes (upstream's manifests grant `get` and `patch` only) the watch stops, and the agent reads
+//! its Node instead.
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::controls;
+use crate::kube_error;
+
+/// What the watch knows of the Node.
+#[derive(Debug, Clone)]
+enum Watched {
+    /// Not listed yet, or the watch is recovering from an error: read the Node.
+    Unknown,
+    /// RBAC forbids watching Nodes: read the Node, always.
+    Forbidden,
+    Present(Box<Node>),
+}
+
+/// The watch of one Node; stopped when dropped.
+#[derive(Debug)]
+pub struct NodeWatch {
+    seen: watch::Receiver<Watched>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for NodeWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl NodeWatch {
+    /// Starts watching Node `name`.
+    pub fn start(client: Client, name: &str) -> NodeWatch {
+        let (sender, seen) = watch::channel(Watched::Unknown);
+        let api: Api<Node> = Api::all(client);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let name = name.to_owned();
+        let task = tokio::spawn(async move {
+            // The watcher lists, then watches, and lists again when the watch expires; after an
+            // error it backs off (up to about a minute) before trying again.
+            let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(Event::InitApply(node) | Event::Apply(node)) => {
+                        sender.send_replace(Watched::Present(Box::new(node)));
+                    }
+                    Ok(Event::Init | Event::InitDone) => {}
+                    Ok(Event::Delete(_)) => {
+                        sender.send_replace(Watched::Unknown);
+                    }
+                    Err(e) => {
+                        let forbidden = match &e {
+                            watcher::Error::InitialListFailed(source)
+                            | watcher::Error::WatchFailed(source) => kube_error::is_forbidden(source),
+                            _ => false,
+                        };
+                        if forbidden {
+                            info!(node = %name, error = %crate::error_chain(&e),
+                                "may not watch this node; reading it every round instead (grant list and watch on nodes)");
+                            sender.send_replace(Watched::Forbidden);
+                            return;
+                        }
+                        warn!(node = %name, error = %crate::error_chain(&e),
+                            "watching this node failed; reading it until the watch is back");
+                        sender.send_replace(Watched::Unknown);
+                    }
+                }
+            }
+        });
+        NodeWatch {
+            seen,
+            task: task.abort_handle(),
+        }
+    }
+
+    /// The Node as the watch has it now; `None` when it does not know (read the Node then).
+    pub fn current(&self) -> Option<Node> {
+        match &*self.seen.borrow() {
+            Watched::Present(node) => Some((**node).clone()),
+            Watched::Unknown | Watched::Forbidden => None,
+        }
+    }
+
+    /// Waits until what the Node's annotations ask of the agent ([`controls::node_controls`])
+    /// changes from what the watch has now. Never returns once the watch stopped (forbidden).
+    pub async fn controls_changed(&self) {
+        let mut seen = self.seen.clone();
+        seen.mark_unchanged();
+        let before = controls_of(&seen.borrow());
+        loop {
+            if seen.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            let now = controls_of(&seen.borrow_and_update());
+            if now.is_some() && now != before {
+                return;
+            }
+        }
+    }
+}
+
+fn controls_of(watched: &Watched) -> Option<controls::NodeControls> {
+    match watched {
+        Watched::Present(node) => Some(controls::node_controls(node.metadata.annotations.as_ref())),
+        Watched::Unknown | Watched::Forbidden => None,
+    }
+}
