@@ -113,32 +113,37 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 if remove_taint {
                     self.remove_taint().await;
                 }
-                if self.entered.load(Ordering::Relaxed) {
-                    info!(node = %node, why = %why, "reboot required, but paused");
-                }
+                info!(node = %node, why = %why, "reboot required, but paused");
                 self.wait(Situation::Paused)
             }
             Action::BackOff(record) => {
-                if self.entered.load(Ordering::Relaxed) {
-                    info!(node = %node, count = record.count, until = %record.until,
-                        "reboot required, but holding back: the node loops through reboots");
-                }
+                info!(node = %node, count = record.count, until = %record.until,
+                    "reboot required, but holding back: the node loops through reboots");
                 self.wait(Situation::BackingOff { until: record.until })
             }
             Action::VerifyHealth { since, halted } => self.verify_health(since, halted, required).await,
             Action::HaltLifted => self.halt_lifted().await,
-            Action::RolloutHalted(_) | Action::FleetPaused(_) => {
-                if self.entered.load(Ordering::Relaxed) {
-                    info!(node = %node, "reboot required, but the rollout is halted or paused; waiting for the lock to change");
-                }
-                self.waiting.store(true, Ordering::Relaxed);
-                self.wait(Situation::LockTaken {
-                    seen,
-                    next_expiry: None,
-                    window_closes: self.window_closes(),
-                })
+            Action::RolloutHalted(holders) => {
+                info!(node = %node, halted = %super::publish::halted_detail(&holders),
+                    "reboot required; the rollout is halted, waiting for the lock to change");
+                self.until_lock_changes(seen)
+            }
+            Action::FleetPaused(why) => {
+                info!(node = %node, why = %why, "reboot required; the fleet is paused, waiting for the lock to change");
+                self.until_lock_changes(seen)
             }
         }
+    }
+
+    /// Nothing of the lock is ours to take until it changes (a halted rollout, a paused fleet);
+    /// nothing was written but our state, so the next round may reuse the Node.
+    fn until_lock_changes(&self, seen: LockSnapshot) -> Wait {
+        self.waiting.store(true, Ordering::Relaxed);
+        self.wait(Situation::LockTaken {
+            seen,
+            next_expiry: None,
+            window_closes: self.window_closes(),
+        })
     }
 
     async fn acquire_and_reboot(&self) -> Wait {

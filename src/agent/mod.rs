@@ -96,9 +96,6 @@ struct Agent<N, L> {
     reboot_loop: std::sync::Mutex<Option<RebootLoop>>,
     /// The warnings about the node's control annotations last logged, so each is logged once.
     control_warnings: std::sync::Mutex<Vec<String>>,
-    /// This round entered a new phase (its state was published): the waits that repeat every
-    /// round log only then.
-    entered: AtomicBool,
 }
 
 /// Runs the agent until `shutdown` turns true.
@@ -141,7 +138,6 @@ pub async fn run(
         node_watch: NodeWatch::start(client.clone(), &config.node_id),
         reboot_loop: std::sync::Mutex::new(None),
         control_warnings: std::sync::Mutex::new(Vec::new()),
-        entered: AtomicBool::new(false),
         node: OwnNode::new(client.clone(), config.node_id.clone()),
         lock: ObjectLock::new(client.clone(), &config.lock_object, config.lock.clone())
             .reusing_reads_for(LOCK_READ_REUSE)
@@ -406,11 +402,9 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             SentinelView::Failed(_) => None,
         };
         self.note_reboot_loop(&obs, now);
-        let entered = match publish::phase_of(&step) {
-            Some((phase, detail)) => self.publish(required, phase, detail).await,
-            None => false,
-        };
-        self.entered.store(entered, Ordering::Relaxed);
+        if let Some((phase, detail)) = publish::phase_of(&step) {
+            self.publish(required, phase, detail).await;
+        }
         self.execute(step, seen, required).await
     }
 }
