@@ -105,8 +105,9 @@ async fn a_sentinel_back_after_every_boot_backs_off_twice_as_long_each_time() {
     assert_eq!(
         counts,
         [1, 2],
-        "one back-off after each of the first two reboots, counted 1 then 2, each with one until: {seen:#?}\npublished: {:#?}",
-        observer.published(node)
+        "one back-off after each of the first two reboots, counted 1 then 2, each with one until: {seen:#?}\npublished: {:#?}\nagent log:\n{}",
+        observer.published(node),
+        sim.log_tail(60)
     );
     for back_off in &seen {
         assert!(
@@ -151,8 +152,9 @@ async fn a_back_off_survives_the_agent_killed_meanwhile() {
     let seen = back_offs(&observer, node);
     assert!(
         seen.len() == 1 && seen[0].count == 1,
-        "one back-off, whose until the restarted agent kept: {seen:#?}\npublished: {:#?}",
-        observer.published(node)
+        "one back-off, whose until the restarted agent kept: {seen:#?}\npublished: {:#?}\nagent log:\n{}",
+        observer.published(node),
+        sim.log_tail(60)
     );
     not_before(&sim, 1, &seen[0]);
 }
