@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use serde_json::json;
-use support::agents::Fleet;
+use support::agents::{Fleet, window_opening_soon};
 use support::objects::{create_deployment, create_pdb, create_pod};
 use support::observer::Observer;
 use support::simulated::{NodeOptions, SimulatedNode};
@@ -124,19 +124,7 @@ async fn pre_cordoned_and_blocked_nodes_and_a_budgeted_workload() {
 async fn a_closed_window_holds_the_rollout_until_it_opens() {
     let fleet = Fleet::new("rollout-window", 3).await;
     let observer = Observer::start(&fleet.scope, 1, &[]).await;
-    // A window that opens a little from now and lasts an hour. Windows are set in whole minutes:
-    // take the first minute boundary at least 20 s away, so that the window is surely still
-    // closed when the check below looks (8 s after the agents start).
-    let earliest = jiff::Timestamp::now().as_second() + 20;
-    let opens = jiff::Timestamp::from_second((earliest / 60 + 1) * 60)
-        .expect("a time")
-        .to_zoned_datetime(jiff::tz::TimeZone::UTC);
-    let start = format!("{:02}:{:02}", opens.hour(), opens.minute());
-    let closes = opens
-        .checked_add(jiff::SignedDuration::from_secs(3600))
-        .expect("a time");
-    let end = format!("{:02}:{:02}", closes.hour(), closes.minute());
-    let window = [format!("--start-time={start}"), format!("--end-time={end}")];
+    let (window, _) = window_opening_soon();
     let args: Vec<&str> = window.iter().map(String::as_str).collect();
     let sims = start_agents(&fleet, 1, &args);
 

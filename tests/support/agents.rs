@@ -169,3 +169,21 @@ impl Fleet {
             .start_with(&self.scope, &self.names[i], options, extra_args)
     }
 }
+
+/// A reboot window (`--start-time`/`--end-time`, UTC) that opens a little from now and lasts an
+/// hour, and when it opens. Windows are set in whole minutes: it opens at the first minute
+/// boundary at least 20 s away, so that it is surely still closed when a test looks a few seconds
+/// after starting its agents.
+pub fn window_opening_soon() -> (Vec<String>, jiff::Timestamp) {
+    let earliest = jiff::Timestamp::now().as_second() + 20;
+    let opens = jiff::Timestamp::from_second((earliest / 60 + 1) * 60).expect("a time");
+    let zoned = opens.to_zoned_datetime(jiff::tz::TimeZone::UTC);
+    let closes = zoned
+        .checked_add(jiff::SignedDuration::from_secs(3600))
+        .expect("a time");
+    let args = vec![
+        format!("--start-time={:02}:{:02}", zoned.hour(), zoned.minute()),
+        format!("--end-time={:02}:{:02}", closes.hour(), closes.minute()),
+    ];
+    (args, opens)
+}

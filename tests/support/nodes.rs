@@ -100,6 +100,11 @@ impl Scope {
             .unwrap_or_else(|e| panic!("{what} on {node}: {e}"));
     }
 
+    /// Annotation `key` of node `node` as the API server has it now; `None` when absent.
+    pub async fn node_annotation(&self, node: &str, key: &str) -> Option<String> {
+        self.node(node).await.metadata.annotations?.get(key).cloned()
+    }
+
     /// Sets label `key` to `value` on node `node` as an operator would, with `kubectl label`.
     pub async fn label_node(&self, node: &str, key: &str, value: &str) {
         let patch = serde_json::json!({ "metadata": { "labels": { key: value } } });

@@ -135,6 +135,50 @@ pub async fn create_daemonset(scope: &Scope, app: &str, template: Value) {
     .await;
 }
 
+/// The pod label with which a pod runs but never becomes Ready (testenv/kwok-stages.yaml): a
+/// workload that does not come back after a reboot.
+pub const NEVER_READY: &str = "kured.test/never-ready";
+
+/// A DaemonSet `app` whose one pod, on `node`, runs but never becomes Ready ([`NEVER_READY`]);
+/// returns once the pod runs there.
+pub async fn create_never_ready_daemonset(scope: &Scope, app: &str, node: &str) {
+    let mut template = pod_template(scope, app, Some(node), json!({}));
+    template["metadata"]["labels"][NEVER_READY] = json!("true");
+    create_daemonset(scope, app, template).await;
+    let pods = running_on(scope, &format!("app={app}"), &[node]).await;
+    assert!(
+        pods.iter().all(|p| !is_ready(p)),
+        "the pods of DaemonSet {app} are not Ready: {:?}",
+        pods.iter().map(|p| &p.status).collect::<Vec<_>>()
+    );
+}
+
+/// Takes the [`NEVER_READY`] label off the pods of app `app` and waits until they are Ready: the
+/// workload fixed.
+pub async fn make_ready(scope: &Scope, app: &str) {
+    let api = scope.api::<Pod>();
+    let selector = format!("app={app}");
+    let pods = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap_or_else(|e| panic!("listing the pods of {app}: {e}"));
+    for pod in &pods.items {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { NEVER_READY: null } } })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("taking label {NEVER_READY} off pod {name}: {e}"));
+    }
+    eventually(&format!("the pods of {app} to become Ready"), STARTUP, || async {
+        let list = api.list(&ListParams::default().labels(&selector)).await.ok()?;
+        (!list.items.is_empty() && list.items.iter().all(is_ready)).then_some(())
+    })
+    .await;
+}
+
 /// The DaemonSet `kured` in the scope's namespace, which carries the lock of the scope's agents.
 /// Its pods never run: the agents run under node-init instead. Returns once the DaemonSet
 /// controller has written the status of this generation, so that no write of its own changes

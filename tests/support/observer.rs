@@ -28,7 +28,7 @@ use super::nodes::{boot_id, unschedulable};
 use super::objects::is_ready;
 use super::scope::{SCOPE_LABEL, Scope};
 use super::simulated::SimulatedNode;
-use super::wait::eventually;
+use super::wait::{eventually, eventually_or};
 
 /// The lock annotation upstream kured and ours write.
 pub const LOCK_ANNOTATION: &str = "weave.works/kured-node-lock";
@@ -164,25 +164,45 @@ pub struct NodeState {
     pub rebooting: bool,
     /// The phase the node's agent published last ([`STATE_ANNOTATION`]); `None` before any.
     pub phase: Option<String>,
+    /// The whole state the node's agent published last; `None` before any.
+    pub published: Option<serde_json::Value>,
     /// The Node's labels.
     pub labels: BTreeMap<String, String>,
 }
 
 impl NodeState {
     fn of(node: &Node) -> NodeState {
-        let phase = node
-            .annotations()
-            .get(STATE_ANNOTATION)
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-            .and_then(|v| v["phase"].as_str().map(str::to_owned));
+        let published = published_state(node);
         NodeState {
             unschedulable: unschedulable(node),
             boot_id: boot_id(node),
             rebooting: node.labels().contains_key(REBOOTING_LABEL),
-            phase,
+            phase: published
+                .as_ref()
+                .and_then(|v| v["phase"].as_str().map(str::to_owned)),
+            published,
             labels: node.labels().clone(),
         }
     }
+}
+
+/// The state the node's agent published ([`STATE_ANNOTATION`]) as JSON; `None` when there is
+/// none or it is not JSON.
+pub fn published_state(node: &Node) -> Option<serde_json::Value> {
+    node.annotations()
+        .get(STATE_ANNOTATION)
+        .and_then(|s| serde_json::from_str(s).ok())
+}
+
+/// The entry of `node` in a lock annotation (either form, see [`lock_holders`]) as JSON; `None`
+/// when it holds no slot or the text is not JSON.
+pub fn lock_entry(text: &str, node: &str) -> Option<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let entries = match value.get("locks") {
+        Some(serde_json::Value::Array(locks)) => locks.clone(),
+        _ => vec![value],
+    };
+    entries.into_iter().find(|e| e["nodeID"] == node)
 }
 
 /// What the observer sees now.
@@ -210,6 +230,16 @@ impl Snapshot {
     /// Whether `node` holds a slot of the lock now.
     pub fn holds(&self, node: &str) -> bool {
         self.holders.iter().any(|h| h == node)
+    }
+
+    /// The phase `node`'s agent published last; `None` before any (or for a node not seen).
+    pub fn phase(&self, node: &str) -> Option<&str> {
+        self.nodes.get(node).and_then(|n| n.phase.as_deref())
+    }
+
+    /// Whether `node`'s agent published `phase` last.
+    pub fn in_phase(&self, node: &str, phase: &str) -> bool {
+        self.phase(node) == Some(phase)
     }
 
     fn describe(&self) -> String {
@@ -244,6 +274,10 @@ struct LockSnapshot {
     boot_ids: BTreeMap<String, Vec<String>>,
     /// node → every phase its agent published, in order (likewise).
     phases: BTreeMap<String, Vec<String>>,
+    /// node → every state its agent published, in order (likewise).
+    published: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Every text of the DaemonSet's lock annotation, in order (likewise; absent not counted).
+    locks: Vec<String>,
     /// Every node that held a slot of the lock.
     holders_seen: BTreeSet<String>,
     /// The holders in the DaemonSet's annotation, and in the Lease's.
@@ -342,6 +376,12 @@ impl LockSnapshot {
         if let Some(phase) = &state.phase {
             push(self.phases.entry(name.clone()).or_default(), phase);
         }
+        if let Some(published) = &state.published {
+            let history = self.published.entry(name.clone()).or_default();
+            if history.last() != Some(published) {
+                history.push(published.clone());
+            }
+        }
         self.now.nodes.insert(name, state);
     }
 
@@ -369,6 +409,11 @@ impl LockSnapshot {
                 Vec::new()
             }
         };
+        if let (Backend::DaemonSet, Some(text)) = (backend, &lock)
+            && self.locks.last() != Some(text)
+        {
+            self.locks.push(text.clone());
+        }
         match backend {
             Backend::DaemonSet => (self.daemonset_holders, self.now.lock) = (holders, lock),
             Backend::Lease => (self.lease_holders, self.now.lease_lock) = (holders, lock),
@@ -521,6 +566,16 @@ impl Observer {
         self.seen().phases.get(name).cloned().unwrap_or_default()
     }
 
+    /// Every state node `name`'s agent has published so far, in order.
+    pub fn published(&self, name: &str) -> Vec<serde_json::Value> {
+        self.seen().published.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Every text the DaemonSet's lock annotation has had so far, in order.
+    pub fn locks(&self) -> Vec<String> {
+        self.seen().locks.clone()
+    }
+
     /// Every node that has held a slot of the lock so far.
     pub fn holders_seen(&self) -> BTreeSet<String> {
         self.seen().holders_seen.clone()
@@ -557,6 +612,71 @@ impl Observer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// [`Observer::until`], failing with a report on `nodes` too: what each published last,
+    /// node-init's last events and the agent's last log lines.
+    pub async fn until_seen(
+        &self,
+        what: &str,
+        limit: Duration,
+        nodes: &[&SimulatedNode],
+        done: impl Fn(&Snapshot) -> bool,
+    ) -> Snapshot {
+        eventually_or(
+            limit,
+            || async {
+                let now = self.snapshot();
+                done(&now).then_some(now)
+            },
+            || {
+                format!(
+                    "timed out after {limit:?} waiting for {what}\n{}",
+                    self.report(nodes)
+                )
+            },
+        )
+        .await
+    }
+
+    /// Watches, for `span`, that `holds` stays true for what the observer sees; panics at the
+    /// first moment it does not, saying `what` should have held, with [`Observer::report`]. An
+    /// observation over a bounded time, for what must not happen while the test waits.
+    pub async fn stays(
+        &self,
+        what: &str,
+        span: Duration,
+        nodes: &[&SimulatedNode],
+        holds: impl Fn(&Snapshot) -> bool,
+    ) {
+        let end = tokio::time::Instant::now() + span;
+        while tokio::time::Instant::now() < end {
+            if !holds(&self.snapshot()) {
+                panic!("{what} no longer held\n{}", self.report(nodes));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What the observer sees now, and for each of `nodes` what its agent published last, its
+    /// reboots, node-init's last events and the agent's last log lines: for a failure message.
+    pub fn report(&self, nodes: &[&SimulatedNode]) -> String {
+        let now = self.snapshot();
+        let mut report = format!("seen now: {}", now.describe());
+        for sim in nodes {
+            let published = now.nodes.get(&sim.name).and_then(|n| n.published.clone());
+            report.push_str(&format!(
+                "\n--- {}: published {}; {} reboots, {} kills, {} agent starts; last node-init events:\n{}\nlast agent log lines:\n{}",
+                sim.name,
+                published.map_or("nothing".to_owned(), |p| p.to_string()),
+                sim.reboots(),
+                sim.kills(),
+                sim.agent_starts(),
+                sim.events_tail(10),
+                sim.log_tail(20)
+            ));
+        }
+        report
     }
 
     /// Waits, for at most `limit`, until everything has settled and stays so for a few seconds:

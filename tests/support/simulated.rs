@@ -38,6 +38,11 @@ pub struct NodeOptions {
     /// How long an agent stopped by [`SimulatedNode::terminate_agent`] has to exit on SIGTERM
     /// before it is killed.
     pub termination_grace: Duration,
+    /// Whether the node needs a reboot from the start: its sentinel file exists.
+    pub needs_reboot: bool,
+    /// After each of the first this many reboots the sentinel is back before the new agent
+    /// starts: a package or a sentinel command that asks for a reboot after every boot.
+    pub sentinel_returns: u32,
 }
 
 impl Default for NodeOptions {
@@ -48,6 +53,8 @@ impl Default for NodeOptions {
             boot_id_delay: Duration::ZERO,
             restart_delay: Duration::from_secs(1),
             termination_grace: Duration::from_secs(30),
+            needs_reboot: true,
+            sentinel_returns: 0,
         }
     }
 }
@@ -65,7 +72,8 @@ pub struct SimulatedNode {
     /// Arguments added to every agent started from now on, one a line
     /// ([`SimulatedNode::restart_agent_with`]).
     args_file: PathBuf,
-    /// The agent's sentinel file; it exists from the start, and a reboot removes it.
+    /// The agent's sentinel file; it exists from the start (unless [`NodeOptions::needs_reboot`]
+    /// says otherwise), and a reboot removes it.
     pub sentinel: PathBuf,
     /// The loopback port the agent serves `/metrics` on.
     pub metrics_port: u16,
@@ -103,7 +111,9 @@ impl SimulatedNode {
         let log = dir.path().join("agent.log");
         let boot_id_file = dir.path().join("boot_id");
         let args_file = dir.path().join("added-args");
-        std::fs::write(&sentinel, "").expect("creating the sentinel");
+        if options.needs_reboot {
+            std::fs::write(&sentinel, "").expect("creating the sentinel");
+        }
         let port = super::http::free_port();
         let admin = kubeconfig_path();
         let seconds = |d: Duration| d.as_secs().to_string();
@@ -138,6 +148,7 @@ impl SimulatedNode {
             .env("NODE_INIT_BOOT_ID_DELAY", seconds(options.boot_id_delay))
             .env("NODE_INIT_RESTART_DELAY", seconds(options.restart_delay))
             .env("NODE_INIT_TERMINATION_GRACE", seconds(options.termination_grace))
+            .env("NODE_INIT_SENTINEL_RETURNS", options.sentinel_returns.to_string())
             .stdin(Stdio::null())
             .spawn()
             .expect("starting unshare (needs root)");
@@ -176,6 +187,23 @@ impl SimulatedNode {
     /// while it is pending (`reboot_delay`) do not.
     pub fn reboot_requests(&self) -> usize {
         self.count("reboot-requested")
+    }
+
+    /// When each reboot was asked for ([`SimulatedNode::reboot_requests`]), as node-init's clock
+    /// read it on receiving the request.
+    pub fn reboot_request_times(&self) -> Vec<jiff::Timestamp> {
+        self.tagged("reboot-requested-at ")
+            .iter()
+            .map(|micros| {
+                micros
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|m| jiff::Timestamp::from_microsecond(m).ok())
+                    .unwrap_or_else(|| {
+                        panic!("node {}: node-init recorded a request at {micros:?}", self.name)
+                    })
+            })
+            .collect()
     }
 
     /// How many agents node-init has started: the first, one after each reboot, and one after
