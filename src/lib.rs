@@ -16,6 +16,7 @@ pub mod controls;
 pub mod decide;
 pub mod drain;
 pub mod duration;
+pub mod events;
 pub mod gate;
 pub mod host;
 pub mod http;

@@ -27,6 +27,8 @@ const PURE: &[&str] = &[
     "selector",
     "controls",
     "agent_state",
+    "events/reason",
+    "events/series",
 ];
 
 /// Crates and standard modules whose use means I/O (or a runtime) in a pure file. The Kubernetes
