@@ -13,6 +13,7 @@ use super::{Agent, LOCK_READ_REUSE, Wait};
 use crate::agent_state::{AgentState, Phase, STATE_ANNOTATION};
 use crate::controls;
 use crate::decide::{self, Action, AfterDrainFailure, Situation};
+use crate::events::Reason;
 use crate::kube_error;
 use crate::lock::{Acquire, Claim, LockSnapshot, RebootLock, Release};
 use crate::node::{self, Annotations, Cordon};
@@ -173,6 +174,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         match self.lock.acquire(&claim).await {
             // The lock logs the acquisition itself.
             Ok(Acquire::Acquired(_)) | Ok(Acquire::AlreadyHeld(_)) => {
+                self.events.step(Reason::LockAcquired);
                 self.drain_and_reboot(Some(node), claim.boot_id).await
             }
             Ok(Acquire::Blocked {
@@ -266,6 +268,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             }
         }
         let cordon = cordon.map(|(c, _)| c);
+        self.events.cordoned(&cordon);
         let (cordoned, by_kured, drained) = match cordon {
             Ok(c) => (
                 true,
@@ -273,12 +276,13 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 self.drainer
                     .drain_by(node_id, drain_deadline)
                     .await
-                    .map(drop)
+                    .map(|summary| self.events.drained(&summary))
                     .map_err(|e| crate::error_chain(&e)),
             ),
             Err(e) => (false, false, Err(crate::error_chain(&e))),
         };
         if let Err(e) = drained {
+            self.events.record(Reason::DrainFailed, e.clone());
             match decide::after_drain_failure(&self.policy, cordoned, by_kured) {
                 AfterDrainFailure::RebootAnyway => {
                     warn!(node = %node_id, error = %e, "drain failed; rebooting anyway (--force-reboot)");
@@ -313,6 +317,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         let rebooter = self.config.rebooter.describe();
         self.publish(Some(true), Phase::Rebooting, rebooter.clone()).await;
         info!(node = %node_id, rebooter = %rebooter, "rebooting");
+        self.events.rebooting(&rebooter).await;
         match self.reboot().await {
             // `reboot` returns only when the reboot did not happen (an error); were it ever to
             // return otherwise, the boot ID says at the next round whether it happened.
@@ -366,6 +371,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 error!(node = %node_id, error = %crate::error_chain(&e), "cannot uncordon; keeping the lock until it is done");
                 return self.wait(Situation::ApiError);
             }
+            self.events.step(Reason::Uncordoned);
         }
         if let Err(e) = self.node.set_labels(&self.config.post_reboot_node_labels).await {
             error!(node = %node_id, error = %crate::error_chain(&e), "setting post-reboot labels");
@@ -383,6 +389,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 return self.wait(Situation::ApiError);
             }
             info!(node = %node_id, "node given back and lock released");
+            self.events.step(Reason::LockReleased);
         } else {
             info!(node = %node_id, "node given back: kured's cordon outlived its lock entry");
         }
@@ -399,6 +406,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
     async fn finish_reboot(&self, required: Option<bool>, uncordon: bool) -> Wait {
         let node_id = &self.config.node_id;
         info!(node = %node_id, uncordon, "node rebooted; returning it to service");
+        self.events.step(Reason::Rebooted);
         if let Ok(mut p) = self.published.lock() {
             // The reboot is done: remember when, for `kured status`.
             // To the second, never ahead of the clock.
@@ -428,6 +436,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             }
             match self.node.uncordon_with(known.clone(), &with_state).await {
                 Ok(true) => {
+                    self.events.step(Reason::Uncordoned);
                     if let Some(state) = unpublished.take() {
                         self.published_as(state);
                     }
@@ -483,7 +492,10 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         match self.lock.release().await {
             // The lock logs the release and the delay itself. Look again at once, so that the
             // published state says "idle" (with the last reboot) right away.
-            Ok(Release::Released) => self.wait(Situation::LookAgain),
+            Ok(Release::Released) => {
+                self.events.step(Reason::LockReleased);
+                self.wait(Situation::LookAgain)
+            }
             Ok(Release::NotHeld) => self.wait(Situation::NotHolding),
             Ok(Release::NotBefore(at)) => self.wait(Situation::ReleaseDelay { until: at }),
             Err(e) => {

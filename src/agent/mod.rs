@@ -21,6 +21,7 @@ use crate::blockers::{Blocker, BlockerError, Blockers};
 use crate::config::Config;
 use crate::decide::{self, Action, LockView, Policy, SentinelView, Situation};
 use crate::drain::Drainer;
+use crate::events::Recorder;
 use crate::gate::HealthGate;
 use crate::lock::{LockError, LockSnapshot, ObjectLock, RebootLock, Slot};
 use crate::metrics::{self, Metrics, MetricsError};
@@ -96,6 +97,8 @@ struct Agent<N, L> {
     reboot_loop: std::sync::Mutex<Option<RebootLoop>>,
     /// The warnings about the node's control annotations last logged, so each is logged once.
     control_warnings: std::sync::Mutex<Vec<String>>,
+    /// The Events on our Node, one for every step.
+    events: Recorder,
 }
 
 /// Runs the agent until `shutdown` turns true.
@@ -138,6 +141,7 @@ pub async fn run(
         node_watch: NodeWatch::start(client.clone(), &config.node_id),
         reboot_loop: std::sync::Mutex::new(None),
         control_warnings: std::sync::Mutex::new(Vec::new()),
+        events: Recorder::start(client.clone(), &config.node_id),
         node: OwnNode::new(client.clone(), config.node_id.clone()),
         lock: ObjectLock::new(client.clone(), &config.lock_object, config.lock.clone())
             .reusing_reads_for(LOCK_READ_REUSE)
@@ -402,6 +406,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             SentinelView::Failed(_) => None,
         };
         self.note_reboot_loop(&obs, now);
+        self.events.round(required, &step);
         if let Some((phase, detail)) = publish::phase_of(&step) {
             self.publish(required, phase, detail).await;
         }

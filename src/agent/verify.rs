@@ -18,6 +18,7 @@ use super::{Agent, Wait};
 use crate::agent_state::Phase;
 use crate::controls;
 use crate::decide::Situation;
+use crate::events::Reason;
 use crate::gate::{self, Verdict};
 use crate::lock::{Gate, RebootLock};
 use crate::notify::{Event, Notifier};
@@ -127,6 +128,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         error!(node = %node, reason = %reason,
             "post-reboot health gate timed out; the rollout is halted here (resume: kubectl annotate node {node} {}-)",
             controls::HALTED_ANNOTATION);
+        self.events.record(Reason::Halted, reason.clone());
         self.notifier
             .notify(Event::Halted, &format!("Rollout halted at node {node}: {reason}"))
             .await;
@@ -143,6 +145,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             error!(node = %node, error = %crate::error_chain(&e), "releasing the lock");
             return self.wait(Situation::ApiError);
         }
+        self.events.step(Reason::LockReleased);
         self.metrics.set_halted(false);
         if let Some(gate) = &self.gate {
             gate.reset();
