@@ -271,6 +271,7 @@ async fn the_api_server_accepts_the_manifests_as_specified() {
                 rule(&[""], &["pods"], &[], &["get", "list", "watch"]),
                 rule(&[""], &["pods/eviction"], &[], &["create"]),
                 rule(&["apps"], &["daemonsets"], &[], &["get"]),
+                rule(&["events.k8s.io"], &["events"], &[], &["create", "patch"]),
             ],
             "{}",
             manifest.path
