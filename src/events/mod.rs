@@ -146,7 +146,7 @@ impl Recorder {
         self.record(
             Reason::Drained,
             format!(
-                "{} pods evicted, {} left on the node, in {:.1} s",
+                "pods evicted: {}, left on the node: {}, in {:.1} s",
                 summary.evicted.len(),
                 summary.skipped.len(),
                 summary.elapsed.as_secs_f64()

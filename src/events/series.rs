@@ -151,77 +151,49 @@ mod tests {
         }
     }
 
-    /// One occurrence after another, each (reason, note, second) with the write expected; a
-    /// `Create` is followed by the creation of Event `n1.1`.
-    fn run(steps: &[(&str, &str, i64, Write)]) {
-        let mut series = Series::default();
-        for (i, (reason, note, second, expected)) in steps.iter().enumerate() {
-            let write = series.observe(reason, note, at(*second));
-            assert_eq!(&write, expected, "step {i}: {reason} {note:?} at {second} s");
-            if write == Write::Create {
-                series.created(reason, note, "n1.1", at(*second));
+    /// One occurrence after another: (reason, note, second, the write expected). A `Create` is
+    /// followed by the creation of Event `n1.1`.
+    type Steps = &'static [(&'static str, &'static str, i64, fn() -> Write)];
+
+    fn create() -> Write {
+        Write::Create
+    }
+
+    fn held() -> Write {
+        Write::Held
+    }
+
+    #[test]
+    fn occurrences_are_created_counted_and_patched_as_the_series_api_intends() {
+        const W: &str = "WaitingForLock";
+        #[rustfmt::skip]
+        let cases: &[(&str, Steps)] = &[
+            ("the first occurrence is a new Event", &[(W, "n2", 0, create)]),
+            ("repeats within a minute of the last write are held",
+             &[(W, "n2", 0, create), (W, "n2", 10, held), (W, "n2", 59, held)]),
+            ("a repeat a minute after the last write patches the series with every count",
+             &[(W, "n2", 0, create), (W, "n2", 30, held), (W, "n2", 60, || patch(3, 60)),
+               (W, "n2", 90, held), (W, "n2", 120, || patch(5, 120))]),
+            ("a repeat within half an hour of the last occurrence continues the series",
+             &[("Blocked", "alert", 0, create), ("Blocked", "alert", 29 * 60, || patch(2, 29 * 60)),
+               ("Blocked", "alert", 58 * 60, || patch(3, 58 * 60))]),
+            ("a repeat half an hour after the last occurrence is a new Event",
+             &[("Blocked", "alert", 0, create), ("Blocked", "alert", 30 * 60, create)]),
+            ("another note or reason is another series",
+             &[(W, "n2", 0, create), (W, "n3", 1, create), ("Blocked", "n2", 2, create)]),
+            ("a series interrupted by another reason goes on",
+             &[("Blocked", "alert", 0, create), (W, "n2", 100, create), ("Blocked", "alert", 200, || patch(2, 200))]),
+        ];
+        for (case, steps) in cases {
+            let mut series = Series::default();
+            for (i, (reason, note, second, expected)) in steps.iter().enumerate() {
+                let write = series.observe(reason, note, at(*second));
+                assert_eq!(write, expected(), "{case}: step {i}");
+                if write == Write::Create {
+                    series.created(reason, note, "n1.1", at(*second));
+                }
             }
         }
-    }
-
-    #[test]
-    fn the_first_occurrence_is_a_new_event() {
-        run(&[("WaitingForLock", "n2", 0, Write::Create)]);
-    }
-
-    #[test]
-    fn repeats_within_a_minute_of_the_last_write_are_held() {
-        run(&[
-            ("WaitingForLock", "n2", 0, Write::Create),
-            ("WaitingForLock", "n2", 10, Write::Held),
-            ("WaitingForLock", "n2", 59, Write::Held),
-        ]);
-    }
-
-    #[test]
-    fn a_repeat_a_minute_after_the_last_write_patches_the_series_with_every_count() {
-        run(&[
-            ("WaitingForLock", "n2", 0, Write::Create),
-            ("WaitingForLock", "n2", 30, Write::Held),
-            ("WaitingForLock", "n2", 60, patch(3, 60)),
-            ("WaitingForLock", "n2", 90, Write::Held),
-            ("WaitingForLock", "n2", 120, patch(5, 120)),
-        ]);
-    }
-
-    #[test]
-    fn a_repeat_within_half_an_hour_of_the_last_occurrence_continues_the_series() {
-        run(&[
-            ("Blocked", "alert", 0, Write::Create),
-            ("Blocked", "alert", 29 * 60, patch(2, 29 * 60)),
-            ("Blocked", "alert", 58 * 60, patch(3, 58 * 60)),
-        ]);
-    }
-
-    #[test]
-    fn a_repeat_half_an_hour_after_the_last_occurrence_is_a_new_event() {
-        run(&[
-            ("Blocked", "alert", 0, Write::Create),
-            ("Blocked", "alert", 30 * 60, Write::Create),
-        ]);
-    }
-
-    #[test]
-    fn another_note_or_reason_is_another_series() {
-        run(&[
-            ("WaitingForLock", "n2", 0, Write::Create),
-            ("WaitingForLock", "n3", 1, Write::Create),
-            ("Blocked", "n2", 2, Write::Create),
-        ]);
-    }
-
-    #[test]
-    fn a_series_interrupted_by_another_reason_goes_on() {
-        run(&[
-            ("Blocked", "alert", 0, Write::Create),
-            ("WaitingForLock", "n2", 100, Write::Create),
-            ("Blocked", "alert", 200, patch(2, 200)),
-        ]);
     }
 
     #[test]
