@@ -41,6 +41,11 @@ pub const NAMESPACE: &str = "default";
 /// does not answer, and the newest are dropped rather than the round held up.
 const QUEUE: usize = 64;
 
+/// How long Events are not written after RBAC refused one (as upstream's manifests, which lack
+/// the rule, do): without the pause a waiting agent would spend a refused request every round; a
+/// rule added later is used within this.
+const FORBIDDEN_PAUSE: jiff::SignedDuration = jiff::SignedDuration::from_secs(600);
+
 /// How long the last Event before a reboot may hold it up: the agent may not come back to write
 /// it, and a reboot held longer for an Event is worse than the Event missing.
 const FLUSH_LIMIT: Duration = Duration::from_secs(5);
@@ -72,6 +77,7 @@ impl Recorder {
             node: node.to_owned(),
             series: Series::default(),
             warned: BTreeSet::new(),
+            forbidden_until: None,
         };
         tokio::spawn(writer.run(receiver));
         Recorder {
@@ -162,6 +168,8 @@ struct Writer {
     series: Series,
     /// The kinds of failure logged so far.
     warned: BTreeSet<String>,
+    /// RBAC refused an Event: none is written until then ([`FORBIDDEN_PAUSE`]).
+    forbidden_until: Option<Timestamp>,
 }
 
 impl Writer {
@@ -183,6 +191,7 @@ impl Writer {
                 Some(Message::Flush(done)) => {
                     let _ = done.send(());
                 }
+                Some(Message::Occurred { at, .. }) if self.forbidden_until.is_some_and(|t| at < t) => {}
                 Some(Message::Occurred { reason, note, at }) => {
                     match self.series.observe(reason.as_str(), &note, at) {
                         Write::Create => self.create(reason, &note, at).await,
@@ -233,7 +242,12 @@ impl Writer {
         };
         match self.api.create(&PostParams::default(), &event).await {
             Ok(_) => self.series.created(reason.as_str(), note, &name, at),
-            Err(e) => self.failed("creating", reason.as_str(), &e),
+            Err(e) => {
+                if kube_error::is_forbidden(&e) {
+                    self.forbidden_until = at.checked_add(FORBIDDEN_PAUSE).ok();
+                }
+                self.failed("creating", reason.as_str(), &e);
+            }
         }
     }
 
@@ -287,5 +301,19 @@ async fn sleep_until(at: Option<Timestamp>) {
     match at {
         Some(at) => tokio::time::sleep(crate::decide::time_until(at, Timestamp::now())).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_written_to_the_microsecond() {
+        let at: Timestamp = "2026-12-06T21:30:49.123456789Z".parse().expect("a time");
+        assert_eq!(
+            serde_json::to_value(micro_time(at)).expect("serialized"),
+            "2026-12-06T21:30:49.123456Z"
+        );
     }
 }
