@@ -210,22 +210,7 @@ mod tests {
 
     #[test]
     fn every_phase_is_named_in_the_json_as_it_prints() {
-        let all = [
-            Phase::Idle,
-            Phase::SentinelError,
-            Phase::WaitingForWindow,
-            Phase::Blocked,
-            Phase::WaitingForLock,
-            Phase::LockUnreadable,
-            Phase::Draining,
-            Phase::Rebooting,
-            Phase::Recovering,
-            Phase::Releasing,
-            Phase::Paused,
-            Phase::Verifying,
-            Phase::Halted,
-            Phase::BackingOff,
-        ];
+        let all = Phase::ALL;
         for phase in all {
             let json = serde_json::to_string(&phase).unwrap();
             assert_eq!(json, format!("\"{phase}\""));

@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::agent_state::Phase;
 
@@ -151,6 +151,12 @@ fn reboot_histogram() -> Histogram {
     Histogram::new(REBOOT_BUCKETS)
 }
 
+/// Registers `metric` in `registry` as `name`, described by `help`, and returns it.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// The agent's metrics. Names and labels of upstream's metrics are kept as they are.
 #[derive(Debug)]
 pub struct Metrics {
@@ -175,121 +181,108 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(node: &str) -> Metrics {
-        let mut registry = Registry::default();
-        let reboot_required = Family::<NodeLabel, Gauge>::default();
-        registry.register(
-            "kured_reboot_required",
-            "OS requires reboot due to software updates",
-            reboot_required.clone(),
-        );
-        let sentinel_errors = Family::<NodeLabel, Counter>::default();
-        registry.register(
-            "kured_sentinel_errors",
-            "Reboot sentinel checks that failed (command error, unreadable file)",
-            sentinel_errors.clone(),
-        );
-        // Upstream's name exactly, without the `_total` OpenMetrics requires of a counter: so it is
-        // exposed as a gauge, one that only ever goes up.
-        let reboot_blocked = Family::<ReasonLabels, Gauge>::default();
-        registry.register(
-            "kured_reboot_blocked_reason",
-            "Times a needed reboot was found blocked, by blocker (prometheus_alert, blocker_pod)",
-            reboot_blocked.clone(),
-        );
-        let blocked_now = Family::<ReasonLabels, Gauge>::default();
-        registry.register(
-            "kured_reboot_blocked",
-            "1 while the needed reboot is held back by this blocker (prometheus_alert, blocker_pod), else 0",
-            blocked_now.clone(),
-        );
-        let notification_failures = NotificationFailures::default();
-        registry.register(
-            "kured_notifications_failed",
-            "Notifications that could not be delivered after their retries, by URL scheme",
-            notification_failures.0.clone(),
-        );
-        let lock_reclaimed = Family::<NodeLabel, Counter>::default();
-        registry.register(
-            "kured_lock_reclaimed",
-            "Lock entries of nodes that no longer exist, removed by this agent to free their slots",
-            lock_reclaimed.clone(),
-        );
-        let reboot_failures = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "kured_reboot_failures",
-            "Reboots that failed, by reason: failed (the request failed), timeout (the reboot command \
-             was killed at its time-out), no_effect (requested, but the node did not go down)",
-            reboot_failures.clone(),
-        );
-        let halted = Family::<NodeLabel, Gauge>::default();
-        registry.register(
-            "kured_post_reboot_halted",
-            "1 while the node's post-reboot health gate has timed out and the rollout is halted at it",
-            halted.clone(),
-        );
-        let phase = Family::<PhaseLabels, Gauge>::default();
-        registry.register(
-            "kured_phase",
-            "1 for the phase the agent is in, 0 for every other phase",
-            phase.clone(),
-        );
-        let lock_held = Family::<NodeLabel, Gauge>::default();
-        registry.register(
-            "kured_lock_held",
-            "1 while this node holds a slot of the reboot lock, else 0",
-            lock_held.clone(),
-        );
-        let lock_age = Family::<NodeLabel, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "kured_lock_age_seconds",
-            "Age of the oldest live holder's entry in the lock as this agent last read it, 0 when none",
-            lock_age.clone(),
-        );
-        let drain_duration = Histograms::new_with_constructor(drain_histogram);
-        registry.register(
-            "kured_drain_duration_seconds",
-            "Drains that succeeded, from the cordon to the last pod gone",
-            drain_duration.clone(),
-        );
-        let reboot_duration = Histograms::new_with_constructor(reboot_histogram);
-        registry.register(
-            "kured_reboot_duration_seconds",
-            "Reboot cycles, from the lock taken to the lock released",
-            reboot_duration.clone(),
-        );
-        let reboots = Family::<NodeLabel, Counter>::default();
-        registry.register(
-            "kured_reboots",
-            "Reboots requested by this agent that happened, counted when the node is back",
-            reboots.clone(),
-        );
-        let drain_failures = Family::<NodeLabel, Counter>::default();
-        registry.register(
-            "kured_drain_failures",
-            "Drains (or the cordons before them) that failed",
-            drain_failures.clone(),
-        );
-        registry.register_collector(Box::new(process::ProcessCollector::default()));
+        let mut r = Registry::default();
         let metrics = Metrics {
-            registry,
             node: NodeLabel {
                 node: node.to_owned(),
             },
-            reboot_required,
-            sentinel_errors,
-            reboot_blocked,
-            blocked_now,
-            notification_failures,
-            lock_reclaimed,
-            reboot_failures,
-            halted,
-            phase,
-            lock_held,
-            lock_age,
-            drain_duration,
-            reboot_duration,
-            reboots,
-            drain_failures,
+            reboot_required: registered(
+                &mut r,
+                "kured_reboot_required",
+                "OS requires reboot due to software updates",
+                Family::default(),
+            ),
+            sentinel_errors: registered(
+                &mut r,
+                "kured_sentinel_errors",
+                "Reboot sentinel checks that failed (command error, unreadable file)",
+                Family::default(),
+            ),
+            // Upstream's name exactly, without the `_total` OpenMetrics requires of a counter: so
+            // it is exposed as a gauge, one that only ever goes up.
+            reboot_blocked: registered(
+                &mut r,
+                "kured_reboot_blocked_reason",
+                "Times a needed reboot was found blocked, by blocker (prometheus_alert, blocker_pod)",
+                Family::default(),
+            ),
+            blocked_now: registered(
+                &mut r,
+                "kured_reboot_blocked",
+                "1 while the needed reboot is held back by this blocker (prometheus_alert, blocker_pod), else 0",
+                Family::default(),
+            ),
+            notification_failures: NotificationFailures(registered(
+                &mut r,
+                "kured_notifications_failed",
+                "Notifications that could not be delivered after their retries, by URL scheme",
+                Family::default(),
+            )),
+            lock_reclaimed: registered(
+                &mut r,
+                "kured_lock_reclaimed",
+                "Lock entries of nodes that no longer exist, removed by this agent to free their slots",
+                Family::default(),
+            ),
+            reboot_failures: registered(
+                &mut r,
+                "kured_reboot_failures",
+                "Reboots that failed, by reason: failed (the request failed), timeout (the reboot command \
+                 was killed at its time-out), no_effect (requested, but the node did not go down)",
+                Family::default(),
+            ),
+            halted: registered(
+                &mut r,
+                "kured_post_reboot_halted",
+                "1 while the node's post-reboot health gate has timed out and the rollout is halted at it",
+                Family::default(),
+            ),
+            phase: registered(
+                &mut r,
+                "kured_phase",
+                "1 for the phase the agent is in, 0 for every other phase",
+                Family::default(),
+            ),
+            lock_held: registered(
+                &mut r,
+                "kured_lock_held",
+                "1 while this node holds a slot of the reboot lock, else 0",
+                Family::default(),
+            ),
+            lock_age: registered(
+                &mut r,
+                "kured_lock_age_seconds",
+                "Age of the oldest live holder's entry in the lock as this agent last read it, 0 when none",
+                Family::default(),
+            ),
+            drain_duration: registered(
+                &mut r,
+                "kured_drain_duration_seconds",
+                "Drains that succeeded, from the cordon to the last pod gone",
+                Histograms::new_with_constructor(drain_histogram),
+            ),
+            reboot_duration: registered(
+                &mut r,
+                "kured_reboot_duration_seconds",
+                "Reboot cycles, from the lock taken to the lock released",
+                Histograms::new_with_constructor(reboot_histogram),
+            ),
+            reboots: registered(
+                &mut r,
+                "kured_reboots",
+                "Reboots requested by this agent that happened, counted when the node is back",
+                Family::default(),
+            ),
+            drain_failures: registered(
+                &mut r,
+                "kured_drain_failures",
+                "Drains (or the cordons before them) that failed",
+                Family::default(),
+            ),
+            registry: {
+                r.register_collector(Box::new(process::ProcessCollector::default()));
+                r
+            },
         };
         // Present from the start, so a dashboard sees 0 (or an empty histogram) rather than no data.
         let node = &metrics.node;
@@ -781,15 +774,15 @@ mod tests {
     fn the_lock_and_the_cycle_are_shown_from_zero() {
         let m = Metrics::new("node-a");
         let text = m.encode(Format::Prometheus);
-        for series in [
-            "kured_lock_held{node=\"node-a\"}",
-            "kured_lock_age_seconds{node=\"node-a\"}",
-            "kured_reboots_total{node=\"node-a\"}",
-            "kured_drain_failures_total{node=\"node-a\"}",
-            "kured_drain_duration_seconds_count{node=\"node-a\"}",
-            "kured_reboot_duration_seconds_count{node=\"node-a\"}",
-        ] {
-            assert_eq!(sample(&text, series), Some(0.0), "{series} in:\n{text}");
+        let gauges = ["kured_lock_held", "kured_lock_age_seconds"];
+        let counters = ["kured_reboots_total", "kured_drain_failures_total"];
+        let histograms = [
+            "kured_drain_duration_seconds_count",
+            "kured_reboot_duration_seconds_count",
+        ];
+        for family in gauges.into_iter().chain(counters).chain(histograms) {
+            let series = format!("{family}{{node=\"node-a\"}}");
+            assert_eq!(sample(&text, &series), Some(0.0), "{series} in:\n{text}");
         }
         m.set_lock_held(true);
         m.set_lock_age(Duration::from_millis(90_500));
