@@ -12,15 +12,13 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use support::agents::Fleet;
 use support::cluster::repo;
-use support::objects::create_pod;
+use support::objects::{create_pod, delete_pod};
 use support::observer::Observer;
 use support::prometheus::Prometheus;
 use support::simulated::NodeOptions;
-use support::wait::eventually;
 
 const JOB: &str = "kured";
 
@@ -133,34 +131,16 @@ async fn every_query_of_the_dashboard_and_the_rules_returns_its_series_through_a
         r#"kured_reboot_blocked{{node="{}", reason="blocker_pod"}} == 1"#,
         names[0]
     );
-    eventually(
-        "Prometheus to see node 0 blocked by its pod",
-        Duration::from_secs(120),
-        || async {
-            let data = prometheus.api("query", &[("query", &blocked)]).await.ok()?;
-            (!data["result"].as_array()?.is_empty()).then_some(())
-        },
-    )
-    .await;
-    scope
-        .api::<Pod>()
-        .delete("long-job", &Default::default())
-        .await
-        .expect("deleting the blocking pod");
+    prometheus
+        .until_answered(&blocked, Duration::from_secs(120))
+        .await;
+    delete_pod(scope, "long-job").await;
     observer
         .assert_each_rebooted_once(&sims, Duration::from_secs(240))
         .await;
     // The last reboot counted, as Prometheus scraped it.
     let reboots = format!(r#"sum(max by (node) (kured_reboots_total{{job="{JOB}"}})) == 3"#);
-    eventually(
-        "Prometheus to count three reboots",
-        Duration::from_secs(60),
-        || async {
-            let data = prometheus.api("query", &[("query", &reboots)]).await.ok()?;
-            (!data["result"].as_array()?.is_empty()).then_some(())
-        },
-    )
-    .await;
+    prometheus.until_answered(&reboots, Duration::from_secs(60)).await;
     let end = jiff::Timestamp::now().as_second();
     let (start, end) = (start.to_string(), end.to_string());
     let range = |expr: &str| {

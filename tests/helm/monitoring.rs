@@ -81,25 +81,45 @@ fn the_dashboard_is_a_configmap_with_the_sidecars_label() {
     );
 }
 
-/// The rules of `spec`, by alert name.
-fn rule<'a>(spec: &'a Value, alert: &str) -> &'a Value {
+/// Every rule of `spec`'s groups.
+fn rules(spec: &Value) -> Vec<&Value> {
     spec["groups"]
         .as_array()
         .expect("groups")
         .iter()
         .flat_map(|g| g["rules"].as_array().expect("rules"))
+        .collect()
+}
+
+/// The rule of alert `alert` in `spec`.
+fn rule<'a>(spec: &'a Value, alert: &str) -> &'a Value {
+    rules(spec)
+        .into_iter()
         .find(|r| r["alert"] == alert)
         .unwrap_or_else(|| panic!("no alert {alert} in {spec}"))
 }
 
 fn exprs(spec: &Value) -> Vec<String> {
-    spec["groups"]
-        .as_array()
-        .expect("groups")
+    rules(spec)
         .iter()
-        .flat_map(|g| g["rules"].as_array().expect("rules"))
         .map(|r| r["expr"].as_str().expect("an expr").to_owned())
         .collect()
+}
+
+/// The PrometheusRule of release `release` with the rules enabled and `sets` (`key=value`).
+fn rule_object(helm: &Helm, release: &str, namespace: &str, sets: &[&str]) -> Value {
+    let mut args = vec![
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+        "--api-versions",
+        RULE_API,
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    helm.template(release, namespace, &args)
+        .raw("PrometheusRule")
+        .clone()
 }
 
 #[test]
@@ -121,41 +141,23 @@ fn the_prometheusrule_has_the_shipped_rules_with_the_values_thresholds_and_job()
     let shipped = yaml_file(RULES);
 
     // Default values, release kured: the shipped rules exactly.
-    let chart = helm.template(
-        "kured",
-        "kube-system",
-        &[
-            "--set",
-            "metrics.prometheusRule.enabled=true",
-            "--api-versions",
-            RULE_API,
-        ],
-    );
-    let object = chart.raw("PrometheusRule");
+    let object = rule_object(&helm, "kured", "kube-system", &[]);
     assert_eq!(object["metadata"]["name"], "kured");
     assert_eq!(object["metadata"]["namespace"], "kube-system");
     assert_eq!(object["spec"], shipped["spec"], "the rules of {RULES}");
 
     // Thresholds, job, namespace and labels of one's own.
-    let own = helm.template(
+    let object = rule_object(
+        &helm,
         "fleet",
         "ops",
         &[
-            "--set",
-            "metrics.prometheusRule.enabled=true",
-            "--set",
             "metrics.prometheusRule.rebootRequiredDays=3",
-            "--set",
             "metrics.prometheusRule.lockHeldHours=2",
-            "--set",
             "metrics.prometheusRule.namespace=monitoring",
-            "--set",
             "metrics.prometheusRule.labels.release=prometheus",
-            "--api-versions",
-            RULE_API,
         ],
     );
-    let object = own.raw("PrometheusRule");
     assert_eq!(object["metadata"]["name"], "fleet-kured");
     assert_eq!(object["metadata"]["namespace"], "monitoring");
     assert_eq!(object["metadata"]["labels"]["release"], "prometheus");
@@ -190,19 +192,8 @@ fn the_prometheusrule_has_the_shipped_rules_with_the_values_thresholds_and_job()
         ("service.name=kured-metrics", "kured-metrics"),
         ("metrics.prometheusRule.job=node-agents", "node-agents"),
     ] {
-        let chart = helm.template(
-            "kured",
-            "kube-system",
-            &[
-                "--set",
-                "metrics.prometheusRule.enabled=true",
-                "--set",
-                set,
-                "--api-versions",
-                RULE_API,
-            ],
-        );
-        for expr in exprs(&chart.raw("PrometheusRule")["spec"]) {
+        let object = rule_object(&helm, "kured", "kube-system", &[set]);
+        for expr in exprs(&object["spec"]) {
             assert!(expr.contains(&format!("job=\"{job}\"")), "{set}: {expr}");
         }
     }

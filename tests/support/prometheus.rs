@@ -17,6 +17,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
 use super::http::{free_port, get};
+use super::wait::eventually;
 
 pub const PROMETHEUS: &str = "/usr/bin/prometheus";
 
@@ -189,6 +190,16 @@ impl Prometheus {
             return Err(format!("/api/v1/{endpoint} {params:?} answered {status}: {body}"));
         }
         Ok(answer["data"].clone())
+    }
+
+    /// Waits until instant query `expr` returns a series (for a comparison: until it holds);
+    /// fails naming the query after `limit`.
+    pub async fn until_answered(&self, expr: &str, limit: Duration) {
+        eventually(&format!("Prometheus to answer {expr}"), limit, || async {
+            let data = self.api("query", &[("query", expr)]).await.ok()?;
+            (!data["result"].as_array()?.is_empty()).then_some(())
+        })
+        .await;
     }
 
     pub fn log(&self) -> String {
