@@ -172,7 +172,8 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         };
         match self.lock.acquire(&claim).await {
             // The lock logs the acquisition itself.
-            Ok(Acquire::Acquired(_)) | Ok(Acquire::AlreadyHeld(_)) => {
+            Ok(Acquire::Acquired(entry)) | Ok(Acquire::AlreadyHeld(entry)) => {
+                self.note_lock_entry(Some(&entry));
                 self.drain_and_reboot(Some(node), claim.boot_id).await
             }
             Ok(Acquire::Blocked {
@@ -278,6 +279,10 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             ),
             Err(e) => (false, false, Err(crate::error_chain(&e))),
         };
+        match &drained {
+            Ok(()) => self.metrics.observe_drain(started.elapsed()),
+            Err(_) => self.metrics.count_drain_failure(),
+        }
         if let Err(e) = drained {
             match decide::after_drain_failure(&self.policy, cordoned, by_kured) {
                 AfterDrainFailure::RebootAnyway => {
@@ -382,6 +387,8 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 error!(node = %node_id, error = %crate::error_chain(&e), "releasing the lock");
                 return self.wait(Situation::ApiError);
             }
+            // No reboot: not a reboot cycle.
+            self.note_lock_entry(None);
             info!(node = %node_id, "node given back and lock released");
         } else {
             info!(node = %node_id, "node given back: kured's cordon outlived its lock entry");
@@ -399,6 +406,9 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
     async fn finish_reboot(&self, required: Option<bool>, uncordon: bool) -> Wait {
         let node_id = &self.config.node_id;
         info!(node = %node_id, uncordon, "node rebooted; returning it to service");
+        if !self.reboot_counted.swap(true, Ordering::Relaxed) {
+            self.metrics.count_reboot();
+        }
         if let Ok(mut p) = self.published.lock() {
             // The reboot is done: remember when, for `kured status`.
             // To the second, never ahead of the clock.
@@ -483,8 +493,20 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         match self.lock.release().await {
             // The lock logs the release and the delay itself. Look again at once, so that the
             // published state says "idle" (with the last reboot) right away.
-            Ok(Release::Released) => self.wait(Situation::LookAgain),
-            Ok(Release::NotHeld) => self.wait(Situation::NotHolding),
+            Ok(Release::Released) => {
+                let taken = self.lock_taken.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(at) = taken {
+                    // From the entry's `created` until now; zero if that is ahead of our clock.
+                    self.metrics
+                        .observe_reboot_cycle(decide::time_until(Timestamp::now(), at));
+                }
+                self.note_lock_entry(None);
+                self.wait(Situation::LookAgain)
+            }
+            Ok(Release::NotHeld) => {
+                self.note_lock_entry(None);
+                self.wait(Situation::NotHolding)
+            }
             Ok(Release::NotBefore(at)) => self.wait(Situation::ReleaseDelay { until: at }),
             Err(e) => {
                 error!(node = %node_id, error = %crate::error_chain(&e), "releasing the lock");
