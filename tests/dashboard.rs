@@ -48,7 +48,11 @@ fn dashboard_queries() -> Vec<Query> {
             }
             assert!(!expr.contains('$'), "a variable the test does not know in {expr}");
             queries.push(Query {
-                source: format!("panel {:?} target {}", panel["title"], target["refId"]),
+                source: format!(
+                    "panel {:?} query {}",
+                    panel["title"].as_str().unwrap_or_default(),
+                    target["refId"].as_str().unwrap_or_default()
+                ),
                 expr,
             });
         }
@@ -71,7 +75,7 @@ fn rule_queries(groups: &Value) -> Vec<Query> {
         .iter()
         .flat_map(|g| g["rules"].as_array().expect("rules"))
         .map(|r| Query {
-            source: format!("alert {}", r["alert"]),
+            source: format!("alert {}", r["alert"].as_str().unwrap_or_default()),
             expr: r["expr"].as_str().expect("a rule's expr").to_owned(),
         })
         .collect()
@@ -240,9 +244,8 @@ async fn every_query_of_the_dashboard_and_the_rules_returns_its_series_through_a
 
     assert!(
         failures.is_empty(),
-        "{} of the dashboard's and the rules' queries failed:\n{}\nPrometheus's log:\n{}",
+        "{} of the dashboard's and the rules' queries failed:\n{}",
         failures.len(),
-        failures.join("\n"),
-        prometheus.log()
+        failures.join("\n")
     );
 }

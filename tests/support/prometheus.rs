@@ -137,15 +137,22 @@ impl Prometheus {
         }
     }
 
-    /// True once the setup's ready query answers as it should; false if Prometheus exited (a
-    /// port taken).
+    /// True once the setup's ready query answers as it should; false if Prometheus exited because
+    /// its port was taken.
     async fn wait_ready(&mut self, setup: &Setup<'_>) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let addr = (Ipv4Addr::LOCALHOST, self.url.port().expect("a port"));
         let path = self.path("query", &[("query", setup.ready_query)]);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                eprintln!("Prometheus exited with {status}:\n{}", self.log());
+                let log = self.log();
+                // Only a port taken meanwhile is worth another try; a configuration or a rule
+                // file it refuses is the test's to fix.
+                assert!(
+                    log.contains("address already in use"),
+                    "Prometheus exited with {status}; its log:\n{log}"
+                );
+                eprintln!("Prometheus exited with {status}, its port taken:\n{log}");
                 return false;
             }
             if let Ok((200, body)) = get(addr, &path, Duration::from_secs(5)).await
