@@ -43,6 +43,24 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order of the enum: the states of `kured_phase`.
+    pub const ALL: [Phase; 14] = [
+        Phase::Idle,
+        Phase::SentinelError,
+        Phase::WaitingForWindow,
+        Phase::Blocked,
+        Phase::WaitingForLock,
+        Phase::LockUnreadable,
+        Phase::Draining,
+        Phase::Rebooting,
+        Phase::Recovering,
+        Phase::Releasing,
+        Phase::Paused,
+        Phase::Verifying,
+        Phase::Halted,
+        Phase::BackingOff,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Idle => "idle",
@@ -122,6 +140,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn all_lists_every_phase_once() {
+        // A phase missing from ALL would fail this match's exhaustiveness where it is added.
+        let position = |phase: Phase| match phase {
+            Phase::Idle => 0,
+            Phase::SentinelError => 1,
+            Phase::WaitingForWindow => 2,
+            Phase::Blocked => 3,
+            Phase::WaitingForLock => 4,
+            Phase::LockUnreadable => 5,
+            Phase::Draining => 6,
+            Phase::Rebooting => 7,
+            Phase::Recovering => 8,
+            Phase::Releasing => 9,
+            Phase::Paused => 10,
+            Phase::Verifying => 11,
+            Phase::Halted => 12,
+            Phase::BackingOff => 13,
+        };
+        for (i, phase) in Phase::ALL.into_iter().enumerate() {
+            assert_eq!(position(phase), i, "{phase} at {i} in Phase::ALL");
+        }
+    }
+
+    #[test]
     fn state_round_trips_in_a_stable_shape() {
         let s = AgentState {
             reboot_required: Some(true),
@@ -168,22 +210,7 @@ mod tests {
 
     #[test]
     fn every_phase_is_named_in_the_json_as_it_prints() {
-        let all = [
-            Phase::Idle,
-            Phase::SentinelError,
-            Phase::WaitingForWindow,
-            Phase::Blocked,
-            Phase::WaitingForLock,
-            Phase::LockUnreadable,
-            Phase::Draining,
-            Phase::Rebooting,
-            Phase::Recovering,
-            Phase::Releasing,
-            Phase::Paused,
-            Phase::Verifying,
-            Phase::Halted,
-            Phase::BackingOff,
-        ];
+        let all = Phase::ALL;
         for phase in all {
             let json = serde_json::to_string(&phase).unwrap();
             assert_eq!(json, format!("\"{phase}\""));

@@ -2,21 +2,77 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
-use tokio::time::Instant;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::agent_state::Phase;
+
+mod liveness;
+mod process;
+
+pub use liveness::{GRACE, Liveness, PhaseLimits, ROUND_LIMIT};
+pub use process::{ProcessError, ProcessStats};
+
+/// The buckets of `kured_drain_duration_seconds`, in seconds: from a node without pods to
+/// evict to a drain that waits an hour on a disruption budget.
+const DRAIN_BUCKETS: [f64; 10] = [5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0];
+
+/// The buckets of `kured_reboot_duration_seconds`, in seconds: a whole cycle, drain, reboot,
+/// return to service and release delay included.
+const REBOOT_BUCKETS: [f64; 9] = [60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0];
+
+/// The text formats `/metrics` answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4: what a scraper gets unless it asks for OpenMetrics.
+    Prometheus,
+    /// OpenMetrics 1.0.0 text, for a request that accepts `application/openmetrics-text`.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format a request with these `Accept` header values asks for: OpenMetrics when one of
+    /// them names `application/openmetrics-text` with a quality above 0, else Prometheus.
+    pub fn negotiate<'a>(accept: impl IntoIterator<Item = &'a str>) -> Format {
+        let openmetrics = accept
+            .into_iter()
+            .flat_map(|value| value.split(','))
+            .any(|range| {
+                let mut parts = range.split(';').map(str::trim);
+                let media = parts.next().unwrap_or_default();
+                let refused = parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.parse::<f64>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+            });
+        if openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -39,23 +95,23 @@ struct NodeLabel {
     node: String,
 }
 
+/// The labels of the families that count by a reason: the blockers, the reboot failures.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BlockedLabels {
+struct ReasonLabels {
     node: String,
     reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FailureLabels {
+struct PhaseLabels {
     node: String,
-    reason: String,
+    phase: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SchemeLabel {
     scheme: String,
 }
-
 /// `kured_notifications_failed_total{scheme}`: notifications given up on after their retries.
 /// A cheap handle: clones count into the same counters, so the notifier counts into the family
 /// that its [`Metrics`] registry exposes ([`Metrics::notification_failures`]).
@@ -84,6 +140,23 @@ fn scheme_label(scheme: &str) -> SchemeLabel {
     }
 }
 
+/// A histogram family of one node; its buckets come from the constructor.
+type Histograms = Family<NodeLabel, Histogram, fn() -> Histogram>;
+
+fn drain_histogram() -> Histogram {
+    Histogram::new(DRAIN_BUCKETS)
+}
+
+fn reboot_histogram() -> Histogram {
+    Histogram::new(REBOOT_BUCKETS)
+}
+
+/// Registers `metric` in `registry` as `name`, described by `help`, and returns it.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// The agent's metrics. Names and labels of upstream's metrics are kept as they are.
 #[derive(Debug)]
 pub struct Metrics {
@@ -91,84 +164,149 @@ pub struct Metrics {
     node: NodeLabel,
     reboot_required: Family<NodeLabel, Gauge>,
     sentinel_errors: Family<NodeLabel, Counter>,
-    reboot_blocked: Family<BlockedLabels, Gauge>,
+    reboot_blocked: Family<ReasonLabels, Gauge>,
+    blocked_now: Family<ReasonLabels, Gauge>,
     notification_failures: NotificationFailures,
     lock_reclaimed: Family<NodeLabel, Counter>,
-    reboot_failures: Family<FailureLabels, Counter>,
+    reboot_failures: Family<ReasonLabels, Counter>,
     halted: Family<NodeLabel, Gauge>,
+    phase: Family<PhaseLabels, Gauge>,
+    lock_held: Family<NodeLabel, Gauge>,
+    lock_age: Family<NodeLabel, Gauge<f64, AtomicU64>>,
+    drain_duration: Histograms,
+    reboot_duration: Histograms,
+    reboots: Family<NodeLabel, Counter>,
+    drain_failures: Family<NodeLabel, Counter>,
 }
 
 impl Metrics {
     pub fn new(node: &str) -> Metrics {
-        let mut registry = Registry::default();
-        let reboot_required = Family::<NodeLabel, Gauge>::default();
-        registry.register(
-            "kured_reboot_required",
-            "OS requires reboot due to software updates",
-            reboot_required.clone(),
-        );
-        let sentinel_errors = Family::<NodeLabel, Counter>::default();
-        registry.register(
-            "kured_sentinel_errors",
-            "Reboot sentinel checks that failed (command error, unreadable file)",
-            sentinel_errors.clone(),
-        );
-        // Upstream's name exactly, without the `_total` OpenMetrics requires of a counter: so it is
-        // exposed as a gauge, one that only ever goes up.
-        let reboot_blocked = Family::<BlockedLabels, Gauge>::default();
-        registry.register(
-            "kured_reboot_blocked_reason",
-            "Times a needed reboot was found blocked, by blocker (prometheus_alert, blocker_pod)",
-            reboot_blocked.clone(),
-        );
-        let notification_failures = NotificationFailures::default();
-        registry.register(
-            "kured_notifications_failed",
-            "Notifications that could not be delivered after their retries, by URL scheme",
-            notification_failures.0.clone(),
-        );
-        let lock_reclaimed = Family::<NodeLabel, Counter>::default();
-        registry.register(
-            "kured_lock_reclaimed",
-            "Lock entries of nodes that no longer exist, removed by this agent to free their slots",
-            lock_reclaimed.clone(),
-        );
-        let reboot_failures = Family::<FailureLabels, Counter>::default();
-        registry.register(
-            "kured_reboot_failures",
-            "Reboots that failed, by reason: failed (the request failed), timeout (the reboot command \
-             was killed at its time-out), no_effect (requested, but the node did not go down)",
-            reboot_failures.clone(),
-        );
-        let halted = Family::<NodeLabel, Gauge>::default();
-        registry.register(
-            "kured_post_reboot_halted",
-            "1 while the node's post-reboot health gate has timed out and the rollout is halted at it",
-            halted.clone(),
-        );
-        let node = NodeLabel {
-            node: node.to_owned(),
+        let mut r = Registry::default();
+        let metrics = Metrics {
+            node: NodeLabel {
+                node: node.to_owned(),
+            },
+            reboot_required: registered(
+                &mut r,
+                "kured_reboot_required",
+                "OS requires reboot due to software updates",
+                Family::default(),
+            ),
+            sentinel_errors: registered(
+                &mut r,
+                "kured_sentinel_errors",
+                "Reboot sentinel checks that failed (command error, unreadable file)",
+                Family::default(),
+            ),
+            // Upstream's name exactly, without the `_total` OpenMetrics requires of a counter: so
+            // it is exposed as a gauge, one that only ever goes up.
+            reboot_blocked: registered(
+                &mut r,
+                "kured_reboot_blocked_reason",
+                "Times a needed reboot was found blocked, by blocker (prometheus_alert, blocker_pod)",
+                Family::default(),
+            ),
+            blocked_now: registered(
+                &mut r,
+                "kured_reboot_blocked",
+                "1 while the needed reboot is held back by this blocker (prometheus_alert, blocker_pod), else 0",
+                Family::default(),
+            ),
+            notification_failures: NotificationFailures(registered(
+                &mut r,
+                "kured_notifications_failed",
+                "Notifications that could not be delivered after their retries, by URL scheme",
+                Family::default(),
+            )),
+            lock_reclaimed: registered(
+                &mut r,
+                "kured_lock_reclaimed",
+                "Lock entries of nodes that no longer exist, removed by this agent to free their slots",
+                Family::default(),
+            ),
+            reboot_failures: registered(
+                &mut r,
+                "kured_reboot_failures",
+                "Reboots that failed, by reason: failed (the request failed), timeout (the reboot command \
+                 was killed at its time-out), no_effect (requested, but the node did not go down)",
+                Family::default(),
+            ),
+            halted: registered(
+                &mut r,
+                "kured_post_reboot_halted",
+                "1 while the node's post-reboot health gate has timed out and the rollout is halted at it",
+                Family::default(),
+            ),
+            phase: registered(
+                &mut r,
+                "kured_phase",
+                "1 for the phase the agent is in, 0 for every other phase",
+                Family::default(),
+            ),
+            lock_held: registered(
+                &mut r,
+                "kured_lock_held",
+                "1 while this node holds a slot of the reboot lock, else 0",
+                Family::default(),
+            ),
+            lock_age: registered(
+                &mut r,
+                "kured_lock_age_seconds",
+                "Age of the oldest live holder's entry in the lock as this agent last read it, 0 when none",
+                Family::default(),
+            ),
+            drain_duration: registered(
+                &mut r,
+                "kured_drain_duration_seconds",
+                "Drains that succeeded, from the cordon to the last pod gone",
+                Histograms::new_with_constructor(drain_histogram),
+            ),
+            reboot_duration: registered(
+                &mut r,
+                "kured_reboot_duration_seconds",
+                "Reboot cycles, from the lock taken to the lock released",
+                Histograms::new_with_constructor(reboot_histogram),
+            ),
+            reboots: registered(
+                &mut r,
+                "kured_reboots",
+                "Reboots requested by this agent that happened, counted when the node is back",
+                Family::default(),
+            ),
+            drain_failures: registered(
+                &mut r,
+                "kured_drain_failures",
+                "Drains (or the cordons before them) that failed",
+                Family::default(),
+            ),
+            registry: {
+                r.register_collector(Box::new(process::ProcessCollector::default()));
+                r
+            },
         };
-        drop(halted.get_or_create(&node));
-        // Present from the start, so a dashboard sees 0 rather than no data.
-        drop(sentinel_errors.get_or_create(&node));
-        drop(lock_reclaimed.get_or_create(&node));
+        // Present from the start, so a dashboard sees 0 (or an empty histogram) rather than no data.
+        let node = &metrics.node;
+        drop(metrics.halted.get_or_create(node));
+        drop(metrics.sentinel_errors.get_or_create(node));
+        drop(metrics.lock_reclaimed.get_or_create(node));
+        drop(metrics.lock_held.get_or_create(node));
+        drop(metrics.lock_age.get_or_create(node));
+        drop(metrics.drain_duration.get_or_create(node));
+        drop(metrics.reboot_duration.get_or_create(node));
+        drop(metrics.reboots.get_or_create(node));
+        drop(metrics.drain_failures.get_or_create(node));
         for reason in crate::reboot::FAILURE_REASONS {
-            drop(reboot_failures.get_or_create(&FailureLabels {
-                node: node.node.clone(),
-                reason: reason.to_owned(),
-            }));
+            drop(metrics.reboot_failures.get_or_create(&metrics.reason(reason)));
         }
-        Metrics {
-            registry,
-            node,
-            reboot_required,
-            sentinel_errors,
-            reboot_blocked,
-            notification_failures,
-            lock_reclaimed,
-            reboot_failures,
-            halted,
+        metrics.set_blocked_now(&[]);
+        metrics.set_phase(Phase::Idle);
+        metrics
+    }
+
+    fn reason(&self, reason: &str) -> ReasonLabels {
+        ReasonLabels {
+            node: self.node.node.clone(),
+            reason: reason.to_owned(),
         }
     }
 
@@ -190,11 +328,62 @@ impl Metrics {
     /// Counts one check that found the reboot blocked by blocker `reason` (the blocker kind's
     /// upstream label, [`crate::blockers::BlockKind::metric_label`]).
     pub fn count_blocked(&self, reason: &str) {
-        let labels = BlockedLabels {
-            node: self.node.node.clone(),
-            reason: reason.to_owned(),
-        };
-        self.reboot_blocked.get_or_create(&labels).inc();
+        self.reboot_blocked.get_or_create(&self.reason(reason)).inc();
+    }
+
+    /// The blockers that hold the needed reboot back now, by their metric labels
+    /// ([`crate::blockers::METRIC_LABELS`]): each of them 1, every other 0.
+    pub fn set_blocked_now(&self, reasons: &[&str]) {
+        for reason in crate::blockers::METRIC_LABELS {
+            self.blocked_now
+                .get_or_create(&self.reason(reason))
+                .set(i64::from(reasons.contains(&reason)));
+        }
+    }
+
+    /// The phase the agent is in: 1 for it, 0 for every other.
+    pub fn set_phase(&self, now: Phase) {
+        for phase in Phase::ALL {
+            let labels = PhaseLabels {
+                node: self.node.node.clone(),
+                phase: phase.as_str().to_owned(),
+            };
+            self.phase.get_or_create(&labels).set(i64::from(phase == now));
+        }
+    }
+
+    /// Whether this node holds a slot of the lock.
+    pub fn set_lock_held(&self, held: bool) {
+        self.lock_held.get_or_create(&self.node).set(i64::from(held));
+    }
+
+    /// The age of the oldest live holder's entry in the lock as last read; zero when none.
+    pub fn set_lock_age(&self, age: Duration) {
+        self.lock_age.get_or_create(&self.node).set(age.as_secs_f64());
+    }
+
+    /// A drain that succeeded, from the cordon to the last pod gone.
+    pub fn observe_drain(&self, took: Duration) {
+        self.drain_duration
+            .get_or_create(&self.node)
+            .observe(took.as_secs_f64());
+    }
+
+    /// A reboot cycle, from the lock taken to the lock released.
+    pub fn observe_reboot_cycle(&self, took: Duration) {
+        self.reboot_duration
+            .get_or_create(&self.node)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts one reboot this agent asked for that happened: the node is back from it.
+    pub fn count_reboot(&self) {
+        self.reboots.get_or_create(&self.node).inc();
+    }
+
+    /// Counts one drain, or the cordon before it, that failed.
+    pub fn count_drain_failure(&self) {
+        self.drain_failures.get_or_create(&self.node).inc();
     }
 
     /// Counts one lock entry of a node that no longer exists, removed by this agent.
@@ -204,11 +393,7 @@ impl Metrics {
 
     /// Counts one failed reboot, by [`crate::reboot::RebootError::metric_reason`].
     pub fn count_reboot_failure(&self, reason: &str) {
-        let labels = FailureLabels {
-            node: self.node.node.clone(),
-            reason: reason.to_owned(),
-        };
-        self.reboot_failures.get_or_create(&labels).inc();
+        self.reboot_failures.get_or_create(&self.reason(reason)).inc();
     }
 
     /// A handle on the counters of `kured_notifications_failed_total`, for the notifier.
@@ -216,204 +401,21 @@ impl Metrics {
         self.notification_failures.clone()
     }
 
-    /// The registry in the OpenMetrics text format.
-    pub fn encode(&self) -> String {
+    /// The registry in `format`.
+    pub fn encode(&self, format: Format) -> String {
         let mut out = String::new();
+        let encoded = match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &self.registry),
+        };
         // Writing into a String cannot fail; an error here would be a bug in an encoder.
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            tracing::error!(error = %e, "encoding metrics");
+        if let Err(e) = encoded {
+            tracing::error!(error = %e, ?format, "encoding metrics");
         }
         out
     }
-}
-
-/// How far past its bound a pause between the agent's rounds, or a round, may run before
-/// `/healthz` calls the agent stuck: a metric refresh during a pause may run a sentinel command
-/// for up to a minute, and a busy node may be slow to schedule the agent.
-pub const GRACE: Duration = Duration::from_secs(120);
-
-/// The longest a round may take besides its drain and its reboot: a handful of API requests, each
-/// of which may wait out kube's 295 s read time-out when the API server stops answering, a
-/// sentinel command (60 s at most), blockers (10 s) and notifications (35 s each).
-pub const ROUND_LIMIT: Duration = Duration::from_secs(15 * 60);
-
-/// How long the steps of a round that may take long may legitimately last, on top of
-/// [`ROUND_LIMIT`]; `None`: no bound.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PhaseLimits {
-    /// The drain, from the start of the `draining` phase to the reboot request: `--drain-delay`,
-    /// `--drain-timeout` and `--reboot-delay`. Without `--drain-timeout` a drain has no bound.
-    pub drain: Option<Duration>,
-    /// The reboot request and the wait for it to take effect ([`Rebooter::longest`]).
-    ///
-    /// [`Rebooter::longest`]: crate::reboot::Rebooter::longest
-    pub reboot: Option<Duration>,
-}
-
-impl PhaseLimits {
-    /// How long the rest of a round may take once it enters `phase`; `None`: no bound.
-    pub fn of(&self, phase: Phase) -> Option<Duration> {
-        let own = match phase {
-            Phase::Draining => self.drain?,
-            Phase::Rebooting => self.reboot?,
-            _ => Duration::ZERO,
-        };
-        Some(own.saturating_add(ROUND_LIMIT))
-    }
-}
-
-/// What the agent's loop is doing, as far as `/healthz` is concerned.
-#[derive(Debug, Clone, Copy)]
-enum Doing {
-    /// Pausing between rounds until `due` (`None`: a pause without end).
-    Pausing { due: Option<Instant> },
-    /// Running a round, in `phase` if it said so, since `since`, for at most `limit`.
-    Working {
-        phase: Option<Phase>,
-        since: Instant,
-        limit: Option<Duration>,
-    },
-}
-
-/// Why `/healthz` calls the agent stuck.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stuck {
-    /// The pause between rounds ran `late` past its end, [`GRACE`] included.
-    Pause { late: Duration },
-    /// A round (in `phase`, when it entered one) has run for `running`, past its `limit` and
-    /// [`GRACE`].
-    Round {
-        phase: Option<Phase>,
-        running: Duration,
-        limit: Duration,
-    },
-}
-
-/// Whether the agent's loop still turns, for `/healthz`. The loop says how long each pause
-/// between its rounds may last, and each round how long it may take: [`ROUND_LIMIT`], and once it
-/// enters a phase that may take long (a drain, the reboot) that phase's [`PhaseLimits`] on top.
-/// A pause or a round past its bound by more than [`GRACE`] makes `/healthz` answer 503, so that
-/// the liveness probe restarts an agent whose loop stalled (the lock and the Node say where a
-/// fresh one resumes). A drain without `--drain-timeout` has no bound: it is never called stuck.
-#[derive(Debug)]
-pub struct Liveness {
-    limits: PhaseLimits,
-    doing: Mutex<Doing>,
-}
-
-impl Default for Liveness {
-    /// Without phase limits: a drain or a reboot request is never called stuck.
-    fn default() -> Self {
-        Liveness::new(PhaseLimits::default())
-    }
-}
-
-impl Liveness {
-    pub fn new(limits: PhaseLimits) -> Liveness {
-        Liveness {
-            limits,
-            // Until the first pause, the start-up counts as a round.
-            doing: Mutex::new(Doing::Working {
-                phase: None,
-                since: Instant::now(),
-                limit: Some(ROUND_LIMIT),
-            }),
-        }
-    }
-
-    fn set(&self, doing: Doing) {
-        *self.doing.lock().unwrap_or_else(|e| e.into_inner()) = doing;
-    }
-
-    /// The loop pauses for at most `longest`.
-    pub fn pausing(&self, longest: Duration) {
-        // A deadline past what the clock can hold is never overdue.
-        let due = Instant::now().checked_add(longest.saturating_add(GRACE));
-        self.set(Doing::Pausing { due });
-    }
-
-    /// The loop starts a round, which may take [`ROUND_LIMIT`].
-    pub fn working(&self) {
-        self.set(Doing::Working {
-            phase: None,
-            since: Instant::now(),
-            limit: Some(ROUND_LIMIT),
-        });
-    }
-
-    /// The round enters `phase`: from now, it may take as long as [`PhaseLimits::of`] says.
-    pub fn entering(&self, phase: Phase) {
-        self.set(Doing::Working {
-            phase: Some(phase),
-            since: Instant::now(),
-            limit: self.limits.of(phase),
-        });
-    }
-
-    /// Whether, and how, the loop is stuck; `None` while it keeps its time.
-    fn stuck(&self) -> Option<Stuck> {
-        let doing = *self.doing.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        match doing {
-            Doing::Pausing { due } => {
-                let late = now.checked_duration_since(due?)?;
-                (!late.is_zero()).then_some(Stuck::Pause { late })
-            }
-            Doing::Working { phase, since, limit } => {
-                let limit = limit?;
-                let running = now.saturating_duration_since(since);
-                (running > limit.saturating_add(GRACE)).then_some(Stuck::Round {
-                    phase,
-                    running,
-                    limit,
-                })
-            }
-        }
-    }
-
-    /// The answer of `/healthz`.
-    fn report(&self) -> (StatusCode, String) {
-        let grace = whole_seconds(GRACE);
-        let text = match self.stuck() {
-            None => return (StatusCode::OK, "ok\n".to_owned()),
-            Some(Stuck::Pause { late }) => {
-                let late = whole_seconds(late);
-                tracing::error!(
-                    overdue = %late,
-                    "the agent's loop is stalled: its pause between rounds ran past its end; reporting unhealthy"
-                );
-                format!("stalled: the pause between rounds is {late} past its end (grace {grace} included)\n")
-            }
-            Some(Stuck::Round {
-                phase,
-                running,
-                limit,
-            }) => {
-                let what = match phase {
-                    Some(Phase::Draining) => "the drain (phase draining)".to_owned(),
-                    Some(Phase::Rebooting) => "the reboot request (phase rebooting)".to_owned(),
-                    Some(phase) => format!("a round (phase {phase})"),
-                    None => "a round".to_owned(),
-                };
-                let (running, limit) = (whole_seconds(running), whole_seconds(limit));
-                tracing::error!(
-                    stuck = %what,
-                    running = %running,
-                    limit = %limit,
-                    "the agent's loop is stuck: a round ran past its bound; reporting unhealthy"
-                );
-                format!(
-                    "stuck: {what} has run for {running}, past its bound of {limit} and a grace of {grace}\n"
-                )
-            }
-        };
-        (StatusCode::SERVICE_UNAVAILABLE, text)
-    }
-}
-
-/// `d` in whole seconds, written as Go writes durations (`2m5s`).
-fn whole_seconds(d: Duration) -> crate::duration::GoDuration {
-    crate::duration::GoDuration::from_secs(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// A listener on `addr`. The unspecified IPv6 address (`[::]:PORT`, what an empty
@@ -467,15 +469,14 @@ pub async fn serve(
     let app = Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: HeaderMap| {
                 let metrics = metrics.clone();
                 async move {
+                    let accept = headers.get_all(header::ACCEPT);
+                    let format = Format::negotiate(accept.iter().filter_map(|v| v.to_str().ok()));
                     (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
+                        [(header::CONTENT_TYPE, format.content_type())],
+                        metrics.encode(format),
                     )
                 }
             }),
@@ -537,27 +538,30 @@ mod tests {
     fn reboot_required_is_exposed_per_node_as_upstream_names_it() {
         let m = Metrics::new("node-a");
         m.set_reboot_required(true);
-        let text = m.encode();
+        let text = m.encode(Format::OpenMetrics);
         assert!(text.contains("# TYPE kured_reboot_required gauge"), "{text}");
         assert!(
             text.contains("kured_reboot_required{node=\"node-a\"} 1"),
             "{text}"
         );
         m.set_reboot_required(false);
-        assert!(m.encode().contains("kured_reboot_required{node=\"node-a\"} 0"));
+        assert!(
+            m.encode(Format::OpenMetrics)
+                .contains("kured_reboot_required{node=\"node-a\"} 0")
+        );
     }
 
     #[test]
     fn sentinel_errors_are_counted_from_zero() {
         let m = Metrics::new("node-a");
         assert!(
-            m.encode()
+            m.encode(Format::OpenMetrics)
                 .contains("kured_sentinel_errors_total{node=\"node-a\"} 0")
         );
         m.count_sentinel_error();
         m.count_sentinel_error();
         assert!(
-            m.encode()
+            m.encode(Format::OpenMetrics)
                 .contains("kured_sentinel_errors_total{node=\"node-a\"} 2")
         );
     }
@@ -565,11 +569,14 @@ mod tests {
     #[test]
     fn blocked_reboots_are_counted_under_upstreams_name_and_labels() {
         let m = Metrics::new("node-a");
-        assert!(!m.encode().contains("kured_reboot_blocked_reason{"));
+        assert!(
+            !m.encode(Format::OpenMetrics)
+                .contains("kured_reboot_blocked_reason{")
+        );
         m.count_blocked("blocker_pod");
         m.count_blocked("blocker_pod");
         m.count_blocked("prometheus_alert");
-        let text = m.encode();
+        let text = m.encode(Format::OpenMetrics);
         assert!(
             text.contains("# TYPE kured_reboot_blocked_reason gauge"),
             "{text}"
@@ -590,13 +597,15 @@ mod tests {
         m.notification_failures().count("slack");
         m.notification_failures().count("slack");
         assert!(
-            m.encode()
+            m.encode(Format::OpenMetrics)
                 .contains("kured_notifications_failed_total{scheme=\"slack\"} 2"),
             "{}",
-            m.encode()
+            m.encode(Format::OpenMetrics)
         );
         assert!(
-            !Metrics::new("node-b").encode().contains("scheme=\"slack\""),
+            !Metrics::new("node-b")
+                .encode(Format::OpenMetrics)
+                .contains("scheme=\"slack\""),
             "registries are separate"
         );
 
@@ -610,14 +619,14 @@ mod tests {
     fn reclaimed_entries_are_counted_from_zero() {
         let m = Metrics::new("node-a");
         assert!(
-            m.encode()
+            m.encode(Format::OpenMetrics)
                 .contains("kured_lock_reclaimed_total{node=\"node-a\"} 0"),
             "{}",
-            m.encode()
+            m.encode(Format::OpenMetrics)
         );
         m.count_lock_reclaimed();
         assert!(
-            m.encode()
+            m.encode(Format::OpenMetrics)
                 .contains("kured_lock_reclaimed_total{node=\"node-a\"} 1")
         );
     }
@@ -625,14 +634,14 @@ mod tests {
     #[test]
     fn reboot_failures_are_counted_by_reason_from_zero() {
         let m = Metrics::new("node-a");
-        let text = m.encode();
+        let text = m.encode(Format::OpenMetrics);
         for reason in crate::reboot::FAILURE_REASONS {
             let zero = format!("kured_reboot_failures_total{{node=\"node-a\",reason=\"{reason}\"}} 0");
             assert!(text.contains(&zero), "{zero} in {text}");
         }
         m.count_reboot_failure("timeout");
         m.count_reboot_failure("timeout");
-        let text = m.encode();
+        let text = m.encode(Format::OpenMetrics);
         assert!(
             text.contains("kured_reboot_failures_total{node=\"node-a\",reason=\"timeout\"} 2"),
             "{text}"
@@ -643,150 +652,218 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn healthz_fails_once_a_pause_runs_past_its_end_and_the_grace() {
-        let live = Liveness::default();
-        assert_eq!(live.report().0, StatusCode::OK, "healthy before the first pause");
-
-        live.pausing(Duration::from_secs(3600));
-        tokio::time::advance(Duration::from_secs(3600) + GRACE).await;
-        assert_eq!(
-            live.report(),
-            (StatusCode::OK, "ok\n".to_owned()),
-            "within the grace"
-        );
-
-        tokio::time::advance(Duration::from_secs(65)).await;
-        assert!(
-            matches!(live.stuck(), Some(Stuck::Pause { late }) if late == Duration::from_secs(65)),
-            "{:?}",
-            live.stuck()
-        );
-        assert_eq!(
-            live.report(),
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stalled: the pause between rounds is 1m5s past its end (grace 2m0s included)\n".to_owned()
-            )
-        );
-
-        // A round starts: the pause's deadline no longer counts.
-        live.working();
-        assert_eq!(live.report().0, StatusCode::OK);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn healthz_fails_once_a_round_runs_past_its_bound_and_the_grace() {
-        let live = Liveness::default();
-        live.working();
-        tokio::time::advance(ROUND_LIMIT + GRACE).await;
-        assert_eq!(live.report().0, StatusCode::OK, "within the grace");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(
-            live.report(),
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stuck: a round has run for 17m1s, past its bound of 15m0s and a grace of 2m0s\n".to_owned()
-            )
-        );
-        // The next pause makes it healthy again.
-        live.pausing(Duration::from_secs(60));
-        assert_eq!(live.report().0, StatusCode::OK);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn each_phase_is_judged_by_its_own_bound_from_its_start() {
-        let limits = PhaseLimits {
-            drain: Some(Duration::from_secs(3600)),
-            reboot: Some(crate::reboot::COMMAND_TIMEOUT + crate::reboot::EFFECT_LIMIT),
-        };
-        let live = Liveness::new(limits);
-        live.working();
-        // A round that spent 10 minutes before its drain still gets the drain's full bound.
-        tokio::time::advance(Duration::from_secs(600)).await;
-        live.entering(Phase::Draining);
-        tokio::time::advance(Duration::from_secs(3600) + ROUND_LIMIT + GRACE).await;
-        assert_eq!(
-            live.report().0,
-            StatusCode::OK,
-            "a drain within --drain-timeout is not stuck"
-        );
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(
-            live.stuck(),
-            Some(Stuck::Round {
-                phase: Some(Phase::Draining),
-                running: Duration::from_secs(3600) + ROUND_LIMIT + GRACE + Duration::from_secs(1),
-                limit: Duration::from_secs(3600) + ROUND_LIMIT,
-            })
-        );
-        assert!(
-            live.report()
-                .1
-                .starts_with("stuck: the drain (phase draining) has run for 1h17m1s")
-        );
-
-        live.entering(Phase::Rebooting);
-        let bound = limits.reboot.unwrap() + ROUND_LIMIT;
-        tokio::time::advance(bound + GRACE).await;
-        assert_eq!(live.report().0, StatusCode::OK, "within the reboot's bound");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(
-            live.report(),
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stuck: the reboot request (phase rebooting) has run for 28m1s, past its bound of 26m0s \
-                 and a grace of 2m0s\n"
-                    .to_owned()
-            )
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_drain_without_a_time_out_is_never_stuck() {
-        let live = Liveness::new(PhaseLimits {
-            drain: None,
-            reboot: Some(crate::reboot::EFFECT_LIMIT),
-        });
-        live.entering(Phase::Draining);
-        tokio::time::advance(Duration::from_secs(30 * 86_400)).await;
-        assert_eq!(live.stuck(), None);
+    /// The value of the sample `series` (name and labels as written) in `text`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| value.parse().expect("a number"))
     }
 
     #[test]
-    fn phase_limits_follow_the_configuration() {
-        let limits = PhaseLimits {
-            drain: Some(Duration::from_secs(100)),
-            reboot: Some(Duration::from_secs(10)),
-        };
-        let unbounded = PhaseLimits::default();
-        let cases = [
+    fn the_prometheus_format_names_counters_with_their_suffix_and_has_no_eof() {
+        let m = Metrics::new("node-a");
+        m.count_sentinel_error();
+        m.count_blocked("blocker_pod");
+        let text = m.encode(Format::Prometheus);
+        for line in [
+            "# HELP kured_sentinel_errors_total Reboot sentinel checks",
+            "# TYPE kured_sentinel_errors_total counter\n",
+            "kured_sentinel_errors_total{node=\"node-a\"} 1\n",
+            "# TYPE process_cpu_seconds_total counter\n",
+            "# TYPE kured_reboot_blocked_reason gauge\n",
+            "# TYPE kured_drain_duration_seconds histogram\n",
+            "kured_drain_duration_seconds_bucket{node=\"node-a\",le=\"+Inf\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(!text.contains("# TYPE kured_sentinel_errors counter"), "{text}");
+    }
+
+    #[test]
+    fn openmetrics_names_counter_families_without_the_suffix_and_ends_with_eof() {
+        let m = Metrics::new("node-a");
+        m.count_sentinel_error();
+        let text = m.encode(Format::OpenMetrics);
+        for line in [
+            "# TYPE kured_sentinel_errors counter\n",
+            "kured_sentinel_errors_total{node=\"node-a\"} 1\n",
+            "# TYPE process_cpu_seconds counter\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn openmetrics_is_served_only_to_a_scraper_that_accepts_it() {
+        // Prometheus 3's Accept header: OpenMetrics first, the 0.0.4 text format as a fallback.
+        let prometheus3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,\
+                           application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;\
+                           escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+        let cases: [(&[&str], Format); 7] = [
+            (&[], Format::Prometheus),
+            (&["*/*"], Format::Prometheus),
+            (&["text/plain;version=0.0.4"], Format::Prometheus),
             (
-                limits,
-                Phase::Draining,
-                Some(Duration::from_secs(100) + ROUND_LIMIT),
+                &["application/openmetrics-text; version=1.0.0"],
+                Format::OpenMetrics,
+            ),
+            (&[prometheus3], Format::OpenMetrics),
+            (
+                &["text/plain", "Application/OpenMetrics-Text"],
+                Format::OpenMetrics,
             ),
             (
-                limits,
-                Phase::Rebooting,
-                Some(Duration::from_secs(10) + ROUND_LIMIT),
+                &["application/openmetrics-text; q=0, text/plain"],
+                Format::Prometheus,
             ),
-            (limits, Phase::Recovering, Some(ROUND_LIMIT)),
-            (limits, Phase::WaitingForLock, Some(ROUND_LIMIT)),
-            (unbounded, Phase::Draining, None),
-            (unbounded, Phase::Rebooting, None),
-            (unbounded, Phase::Idle, Some(ROUND_LIMIT)),
         ];
-        for (limits, phase, want) in cases {
-            assert_eq!(limits.of(phase), want, "{phase} with {limits:?}");
+        for (accept, want) in cases {
+            assert_eq!(
+                Format::negotiate(accept.iter().copied()),
+                want,
+                "Accept: {accept:?}"
+            );
+        }
+        assert_eq!(
+            Format::Prometheus.content_type(),
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        assert_eq!(
+            Format::OpenMetrics.content_type(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+    }
+
+    #[test]
+    fn the_phase_is_a_state_set_of_every_phase() {
+        let m = Metrics::new("node-a");
+        let phase =
+            |text: &str, p: Phase| sample(text, &format!("kured_phase{{node=\"node-a\",phase=\"{p}\"}}"));
+        let text = m.encode(Format::Prometheus);
+        for p in Phase::ALL {
+            let want = if p == Phase::Idle { 1.0 } else { 0.0 };
+            assert_eq!(phase(&text, p), Some(want), "{p} at the start in:\n{text}");
+        }
+        m.set_phase(Phase::Draining);
+        let text = m.encode(Format::Prometheus);
+        for p in Phase::ALL {
+            let want = if p == Phase::Draining { 1.0 } else { 0.0 };
+            assert_eq!(phase(&text, p), Some(want), "{p} while draining in:\n{text}");
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_pause_without_end_is_never_overdue() {
-        let live = Liveness::default();
-        live.pausing(Duration::MAX);
-        tokio::time::advance(Duration::from_secs(10 * 365 * 86_400)).await;
-        assert!(live.stuck().is_none(), "{:?}", live.stuck());
+    #[test]
+    fn blocked_now_is_one_for_the_blockers_that_hold_the_reboot_back() {
+        let m = Metrics::new("node-a");
+        let blocked = |m: &Metrics, reason: &str| {
+            let series = format!("kured_reboot_blocked{{node=\"node-a\",reason=\"{reason}\"}}");
+            sample(&m.encode(Format::Prometheus), &series)
+        };
+        assert_eq!(blocked(&m, "blocker_pod"), Some(0.0));
+        assert_eq!(blocked(&m, "prometheus_alert"), Some(0.0));
+        m.set_blocked_now(&["blocker_pod"]);
+        assert_eq!(blocked(&m, "blocker_pod"), Some(1.0));
+        assert_eq!(blocked(&m, "prometheus_alert"), Some(0.0));
+        m.set_blocked_now(&[]);
+        assert_eq!(blocked(&m, "blocker_pod"), Some(0.0));
+    }
+
+    #[test]
+    fn the_lock_and_the_cycle_are_shown_from_zero() {
+        let m = Metrics::new("node-a");
+        let text = m.encode(Format::Prometheus);
+        let gauges = ["kured_lock_held", "kured_lock_age_seconds"];
+        let counters = ["kured_reboots_total", "kured_drain_failures_total"];
+        let histograms = [
+            "kured_drain_duration_seconds_count",
+            "kured_reboot_duration_seconds_count",
+        ];
+        for family in gauges.into_iter().chain(counters).chain(histograms) {
+            let series = format!("{family}{{node=\"node-a\"}}");
+            assert_eq!(sample(&text, &series), Some(0.0), "{series} in:\n{text}");
+        }
+        m.set_lock_held(true);
+        m.set_lock_age(Duration::from_millis(90_500));
+        m.count_reboot();
+        m.count_drain_failure();
+        m.count_drain_failure();
+        let text = m.encode(Format::Prometheus);
+        assert_eq!(sample(&text, "kured_lock_held{node=\"node-a\"}"), Some(1.0));
+        assert_eq!(
+            sample(&text, "kured_lock_age_seconds{node=\"node-a\"}"),
+            Some(90.5)
+        );
+        assert_eq!(sample(&text, "kured_reboots_total{node=\"node-a\"}"), Some(1.0));
+        assert_eq!(
+            sample(&text, "kured_drain_failures_total{node=\"node-a\"}"),
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn durations_fall_into_their_buckets() {
+        let m = Metrics::new("node-a");
+        m.observe_drain(Duration::from_secs(20));
+        m.observe_reboot_cycle(Duration::from_secs(700));
+        m.observe_reboot_cycle(Duration::from_secs(20_000));
+        let text = m.encode(Format::Prometheus);
+        let drain = |le: &str| {
+            sample(
+                &text,
+                &format!("kured_drain_duration_seconds_bucket{{node=\"node-a\",le=\"{le}\"}}"),
+            )
+        };
+        let cycle = |le: &str| {
+            sample(
+                &text,
+                &format!("kured_reboot_duration_seconds_bucket{{node=\"node-a\",le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(
+            (drain("15"), drain("30"), drain("+Inf")),
+            (Some(0.0), Some(1.0), Some(1.0)),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "kured_drain_duration_seconds_sum{node=\"node-a\"}"),
+            Some(20.0)
+        );
+        assert_eq!(
+            (cycle("600"), cycle("900"), cycle("14400"), cycle("+Inf")),
+            (Some(0.0), Some(1.0), Some(1.0), Some(2.0)),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "kured_reboot_duration_seconds_count{node=\"node-a\"}"),
+            Some(2.0)
+        );
+        // The same buckets in OpenMetrics, which writes bounds as floats.
+        let om = m.encode(Format::OpenMetrics);
+        assert_eq!(
+            sample(
+                &om,
+                "kured_drain_duration_seconds_bucket{le=\"30.0\",node=\"node-a\"}"
+            ),
+            Some(1.0),
+            "{om}"
+        );
+    }
+
+    #[test]
+    fn process_metrics_describe_this_process_in_both_formats() {
+        let m = Metrics::new("node-a");
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            let text = m.encode(format);
+            let value =
+                |name: &str| sample(&text, name).unwrap_or_else(|| panic!("{name} in {format:?}:\n{text}"));
+            assert!(value("process_resident_memory_bytes") > 0.0);
+            assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+            assert!(value("process_open_fds") >= 1.0);
+            assert!(value("process_max_fds") >= value("process_open_fds"));
+            assert!(value("process_cpu_seconds_total") >= 0.0);
+            assert!(value("process_start_time_seconds") > 1.7e9, "after 2023");
+        }
     }
 }

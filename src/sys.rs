@@ -1,6 +1,6 @@
 //! Raw system calls: entering a mount namespace and signalling a process (the rebooters), a
-//! socket option the standard library does not set (the metrics listener), and access-pattern
-//! hints for this program's own file (start-up).
+//! socket option the standard library does not set and the clock tick (the metrics), and
+//! access-pattern hints for this program's own file (start-up).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -106,6 +106,16 @@ fn advise_own_binary(advice: libc::c_int, read_only: bool) -> io::Result<usize> 
         advised += end - start;
     }
     Ok(advised)
+}
+
+/// The kernel's clock ticks per second (`USER_HZ`), the unit of the times in `/proc/PID/stat`.
+pub(crate) fn clock_ticks_per_second() -> io::Result<u64> {
+    // SAFETY: sysconf(3) takes no pointers.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks)
+        .ok()
+        .filter(|&t| t > 0)
+        .ok_or_else(io::Error::last_os_error)
 }
 
 fn own_process_group() -> libc::pid_t {

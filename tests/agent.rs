@@ -16,7 +16,7 @@ use support::nodes::{boot_id, unschedulable};
 use support::objects::{create_deployment, create_pdb, create_pod, running_on};
 use support::observer::{Observer, Snapshot, read_lock, upstream_entry, write_lock};
 use support::scope::Scope;
-use support::simulated::SimulatedNode;
+use support::simulated::{NodeOptions, SimulatedNode};
 use support::wait::{eventually, eventually_or};
 
 /// Waits until node `name` has come back from its reboot number `reboots` (boot ID no longer
@@ -92,6 +92,83 @@ async fn a_node_that_needs_a_reboot_is_drained_rebooted_and_returned() {
     eprintln!("{log}");
     assert!(log.contains("\"msg\":\"drained\""), "{log}");
     assert!(log.contains("\"msg\":\"lock released\""), "{log}");
+}
+
+/// The value of the sample `series` (name and labels as written) in a scrape of `/metrics`.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+/// One reboot cycle as the metrics show it. The agent that drains is ended by the reboot, so its
+/// drain is read while the host goes down; the agent after the reboot counts the reboot and the
+/// cycle, and shows the lock released and the phase idle. `/metrics` answers in the Prometheus
+/// text format to a scraper that does not ask for OpenMetrics.
+#[tokio::test]
+async fn a_reboot_cycle_shows_in_the_metrics() {
+    let fleet = Fleet::new("agent-metrics", 1).await;
+    let (scope, name) = (&fleet.scope, &fleet.names[0]);
+    // The host goes down 15 s after the request; the agent that asked answers meanwhile.
+    let options = NodeOptions {
+        reboot_delay: Duration::from_secs(15),
+        ..NodeOptions::default()
+    };
+    let sim = fleet.start_with(0, &options, &[]);
+    let first_boot = scope.first_boot_id(name).await;
+    let series = |family: &str| format!("{family}{{node=\"{name}\"}}");
+    let phase = |p: &str| format!("kured_phase{{node=\"{name}\",phase=\"{p}\"}}");
+
+    eventually("the reboot to be requested", Duration::from_secs(90), || async {
+        (sim.reboot_requests() == 1).then_some(())
+    })
+    .await;
+    let draining_agent = sim
+        .metrics()
+        .await
+        .expect("the /metrics of the agent that drained");
+    let before = |s: &str| sample(&draining_agent, s);
+    assert_eq!(
+        before(&series("kured_drain_duration_seconds_count")),
+        Some(1.0),
+        "one drain observed, in:\n{draining_agent}"
+    );
+    assert_eq!(before(&series("kured_drain_failures_total")), Some(0.0));
+    assert_eq!(before(&series("kured_lock_held")), Some(1.0), "{draining_agent}");
+    assert_eq!(before(&phase("rebooting")), Some(1.0), "{draining_agent}");
+    assert_eq!(before(&phase("idle")), Some(0.0), "{draining_agent}");
+    assert!(
+        draining_agent.contains("# TYPE kured_reboots_total counter\n") && !draining_agent.contains("# EOF"),
+        "the Prometheus text format by default:\n{draining_agent}"
+    );
+
+    wait_for_reboot_cycle(scope, name, &sim, 1, &first_boot).await;
+    // The phase idle is entered by the round right after the release.
+    let after = eventually(
+        "the agent after the reboot to show the phase idle",
+        Duration::from_secs(30),
+        || async {
+            let scrape = sim.metrics().await.ok()?;
+            (sample(&scrape, &phase("idle")) == Some(1.0)).then_some(scrape)
+        },
+    )
+    .await;
+    let value = |s: &str| sample(&after, s);
+    assert_eq!(value(&series("kured_reboots_total")), Some(1.0), "{after}");
+    assert_eq!(
+        value(&series("kured_reboot_duration_seconds_count")),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(value(&series("kured_lock_held")), Some(0.0), "{after}");
+    assert_eq!(value(&series("kured_lock_age_seconds")), Some(0.0), "{after}");
+    assert_eq!(value(&phase("recovering")), Some(0.0), "{after}");
+    assert_eq!(value(&series("kured_drain_failures_total")), Some(0.0), "{after}");
+    assert!(
+        value("process_resident_memory_bytes").is_some_and(|v| v > 0.0),
+        "{after}"
+    );
 }
 
 /// A sentinel command has no file to watch: the agent must look again every period, also while

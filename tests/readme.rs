@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kured::config::Cli;
-use kured::metrics::Metrics;
+use kured::metrics::{Format, Metrics};
 
 const README: &str = include_str!("../README.md");
 
@@ -277,7 +277,8 @@ fn exposed_metrics() -> BTreeMap<String, (String, BTreeSet<String>)> {
     metrics.count_sentinel_error();
     metrics.notification_failures().count("slack");
     metrics.count_blocked("blocker_pod");
-    let text = metrics.encode();
+    // OpenMetrics names a counter's family without its `_total`, so the type says which it is.
+    let text = metrics.encode(Format::OpenMetrics);
 
     let mut families: BTreeMap<String, String> = BTreeMap::new();
     let mut samples: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -307,14 +308,15 @@ fn exposed_metrics() -> BTreeMap<String, (String, BTreeSet<String>)> {
     families
         .into_iter()
         .map(|(family, kind)| {
-            // A counter's samples carry the suffix _total; that is the name queries use.
-            let scraped = if kind == "counter" {
-                format!("{family}_total")
-            } else {
-                family.clone()
+            // A counter's samples carry the suffix _total; that is the name queries use. A
+            // histogram's series are told apart by their suffixes: its labels are those of _count.
+            let (scraped, series) = match kind.as_str() {
+                "counter" => (format!("{family}_total"), format!("{family}_total")),
+                "histogram" => (family.clone(), format!("{family}_count")),
+                _ => (family.clone(), family.clone()),
             };
             let labels = samples
-                .remove(&scraped)
+                .remove(&series)
                 .unwrap_or_else(|| panic!("metric {family} has no sample: give it one in exposed_metrics()"));
             (scraped, (kind, labels))
         })

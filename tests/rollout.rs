@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use serde_json::json;
 use support::agents::{Fleet, window_opening_soon};
-use support::objects::{create_deployment, create_pdb, create_pod};
+use support::objects::{create_deployment, create_pdb, create_pod, delete_pod};
 use support::observer::Observer;
 use support::simulated::{NodeOptions, SimulatedNode};
 use support::wait::eventually;
@@ -97,11 +97,7 @@ async fn pre_cordoned_and_blocked_nodes_and_a_budgeted_workload() {
     assert_eq!(sims[1].reboots(), 0, "the blocked node waits");
     assert!(sims[1].log().contains("long-job"), "the block names the pod");
 
-    scope
-        .api::<Pod>()
-        .delete("long-job", &Default::default())
-        .await
-        .expect("deleting the blocking pod");
+    delete_pod(scope, "long-job").await;
     observer
         .assert_each_rebooted_once(&sims, Duration::from_secs(240))
         .await;

@@ -1,5 +1,5 @@
 //! Carrying out a [`Action`]: taking the lock, cordon, drain and reboot, the slot confirmed before
-//! the reboot, giving the node back, finishing a reboot, releasing the lock, the taint.
+//! the reboot, the taint. Giving the node back, after a reboot or without one, is `back`.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -8,21 +8,19 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 use tracing::{error, info, warn};
 
-use super::publish::idle_state;
-use super::{Agent, LOCK_READ_REUSE, Wait};
-use crate::agent_state::{AgentState, Phase, STATE_ANNOTATION};
-use crate::controls;
+use super::{Agent, Wait};
+use crate::agent_state::{Phase, STATE_ANNOTATION};
 use crate::decide::{self, Action, AfterDrainFailure, Situation};
 use crate::events::Reason;
 use crate::kube_error;
-use crate::lock::{Acquire, Claim, LockSnapshot, RebootLock, Release};
+use crate::lock::{Acquire, Claim, LockSnapshot, RebootLock};
 use crate::node::{self, Annotations, Cordon};
 use crate::notify::{self, Event, Notifier};
 
 /// How long a write that must happen (a cordon without `--drain-timeout`, an uncordon) retries
 /// transient API errors within one round: an API server outage of a few minutes costs no
 /// round; a longer one ends the round, and the next one starts over from what it observes.
-const API_RETRY_LIMIT: Duration = Duration::from_secs(180);
+pub(super) const API_RETRY_LIMIT: Duration = Duration::from_secs(180);
 
 impl<N: Notifier, L: RebootLock> Agent<N, L> {
     pub(super) async fn execute(&self, step: Action, seen: LockSnapshot, required: Option<bool>) -> Wait {
@@ -173,8 +171,9 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         };
         match self.lock.acquire(&claim).await {
             // The lock logs the acquisition itself.
-            Ok(Acquire::Acquired(_)) | Ok(Acquire::AlreadyHeld(_)) => {
+            Ok(Acquire::Acquired(entry)) | Ok(Acquire::AlreadyHeld(entry)) => {
                 self.events.step(Reason::LockAcquired);
+                self.note_lock_entry(Some(&entry));
                 self.drain_and_reboot(Some(node), claim.boot_id).await
             }
             Ok(Acquire::Blocked {
@@ -281,6 +280,10 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             ),
             Err(e) => (false, false, Err(crate::error_chain(&e))),
         };
+        match &drained {
+            Ok(()) => self.metrics.observe_drain(started.elapsed()),
+            Err(_) => self.metrics.count_drain_failure(),
+        }
         if let Err(e) = drained {
             self.events.record(Reason::DrainFailed, e.clone());
             match decide::after_drain_failure(&self.policy, cordoned, by_kured) {
@@ -352,160 +355,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         }
     }
 
-    /// Returns the node to service without a reboot: uncordon (if `uncordon`), put on the
-    /// post-reboot labels in place of the pre-reboot ones (as upstream does after a failed drain),
-    /// then drop our lock entry (if `release`), without the release delay — the node never went
-    /// down. The lock is kept until the uncordon has succeeded, so the node is never left cordoned
-    /// without it.
-    async fn give_back(&self, uncordon: bool, release: bool) -> Wait {
-        let node_id = &self.config.node_id;
-        if uncordon {
-            let uncordoned = kube_error::retry_transient(
-                "uncordoning",
-                tokio::time::Instant::now() + API_RETRY_LIMIT,
-                node::NodeError::is_retryable,
-                || self.node.uncordon(),
-            )
-            .await;
-            if let Err(e) = uncordoned {
-                error!(node = %node_id, error = %crate::error_chain(&e), "cannot uncordon; keeping the lock until it is done");
-                return self.wait(Situation::ApiError);
-            }
-            self.events.step(Reason::Uncordoned);
-        }
-        if let Err(e) = self.node.set_labels(&self.config.post_reboot_node_labels).await {
-            error!(node = %node_id, error = %crate::error_chain(&e), "setting post-reboot labels");
-        }
-        if self.config.annotate_nodes {
-            self.best_effort(
-                "removing the reboot-in-progress annotation",
-                self.node.annotate_reboot_finished(),
-            )
-            .await;
-        }
-        if release {
-            if let Err(e) = self.lock.release_now().await {
-                error!(node = %node_id, error = %crate::error_chain(&e), "releasing the lock");
-                return self.wait(Situation::ApiError);
-            }
-            info!(node = %node_id, "node given back and lock released");
-            self.events.step(Reason::LockReleased);
-        } else {
-            info!(node = %node_id, "node given back: kured's cordon outlived its lock entry");
-        }
-        if self.drain_failed.swap(false, Ordering::Relaxed) {
-            self.wait(Situation::DrainFailed)
-        } else {
-            self.wait(Situation::LookAgain)
-        }
-    }
-
-    /// The node came back from its reboot: return it to service, then release the lock (after
-    /// the durable release delay).
-    /// The phase `recovering` is published in the uncordon's own write when there is one.
-    async fn finish_reboot(&self, required: Option<bool>, uncordon: bool) -> Wait {
-        let node_id = &self.config.node_id;
-        info!(node = %node_id, uncordon, "node rebooted; returning it to service");
-        self.events.step(Reason::Rebooted);
-        if let Ok(mut p) = self.published.lock() {
-            // The reboot is done: remember when, for `kured status`.
-            // To the second, never ahead of the clock.
-            let now = Timestamp::now();
-            let at = now
-                .round(
-                    jiff::TimestampRound::new()
-                        .smallest(jiff::Unit::Second)
-                        .mode(jiff::RoundMode::Trunc),
-                )
-                .unwrap_or(now)
-                .to_string();
-            *p = Some(AgentState {
-                last_reboot: Some(at),
-                ..p.clone().unwrap_or_else(idle_state)
-            });
-        }
-        // The Node this round read: the uncordon starts from it, and it tells whether the
-        // reboot-in-progress annotation (only kured writes it) is there to remove.
-        let known = self.known_node(LOCK_READ_REUSE);
-        let recovering = self.stage(required, Phase::Recovering, String::new());
-        let mut unpublished = recovering.clone();
-        if uncordon {
-            let mut with_state = Annotations::new();
-            if let Some(state) = &recovering {
-                with_state.insert(STATE_ANNOTATION.to_owned(), state.to_json().into());
-            }
-            match self.node.uncordon_with(known.clone(), &with_state).await {
-                Ok(true) => {
-                    self.events.step(Reason::Uncordoned);
-                    if let Some(state) = unpublished.take() {
-                        self.published_as(state);
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    if let Some(state) = unpublished.take() {
-                        self.write_state(state).await;
-                    }
-                    error!(node = %node_id, error = %crate::error_chain(&e), "uncordoning");
-                    return self.wait(Situation::ApiError);
-                }
-            }
-        }
-        if let Some(state) = unpublished {
-            self.write_state(state).await;
-        }
-        if let Err(e) = self.node.set_labels(&self.config.post_reboot_node_labels).await {
-            error!(node = %node_id, error = %crate::error_chain(&e), "setting post-reboot labels");
-            return self.wait(Situation::ApiError);
-        }
-        self.best_effort(
-            "removing the reboot-in-progress annotation",
-            self.node.annotate_reboot_finished_on(known.as_ref()),
-        )
-        .await;
-        self.remove_taint().await;
-        // A reboot asked for by hand is done: the request goes before the lock does, so that it
-        // cannot outlive the cycle and ask for another.
-        let requested = known
-            .as_ref()
-            .is_none_or(|n| controls::node_controls(n.metadata.annotations.as_ref()).reboot_now);
-        if requested && let Err(e) = self.node.remove_annotation(controls::REBOOT_NOW_ANNOTATION).await {
-            error!(node = %node_id, error = %crate::error_chain(&e), "removing the reboot request");
-            return self.wait(Situation::ApiError);
-        }
-        if uncordon {
-            self.notifier
-                .notify(
-                    Event::Uncordon,
-                    &notify::render(&self.config.message_template_uncordon, node_id),
-                )
-                .await;
-        }
-        if self.gate.is_some() {
-            return self.start_gate(required).await;
-        }
-        self.release().await
-    }
-
-    pub(super) async fn release(&self) -> Wait {
-        let node_id = &self.config.node_id;
-        match self.lock.release().await {
-            // The lock logs the release and the delay itself. Look again at once, so that the
-            // published state says "idle" (with the last reboot) right away.
-            Ok(Release::Released) => {
-                self.events.step(Reason::LockReleased);
-                self.wait(Situation::LookAgain)
-            }
-            Ok(Release::NotHeld) => self.wait(Situation::NotHolding),
-            Ok(Release::NotBefore(at)) => self.wait(Situation::ReleaseDelay { until: at }),
-            Err(e) => {
-                error!(node = %node_id, error = %crate::error_chain(&e), "releasing the lock");
-                self.wait(Situation::ApiError)
-            }
-        }
-    }
-
-    async fn remove_taint(&self) {
+    pub(super) async fn remove_taint(&self) {
         if let Some(key) = &self.config.prefer_no_schedule_taint {
             self.best_effort(
                 "removing the PreferNoSchedule taint",

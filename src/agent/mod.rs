@@ -30,6 +30,7 @@ use crate::notify::Notifier;
 use crate::sentinel::SentinelWatch;
 
 mod act;
+mod back;
 mod jitter;
 mod observe;
 mod publish;
@@ -97,6 +98,12 @@ struct Agent<N, L> {
     reboot_loop: std::sync::Mutex<Option<RebootLoop>>,
     /// The warnings about the node's control annotations last logged, so each is logged once.
     control_warnings: std::sync::Mutex<Vec<String>>,
+    /// When our lock entry was written (its `created`), as last read or taken: the start of the
+    /// reboot cycle `kured_reboot_duration_seconds` measures.
+    lock_taken: std::sync::Mutex<Option<Timestamp>>,
+    /// The reboot of the lock entry held now has been counted (`kured_reboots_total`), so a
+    /// return to service that takes more than one round counts it once.
+    reboot_counted: AtomicBool,
     /// The Events on our Node, one for every step.
     events: Recorder,
 }
@@ -141,6 +148,8 @@ pub async fn run(
         node_watch: NodeWatch::start(client.clone(), &config.node_id),
         reboot_loop: std::sync::Mutex::new(None),
         control_warnings: std::sync::Mutex::new(Vec::new()),
+        lock_taken: std::sync::Mutex::new(None),
+        reboot_counted: AtomicBool::new(false),
         events: Recorder::start(client.clone(), &config.node_id),
         node: OwnNode::new(client.clone(), config.node_id.clone()),
         lock: ObjectLock::new(client.clone(), &config.lock_object, config.lock.clone())
@@ -372,6 +381,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         };
         if !matches!(obs.lock, LockView::Ours(_)) {
             self.drain_failed.store(false, Ordering::Relaxed);
+            self.reboot_counted.store(false, Ordering::Relaxed);
         }
         let mut step = decide::decide(&obs, &self.policy, now);
         self.settled.store(
@@ -382,6 +392,8 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 && !self.drain_failed.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
+        // Only a round that checks the blockers finds the reboot blocked by one.
+        let mut blocked_by = Vec::new();
         if step == Action::CheckBlockers {
             if self.config.annotate_nodes {
                 self.best_effort(
@@ -394,12 +406,14 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             let mut labels: Vec<&str> = reasons.iter().map(|r| r.kind.metric_label()).collect();
             labels.sort_unstable();
             labels.dedup();
-            for label in labels {
+            for label in &labels {
                 self.metrics.count_blocked(label);
             }
+            blocked_by = labels;
             obs.blockers = Some(reasons.iter().map(ToString::to_string).collect());
             step = decide::decide(&obs, &self.policy, now);
         }
+        self.metrics.set_blocked_now(&blocked_by);
         let required = match obs.sentinel {
             SentinelView::Required => Some(true),
             SentinelView::NotRequired => Some(false),

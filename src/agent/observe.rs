@@ -14,7 +14,7 @@ use super::Agent;
 use crate::agent_state::RebootLoop;
 use crate::controls::{self, NodeControls};
 use crate::decide::{self, LockView, LoopRecord, Observation, OurEntry, SentinelView};
-use crate::lock::{LockSnapshot, RebootLock, Slot, Standing};
+use crate::lock::{LockEntry, LockRecord, LockSnapshot, RebootLock, Slot, Standing};
 use crate::node;
 use crate::notify::Notifier;
 
@@ -74,7 +74,12 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             .as_deref()
             .is_some_and(|key| node::prefer_no_schedule_taint(&node, key).is_some());
         let (lock, seen) = match self.lock.read().await {
-            Ok(state) => (self.lock_view(&state.seen, now), state.seen),
+            Ok(state) => {
+                let record = state.record.as_ref();
+                self.note_lock_entry(record.and_then(|r| r.held_by(&self.config.node_id, now)));
+                self.metrics.set_lock_age(oldest_holder_age(record, now));
+                (self.lock_view(&state.seen, now), state.seen)
+            }
             Err(e) if e.is_corrupt() => {
                 let seen = e.seen().unwrap_or_else(|| LockSnapshot::new(None));
                 (LockView::Unreadable(crate::error_chain(&e)), seen)
@@ -118,6 +123,13 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 .and_then(loop_record),
         };
         Ok((observation, seen))
+    }
+
+    /// Records our live lock entry as read or written (`None`: we hold none): `kured_lock_held`,
+    /// and its `created` as the start of the reboot cycle (see [`Agent::release`]).
+    pub(super) fn note_lock_entry(&self, own: Option<&LockEntry>) {
+        self.metrics.set_lock_held(own.is_some());
+        *self.lock_taken.lock().unwrap_or_else(|e| e.into_inner()) = own.and_then(|e| e.created);
     }
 
     /// What `node`'s annotations ask of us; a value read on its safe side is logged, once.
@@ -256,6 +268,17 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
     }
 }
 
+/// How long the oldest live holder of the lock `record` has held it at `now` (from its entry's
+/// `created`); zero when nobody holds it, or no live entry says when it was written.
+fn oldest_holder_age(record: Option<&LockRecord>, now: Timestamp) -> Duration {
+    record
+        .into_iter()
+        .flat_map(|r| r.holders(now))
+        .filter_map(|entry| entry.created)
+        .min()
+        .map_or(Duration::ZERO, |created| decide::time_until(now, created))
+}
+
 /// The loop record as published, read back; `None` when it is not one this build wrote.
 fn loop_record(published: &RebootLoop) -> Option<LoopRecord> {
     Some(LoopRecord {
@@ -263,4 +286,28 @@ fn loop_record(published: &RebootLoop) -> Option<LoopRecord> {
         reboot: published.reboot.parse().ok()?,
         until: published.until.parse().ok()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_age_is_the_oldest_live_holders() {
+        let now: Timestamp = "2026-12-06T12:00:00Z".parse().unwrap();
+        let record = |json: &str| LockRecord::parse(json).unwrap();
+        let one = record(r#"{"nodeID":"a","created":"2026-12-06T11:30:00Z","TTL":0}"#);
+        assert_eq!(oldest_holder_age(Some(&one), now), Duration::from_secs(1800));
+        // b's entry expired by its TTL of 10 minutes: the live c's counts.
+        let two = record(
+            r#"{"maxOwners":2,"locks":[{"nodeID":"b","created":"2026-12-06T10:00:00Z","TTL":600000000000},{"nodeID":"c","created":"2026-12-06T11:59:00Z","TTL":0},{"nodeID":"d","created":"2026-12-06T11:59:30Z","TTL":0}]}"#,
+        );
+        assert_eq!(oldest_holder_age(Some(&two), now), Duration::from_secs(60));
+        let empty = record(r#"{"maxOwners":2,"locks":[]}"#);
+        assert_eq!(oldest_holder_age(Some(&empty), now), Duration::ZERO);
+        assert_eq!(oldest_holder_age(None, now), Duration::ZERO);
+        // Written a moment ahead of our clock: just now.
+        let ahead = record(r#"{"nodeID":"a","created":"2026-12-06T12:00:05Z","TTL":0}"#);
+        assert_eq!(oldest_holder_age(Some(&ahead), now), Duration::ZERO);
+    }
 }

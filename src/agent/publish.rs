@@ -31,8 +31,9 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         phase: Phase,
         detail: String,
     ) -> Option<AgentState> {
-        // The phases published are the ones /healthz bounds.
+        // The phases published are the ones /healthz bounds and `kured_phase` shows.
         self.liveness.entering(phase);
+        self.metrics.set_phase(phase);
         let published = self.published.lock().ok()?;
         let last_reboot = published.as_ref().and_then(|p| p.last_reboot.clone());
         let reboot_loop = self.reboot_loop.lock().ok()?.clone();

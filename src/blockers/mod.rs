@@ -42,6 +42,10 @@ pub enum BlockKind {
     PodListError,
 }
 
+/// Every value of [`BlockKind::metric_label`], in a fixed order: the reasons of the blocker
+/// metrics, each shown from the start.
+pub const METRIC_LABELS: [&str; 2] = ["prometheus_alert", "blocker_pod"];
+
 impl BlockKind {
     /// A short, stable machine name, for structured logs and `kured status`.
     pub fn as_str(self) -> &'static str {
@@ -231,6 +235,7 @@ mod tests {
             assert_eq!(kind.as_str(), name);
             assert_eq!(kind.to_string(), name);
             assert_eq!(kind.metric_label(), label);
+            assert!(METRIC_LABELS.contains(&label), "{label} in METRIC_LABELS");
         }
     }
 

@@ -1,7 +1,7 @@
 //! What besides the record's own count decides whether our node may take a slot: the lock
 //! object's pause annotation, a halted holder, the holders kept in the other backend's object,
 //! and the per-label limits ([`labels`]). [`decide_acquire_in`] puts them in front
-//! of [`decide_acquire`](super::policy::decide_acquire)(super::policy::decide_acquire). Pure: no I/O, no clock.
+//! of [`decide_acquire`](super::policy::decide_acquire). Pure: no I/O, no clock.
 
 use std::collections::BTreeMap;
 

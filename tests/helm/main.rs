@@ -11,6 +11,9 @@
 //! - the reboot method and the sentinel choose the security context and the hostPath volume;
 //!   notification URLs come from a value or a Secret, never both; a ServiceMonitor without the
 //!   Prometheus Operator's API stops rendering with a message saying so;
+//! - the Grafana dashboard and the PrometheusRule render only when enabled, from copies equal to
+//!   deploy/grafana-dashboard.json and deploy/prometheus-rules.yaml, with the sidecar's label and
+//!   the rules' thresholds and job from the values;
 //! - the admission policies render only where the cluster serves ValidatingAdmissionPolicy: with
 //!   default values exactly deploy/kured-admission-policy.yaml, otherwise with the release's names,
 //!   account and agent settings, and the API server accepts them;
@@ -19,8 +22,8 @@
 //!   own lock, not another release's.
 //!
 //! By subject: [`values`] (lint, schema, flags), [`defaults`], [`representative`], [`options`]
-//! (what single values choose), [`admission`] (the policies) and [`cluster`], all rendering
-//! through [`render`].
+//! (what single values choose), [`monitoring`] (dashboard and rules), [`admission`] (the
+//! policies) and [`cluster`], all rendering through [`render`].
 //!
 //! Needs helm (`testenv/build`); the tests in [`cluster`] need the test cluster (`scripts/testcluster up`)
 //! and kubectl.
@@ -31,6 +34,7 @@ mod support;
 mod admission;
 mod cluster;
 mod defaults;
+mod monitoring;
 mod options;
 mod render;
 mod representative;

@@ -83,6 +83,15 @@ pub async fn create_pod(scope: &Scope, name: &str, node: &str, labels: Value, ex
     .await;
 }
 
+/// Deletes pod `name` of the scope (gracefully, as kubectl does).
+pub async fn delete_pod(scope: &Scope, name: &str) {
+    scope
+        .api::<Pod>()
+        .delete(name, &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("deleting pod {name}: {e}"));
+}
+
 /// A template for the pods of app `app`, on the scope's nodes (or on `node` only), each pod
 /// taking a second to terminate. `extra` is merged into the pod spec.
 pub fn pod_template(scope: &Scope, app: &str, node: Option<&str>, extra: Value) -> Value {
