@@ -103,6 +103,10 @@ pub struct AgentState {
     /// The reboot-loop guard's count, while it holds this node back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_loop: Option<RebootLoop>,
+    /// In phase `rebooting`: when the reboot was asked for (RFC 3339), so that the agent that
+    /// runs after it can tell how long the node was away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_requested: Option<String>,
 }
 
 /// Consecutive reboots that each found the node needing another one right after it.
@@ -171,6 +175,7 @@ mod tests {
             detail: "held by n1".into(),
             last_reboot: None,
             reboot_loop: None,
+            reboot_requested: None,
         };
         assert_eq!(
             s.to_json(),
@@ -202,6 +207,7 @@ mod tests {
                 detail: String::new(),
                 last_reboot: Some("2026-01-01T00:00:00Z".into()),
                 reboot_loop: None,
+                reboot_requested: None,
             })
         );
         assert_eq!(AgentState::published_on(&node(None)), None, "nothing published");
@@ -221,6 +227,33 @@ mod tests {
     }
 
     #[test]
+    fn the_reboot_request_time_is_written_only_while_rebooting() {
+        let s = AgentState {
+            reboot_required: Some(true),
+            phase: Phase::Rebooting,
+            detail: "systemctl reboot".into(),
+            last_reboot: None,
+            reboot_loop: None,
+            reboot_requested: Some("2026-01-01T00:00:00Z".into()),
+        };
+        let json = s.to_json();
+        assert!(
+            json.ends_with(r#","rebootRequested":"2026-01-01T00:00:00Z"}"#),
+            "{json}"
+        );
+        assert_eq!(AgentState::parse(&json).unwrap(), s);
+        // Written by an agent that did not record it: read as unknown.
+        let older = AgentState::parse(r#"{"rebootRequired":true,"phase":"rebooting"}"#).unwrap();
+        assert_eq!(older.reboot_requested, None);
+        let idle = AgentState {
+            phase: Phase::Idle,
+            reboot_requested: None,
+            ..s
+        };
+        assert!(!idle.to_json().contains("rebootRequested"), "{}", idle.to_json());
+    }
+
+    #[test]
     fn the_reboot_loop_is_written_only_while_there_is_one() {
         let s = AgentState {
             reboot_required: Some(true),
@@ -232,6 +265,7 @@ mod tests {
                 reboot: "2026-01-01T00:00:00Z".into(),
                 until: "2026-01-01T02:00:00Z".into(),
             }),
+            reboot_requested: None,
         };
         let json = s.to_json();
         assert!(

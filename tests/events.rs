@@ -1,6 +1,7 @@
 //! The agent's Events on its Node, as the API server has them: a whole reboot cycle reports each
 //! step once and in order, and a node waiting for the lock round after round has one
-//! `WaitingForLock` Event whose series counts the rounds. The agents hold only the manifest's
+//! `WaitingForLock` Event whose series counts the rounds (and an agent restarted meanwhile does
+//! not report the reboot as needed anew). The agents hold only the manifest's
 //! RBAC (`tests/support/agents.rs`), so a permission the Events need and the manifest lacks fails
 //! here too. Needs `scripts/testcluster up` and root (for `unshare`).
 
@@ -161,6 +162,19 @@ async fn a_reboot_cycle_reports_each_step_in_order() {
             .all(|e| e.type_.as_deref() == Some("Normal") && e.series.is_none()),
         "all Normal, each once: {events:#?}"
     );
+    // How long the node was away, from the time the agent before the reboot published.
+    let rebooted = events.iter().find(|e| reason(e) == "Rebooted").expect("Rebooted");
+    let note = rebooted.note.as_deref().unwrap_or_default();
+    let away = note
+        .strip_prefix("back from its reboot, ")
+        .and_then(|rest| rest.strip_suffix(" after it was asked for"))
+        .unwrap_or_else(|| panic!("the Rebooted note says how long the node was away: {note:?}"));
+    let away = kured::duration::GoDuration::parse(away)
+        .unwrap_or_else(|e| panic!("the Rebooted note's time away {away:?}: {e}"));
+    assert!(
+        away.to_std().is_some_and(|d| d < Duration::from_secs(180)),
+        "away no longer than the test waited: {note:?}"
+    );
     let drained = events.iter().find(|e| reason(e) == "Drained").expect("Drained");
     assert!(
         drained
@@ -233,6 +247,24 @@ async fn a_node_waiting_for_the_lock_has_one_event_whose_series_grows() {
         "last observed {observed} after the first occurrence {created}"
     );
     assert_eq!(sim.reboots(), 0, "no reboot without the lock");
+
+    // An agent started again (a SIGKILL, as a kubelet restarts it) still waiting: the reboot it
+    // needs is the one already reported. Its waiting is a series of its own (the series is
+    // known to the agent that wrote it only: the Events rule has no read).
+    sim.kill_agent().await;
+    let restarted = until_events(
+        scope,
+        &sim,
+        "the restarted agent's WaitingForLock",
+        Duration::from_secs(90),
+        |events| sim.agent_starts() == 2 && waiting(events).len() == 2,
+    )
+    .await;
+    assert_eq!(
+        reasons(&restarted),
+        ["RebootRequired", "WaitingForLock", "WaitingForLock"],
+        "RebootRequired once across the restart: {restarted:#?}"
+    );
     delete_events(scope, &names[0]).await;
 }
 

@@ -8,11 +8,12 @@ use jiff::Timestamp;
 use tracing::{error, info};
 
 use super::act::API_RETRY_LIMIT;
-use super::publish::idle_state;
+use super::publish::{idle_state, to_the_second};
 use super::{Agent, LOCK_READ_REUSE, Wait};
 use crate::agent_state::{AgentState, Phase, STATE_ANNOTATION};
 use crate::controls;
 use crate::decide::{self, Situation};
+use crate::duration::GoDuration;
 use crate::events::Reason;
 use crate::kube_error;
 use crate::lock::{RebootLock, Release};
@@ -20,6 +21,21 @@ use crate::node::{self, Annotations};
 use crate::notify::{self, Event, Notifier};
 
 impl<N: Notifier, L: RebootLock> Agent<N, L> {
+    /// How long ago, in whole seconds, the reboot that just finished was asked for, as the agent
+    /// that asked published it; `None` when that is not known.
+    fn away_since_reboot_request(&self, now: Timestamp) -> Option<GoDuration> {
+        let published = self.published.lock().ok()?;
+        let requested: Timestamp = published
+            .as_ref()
+            .filter(|p| p.phase == Phase::Rebooting)?
+            .reboot_requested
+            .as_deref()?
+            .parse()
+            .ok()?;
+        let away = decide::time_until(now, requested);
+        Some(GoDuration::from_secs(i64::try_from(away.as_secs()).ok()?))
+    }
+
     /// Returns the node to service without a reboot: uncordon (if `uncordon`), put on the
     /// post-reboot labels in place of the pre-reboot ones (as upstream does after a failed drain),
     /// then drop our lock entry (if `release`), without the release delay — the node never went
@@ -75,25 +91,21 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
     /// The phase `recovering` is published in the uncordon's own write when there is one.
     pub(super) async fn finish_reboot(&self, required: Option<bool>, uncordon: bool) -> Wait {
         let node_id = &self.config.node_id;
-        info!(node = %node_id, uncordon, "node rebooted; returning it to service");
-        self.events.step(Reason::Rebooted);
+        let now = Timestamp::now();
+        let away = self.away_since_reboot_request(now);
+        match away {
+            Some(away) => info!(node = %node_id, uncordon, away = %away,
+                "node rebooted; returning it to service"),
+            None => info!(node = %node_id, uncordon, "node rebooted; returning it to service"),
+        }
         if !self.reboot_counted.swap(true, Ordering::Relaxed) {
             self.metrics.count_reboot();
+            self.events.record(Reason::Rebooted, rebooted_note(away));
         }
         if let Ok(mut p) = self.published.lock() {
             // The reboot is done: remember when, for `kured status`.
-            // To the second, never ahead of the clock.
-            let now = Timestamp::now();
-            let at = now
-                .round(
-                    jiff::TimestampRound::new()
-                        .smallest(jiff::Unit::Second)
-                        .mode(jiff::RoundMode::Trunc),
-                )
-                .unwrap_or(now)
-                .to_string();
             *p = Some(AgentState {
-                last_reboot: Some(at),
+                last_reboot: Some(to_the_second(now)),
                 ..p.clone().unwrap_or_else(idle_state)
             });
         }
@@ -186,5 +198,27 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
                 self.wait(Situation::ApiError)
             }
         }
+    }
+}
+
+/// The note of the `Rebooted` Event: how long the node was away, when known.
+fn rebooted_note(away: Option<GoDuration>) -> String {
+    match away {
+        Some(away) => format!("back from its reboot, {away} after it was asked for"),
+        None => Reason::Rebooted.note().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rebooted_note_says_how_long_the_node_was_away_when_known() {
+        assert_eq!(
+            rebooted_note(Some(GoDuration::from_secs(125))),
+            "back from its reboot, 2m5s after it was asked for"
+        );
+        assert_eq!(rebooted_note(None), "back from its reboot");
     }
 }

@@ -1,6 +1,7 @@
 //! The agent's state, published on its own Node ([`STATE_ANNOTATION`]) for `kured status`:
 //! written only when it changes, on its own or along with another write of the Node.
 
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 use tracing::warn;
 
@@ -37,12 +38,21 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         let published = self.published.lock().ok()?;
         let last_reboot = published.as_ref().and_then(|p| p.last_reboot.clone());
         let reboot_loop = self.reboot_loop.lock().ok()?.clone();
+        // A reboot asked for again (the first request failed) keeps the time of the first.
+        let reboot_requested = (phase == Phase::Rebooting).then(|| {
+            published
+                .as_ref()
+                .filter(|p| p.phase == Phase::Rebooting)
+                .and_then(|p| p.reboot_requested.clone())
+                .unwrap_or_else(|| to_the_second(Timestamp::now()))
+        });
         let next = AgentState {
             reboot_required,
             phase,
             detail,
             last_reboot,
             reboot_loop,
+            reboot_requested,
         };
         (published.as_ref() != Some(&next)).then_some(next)
     }
@@ -76,6 +86,10 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             return;
         }
         if let Some(previous) = AgentState::published_on(node) {
+            // A need for a reboot that outlived the reboot is a new one, reported as such.
+            if previous.phase != Phase::Rebooting {
+                self.events.required_before(previous.reboot_required);
+            }
             if let Ok(mut reboot_loop) = self.reboot_loop.lock() {
                 reboot_loop.clone_from(&previous.reboot_loop);
             }
@@ -100,7 +114,19 @@ pub(super) fn idle_state() -> AgentState {
         detail: String::new(),
         last_reboot: None,
         reboot_loop: None,
+        reboot_requested: None,
     }
+}
+
+/// `at` as published: RFC 3339 to the second, never ahead of the clock.
+pub(super) fn to_the_second(at: Timestamp) -> String {
+    at.round(
+        jiff::TimestampRound::new()
+            .smallest(jiff::Unit::Second)
+            .mode(jiff::RoundMode::Trunc),
+    )
+    .unwrap_or(at)
+    .to_string()
 }
 
 /// The phase a step puts the agent in, for `kured status`; `None` for steps that are only a

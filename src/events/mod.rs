@@ -120,6 +120,16 @@ impl Recorder {
         }
     }
 
+    /// Takes what an earlier agent on this node published the sentinel to say (`required`) as
+    /// what it said before this agent's first round, so a reboot still needed after an agent
+    /// restart is not reported as new. Ignored once a round has reported.
+    pub fn required_before(&self, required: Option<bool>) {
+        let mut last = self.required.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none() {
+            *last = required;
+        }
+    }
+
     /// Reports what a round decided ([`reason::of_round`]); `required`: what the sentinel said.
     pub fn round(&self, required: Option<bool>, step: &Action) {
         let was = {
