@@ -205,6 +205,12 @@ fn assemble(
                     {
                         format!("held by {}", lock_holders.join(","))
                     }
+                    Some(AgentState {
+                        phase: Phase::Rebooting,
+                        detail,
+                        reboot_requested: Some(at),
+                        ..
+                    }) => format!("{detail} (asked for at {at})"),
                     Some(s) => s.detail.clone(),
                     None => String::new(),
                 },
@@ -519,6 +525,33 @@ mod tests {
         assert_eq!(json["lockHolders"][0], "n2");
         assert_eq!(json["nodes"][1]["phase"], "draining");
         assert_eq!(json["nodes"][2]["rebootRequired"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_rebooting_node_says_when_its_reboot_was_asked_for() {
+        let now: Timestamp = "2026-11-20T03:00:00Z".parse().unwrap();
+        let nodes = [
+            node(
+                "n1",
+                Some(
+                    r#"{"rebootRequired":true,"phase":"rebooting","detail":"command: systemctl reboot","rebootRequested":"2026-11-20T02:55:00Z"}"#,
+                ),
+            ),
+            // Published by an agent that did not record the time.
+            node(
+                "n2",
+                Some(r#"{"rebootRequired":true,"phase":"rebooting","detail":"command: systemctl reboot"}"#),
+            ),
+        ];
+        let status = assemble(&nodes, &[], None, now);
+        let details: Vec<&str> = status.nodes.iter().map(|n| n.detail.as_str()).collect();
+        assert_eq!(
+            details,
+            [
+                "command: systemctl reboot (asked for at 2026-11-20T02:55:00Z)",
+                "command: systemctl reboot"
+            ]
+        );
     }
 
     #[test]
