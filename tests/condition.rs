@@ -13,16 +13,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
-use k8s_openapi::api::rbac::v1::ClusterRole;
-use kube::api::{ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use support::access;
-use support::agents::Fleet;
-use support::cluster::client_from_kubeconfig;
+use support::agents::{Fleet, back_from_one_reboot};
 use support::faultproxy::{Fault, Rule};
 use support::objects::{create_deployment, running_on};
-use support::observer::{read_lock, upstream_entry, write_lock};
+use support::observer::{upstream_entry, write_lock};
 use support::rig::{Rig, SETTLE};
 use support::scope::Scope;
 use support::simulated::{NodeOptions, SimulatedNode};
@@ -146,6 +143,19 @@ impl ConditionWatch {
     }
 }
 
+impl ConditionWatch {
+    /// [`ConditionWatch::until`] True, waiting for the lock.
+    async fn until_waiting(&self, sim: &SimulatedNode) -> Seen {
+        self.until(
+            sim,
+            "True, waiting for the lock",
+            SETTLE,
+            is("True", "WaitingForLock"),
+        )
+        .await
+    }
+}
+
 fn is(status: &'static str, reason: &'static str) -> impl Fn(&Seen) -> bool {
     move |s| s.status == status && s.reason == reason
 }
@@ -174,22 +184,22 @@ fn statuses(history: &[Seen]) -> Vec<&str> {
     runs
 }
 
-/// Waits until the agent on `sim` has come back from its one reboot and the lock is free.
-async fn until_back(scope: &Scope, sim: &SimulatedNode) {
-    eventually_or(
-        SETTLE,
-        || async {
-            let back = sim.reboots() == 1 && !sim.sentinel.exists() && sim.agent_starts() >= 2;
-            (back && read_lock(scope).await.is_none()).then_some(())
-        },
-        || {
-            format!(
-                "timed out waiting for the reboot cycle; agent log:\n{}",
-                sim.log_tail(40)
-            )
-        },
-    )
-    .await;
+/// Frees the lock, waits until the node is back from its reboot and the condition False, and
+/// returns the condition's history, its lastTransitionTime checked against its status.
+async fn released_until_false(scope: &Scope, sim: &SimulatedNode, watch: &ConditionWatch) -> Vec<Seen> {
+    write_lock(scope, None).await;
+    back_from_one_reboot(scope, sim, SETTLE).await;
+    watch
+        .until(
+            sim,
+            "False after the reboot",
+            SETTLE,
+            is("False", "RebootNotRequired"),
+        )
+        .await;
+    let history = watch.condition();
+    assert_transitions_follow_the_status(&history);
+    history
 }
 
 #[tokio::test]
@@ -217,14 +227,7 @@ async fn a_reboot_cycle_turns_the_condition_true_then_false_through_its_phases()
     // Needed, and every slot taken: True, waiting for the lock, through the kubelet's heartbeats.
     hold_the_lock(scope, holder).await;
     std::fs::write(&sim.sentinel, "").expect("creating the sentinel");
-    let waiting = watch
-        .until(
-            &sim,
-            "True, waiting for the lock",
-            SETTLE,
-            is("True", "WaitingForLock"),
-        )
-        .await;
+    let waiting = watch.until_waiting(&sim).await;
     let beats = watch.heartbeats();
     eventually("two more heartbeats of the node's kubelet", SETTLE, || async {
         (watch.heartbeats() >= beats + 2).then_some(())
@@ -236,20 +239,8 @@ async fn a_reboot_cycle_turns_the_condition_true_then_false_through_its_phases()
         "the kubelet's heartbeats keep the condition"
     );
 
-    write_lock(scope, None).await;
-    until_back(scope, &sim).await;
-    watch
-        .until(
-            &sim,
-            "False after the reboot",
-            SETTLE,
-            is("False", "RebootNotRequired"),
-        )
-        .await;
-
-    let history = watch.condition();
+    let history = released_until_false(scope, &sim, &watch).await;
     assert_eq!(statuses(&history), ["False", "True", "False"], "{history:#?}");
-    assert_transitions_follow_the_status(&history);
     let reasons: Vec<&str> = history
         .iter()
         .filter(|s| s.status == "True")
@@ -277,14 +268,7 @@ async fn an_agent_killed_while_the_condition_is_true_keeps_its_transition_time()
     let watch = ConditionWatch::start(&scope.client, node);
 
     let sim = fleet.start(0, &[]);
-    let waiting = watch
-        .until(
-            &sim,
-            "True, waiting for the lock",
-            SETTLE,
-            is("True", "WaitingForLock"),
-        )
-        .await;
+    let waiting = watch.until_waiting(&sim).await;
     // Killed before the lock is taken; the next agent waits for it too, its first round on its
     // own (its log says so once more).
     let rounds = sim.log().matches(WAITING).count();
@@ -299,19 +283,8 @@ async fn an_agent_killed_while_the_condition_is_true_keeps_its_transition_time()
         "the next agent keeps the condition as it is"
     );
 
-    write_lock(scope, None).await;
-    until_back(scope, &sim).await;
-    watch
-        .until(
-            &sim,
-            "False after the reboot",
-            SETTLE,
-            is("False", "RebootNotRequired"),
-        )
-        .await;
-    let history = watch.condition();
+    let history = released_until_false(scope, &sim, &watch).await;
     assert_eq!(statuses(&history), ["True", "False"], "{history:#?}");
-    assert_transitions_follow_the_status(&history);
     assert!(
         history
             .iter()
@@ -352,39 +325,16 @@ async fn without_the_rbac_for_node_status_a_cycle_completes_and_says_so_once_per
     let fleet = Fleet::new("condition-refused", 1).await;
     let (scope, node) = (&fleet.scope, &fleet.names[0]);
     // The fleet's ClusterRole without the nodes/status rule, as upstream's manifests have it.
-    let roles: Api<ClusterRole> = Api::all(scope.client.clone());
-    let selector = format!("kured.test/agent-rbac={}", scope.namespace);
-    let mut role = roles
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .expect("listing the fleet's ClusterRole")
-        .items
-        .pop()
-        .expect("the fleet's ClusterRole");
-    let rules = role.rules.get_or_insert_with(Vec::new);
-    let before = rules.len();
-    rules.retain(|r| r.resources.as_deref() != Some(&["nodes/status".to_owned()]));
-    assert_eq!(
-        rules.len(),
-        before - 1,
-        "the manifest's nodes/status rule: {rules:?}"
-    );
-    let name = role.metadata.name.clone().expect("a name");
-    roles
-        .replace(&name, &PostParams::default(), &role)
-        .await
-        .expect("replacing the ClusterRole");
-    let agent = client_from_kubeconfig(&fleet.agents.kubeconfig).await;
     let patch = access::request("patch", "/nodes/status", "", node);
-    eventually(
-        "the nodes/status rule withdrawn",
-        Duration::from_secs(30),
-        || async { (!access::may(&agent, &patch).await).then_some(()) },
-    )
-    .await;
+    fleet
+        .withdraw_rule(
+            |r| r.resources.as_deref() == Some(&["nodes/status".to_owned()]),
+            &patch,
+        )
+        .await;
 
     let sim = fleet.start(0, &[]);
-    until_back(scope, &sim).await;
+    back_from_one_reboot(scope, &sim, SETTLE).await;
     assert_eq!(
         condition(&scope.node(node).await, CONDITION),
         None,
