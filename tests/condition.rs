@@ -1,10 +1,11 @@
 //! The Node condition `RebootRequired`, as the API server has it: a whole reboot cycle turns it
 //! from False to True (through the phases) and back to False, its lastTransitionTime changing
 //! exactly with its status; it survives the heartbeats of the node's kubelet (kwok) and an agent
-//! restart; a `nodes/status` patch answered 500 throughout a cycle holds nothing up, and the
-//! condition converges once the API server takes it; without the RBAC rule the cycle completes
-//! and each agent says so once. The agents hold only the manifest's RBAC
-//! (`tests/support/agents.rs`). Needs `scripts/testcluster up` and root (for `unshare`).
+//! killed while it is True; `nodes/status` patches answered 503, then 500, throughout a cycle
+//! hold nothing up, and the condition converges once the API server takes them; without the
+//! RBAC rule the cycle completes and each agent says so once. The agents hold only the
+//! manifest's RBAC (`tests/support/agents.rs`). Needs `scripts/testcluster up` and root (for
+//! `unshare`).
 
 mod support;
 
@@ -296,8 +297,12 @@ async fn an_agent_killed_while_the_condition_is_true_keeps_its_transition_time()
 }
 
 #[tokio::test]
-async fn status_patches_answered_500_hold_nothing_up_and_the_condition_converges_after() {
+async fn status_patches_answered_503_then_500_hold_nothing_up_and_the_condition_converges_after() {
     let rig = Rig::new("condition-fault").await;
+    // The first two 503 (unavailable), every later one 500 (an internal error), until cleared.
+    let unavailable = rig
+        .proxy
+        .inject(Rule::new("patch", "nodes/status", Fault::Status(503)).first(2));
     let refused = rig
         .proxy
         .inject(Rule::new("patch", "nodes/status", Fault::Status(500)));
@@ -305,7 +310,8 @@ async fn status_patches_answered_500_hold_nothing_up_and_the_condition_converges
 
     let sim = rig.start(&[]);
     rig.settled_after_one_drain(&sim).await;
-    assert!(refused.fired() >= 1, "the fault fired");
+    assert_eq!(unavailable.fired(), 2, "the 503s fired");
+    assert!(refused.fired() >= 1, "the 500s fired");
     assert_eq!(watch.condition(), [], "no condition while every write fails");
 
     refused.clear();
