@@ -3,6 +3,8 @@
 //! ([`Keeper::want`], which never waits), and the task writes the condition when it differs from
 //! what the Node says. The Node it compares with is the one the agent has (its watch, or the
 //! last read or write), then the Node each write returns: an unchanged phase costs no request.
+//! Only this agent writes the condition, so what its last write returned stays true; a condition
+//! removed by hand meanwhile comes back with the next phase, or with the next agent.
 //!
 //! Best effort, like the published state: a failed write never holds up or fails the reboot
 //! cycle. It is tried again after a pause (the condition converges once the API server answers),
