@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod agent_state;
 pub mod blockers;
+pub mod condition;
 pub mod config;
 pub mod control;
 pub mod controls;

@@ -2,12 +2,15 @@
 //! with deploy/kured.yaml's RBAC and a token bound to a pod on node A, as the kubelet mounts it:
 //! - refused, with a 403 naming the policy and what the write changes: a hostPath volume of `/` in
 //!   the DaemonSet's pod template, a label or a foreign annotation on the DaemonSet, a cordon or
-//!   uncordon of another node, a foreign label, annotation or taint on node A. The same writes
+//!   uncordon of another node, a foreign label, annotation or taint on node A; through node A's
+//!   status, a changed address, a changed Ready condition or a foreign label; kured's condition
+//!   on node B's status. The same writes
 //!   from the same token are accepted before the policies are installed, so the refusals are
 //!   theirs. With the rules of `--lock-backend=lease` added (and `delete` on leases, which no
 //!   kured Role grants): a Lease of another name created, a label, a foreign annotation or
 //!   `spec.leaseDurationSeconds` changed on the lock's Lease, and the Lease deleted;
-//! - allowed: the lock's write on the DaemonSet, the Lease backend's lock creating its Lease,
+//! - allowed: the lock's write on the DaemonSet, kured's condition RebootRequired on node A's
+//!   status, the Lease backend's lock creating its Lease,
 //!   taking and releasing it, every write of a whole reboot cycle of a simulated node whose agent
 //!   has nothing but that token (with pre- and post-reboot labels, the waiting taint and node
 //!   annotations), and anything the admin does;
@@ -28,6 +31,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
+use kured::agent_state::Phase;
+use kured::condition;
 use kured::duration::GoDuration;
 use kured::lock::{Acquire, Backend, Claim, LockObject, LockSettings, ObjectLock, RebootLock, Release};
 use serde_json::{Value, json};
@@ -391,11 +396,20 @@ enum Probe {
     LeaseDuration,
     /// The lock's Lease deleted, with its holders.
     LeaseDelete,
+    /// Node A's address changed through its status: the API server's traffic to its kubelet
+    /// redirected.
+    OwnNodeAddress,
+    /// Node A's Ready condition, the kubelet's, changed through its status.
+    OwnNodeReady,
+    /// A foreign label on node A through its status, which lets metadata through.
+    OwnNodeStatusLabel,
+    /// kured's own condition written on node B's status.
+    OtherNodeCondition,
 }
 
 impl Probe {
     /// Every probe; those on Leases need [`Setting::grant_lease_writes`].
-    const ALL: [Probe; 12] = [
+    const ALL: [Probe; 16] = [
         Probe::HostPathVolume,
         Probe::DaemonSetLabel,
         Probe::DaemonSetAnnotation,
@@ -408,6 +422,10 @@ impl Probe {
         Probe::LeaseAnnotation,
         Probe::LeaseDuration,
         Probe::LeaseDelete,
+        Probe::OwnNodeAddress,
+        Probe::OwnNodeReady,
+        Probe::OwnNodeStatusLabel,
+        Probe::OtherNodeCondition,
     ];
 
     /// The shipped policy that refuses it, and what its refusal says.
@@ -420,6 +438,10 @@ impl Probe {
             "kured may change spec.unschedulable, its own taint, labels and annotations of Node {} and nothing else; this write changes ",
             setting.a()
         );
+        let status = format!(
+            "kured may change condition RebootRequired in the status of Node {} and nothing else; this write changes ",
+            setting.a()
+        );
         let namespace = &setting.scope().namespace;
         let only_lease =
             format!("kured may create and update Lease {namespace}/kured (its lock) and nothing else; not ");
@@ -430,7 +452,7 @@ impl Probe {
             Probe::HostPathVolume => (DAEMONSET_POLICY, format!("{lock}spec")),
             Probe::DaemonSetLabel => (DAEMONSET_POLICY, format!("{lock}labels")),
             Probe::DaemonSetAnnotation => (DAEMONSET_POLICY, format!("{lock}annotation example.com/probe")),
-            Probe::OtherNodeCordon => (
+            Probe::OtherNodeCordon | Probe::OtherNodeCondition => (
                 NODE_POLICY,
                 format!(
                     "kured may change its own Node, {} (where the pod its token is bound to runs), and no other; not Node {}",
@@ -438,6 +460,9 @@ impl Probe {
                     setting.b()
                 ),
             ),
+            Probe::OwnNodeAddress => (NODE_POLICY, format!("{status}status.addresses")),
+            Probe::OwnNodeReady => (NODE_POLICY, format!("{status}status.conditions")),
+            Probe::OwnNodeStatusLabel => (NODE_POLICY, format!("{status}labels")),
             Probe::OwnNodeLabel => (NODE_POLICY, format!("{own}label example.com/probe")),
             Probe::OwnNodeAnnotation => (NODE_POLICY, format!("{own}annotation example.com/probe")),
             Probe::OwnNodeTaint => (NODE_POLICY, format!("{own}spec.taints")),
@@ -547,6 +572,23 @@ impl Probe {
                 })
                 .await
             }
+            Probe::OwnNodeAddress => {
+                let last = value.parse::<u32>().expect("a counter") % 250 + 1;
+                let address = json!({ "type": "InternalIP", "address": format!("10.99.0.{last}") });
+                let patch = json!({ "status": { "addresses": [address] } });
+                patch_node_status(client, setting.a(), patch).await
+            }
+            Probe::OwnNodeReady => {
+                let ready =
+                    json!({ "type": "Ready", "status": "True", "reason": "KubeletReady", "message": value });
+                let patch = json!({ "status": { "conditions": [ready] } });
+                patch_node_status(client, setting.a(), patch).await
+            }
+            Probe::OwnNodeStatusLabel => {
+                let patch = json!({ "metadata": { "labels": { "example.com/probe": value } } });
+                patch_node_status(client, setting.a(), patch).await
+            }
+            Probe::OtherNodeCondition => write_condition(client, setting.b(), &value).await,
             Probe::LeaseDelete => {
                 ensure_lock_lease(setting.scope()).await;
                 Api::<Lease>::namespaced(client.clone(), &setting.scope().namespace)
@@ -632,6 +674,22 @@ async fn patch_node(client: &Client, node: &str, patch: Value) -> Result<(), kub
         .patch(node, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map(drop)
+}
+
+/// Strategic-merge-patches `patch` into the status of `node`, as the agent writes its condition.
+async fn patch_node_status(client: &Client, node: &str, patch: Value) -> Result<(), kube::Error> {
+    Api::<Node>::all(client.clone())
+        .patch_status(node, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .map(drop)
+}
+
+/// Writes the condition RebootRequired on `node` as the agent does, with `detail` in its message
+/// so that every write is a change.
+async fn write_condition(client: &Client, node: &str, detail: &str) -> Result<(), kube::Error> {
+    let wanted = condition::wanted(Some(true), Phase::Blocked, detail);
+    let written = condition::to_write(&wanted, None, jiff::Timestamp::now()).expect("a condition to write");
+    patch_node_status(client, node, condition::patch(&written)).await
 }
 
 /// Asserts that `result` is the refusal of `probe` by its policy: see [`assert_refused_by`].
@@ -746,6 +804,13 @@ async fn the_policies_refuse_what_a_stolen_token_could_do_and_allow_the_lock_and
     }
     lease_lock_round_trips(&setting).await;
 
+    // The agent's condition on its own node's status, which changes nothing else.
+    write_condition(&setting.client, setting.a(), &fresh())
+        .await
+        .unwrap_or_else(|e| panic!("the condition RebootRequired on node A is allowed: {e}"));
+    let written = condition::on_node(&scope.node(setting.a()).await).expect("the condition written");
+    assert_eq!(written.reason.as_deref(), Some("Blocked"));
+
     // The admin is not the agents' ServiceAccount: the policies do not look at its writes.
     for probe in Probe::ALL {
         probe
@@ -835,6 +900,16 @@ async fn under_the_policies_a_node_goes_through_a_whole_reboot_cycle_with_its_po
     ] {
         assert!(log.contains(step), "no {step} in the agent's log:\n{log}");
     }
+    // The condition, written under the policies all along, says the reboot is done.
+    eventually(
+        "the condition RebootRequired False on node A",
+        ENFORCED_WITHIN,
+        || async {
+            let now = condition::on_node(&scope.node(a).await)?;
+            (now.status == "False" && now.reason.as_deref() == Some("RebootNotRequired")).then_some(())
+        },
+    )
+    .await;
     let node = scope.node(a).await;
     for (key, value) in [BEFORE_LABEL, AFTER_LABEL] {
         assert_eq!(

@@ -29,6 +29,7 @@ const PURE: &[&str] = &[
     "agent_state",
     "events/reason",
     "events/series",
+    "condition",
 ];
 
 /// Crates and standard modules whose use means I/O (or a runtime) in a pure file. The Kubernetes

@@ -268,6 +268,7 @@ async fn the_api_server_accepts_the_manifests_as_specified() {
             cluster_role.rules.unwrap_or_default(),
             [
                 rule(&[""], &["nodes"], &[], &["get", "patch", "list", "watch"]),
+                rule(&[""], &["nodes/status"], &[], &["patch"]),
                 rule(&[""], &["pods"], &[], &["get", "list", "watch"]),
                 rule(&[""], &["pods/eviction"], &[], &["create"]),
                 rule(&["apps"], &["daemonsets"], &[], &["get"]),

@@ -10,17 +10,15 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams};
 use support::access;
-use support::agents::Fleet;
-use support::cluster::client_from_kubeconfig;
+use support::agents::{Fleet, back_from_one_reboot};
 use support::objects::{create_deployment, running_on};
 use support::observer::{read_lock, upstream_entry, write_lock};
 use support::scope::Scope;
 use support::simulated::SimulatedNode;
-use support::wait::{eventually, eventually_or};
+use support::wait::eventually_or;
 
 /// Where the agents put the Events of Nodes.
 const NAMESPACE: &str = "default";
@@ -273,46 +271,16 @@ async fn without_the_rbac_for_events_a_cycle_completes_and_says_so_once_per_agen
     let fleet = Fleet::new("events-refused", 1).await;
     let (scope, node) = (&fleet.scope, &fleet.names[0]);
     // The fleet's ClusterRole without the Events rule, as upstream's manifests have it.
-    let roles: Api<ClusterRole> = Api::all(scope.client.clone());
-    let selector = format!("kured.test/agent-rbac={}", scope.namespace);
-    let mut role = roles
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .expect("listing the fleet's ClusterRole")
-        .items
-        .pop()
-        .expect("the fleet's ClusterRole");
-    let rules = role.rules.get_or_insert_with(Vec::new);
-    let before = rules.len();
-    rules.retain(|r| r.api_groups.as_deref() != Some(&["events.k8s.io".to_owned()]));
-    assert_eq!(rules.len(), before - 1, "the manifest's Events rule: {rules:?}");
-    let name = role.metadata.name.clone().expect("a name");
-    roles
-        .replace(&name, &PostParams::default(), &role)
-        .await
-        .expect("replacing the ClusterRole");
-    let agent = client_from_kubeconfig(&fleet.agents.kubeconfig).await;
     let create = access::request("create", "events.k8s.io/events", NAMESPACE, "");
-    eventually("the Events rule withdrawn", Duration::from_secs(30), || async {
-        (!access::may(&agent, &create).await).then_some(())
-    })
-    .await;
+    fleet
+        .withdraw_rule(
+            |r| r.api_groups.as_deref() == Some(&["events.k8s.io".to_owned()]),
+            &create,
+        )
+        .await;
 
     let sim = fleet.start(0, &[]);
-    eventually_or(
-        Duration::from_secs(180),
-        || async {
-            let back = sim.reboots() == 1 && !sim.sentinel.exists() && sim.agent_starts() == 2;
-            (back && read_lock(scope).await.is_none()).then_some(())
-        },
-        || {
-            format!(
-                "timed out waiting for the reboot cycle; agent log:\n{}",
-                sim.log_tail(40)
-            )
-        },
-    )
-    .await;
+    back_from_one_reboot(scope, &sim, Duration::from_secs(180)).await;
     assert_eq!(node_events(scope, node).await.len(), 0, "no Event written");
     // The agent before the reboot and the one after: each logs the refusal once, however many
     // Events it had to report.

@@ -31,6 +31,7 @@ use crate::sentinel::SentinelWatch;
 
 mod act;
 mod back;
+mod condition;
 mod jitter;
 mod observe;
 mod publish;
@@ -106,6 +107,8 @@ struct Agent<N, L> {
     reboot_counted: AtomicBool,
     /// The Events on our Node, one for every step.
     events: Recorder,
+    /// The condition `RebootRequired` on our Node, following the phase.
+    condition: condition::Keeper,
 }
 
 /// Runs the agent until `shutdown` turns true.
@@ -151,6 +154,10 @@ pub async fn run(
         lock_taken: std::sync::Mutex::new(None),
         reboot_counted: AtomicBool::new(false),
         events: Recorder::start(client.clone(), &config.node_id),
+        condition: condition::Keeper::start(
+            OwnNode::new(client.clone(), config.node_id.clone()),
+            &config.node_id,
+        ),
         node: OwnNode::new(client.clone(), config.node_id.clone()),
         lock: ObjectLock::new(client.clone(), &config.lock_object, config.lock.clone())
             .reusing_reads_for(LOCK_READ_REUSE)

@@ -1,5 +1,8 @@
 //! The agent's state, published on its own Node ([`STATE_ANNOTATION`]) for `kured status`:
-//! written only when it changes, on its own or along with another write of the Node.
+//! written only when it changes, on its own or along with another write of the Node. Each phase
+//! entered is also handed to the keeper of the Node's condition `RebootRequired`.
+
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
@@ -35,6 +38,13 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         // The phases published are the ones /healthz bounds and `kured_phase` shows.
         self.liveness.entering(phase);
         self.metrics.set_phase(phase);
+        self.condition.want(reboot_required, phase, &detail, || {
+            let node = self
+                .node_watch
+                .current()
+                .or_else(|| self.known_node(Duration::MAX));
+            node.as_ref().and_then(crate::condition::on_node)
+        });
         let published = self.published.lock().ok()?;
         let last_reboot = published.as_ref().and_then(|p| p.last_reboot.clone());
         let reboot_loop = self.reboot_loop.lock().ok()?.clone();

@@ -1,6 +1,6 @@
 //! Operations on the agent's own Node: cordon and uncordon, the `--pre-reboot-node-labels` and
 //! `--post-reboot-node-labels`, the `--annotate-nodes` annotations, the
-//! `--prefer-no-schedule-taint` taint, and the boot ID.
+//! `--prefer-no-schedule-taint` taint, the boot ID, and the status (a condition of ours).
 //!
 //! Other writers change the same Node at the same time: the kubelet's heartbeats, autoscalers,
 //! other operators' labels and taints, an administrator's `kubectl`. No write here can undo theirs:
@@ -110,6 +110,12 @@ pub enum NodeError {
         #[source]
         source: kube::Error,
     },
+    #[error("cannot write the status of node {node}")]
+    Status {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("cannot build the patch for node {node}")]
     BuildPatch {
         node: String,
@@ -133,7 +139,8 @@ impl NodeError {
             | NodeError::Uncordon { source, .. }
             | NodeError::Label { source, .. }
             | NodeError::Annotate { source, .. }
-            | NodeError::Taint { source, .. } => Some(source),
+            | NodeError::Taint { source, .. }
+            | NodeError::Status { source, .. } => Some(source),
             NodeError::BuildPatch { .. } => None,
         }
     }
@@ -396,6 +403,19 @@ impl OwnNode {
     /// Returns the Node as written.
     pub async fn remove_annotation(&self, key: &str) -> Result<Node> {
         self.patch_annotations(json!({ key: null }), "remove").await
+    }
+
+    /// Strategic-merge-patches `patch` into the Node's status (subresource `nodes/status`): a
+    /// condition there merges by `type`, leaving the others as they are. Returns the Node as
+    /// written.
+    pub async fn patch_status(&self, patch: &Value) -> Result<Node> {
+        self.api
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .map_err(|source| NodeError::Status {
+                node: self.name.clone(),
+                source,
+            })
     }
 
     /// Records that a reboot is starting, as upstream does: if [`REBOOT_IN_PROGRESS`] is absent,

@@ -123,6 +123,7 @@ async fn applied_to_the_test_cluster_the_agents_run_on_the_scopes_nodes_with_the
     let allowed = [
         request("get", "/nodes", "", node),
         request("patch", "/nodes", "", node),
+        request("patch", "/nodes/status", "", node),
         request("list", "/pods", "", ""),
         request("watch", "/pods", "", ""),
         request("get", "/pods", "kube-system", "any"),
@@ -136,7 +137,7 @@ async fn applied_to_the_test_cluster_the_agents_run_on_the_scopes_nodes_with_the
     let refused = [
         request("update", "/nodes", "", node),
         request("delete", "/nodes", "", node),
-        request("patch", "/nodes/status", "", node),
+        request("update", "/nodes/status", "", node),
         request("delete", "/pods", ns, "any"),
         request("create", "/pods", ns, ""),
         request("get", "/secrets", ns, "kured-notify"),

@@ -5,14 +5,19 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+
 use super::access;
 use super::cluster::{client_from_kubeconfig, delete_cluster_rbac, kubectl, testcluster};
 use super::faultproxy::FaultProxy;
 use super::objects::create_lock_daemonset;
+use super::observer::read_lock;
 use super::rbac::{bind_role, lease_rules};
 use super::scope::Scope;
 use super::simulated::{NodeOptions, SimulatedNode};
-use super::wait::eventually;
+use super::wait::{eventually, eventually_or};
 
 /// What the agents of a scope share, as in a real install of deploy/kured.yaml: DaemonSet `kured`
 /// in the scope's namespace, which carries their lock, and ServiceAccount `kured` there, bound to
@@ -151,6 +156,36 @@ impl Fleet {
         .await;
     }
 
+    /// Takes the rule of the manifest's ClusterRole that `rule` picks out away from the fleet's
+    /// ServiceAccount, as upstream's manifests lack it, and waits until `request` is refused.
+    pub async fn withdraw_rule(&self, rule: impl Fn(&PolicyRule) -> bool, request: &access::Request<'_>) {
+        let roles: Api<ClusterRole> = Api::all(self.scope.client.clone());
+        let selector = format!("kured.test/agent-rbac={}", self.scope.namespace);
+        let mut role = roles
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .expect("listing the fleet's ClusterRole")
+            .items
+            .pop()
+            .expect("the fleet's ClusterRole");
+        let rules = role.rules.get_or_insert_with(Vec::new);
+        let before = rules.len();
+        rules.retain(|r| !rule(r));
+        assert_eq!(rules.len(), before - 1, "one rule of the manifest's: {rules:?}");
+        let name = role.metadata.name.clone().expect("a name");
+        roles
+            .replace(&name, &PostParams::default(), &role)
+            .await
+            .expect("replacing the ClusterRole");
+        let agent = client_from_kubeconfig(&self.agents.kubeconfig).await;
+        eventually(
+            &format!("{request} withdrawn"),
+            Duration::from_secs(30),
+            || async { (!access::may(&agent, request).await).then_some(()) },
+        )
+        .await;
+    }
+
     /// Starts the agent of node `i` ([`Agents::start`]).
     pub fn start(&self, i: usize, extra_args: &[&str]) -> SimulatedNode {
         self.agents.start(&self.scope, &self.names[i], extra_args)
@@ -168,6 +203,25 @@ impl Fleet {
         self.agents
             .start_with(&self.scope, &self.names[i], options, extra_args)
     }
+}
+
+/// Waits, for at most `limit`, until the node of `sim` is back from its one reboot, with an agent
+/// started after it, and the lock of `scope` is free.
+pub async fn back_from_one_reboot(scope: &Scope, sim: &SimulatedNode, limit: Duration) {
+    eventually_or(
+        limit,
+        || async {
+            let back = sim.reboots() == 1 && !sim.sentinel.exists() && sim.agent_starts() >= 2;
+            (back && read_lock(scope).await.is_none()).then_some(())
+        },
+        || {
+            format!(
+                "timed out waiting for the reboot cycle; agent log:\n{}",
+                sim.log_tail(40)
+            )
+        },
+    )
+    .await;
 }
 
 /// A reboot window (`--start-time`/`--end-time`, UTC) that opens a little from now and lasts an
