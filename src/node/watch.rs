@@ -91,6 +91,32 @@ impl NodeWatch {
         }
     }
 
+    /// Whether the watch has the Node now (when not, read it: the watch is recovering, or
+    /// forbidden).
+    pub fn knows(&self) -> bool {
+        matches!(&*self.seen.borrow(), Watched::Present(_))
+    }
+
+    /// Waits until the watch has the Node at a resourceVersion other than `version` (that of
+    /// the Node last looked at, as [`NodeWatch::current`] or a read gave it), or no longer has it
+    /// (read it then); returns at once when that is already so. So no change after that look is
+    /// missed, however late this is called.
+    pub async fn node_changed(&self, version: Option<&str>) {
+        let mut seen = self.seen.clone();
+        loop {
+            let differs = match &*seen.borrow_and_update() {
+                Watched::Present(node) => node.metadata.resource_version.as_deref() != version,
+                Watched::Unknown | Watched::Forbidden => true,
+            };
+            if differs {
+                return;
+            }
+            if seen.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Waits until what the Node's annotations ask of the agent ([`controls::node_controls`])
     /// changes from what the watch has now. Never returns once the watch stopped (forbidden).
     pub async fn controls_changed(&self) {
