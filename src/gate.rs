@@ -3,14 +3,16 @@
 //! `--post-reboot-alert-filter` — and has stayed so for `--post-reboot-settle`. Only then does the
 //! next node go down.
 //!
-//! Checked on changes, not by polling: [`HealthGate::check`] reads the Node and the node's pods,
-//! and [`HealthGate::changed`] watches both from the versions that read returned, so no change
-//! between the two is missed. Prometheus has no watch: with an alert filter, the gate asks again
-//! every [`ALERT_RECHECK`]. Where RBAC forbids watching Nodes (upstream's manifests grant `get`
-//! and `patch` only), the Node is read again every [`NODE_RECHECK`] instead.
+//! Checked on changes, not by polling: [`HealthGate::check`] takes the Node from the agent's own
+//! watch of it ([`NodeWatch`]) and lists the node's pods, and [`HealthGate::changed`] waits for
+//! the watched Node to move past the version that check looked at, and watches the pods from the
+//! version the list returned, so no change between the two is missed. Prometheus has no watch:
+//! with an alert filter, the gate asks again every [`ALERT_RECHECK`]. While the Node watch does
+//! not have the Node — it is recovering from an error, or RBAC forbids watching Nodes (upstream's
+//! manifests grant `get` and `patch` only) — the check reads the Node, and the wait reads it again
+//! after [`NODE_RECHECK`].
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -19,15 +21,15 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::{Api, Client, ResourceExt};
 use regex::Regex;
-use tracing::{info, warn};
+use tracing::warn;
 use url::Url;
 
 use crate::blockers::prometheus::{AlertFilter, PrometheusBlocker, PrometheusError};
-use crate::kube_error;
+use crate::node::NodeWatch;
 
 /// How often firing alerts are asked for while the gate waits.
 pub const ALERT_RECHECK: Duration = Duration::from_secs(15);
-/// How often the Node is read while the gate waits, when it may not be watched.
+/// How often the Node is read while the gate waits, when the Node watch does not have it.
 pub const NODE_RECHECK: Duration = Duration::from_secs(5);
 /// The pause after a watch failed, before the gate looks again.
 const WATCH_RETRY: Duration = Duration::from_secs(5);
@@ -84,10 +86,9 @@ pub struct HealthGate {
     alerts: Option<PrometheusBlocker>,
     /// Since when everything has been found healthy, without a failure in between.
     healthy_since: Mutex<Option<tokio::time::Instant>>,
-    /// The resource versions of the last check's reads, for the watches of [`HealthGate::changed`].
+    /// The resource versions of the Node and the pod list the last check looked at, for
+    /// [`HealthGate::changed`].
     versions: Mutex<(Option<String>, Option<String>)>,
-    /// Watching Nodes was forbidden: read the Node every [`NODE_RECHECK`] instead.
-    node_unwatchable: AtomicBool,
 }
 
 impl HealthGate {
@@ -114,7 +115,6 @@ impl HealthGate {
             alerts,
             healthy_since: Mutex::new(None),
             versions: Mutex::new((None, None)),
-            node_unwatchable: AtomicBool::new(false),
         })
     }
 
@@ -122,16 +122,20 @@ impl HealthGate {
         &self.settings
     }
 
-    /// Looks at everything the gate waits for, once.
-    pub async fn check(&self, now: Timestamp) -> Result<Verdict, GateError> {
-        let node = self
-            .nodes
-            .get(&self.node)
-            .await
-            .map_err(|source| GateError::Node {
-                node: self.node.clone(),
-                source,
-            })?;
+    /// Looks at everything the gate waits for, once: the Node as `watched` has it (read when the
+    /// watch does not have it), the pods, the alerts.
+    pub async fn check(&self, now: Timestamp, watched: &NodeWatch) -> Result<Verdict, GateError> {
+        let node = match watched.current() {
+            Some(node) => node,
+            None => self
+                .nodes
+                .get(&self.node)
+                .await
+                .map_err(|source| GateError::Node {
+                    node: self.node.clone(),
+                    source,
+                })?,
+        };
         let pods = self
             .pods
             .list(&ListParams::default().fields(&format!("spec.nodeName={}", self.node)))
@@ -189,9 +193,10 @@ impl HealthGate {
         *self.healthy_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Waits until the Node or a pod on it changes after the last [`HealthGate::check`]. Does not
-    /// time out by itself: the caller bounds it.
-    pub async fn changed(&self) {
+    /// Waits until the Node (as `watched` has it) or a pod on it changes after the last
+    /// [`HealthGate::check`]; while the watch does not have the Node, for [`NODE_RECHECK`]. Does
+    /// not time out by itself: the caller bounds it.
+    pub async fn changed(&self, watched: &NodeWatch) {
         let (node_version, pods_version) = self.versions.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let pods = async {
             match pods_version {
@@ -203,31 +208,19 @@ impl HealthGate {
             }
         };
         let node = async {
-            if self.node_unwatchable.load(Ordering::Relaxed) {
+            if watched.knows() {
+                watched.node_changed(node_version.as_deref()).await;
+            } else {
                 tokio::time::sleep(NODE_RECHECK).await;
-                return Ok(());
-            }
-            match node_version {
-                Some(version) => {
-                    let params = self.watch_params(format!("metadata.name={}", self.node));
-                    first_change(self.nodes.watch(&params, &version).await).await
-                }
-                None => Err(None),
             }
         };
         let failed = tokio::select! {
             changed = pods => changed.err(),
-            changed = node => changed.err(),
+            () = node => None,
         };
         if let Some(failure) = failed {
-            if let Some(e) = &failure
-                && kube_error::is_forbidden(e)
-                && !self.node_unwatchable.swap(true, Ordering::Relaxed)
-            {
-                info!(node = %self.node, error = %crate::error_chain(e),
-                    "may not watch for the health gate; reading the node every few seconds instead (grant list and watch on nodes)");
-            } else if let Some(e) = &failure {
-                warn!(node = %self.node, error = %crate::error_chain(e), "watching for the health gate");
+            if let Some(e) = &failure {
+                warn!(node = %self.node, error = %crate::error_chain(e), "watching the node's pods for the health gate");
             }
             tokio::time::sleep(WATCH_RETRY).await;
         }

@@ -14,8 +14,10 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use support::access;
 use support::agents::{Fleet, back_from_one_reboot};
+use support::faultproxy::{Fault, Rule};
 use support::objects::{create_deployment, running_on};
 use support::observer::{read_lock, upstream_entry, write_lock};
+use support::rig::{Rig, SETTLE};
 use support::scope::Scope;
 use support::simulated::SimulatedNode;
 use support::wait::eventually_or;
@@ -290,4 +292,63 @@ async fn without_the_rbac_for_events_a_cycle_completes_and_says_so_once_per_agen
         .filter(|l| l.contains("creating an Event failed"))
         .count();
     assert_eq!(refusals, 2, "agent log:\n{}", sim.log_tail(60));
+}
+
+/// The Events writer stuck and the API server down across the reboot. Every Event write is held
+/// unanswered (for far longer than the test waits) from the start, so the writer is stuck when
+/// the agent flushes it before rebooting: the reboot goes regardless. The API server then looks
+/// stopped from the reboot until after the next agent started (the reboot itself needs the API:
+/// the agent reads the lock just before it). The cycle completes, and the Events after the
+/// outage are written.
+#[tokio::test]
+async fn a_stuck_events_writer_and_an_api_outage_across_the_reboot_hold_up_neither() {
+    let rig = Rig::new("events-outage").await;
+    let held = rig.proxy.inject(Rule::new(
+        "create",
+        "events",
+        Fault::Hold(Duration::from_secs(3600)),
+    ));
+    let sim = rig.start(&[]);
+    eventually_or(
+        SETTLE,
+        || async { (sim.reboot_requests() >= 1).then_some(()) },
+        || format!("no reboot asked for; agent log:\n{}", sim.log_tail(30)),
+    )
+    .await;
+    rig.proxy.down_for(Duration::from_secs(10)).await;
+    assert!(
+        held.fired() >= 1,
+        "the reboot was asked for while an Event write was held"
+    );
+    held.clear();
+    eventually_or(
+        SETTLE,
+        || async { (sim.agent_starts() == 2).then_some(()) },
+        || format!("no agent after the reboot; log:\n{}", sim.log_tail(30)),
+    )
+    .await;
+    assert!(
+        rig.proxy.is_down(),
+        "the next agent started while the API server looked stopped (connections dropped: {})",
+        rig.proxy.dropped()
+    );
+    rig.proxy.up().await;
+    rig.settled_after_one_drain(&sim).await;
+    assert!(
+        sim.log_entries()
+            .iter()
+            .any(|e| e.to_string().contains("Connection refused")),
+        "the next agent met the outage; log:\n{}",
+        sim.log_tail(30)
+    );
+    let after = ["Rebooted", "Uncordoned", "LockReleased"];
+    until_events(
+        &rig.scope,
+        &sim,
+        "the Events of the cycle after the outage",
+        Duration::from_secs(60),
+        |events| after.iter().all(|r| reasons(events).contains(r)),
+    )
+    .await;
+    delete_events(&rig.scope, &sim.name).await;
 }

@@ -9,12 +9,15 @@
 mod receivers;
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
 
 use receivers::HttpReceiver;
 use support::agents::Fleet;
+use support::faultproxy::{Fault, FaultProxy, Injected, Rule};
 use support::objects::{create_never_ready_daemonset, make_ready};
 use support::observer::{Observer, Snapshot, lock_entry, read_lock};
 use support::rig::Rig;
@@ -70,6 +73,14 @@ async fn halted_metric_is(sim: &SimulatedNode, halted: bool) {
         },
     )
     .await;
+}
+
+/// Whether `node`'s lock entry as the observer saw it last says halted.
+fn entry_halted(s: &Snapshot, node: &str) -> bool {
+    s.lock
+        .as_deref()
+        .and_then(|l| lock_entry(l, node))
+        .is_some_and(|e| e["halted"].is_string())
 }
 
 /// The entry of `node` in the lock as the API server has it now.
@@ -130,9 +141,16 @@ struct Halt {
 }
 
 impl Halt {
-    /// Returns once node 0 is halted, all its marks checked ([`assert_halted`]), and a
-    /// notification about the halt has arrived.
+    /// Returns once node 0 is halted, all its marks checked ([`Halt::halted`]).
     async fn new(test: &str, nodes: usize) -> Halt {
+        let halt = Halt::started(test, nodes, None).await;
+        halt.halted().await;
+        halt
+    }
+
+    /// Returns once node 0's agent (talking through `proxy`, if given) holds the lock and the
+    /// others' agents are started.
+    async fn started(test: &str, nodes: usize, proxy: Option<&FaultProxy>) -> Halt {
         let fleet = Fleet::new(test, nodes).await;
         let scope = &fleet.scope;
         let bad = fleet.names[0].clone();
@@ -141,25 +159,80 @@ impl Halt {
         let receiver = HttpReceiver::start();
         let notify = format!("--notify-url=generic+{}/hook", receiver.base());
         let args = ["--concurrency=1", TIMEOUT, notify.as_str()];
-        let mut sims = vec![fleet.start(0, &args)];
+        let first = match proxy {
+            Some(proxy) => fleet.agents.start_through(scope, &bad, proxy, &args),
+            None => fleet.start(0, &args),
+        };
+        let mut sims = vec![first];
         observer
             .until_seen("node 0 to take the lock", SETTLE, &[&sims[0]], |s| s.holds(&bad))
             .await;
         sims.extend((1..nodes).map(|i| fleet.start(i, &args)));
-        observer
-            .until_seen("node 0 to halt, holding the lock", SETTLE, &[&sims[0]], |s| {
-                s.holds(&bad) && s.in_phase(&bad, "halted")
-            })
-            .await;
-        assert_halted(scope, &observer, &sims[0]).await;
-        let halt = Halt {
+        Halt {
             fleet,
             observer,
             sims,
             receiver,
-        };
-        halt.notified_of_the_halt().await;
-        halt
+        }
+    }
+
+    /// Waits until node 0 is halted, holding the lock, checks all its marks ([`assert_halted`])
+    /// and waits for a notification about the halt.
+    async fn halted(&self) {
+        let bad = self.bad();
+        self.observer
+            .until_seen(
+                "node 0 to halt, holding the lock",
+                SETTLE,
+                &[&self.sims[0]],
+                |s| s.holds(bad) && s.in_phase(bad, "halted"),
+            )
+            .await;
+        assert_halted(&self.fleet.scope, &self.observer, &self.sims[0]).await;
+        self.notified_of_the_halt().await;
+    }
+
+    /// Waits until node 0 is back from its reboot, holding the lock, in its gate; from then on
+    /// the observer checks that the lock never says halted while the node is not marked (the
+    /// mark goes first), until the returned flag is set (the test removes the mark).
+    async fn verifying(&self) -> Arc<AtomicBool> {
+        verifying(&self.observer, &self.sims[0]).await;
+        let bad = self.bad().to_owned();
+        let lifting = Arc::new(AtomicBool::new(false));
+        let lifted = lifting.clone();
+        self.observer.forbid(
+            "node 0's lock entry halted while the node is not marked halted",
+            move |s| {
+                !lifted.load(Ordering::SeqCst) && entry_halted(s, &bad) && s.control(&bad, HALTED).is_none()
+            },
+        );
+        lifting
+    }
+
+    /// Node 0's agent has logged `error` (the write that failed) and `rule` refused at least one
+    /// request: the fault hit that write.
+    async fn refused(&self, rule: &Injected, error: &str) {
+        let sim = &self.sims[0];
+        eventually_or(
+            SETTLE,
+            || async {
+                let logged = sim.log_entries().iter().any(|e| {
+                    e["level"]
+                        .as_str()
+                        .is_some_and(|l| l.eq_ignore_ascii_case("error"))
+                        && e.to_string().contains(error)
+                });
+                (logged && rule.fired() >= 1).then_some(())
+            },
+            || {
+                format!(
+                    "the agent never logged {error:?} after a refused write ({} refused); log:\n{}",
+                    rule.fired(),
+                    sim.log_tail(30)
+                )
+            },
+        )
+        .await;
     }
 
     fn bad(&self) -> &str {
@@ -423,4 +496,68 @@ async fn the_api_server_down_during_the_gate_releases_nothing_early() {
 
     make_ready(&rig.scope, BROKEN).await;
     rig.settled_after_one_drain(&sim).await;
+}
+
+/// The halt's second write (the lock entry's `halted`) refused, the agent SIGKILLed with the node
+/// marked and the entry not: the next agent writes the entry, the rollout stays halted, and
+/// removing the mark completes it.
+#[tokio::test]
+async fn an_agent_killed_between_the_halts_two_writes_halts_the_rollout_when_back() {
+    let proxy = FaultProxy::start().await;
+    let halt = Halt::started("gate-kill-halting", 2, Some(&proxy)).await;
+    let lifting = halt.verifying().await;
+    // The DaemonSet lock is written with a replace (verb update) of DaemonSet `kured`.
+    let rule = proxy.inject(Rule::new("update", "daemonsets", Fault::Status(503)).named("kured"));
+    halt.refused(&rule, "marking the rollout halted in the lock")
+        .await;
+    let (bad, sim) = (halt.bad(), &halt.sims[0]);
+    halt.observer
+        .until_seen("node 0 marked, its entry not halted", SETTLE, &halt.all(), |s| {
+            s.holds(bad) && s.control(bad, HALTED).is_some() && !entry_halted(s, bad)
+        })
+        .await;
+    sim.kill_agent().await;
+    rule.clear();
+    assert!(
+        !entry_halted(&halt.observer.snapshot(), bad),
+        "killed between the two writes\n{}",
+        halt.observer.report(&halt.all())
+    );
+
+    halt.halted().await;
+    halt.the_rollout_stays_stopped().await;
+    lifting.store(true, Ordering::SeqCst);
+    halt.fleet.scope.annotate_node(bad, json!({ HALTED: null })).await;
+    halt.completes().await;
+}
+
+/// The halt mark's Node patch answered 503 for a while: the node keeps its slot, nobody else
+/// reboots, and once the patches pass the halt is written, the mark first.
+#[tokio::test]
+async fn a_refused_halt_mark_keeps_the_slot_and_is_written_first_once_it_passes() {
+    let proxy = FaultProxy::start().await;
+    let halt = Halt::started("gate-mark-refused", 2, Some(&proxy)).await;
+    halt.verifying().await;
+    let bad = halt.bad().to_owned();
+    let rule = proxy.inject(Rule::new("patch", "nodes", Fault::Status(503)).named(&bad));
+    halt.refused(&rule, "marking the node halted").await;
+    let other = &halt.sims[1];
+    halt.observer
+        .stays(
+            "node 0 holding the only slot, not halted, node 1 not rebooted",
+            Duration::from_secs(5),
+            &halt.all(),
+            |s| {
+                s.holders == [bad.as_str()]
+                    && !entry_halted(s, &bad)
+                    && other.reboots() == 0
+                    && other.reboot_requests() == 0
+            },
+        )
+        .await;
+
+    rule.clear();
+    halt.halted().await;
+    let violations = halt.observer.violations();
+    assert!(violations.is_empty(), "{violations:#?}");
 }

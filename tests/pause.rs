@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use support::agents::{Fleet, window_opening_soon};
+use support::faultproxy::{Fault, FaultProxy, Rule};
 use support::observer::{Observer, published_state};
 use support::scope::Scope;
 use support::simulated::{NodeOptions, SimulatedNode};
@@ -131,11 +132,26 @@ async fn an_unreadable_pause_counts_as_paused_with_a_warning_and_false_does_not(
 
 /// A node without a sentinel, its agent started with `args`, once it has published `idle`.
 async fn not_needing_a_reboot(fleet: &Fleet, observer: &Observer, args: &[&str]) -> SimulatedNode {
+    not_needing_a_reboot_through(fleet, observer, None, args).await
+}
+
+/// [`not_needing_a_reboot`], the agent talking through `proxy` if given.
+async fn not_needing_a_reboot_through(
+    fleet: &Fleet,
+    observer: &Observer,
+    proxy: Option<&FaultProxy>,
+    args: &[&str],
+) -> SimulatedNode {
     let options = NodeOptions {
         needs_reboot: false,
         ..NodeOptions::default()
     };
-    let sim = fleet.start_with(0, &options, args);
+    let sim = match proxy {
+        Some(proxy) => fleet
+            .agents
+            .start_through_with(&fleet.scope, &fleet.names[0], proxy, &options, args),
+        None => fleet.start_with(0, &options, args),
+    };
     published(observer, &sim, "idle").await;
     sim
 }
@@ -201,5 +217,64 @@ async fn reboot_now_waits_for_the_window() {
         requests.iter().all(|at| *at >= opens),
         "the reboot was asked for once the window opened at {opens}: {requests:?}"
     );
+    reboot_now_removed(scope, &sim).await;
+}
+
+/// The removal of `kured.dev/reboot-now` after the reboot answered 503 for a while: the lock is
+/// not released while the annotation is there (a released lock with it would reboot the node
+/// again), and once the patches pass the annotation is gone, the lock free, one reboot. The node
+/// is cordoned beforehand, so that the agent has no uncordon to do and the removal is its first
+/// Node write that a round cannot do without.
+#[tokio::test]
+async fn a_refused_reboot_now_removal_keeps_the_lock_until_it_is_removed() {
+    let fleet = Fleet::new("reboot-now-refused", 1).await;
+    let scope = &fleet.scope;
+    let node = fleet.names[0].clone();
+    scope.set_unschedulable(&node, true).await;
+    let observer = Observer::start(scope, 1, &[&node]).await;
+    let proxy = FaultProxy::start().await;
+    let sim = not_needing_a_reboot_through(&fleet, &observer, Some(&proxy), &[]).await;
+    scope.annotate_node(&node, json!({ REBOOT_NOW: "true" })).await;
+    eventually_or(
+        SETTLE,
+        || async { (sim.reboot_requests() >= 1).then_some(()) },
+        || format!("no reboot asked for; log:\n{}", sim.log_tail(30)),
+    )
+    .await;
+    let rule = proxy.inject(Rule::new("patch", "nodes", Fault::Status(503)).named(&node));
+    let watched = node.clone();
+    observer.forbid(
+        "the lock released while kured.dev/reboot-now is still set after the reboot",
+        move |s| !s.holds(&watched) && s.control(&watched, REBOOT_NOW).is_some(),
+    );
+    eventually_or(
+        SETTLE,
+        || async {
+            let logged = sim
+                .log_entries()
+                .iter()
+                .any(|e| e.to_string().contains("removing the reboot request"));
+            (logged && rule.fired() >= 1).then_some(())
+        },
+        || {
+            format!(
+                "the agent never failed to remove {REBOOT_NOW} ({} refused); log:\n{}",
+                rule.fired(),
+                sim.log_tail(30)
+            )
+        },
+    )
+    .await;
+    observer
+        .stays(
+            "the node back, holding the lock, reboot-now still set",
+            Duration::from_secs(5),
+            &[&sim],
+            |s| s.holds(&node) && s.control(&node, REBOOT_NOW).is_some() && sim.reboots() == 1,
+        )
+        .await;
+
+    rule.clear();
+    observer.assert_settled(&[(&sim, 1)], SETTLE).await;
     reboot_now_removed(scope, &sim).await;
 }

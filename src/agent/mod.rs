@@ -286,7 +286,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             Wait::Until(at) => tokio::time::sleep(until(at)).await,
             Wait::HealthChange { limit } => match &self.gate {
                 Some(gate) => {
-                    let _ = tokio::time::timeout(limit, gate.changed()).await;
+                    let _ = tokio::time::timeout(limit, gate.changed(&self.node_watch)).await;
                 }
                 None => tokio::time::sleep(limit).await,
             },

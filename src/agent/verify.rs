@@ -47,7 +47,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         // Also after a restart: the halt outlives the agent that marked it.
         self.metrics.set_halted(halted);
         let phase = if halted { Phase::Halted } else { Phase::Verifying };
-        let (what, next) = match gate.check(now).await {
+        let (what, next) = match gate.check(now, &self.node_watch).await {
             Ok(Verdict::Passed) => return self.gate_passed(halted).await,
             Ok(Verdict::Pending { what, next }) => (what, next),
             Err(e) => {

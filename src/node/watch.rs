@@ -91,6 +91,32 @@ impl NodeWatch {
         }
     }
 
+    /// Whether the watch has the Node now (when not, read it: the watch is recovering, or
+    /// forbidden).
+    pub fn knows(&self) -> bool {
+        matches!(&*self.seen.borrow(), Watched::Present(_))
+    }
+
+    /// Waits until the watch has the Node at a resourceVersion other than `version` (that of
+    /// the Node last looked at, as [`NodeWatch::current`] or a read gave it), or no longer has it
+    /// (read it then); returns at once when that is already so. So no change after that look is
+    /// missed, however late this is called.
+    pub async fn node_changed(&self, version: Option<&str>) {
+        let mut seen = self.seen.clone();
+        loop {
+            let differs = match &*seen.borrow_and_update() {
+                Watched::Present(node) => node.metadata.resource_version.as_deref() != version,
+                Watched::Unknown | Watched::Forbidden => true,
+            };
+            if differs {
+                return;
+            }
+            if seen.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Waits until what the Node's annotations ask of the agent ([`controls::node_controls`])
     /// changes from what the watch has now. Never returns once the watch stopped (forbidden).
     pub async fn controls_changed(&self) {
@@ -113,5 +139,64 @@ fn controls_of(watched: &Watched) -> Option<controls::NodeControls> {
     match watched {
         Watched::Present(node) => Some(controls::node_controls(node.metadata.annotations.as_ref())),
         Watched::Unknown | Watched::Forbidden => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn node_at(version: &str) -> Watched {
+        let mut node = Node::default();
+        node.metadata.resource_version = Some(version.to_owned());
+        Watched::Present(Box::new(node))
+    }
+
+    /// A watch fed by hand through the returned sender.
+    fn fed(first: Watched) -> (watch::Sender<Watched>, NodeWatch) {
+        let (sender, seen) = watch::channel(first);
+        let task = tokio::spawn(std::future::pending::<()>()).abort_handle();
+        (sender, NodeWatch { seen, task })
+    }
+
+    /// Whether `node_changed(version)` returns within a moment of the paused clock.
+    async fn returns(watched: &NodeWatch, version: Option<&str>) -> bool {
+        tokio::time::timeout(Duration::from_secs(1), watched.node_changed(version))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn node_changed_waits_only_while_the_watch_has_the_version_looked_at() {
+        let (sender, watched) = fed(node_at("5"));
+        assert!(watched.knows());
+        assert!(!returns(&watched, Some("5")).await, "the same version: waits");
+        assert!(
+            returns(&watched, Some("4")).await,
+            "moved on since the look: at once"
+        );
+        assert!(returns(&watched, None).await, "looked at nothing: at once");
+
+        let waiting = tokio::spawn(async move {
+            watched.node_changed(Some("5")).await;
+            watched
+        });
+        tokio::task::yield_now().await;
+        sender.send_replace(node_at("6"));
+        let watched = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("a new version ends the wait")
+            .expect("the task");
+
+        for gone in [Watched::Unknown, Watched::Forbidden] {
+            sender.send_replace(gone);
+            assert!(!watched.knows());
+            assert!(
+                returns(&watched, Some("6")).await,
+                "the watch lost the Node: read it"
+            );
+        }
     }
 }

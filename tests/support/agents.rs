@@ -72,8 +72,20 @@ impl Agents {
         proxy: &FaultProxy,
         extra_args: &[&str],
     ) -> SimulatedNode {
+        self.start_through_with(scope, node, proxy, &NodeOptions::default(), extra_args)
+    }
+
+    /// [`Agents::start_through`], on a node that behaves as `options` say.
+    pub fn start_through_with(
+        &self,
+        scope: &Scope,
+        node: &str,
+        proxy: &FaultProxy,
+        options: &NodeOptions,
+        extra_args: &[&str],
+    ) -> SimulatedNode {
         let kubeconfig = self.kubeconfig_through(proxy);
-        self.launch(scope, node, &kubeconfig, &NodeOptions::default(), extra_args)
+        self.launch(scope, node, &kubeconfig, options, extra_args)
     }
 
     /// A kubeconfig with the ServiceAccount's token that reaches the API server through `proxy`.

@@ -346,6 +346,11 @@ impl FaultProxy {
         });
     }
 
+    /// Whether the API server looks stopped now ([`FaultProxy::down_for`]).
+    pub fn is_down(&self) -> bool {
+        *self.shared.down.borrow()
+    }
+
     /// Waits until the port is open again after `down_for`.
     pub async fn up(&self) {
         until(&mut self.shared.listening.subscribe(), true).await;

@@ -168,6 +168,9 @@ pub struct NodeState {
     pub published: Option<serde_json::Value>,
     /// The Node's labels.
     pub labels: BTreeMap<String, String>,
+    /// The Node's `kured.dev/` annotations but the published state: the controls
+    /// (`kured.dev/pause`, `reboot-now`, `halted`).
+    pub controls: BTreeMap<String, String>,
 }
 
 impl NodeState {
@@ -182,6 +185,12 @@ impl NodeState {
                 .and_then(|v| v["phase"].as_str().map(str::to_owned)),
             published,
             labels: node.labels().clone(),
+            controls: node
+                .annotations()
+                .iter()
+                .filter(|(k, _)| k.starts_with("kured.dev/") && *k != STATE_ANNOTATION)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 }
@@ -237,6 +246,11 @@ impl Snapshot {
         self.nodes.get(node).and_then(|n| n.phase.as_deref())
     }
 
+    /// The value of `node`'s control annotation `key` (e.g. `kured.dev/halted`), as last seen.
+    pub fn control(&self, node: &str, key: &str) -> Option<&str> {
+        self.nodes.get(node)?.controls.get(key).map(String::as_str)
+    }
+
     /// Whether `node`'s agent published `phase` last.
     pub fn in_phase(&self, node: &str, phase: &str) -> bool {
         self.phase(node) == Some(phase)
@@ -260,6 +274,21 @@ struct Budget {
     /// The fewest ready pods seen since `min` were first ready; `None` before.
     lowest: Option<usize>,
     synced: bool,
+}
+
+/// How a test recognises a state it forbids ([`Observer::forbid`]).
+type Sees = Box<dyn Fn(&Snapshot) -> bool + Send>;
+
+/// What a test forbids from some moment on ([`Observer::forbid`]): what it is, and how to see it.
+#[derive(Default)]
+struct Forbidden(Vec<(String, Sees)>);
+
+impl std::fmt::Debug for Forbidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(what, _)| what))
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -291,6 +320,8 @@ struct LockSnapshot {
     max_per_label: usize,
     /// Everything seen that must never happen, each with what was seen then.
     violations: Vec<String>,
+    /// What the test forbids besides, checked as the invariants.
+    forbidden: Forbidden,
     nodes_synced: bool,
     lock_synced: bool,
     lease_lock_synced: bool,
@@ -322,6 +353,13 @@ impl LockSnapshot {
                 "{holders} lock holders at once (limit {limit}); {}",
                 self.now.describe()
             );
+            self.record(v);
+        }
+        let seen: Vec<String> = (self.forbidden.0.iter())
+            .filter(|(_, seen)| seen(&self.now))
+            .map(|(what, _)| format!("{what}; {}", self.now.describe()))
+            .collect();
+        for v in seen {
             self.record(v);
         }
         for (key, max) in self.per_label.clone() {
@@ -591,6 +629,17 @@ impl Observer {
     /// reboot when nothing made the agent give the node back midway.
     pub fn cordons(&self, node: &str) -> usize {
         self.seen().cordons.get(node).copied().unwrap_or(0)
+    }
+
+    /// From now on, a state in which `seen` holds is a violation, `what` saying what it is: an
+    /// invariant of one test, checked at every change the observer sees, as the general ones.
+    pub fn forbid(&self, what: &str, seen: impl Fn(&Snapshot) -> bool + Send + 'static) {
+        let mut state = self.seen();
+        if seen(&state.now) {
+            let v = format!("{what}; {}", state.now.describe());
+            state.record(v);
+        }
+        state.forbidden.0.push((what.to_owned(), Box::new(seen)));
     }
 
     /// Everything seen so far that must never happen.
