@@ -339,19 +339,33 @@ async fn without_the_rbac_for_node_status_a_cycle_completes_and_says_so_once_per
         )
         .await;
 
-    let sim = fleet.start(0, &[]);
+    // The reboot delay keeps the agent before the reboot in a phase longer than the condition
+    // takes to be written, so that it tries before it goes through the next ones.
+    let sim = fleet.start(0, &["--reboot-delay=3s"]);
     back_from_one_reboot(scope, &sim, SETTLE).await;
+    // The agent before the reboot and the one after: each logs the refusal once, however many
+    // phases it went through.
+    let refusals = || {
+        sim.log()
+            .lines()
+            .filter(|l| l.contains("may not write the node's status"))
+            .count()
+    };
+    eventually_or(
+        Duration::from_secs(30),
+        || async { (refusals() >= 2).then_some(()) },
+        || {
+            format!(
+                "the refusal logged by each agent; agent log:\n{}",
+                sim.log_tail(60)
+            )
+        },
+    )
+    .await;
+    assert_eq!(refusals(), 2, "agent log:\n{}", sim.log_tail(60));
     assert_eq!(
         condition(&scope.node(node).await, CONDITION),
         None,
         "no condition written"
     );
-    // The agent before the reboot and the one after: each logs the refusal once, however many
-    // phases it went through.
-    let refusals = sim
-        .log()
-        .lines()
-        .filter(|l| l.contains("may not write the node's status"))
-        .count();
-    assert_eq!(refusals, 2, "agent log:\n{}", sim.log_tail(60));
 }

@@ -28,6 +28,13 @@ use crate::node::OwnNode;
 /// spend a refused request at every phase; a rule added later is used within this.
 const FORBIDDEN_PAUSE: Duration = Duration::from_secs(600);
 
+/// How long after a phase is entered its condition is written: the agent's own write of the
+/// Node for that phase (the cordon, the uncordon, the published state), made at once, goes first.
+/// Each write of the status changes the Node's resourceVersion, which the cordon and the uncordon
+/// carry as their precondition: written at the same moment, one of them would fail with 409 and
+/// be read and made again. Phases that pass within it are written as the last of them.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// The first pause before a failed write is tried again, doubled after each failure up to
 /// [`RETRY_MAX`]: an API server that is briefly unavailable is not hammered.
 const RETRY_FIRST: Duration = Duration::from_secs(2);
@@ -96,6 +103,7 @@ async fn run(node: OwnNode, name: String, mut wants: watch::Receiver<Option<Want
         if woken.is_err() {
             return;
         }
+        tokio::time::sleep(SETTLE).await;
         let Some(want) = wants.borrow_and_update().clone() else {
             continue;
         };
