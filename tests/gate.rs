@@ -561,3 +561,36 @@ async fn a_refused_halt_mark_keeps_the_slot_and_is_written_first_once_it_passes(
     let violations = halt.observer.violations();
     assert!(violations.is_empty(), "{violations:#?}");
 }
+
+/// A verifying node's rounds take its Node from the watch of it, which has caught up with the
+/// agent's own reads and writes, instead of reading it once a round (as they did: as many reads
+/// of the Node as rounds). Each verifying round checks the gate, which lists the node's pods once.
+#[tokio::test]
+async fn verifying_rounds_take_the_node_from_its_watch() {
+    let rig = Rig::new("gate-node-reads").await;
+    create_never_ready_daemonset(&rig.scope, BROKEN, &rig.node).await;
+    let sim = rig.start(&["--post-reboot-gate"]);
+    verifying(&rig.observer, &sim).await;
+    let count = |verb: &str, resource: &str| rig.proxy.forwarded(verb, resource);
+    let (reads, checks) = (count("get", "nodes"), count("list", "pods"));
+    let rounds = || count("list", "pods") - checks;
+    eventually("ten more verifying rounds", SETTLE, || async {
+        (rounds() >= 10).then_some(())
+    })
+    .await;
+    let (reads, rounds) = (count("get", "nodes") - reads, rounds());
+    let node = &rig.node;
+    let now = rig.observer.snapshot();
+    assert!(
+        now.holds(node) && now.in_phase(node, "verifying"),
+        "still verifying, holding the lock\n{}",
+        rig.observer.report(&[&sim])
+    );
+    assert!(
+        reads * 3 <= rounds,
+        "{reads} reads of the Node in {rounds} verifying rounds: {:?}",
+        rig.proxy.forwarded_all()
+    );
+    make_ready(&rig.scope, BROKEN).await;
+    rig.settled_after_one_drain(&sim).await;
+}
