@@ -23,10 +23,10 @@ use tracing::{info, warn};
 use crate::controls;
 use crate::kube_error;
 
-/// How many of the resourceVersions the watch delivered it remembers. A round reads or writes
-/// the Node at most every few seconds, and the kubelet's heartbeats change it every ten seconds
-/// or more: the version the agent last kept is among the last few delivered, unless the agent
-/// was away longer than that (then it reads the Node once).
+/// How many of the resourceVersions the watch delivered it remembers. Between two rounds the
+/// Node changes a few times (the kubelet writes its status every ten seconds at the most, every
+/// five minutes when nothing changes), so the version the agent kept last is among these unless
+/// the Node changed more often than that since; then the round reads the Node, once.
 const DELIVERED: usize = 32;
 
 /// What the watch knows of the Node.
