@@ -468,15 +468,22 @@ async fn an_agent_killed_while_halted_stays_halted() {
     observer.assert_settled(&[(&sim, 1)], SETTLE).await;
 }
 
+/// One node whose agent talks through the rig's proxy, its DaemonSet pod never Ready, once it
+/// is verifying ([`verifying`]).
+async fn verifying_through_proxy(test: &str) -> (Rig, SimulatedNode) {
+    let rig = Rig::new(test).await;
+    create_never_ready_daemonset(&rig.scope, BROKEN, &rig.node).await;
+    let sim = rig.start(&["--post-reboot-gate"]);
+    verifying(&rig.observer, &sim).await;
+    (rig, sim)
+}
+
 /// The API server unreachable for 30 s while the node is verifying, its DaemonSet pod not Ready:
 /// nothing is released meanwhile or after on stale knowledge; once the API is back and the pod
 /// Ready, the gate passes.
 #[tokio::test]
 async fn the_api_server_down_during_the_gate_releases_nothing_early() {
-    let rig = Rig::new("gate-apifault").await;
-    create_never_ready_daemonset(&rig.scope, BROKEN, &rig.node).await;
-    let sim = rig.start(&["--post-reboot-gate"]);
-    verifying(&rig.observer, &sim).await;
+    let (rig, sim) = verifying_through_proxy("gate-apifault").await;
 
     rig.proxy.down_for(Duration::from_secs(30)).await;
     assert!(rig.proxy.dropped() >= 1, "the agent's connections were dropped");
@@ -560,4 +567,34 @@ async fn a_refused_halt_mark_keeps_the_slot_and_is_written_first_once_it_passes(
     halt.halted().await;
     let violations = halt.observer.violations();
     assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// A verifying node's rounds take its Node from the watch of it, which has caught up with the
+/// agent's own reads and writes, instead of reading it once a round (as they did: as many reads
+/// of the Node as rounds). Each verifying round checks the gate, which lists the node's pods once.
+#[tokio::test]
+async fn verifying_rounds_take_the_node_from_its_watch() {
+    let (rig, sim) = verifying_through_proxy("gate-node-reads").await;
+    let count = |verb: &str, resource: &str| rig.proxy.forwarded(verb, resource);
+    let (reads, checks) = (count("get", "nodes"), count("list", "pods"));
+    let rounds = || count("list", "pods") - checks;
+    eventually("ten more verifying rounds", SETTLE, || async {
+        (rounds() >= 10).then_some(())
+    })
+    .await;
+    let (reads, rounds) = (count("get", "nodes") - reads, rounds());
+    let node = &rig.node;
+    let now = rig.observer.snapshot();
+    assert!(
+        now.holds(node) && now.in_phase(node, "verifying"),
+        "still verifying, holding the lock\n{}",
+        rig.observer.report(&[&sim])
+    );
+    assert!(
+        reads * 3 <= rounds,
+        "{reads} reads of the Node in {rounds} verifying rounds: {:?}",
+        rig.proxy.forwarded_all()
+    );
+    make_ready(&rig.scope, BROKEN).await;
+    rig.settled_after_one_drain(&sim).await;
 }

@@ -111,7 +111,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         }
         // The Node this round read: the uncordon starts from it, and it tells whether the
         // reboot-in-progress annotation (only kured writes it) is there to remove.
-        let known = self.known_node(LOCK_READ_REUSE);
+        let known = self.node.known(LOCK_READ_REUSE);
         let recovering = self.stage(required, Phase::Recovering, String::new());
         let mut unpublished = recovering.clone();
         if uncordon {

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -78,10 +77,8 @@ struct Agent<N, L> {
     boot_id_warned: AtomicBool,
     /// This agent gave up a cycle (its drain failed) and has not finished giving the node back.
     drain_failed: AtomicBool,
-    /// Our Node as last read or written, and when it was read.
-    last_node: std::sync::Mutex<Option<(Node, tokio::time::Instant)>>,
     /// The last round ended waiting for the lock, having written nothing of a reboot: the next
-    /// round may decide on `last_node` (see [`Agent::observe`]).
+    /// round may decide on the Node last read or written (see [`Agent::observe`]).
     waiting: AtomicBool,
     /// The lock as it was when this agent's turn to take a free slot came up (see
     /// [`Agent::lock_may_admit`]); taken by the next round.
@@ -92,8 +89,9 @@ struct Agent<N, L> {
     settled: AtomicBool,
     /// The post-reboot health gate, when it is on.
     gate: Option<HealthGate>,
-    /// Our Node as watched: an idle round reads it from here, and a change of what its
-    /// annotations ask of us starts a round at once.
+    /// Our Node as watched: an idle round reads it from here, so does a full round when the
+    /// watch has caught up with our own reads and writes (see [`Agent::observe`]), and a change
+    /// of what its annotations ask of us starts a round at once.
     node_watch: NodeWatch,
     /// The reboot loop as recorded, published with the state (see [`decide::reboot_loop`]).
     reboot_loop: std::sync::Mutex<Option<RebootLoop>>,
@@ -175,7 +173,6 @@ pub async fn run(
         published: std::sync::Mutex::new(None),
         boot_id_warned: AtomicBool::new(false),
         drain_failed: AtomicBool::new(false),
-        last_node: std::sync::Mutex::new(None),
         waiting: AtomicBool::new(false),
         turn: std::sync::Mutex::new(None),
         settled: AtomicBool::new(false),

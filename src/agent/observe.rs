@@ -49,17 +49,32 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
     /// Gathers what `decide` needs. The lock is read in full and judged by the lock's own rules
     /// ([`RebootLock::standing`]), so "available" means exactly what `acquire` would conclude.
     ///
-    /// While the agent waits for the lock, holding nothing, the Node read at an earlier waiting
-    /// round stands in (up to [`WAITING_NODE_REUSE`]): nothing the decision takes from it changes
-    /// meanwhile but by this agent's own writes (kured's cordon record, our taint), and the round
-    /// that takes the lock reads the Node afresh for what it records (the cordon of others).
+    /// The Node comes from the watch of it when the watch is provably current: it delivered the
+    /// version of the Node this agent last read or wrote ([`Agent::watched_node`]), so it has
+    /// that version or a later one, with every write of ours in it. Every write to the Node
+    /// goes through [`OwnNode`](node::OwnNode), which keeps the Node each write returns and
+    /// forgets it when a write fails (the write may have been made): then this round reads it.
+    /// The status write of the condition `RebootRequired` goes through an `OwnNode` of its own
+    /// (it runs beside the rounds), so it is not what the rounds keep; that needs nothing: the
+    /// watch delivers its version after the one kept, so a watch that vouches for the kept one
+    /// may or may not have it yet, and the round takes nothing from the Node's conditions.
+    ///
+    /// Where the watch cannot vouch (RBAC forbids it, it is recovering, or it lags): while the
+    /// agent waits for the lock, holding nothing, the Node last read or written stands in (up to
+    /// [`WAITING_NODE_REUSE`]): nothing the decision takes from it changes meanwhile but by this
+    /// agent's own writes (kured's cordon record, our taint), which are kept as written, and the
+    /// round that takes the lock reads the Node afresh for what it records (the cordon of others).
+    /// Otherwise the Node is read.
     pub(super) async fn observe(
         &self,
         now: Timestamp,
         sentinel: SentinelView,
     ) -> Result<(Observation, LockSnapshot), String> {
         let reuse = self.waiting.swap(false, Ordering::Relaxed);
-        let node = match self.known_node(WAITING_NODE_REUSE).filter(|_| reuse) {
+        let node = match self
+            .watched_node()
+            .or_else(|| self.node.known(WAITING_NODE_REUSE).filter(|_| reuse))
+        {
             Some(node) => node,
             None => self.read_node().await.map_err(|e| crate::error_chain(&e))?,
         };
@@ -248,23 +263,19 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
         }
     }
 
-    /// Reads our Node, and keeps it (see [`Agent::known_node`]).
+    /// Reads our Node (kept by [`OwnNode`](node::OwnNode) as the newest it knows).
     pub(super) async fn read_node(&self) -> Result<Node, node::NodeError> {
-        let node = self.node.get().await?;
-        self.keep_node(&node, tokio::time::Instant::now());
-        Ok(node)
+        self.node.get().await
     }
 
-    pub(super) fn keep_node(&self, node: &Node, at: tokio::time::Instant) {
-        *self.last_node.lock().unwrap_or_else(|e| e.into_inner()) = Some((node.clone(), at));
-    }
-
-    /// Our Node as last read or written, if that was at most `max_age` ago.
-    pub(super) fn known_node(&self, max_age: Duration) -> Option<Node> {
-        let last = self.last_node.lock().unwrap_or_else(|e| e.into_inner());
-        last.as_ref()
-            .filter(|(_, at)| at.elapsed() <= max_age)
-            .map(|(node, _)| node.clone())
+    /// The watch's Node, if it is at least as new as every Node this agent read or wrote: the
+    /// watch delivered the version of the one last read or written
+    /// ([`NodeWatch::current_since`](crate::node::NodeWatch::current_since)). Kept as the newest
+    /// known, so the next round asks about its version.
+    fn watched_node(&self) -> Option<Node> {
+        let node = self.node_watch.current_since(&self.node.known_version()?)?;
+        self.node.keep(&node);
+        Some(node)
     }
 }
 

@@ -42,7 +42,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
             let node = self
                 .node_watch
                 .current()
-                .or_else(|| self.known_node(Duration::MAX));
+                .or_else(|| self.node.known(Duration::MAX));
             node.as_ref().and_then(crate::condition::on_node)
         });
         let published = self.published.lock().ok()?;
@@ -70,10 +70,7 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
     /// Writes `state` to our Node on its own.
     pub(super) async fn write_state(&self, state: AgentState) {
         match self.node.set_annotation(STATE_ANNOTATION, &state.to_json()).await {
-            Ok(node) => {
-                self.keep_node(&node, tokio::time::Instant::now());
-                self.published_as(state);
-            }
+            Ok(_) => self.published_as(state),
             Err(e) => {
                 warn!(node = %self.config.node_id, error = %crate::error_chain(&e), "publishing the agent state")
             }

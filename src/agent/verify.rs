@@ -79,7 +79,8 @@ impl<N: Notifier, L: RebootLock> Agent<N, L> {
     async fn gate_passed(&self, halted: bool) -> Wait {
         let node = &self.config.node_id;
         let marked = self
-            .known_node(super::LOCK_READ_REUSE)
+            .node
+            .known(super::LOCK_READ_REUSE)
             .is_none_or(|n| controls::node_controls(n.metadata.annotations.as_ref()).halted);
         if (halted || marked)
             && let Err(e) = self.node.remove_annotation(controls::HALTED_ANNOTATION).await

@@ -21,7 +21,13 @@
 //!   first one is not yet there; after the reboot only [`REBOOT_IN_PROGRESS`] is removed, so
 //!   [`MOST_RECENT_REBOOT_NEEDED`] keeps the time of the last reboot;
 //! - the taint has effect PreferNoSchedule, no value, and the key given by the flag.
+//!
+//! An [`OwnNode`] keeps the Node as its last request returned it — each read and each write
+//! (a patch returns the Node as written) — and forgets it when a write fails, since a write whose
+//! answer was lost may have been made: [`OwnNode::known`] is then at least as new as everything
+//! this `OwnNode` wrote or read, or nothing.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -203,11 +209,15 @@ fn annotation_time(at: Timestamp) -> String {
 /// Annotations of ours to set (a string) or remove (`null`) along with another write.
 pub type Annotations = serde_json::Map<String, Value>;
 
-/// The agent's own Node.
+/// The agent's own Node. Clones share what is kept of it ([`OwnNode::known`]); requests through
+/// clones must not overlap, or an older answer could be kept over a newer one.
 #[derive(Clone)]
 pub struct OwnNode {
     api: Api<Node>,
     name: String,
+    /// The Node as the last request returned it, and when; `None` before the first, and after a
+    /// failed write.
+    kept: Arc<Mutex<Option<(Node, tokio::time::Instant)>>>,
 }
 
 impl OwnNode {
@@ -215,14 +225,73 @@ impl OwnNode {
         OwnNode {
             api: Api::all(client),
             name: name.into(),
+            kept: Arc::new(Mutex::new(None)),
         }
     }
 
     pub async fn get(&self) -> Result<Node> {
-        self.api.get(&self.name).await.map_err(|source| NodeError::Get {
+        self.read().await.map_err(|source| NodeError::Get {
             node: self.name.clone(),
             source,
         })
+    }
+
+    /// The Node as last read or written, if that was at most `max_age` ago: at least as new as
+    /// every Node read or written here.
+    pub fn known(&self, max_age: Duration) -> Option<Node> {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.as_ref()
+            .filter(|(_, at)| at.elapsed() <= max_age)
+            .map(|(node, _)| node.clone())
+    }
+
+    /// The resourceVersion of the Node as last read or written (at any age); `None` when none is
+    /// kept (see [`OwnNode::known`]).
+    pub fn known_version(&self) -> Option<String> {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.as_ref()?.0.metadata.resource_version.clone()
+    }
+
+    /// Keeps `node`, learnt otherwise than by a request here, in place of the one kept. Only for
+    /// a Node known to be at least as new as that one: the watch's, when
+    /// [`NodeWatch::current_since`] vouches for it.
+    pub fn keep(&self, node: &Node) {
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((node.clone(), tokio::time::Instant::now()));
+    }
+
+    /// Keeps what a request returned: the Node, or, after a failed write, nothing.
+    fn kept_from(&self, answer: &Result<Node, kube::Error>) {
+        match answer {
+            Ok(node) => self.keep(node),
+            Err(_) => *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = None,
+        }
+    }
+
+    /// Reads the Node, and keeps it.
+    async fn read(&self) -> Result<Node, kube::Error> {
+        let read = self.api.get(&self.name).await;
+        if let Ok(node) = &read {
+            self.keep(node);
+        }
+        read
+    }
+
+    /// Applies `patch` to the Node (its status with `status`), and keeps the Node as written;
+    /// forgets the one kept if the write failed.
+    async fn write<P: serde::Serialize + std::fmt::Debug>(
+        &self,
+        patch: &Patch<P>,
+        status: bool,
+    ) -> Result<Node, kube::Error> {
+        let params = PatchParams::default();
+        let written = if status {
+            self.api.patch_status(&self.name, &params, patch).await
+        } else {
+            self.api.patch(&self.name, &params, patch).await
+        };
+        self.kept_from(&written);
+        written
     }
 
     /// The node's current boot ID; see [`boot_id`].
@@ -330,17 +399,13 @@ impl OwnNode {
         loop {
             let node = match known.take() {
                 Some(node) => node,
-                None => self.api.get(&self.name).await?,
+                None => self.read().await?,
             };
             let Some(mut patch) = change(&node) else {
                 return Ok(Written::Unchanged(Box::new(node)));
             };
             patch["metadata"]["resourceVersion"] = json!(node.metadata.resource_version);
-            match self
-                .api
-                .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
+            match self.write(&Patch::Merge(&patch), false).await {
                 Ok(_) => return Ok(Written::Patched),
                 Err(e) if is_lost_race(&e) && attempt < MAX_ATTEMPTS => {
                     debug!(node = %self.name, attempt, "node changed while setting unschedulable; re-reading");
@@ -367,8 +432,7 @@ impl OwnNode {
             .collect::<Vec<_>>()
             .join(",");
         let patch = json!({ "metadata": { "labels": map } });
-        self.api
-            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+        self.write(&Patch::Merge(&patch), false)
             .await
             .map_err(|source| NodeError::Label {
                 node: self.name.clone(),
@@ -383,8 +447,7 @@ impl OwnNode {
     /// returns the Node as written.
     async fn patch_annotations(&self, annotations: serde_json::Value, action: &'static str) -> Result<Node> {
         let patch = json!({ "metadata": { "annotations": annotations } });
-        self.api
-            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+        self.write(&Patch::Merge(&patch), false)
             .await
             .map_err(|source| NodeError::Annotate {
                 node: self.name.clone(),
@@ -409,8 +472,7 @@ impl OwnNode {
     /// condition there merges by `type`, leaving the others as they are. Returns the Node as
     /// written.
     pub async fn patch_status(&self, patch: &Value) -> Result<Node> {
-        self.api
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Strategic(patch))
+        self.write(&Patch::Strategic(patch), true)
             .await
             .map_err(|source| NodeError::Status {
                 node: self.name.clone(),

@@ -4,7 +4,7 @@
 //! other writer's taint is ever lost.
 
 use k8s_openapi::api::core::v1::{Node, Taint};
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use serde_json::{Value, json};
 use tracing::{debug, info};
 
@@ -59,7 +59,7 @@ impl OwnNode {
                         source,
                     })?,
                 );
-            match self.api.patch(&self.name, &PatchParams::default(), &patch).await {
+            match self.write(&patch, false).await {
                 Ok(_) => return Ok(true),
                 Err(e) if is_lost_race(&e) && attempt < MAX_ATTEMPTS => {
                     debug!(node = %self.name, taint = %key, attempt, "taints changed meanwhile; re-reading");
