@@ -21,7 +21,7 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(24 * 3600);
 pub struct LoopGuard {
     /// A reboot needed again within this long after the last one is a loop.
     pub window: Duration,
-    /// The first back-off; it doubles at each loop in a row, up to [`BACKOFF_CAP`].
+    /// The first back-off; it doubles at each loop in a row, up to `BACKOFF_CAP`.
     pub backoff: Duration,
 }
 

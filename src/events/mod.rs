@@ -110,7 +110,7 @@ impl Recorder {
         self.record(reason, reason.note());
     }
 
-    /// Reports the reboot through `rebooter` and waits (up to [`FLUSH_LIMIT`]) until every
+    /// Reports the reboot through `rebooter` and waits (up to `FLUSH_LIMIT`, 5 s) until every
     /// Event so far is written: the agent may not run again to write them.
     pub async fn rebooting(&self, rebooter: &str) {
         self.record(Reason::Rebooting, format!("rebooting: {rebooter}"));

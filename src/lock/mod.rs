@@ -6,9 +6,9 @@
 //!
 //! The agent's use, in short:
 //!
-//! - at start-up, [`RebootLock::holding`]: do we still hold the lock (taken before a reboot or a
-//!   restart)? The entry tells whether the node was unschedulable before kured cordoned it, and
-//!   its boot ID whether the reboot has happened;
+//! - at every round, [`RebootLock::read`] and [`RebootLock::standing`]: do we still hold the lock
+//!   (taken before a reboot or a restart)? Our entry tells whether the node was unschedulable
+//!   before kured cordoned it, and its boot ID whether the reboot has happened;
 //! - [`RebootLock::acquire`] to take a slot; when it answers [`Acquire::Blocked`], wait with
 //!   [`RebootLock::changed`] (bounded by the blocked answer's `next_expiry`) and try again;
 //! - [`RebootLock::release`] after the reboot, repeated until it answers [`Release::Released`]

@@ -161,7 +161,7 @@ impl NodeWatch {
     }
 
     /// The Node as the watch has it now, if it is at least as new as the Node at resourceVersion
-    /// `version`: the watch delivered that version (among its last [`DELIVERED`], since it last
+    /// `version`: the watch delivered that version (among its last `DELIVERED`, 32, since it last
     /// listed), so it has that one or a later one. `None` otherwise (read the Node then): the
     /// watch has not got that far yet, lost the Node, listed again, or never had it.
     pub fn current_since(&self, version: &str) -> Option<Node> {
