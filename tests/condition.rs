@@ -345,12 +345,7 @@ async fn without_the_rbac_for_node_status_a_cycle_completes_and_says_so_once_per
     back_from_one_reboot(scope, &sim, SETTLE).await;
     // The agent before the reboot and the one after: each logs the refusal once, however many
     // phases it went through.
-    let refusals = || {
-        sim.log()
-            .lines()
-            .filter(|l| l.contains("may not write the node's status"))
-            .count()
-    };
+    let refusals = || sim.log_lines_with("may not write the node's status");
     eventually_or(
         Duration::from_secs(30),
         || async { (refusals() >= 2).then_some(()) },

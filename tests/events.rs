@@ -286,11 +286,7 @@ async fn without_the_rbac_for_events_a_cycle_completes_and_says_so_once_per_agen
     assert_eq!(node_events(scope, node).await.len(), 0, "no Event written");
     // The agent before the reboot and the one after: each logs the refusal once, however many
     // Events it had to report.
-    let refusals = sim
-        .log()
-        .lines()
-        .filter(|l| l.contains("creating an Event failed"))
-        .count();
+    let refusals = sim.log_lines_with("creating an Event failed");
     assert_eq!(refusals, 2, "agent log:\n{}", sim.log_tail(60));
 }
 

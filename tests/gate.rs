@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use receivers::HttpReceiver;
+use support::access;
 use support::agents::Fleet;
 use support::faultproxy::{Fault, FaultProxy, Injected, Rule};
 use support::objects::{create_never_ready_daemonset, make_ready};
@@ -597,4 +598,45 @@ async fn verifying_rounds_take_the_node_from_its_watch() {
     );
     make_ready(&rig.scope, BROKEN).await;
     rig.settled_after_one_drain(&sim).await;
+}
+
+/// Where RBAC grants `get` and `patch` on nodes but not `list` and `watch` (upstream's
+/// manifests), the agent cannot watch its Node and the gate reads it instead: the node verifies
+/// behind its DaemonSet pod that is not Ready, and once the pod is Ready the gate passes and the
+/// lock is released. The agent says so, once per agent.
+#[tokio::test]
+async fn without_watching_nodes_the_gate_reads_the_node_and_passes() {
+    let (fleet, observer) = one_node("gate-unwatched").await;
+    let scope = &fleet.scope;
+    let node = fleet.names[0].clone();
+    let watch = access::request("watch", "/nodes", "", "");
+    fleet
+        .edit_rules(
+            |rules| {
+                let nodes = rules
+                    .iter_mut()
+                    .find(|r| r.resources.as_deref() == Some(&["nodes".to_owned()]))
+                    .expect("the manifest's rule on nodes");
+                nodes.verbs.retain(|v| v != "list" && v != "watch");
+                assert_eq!(nodes.verbs, ["get", "patch"], "{nodes:?}");
+            },
+            &watch,
+        )
+        .await;
+    create_never_ready_daemonset(scope, BROKEN, &node).await;
+    let sim = fleet.start(0, &["--post-reboot-gate"]);
+    verifying(&observer, &sim).await;
+    observer
+        .stays(
+            "the node verifying with the lock while its pod is not Ready",
+            Duration::from_secs(5),
+            &[&sim],
+            |s| s.holds(&node) && s.in_phase(&node, "verifying"),
+        )
+        .await;
+
+    make_ready(scope, BROKEN).await;
+    observer.assert_settled(&[(&sim, 1)], SETTLE).await;
+    let refusals = sim.log_lines_with("may not watch this node");
+    assert_eq!(refusals, 2, "once per agent; agent log:\n{}", sim.log_tail(60));
 }

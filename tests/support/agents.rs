@@ -171,6 +171,20 @@ impl Fleet {
     /// Takes the rule of the manifest's ClusterRole that `rule` picks out away from the fleet's
     /// ServiceAccount, as upstream's manifests lack it, and waits until `request` is refused.
     pub async fn withdraw_rule(&self, rule: impl Fn(&PolicyRule) -> bool, request: &access::Request<'_>) {
+        self.edit_rules(
+            |rules| {
+                let before = rules.len();
+                rules.retain(|r| !rule(r));
+                assert_eq!(rules.len(), before - 1, "one rule of the manifest's: {rules:?}");
+            },
+            request,
+        )
+        .await;
+    }
+
+    /// Changes the rules of the fleet's ClusterRole with `edit`, and waits until `request`, which
+    /// the change takes away, is refused.
+    pub async fn edit_rules(&self, edit: impl FnOnce(&mut Vec<PolicyRule>), request: &access::Request<'_>) {
         let roles: Api<ClusterRole> = Api::all(self.scope.client.clone());
         let selector = format!("kured.test/agent-rbac={}", self.scope.namespace);
         let mut role = roles
@@ -180,10 +194,7 @@ impl Fleet {
             .items
             .pop()
             .expect("the fleet's ClusterRole");
-        let rules = role.rules.get_or_insert_with(Vec::new);
-        let before = rules.len();
-        rules.retain(|r| !rule(r));
-        assert_eq!(rules.len(), before - 1, "one rule of the manifest's: {rules:?}");
+        edit(role.rules.get_or_insert_with(Vec::new));
         let name = role.metadata.name.clone().expect("a name");
         roles
             .replace(&name, &PostParams::default(), &role)

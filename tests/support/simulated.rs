@@ -359,6 +359,11 @@ impl SimulatedNode {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// How many lines the agents on this node have logged that contain `text`.
+    pub fn log_lines_with(&self, text: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(text)).count()
+    }
+
     /// The agents' log lines as JSON (`--log-format=json`), leaving out any other line.
     pub fn log_entries(&self) -> Vec<serde_json::Value> {
         self.log()
